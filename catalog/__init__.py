@@ -1,0 +1,34 @@
+"""The catalog: emoforge's data contract. Imports only pyarrow and the standard library.
+
+    import catalog
+    tracks = catalog.read_table("out/catalog", "tracks")          # pyarrow.Table, full schema
+    catalog.validate("out/catalog")                                # [] when valid
+    kept = catalog.training_index("out/catalog", catalog.Thresholds(min_face_px=128))
+"""
+
+from catalog.adapters import to_duckdb, to_pandas, to_ray_dataset
+from catalog.inspect import describe, stats, validate
+from catalog.manifest import read_manifest
+from catalog.migrate import migrate
+from catalog.read import read_table
+from catalog.schema import SCHEMA_VERSION, TABLES, table_schema
+from catalog.select import SelectionError, Thresholds, select, training_index
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "TABLES",
+    "SelectionError",
+    "Thresholds",
+    "describe",
+    "migrate",
+    "read_manifest",
+    "read_table",
+    "select",
+    "stats",
+    "table_schema",
+    "to_duckdb",
+    "to_pandas",
+    "to_ray_dataset",
+    "training_index",
+    "validate",
+]

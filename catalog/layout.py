@@ -1,0 +1,63 @@
+"""Where things live in a catalog folder, and the few file operations the contract needs.
+
+    videos/ clips/ tracks/ frames/ persons/   Parquet, files named <table>/shard-SSSSS-NNNN.parquet
+    media/SSSSS/<track_id>/...                face-crop clips and sidecars, listed in commits
+    _commits/shard-SSSSS-NNNN.json            one record per committed shard version
+    _manifest.json, _manifests/               the current version, and every earlier one
+    _staging/<run id>/                        uncommitted work; never read by readers
+    _cache/                                   derived lookups (content-hash cache)
+    _lease                                    the single writer's lease
+
+Catalogs are local folders (or mounted file systems). `s3://` roots are read through
+pyarrow.fs by the adapters; writing to object stores is not supported yet.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+COMMITS = "_commits"
+MANIFEST = "_manifest.json"
+MANIFESTS = "_manifests"
+STAGING = "_staging"
+CACHE = "_cache"
+LEASE = "_lease"
+MEDIA = "media"
+
+
+def shard_file(table: str, shard: int, seq: int) -> str:
+    """Catalog-relative name of a shard's committed Parquet file for one commit sequence."""
+    return f"{table}/shard-{shard:05d}-{seq:04d}.parquet"
+
+
+def commit_file(shard: int, seq: int) -> str:
+    return f"{COMMITS}/shard-{shard:05d}-{seq:04d}.json"
+
+
+def local_root(root: str | os.PathLike) -> Path:
+    text = str(root)
+    if "://" in text and not text.startswith("file://"):
+        raise NotImplementedError(
+            f"writing catalogs to {text.split('://')[0]}:// is not supported; use a local or "
+            "mounted path (readers accept s3:// through pyarrow.fs)"
+        )
+    return Path(text.removeprefix("file://")).resolve()
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write JSON to a temp file in the same folder and rename it into place (atomic locally)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict:
+    with open(path) as f:
+        return json.load(f)

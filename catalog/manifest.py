@@ -1,0 +1,82 @@
+"""`_manifest.json`: the catalog's current version (schema, commits, job spec, stages, licenses).
+
+The version is the hash of the sorted commit list; every written manifest is also kept as
+`_manifests/<version>.json` so a checkpoint that cites a version can find what it trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+from catalog import layout, schema
+from catalog.commits import read_commits
+
+
+def catalog_version(root: Path) -> str:
+    commits = read_commits(root)
+    listing = [(c.shard, c.seq, c.committed_at) for c in sorted(commits.values(), key=lambda c: c.shard)]
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
+
+
+def status_counts(root: Path) -> dict[str, dict[str, dict[str, int]]]:
+    """{table: {stage: {status: count}}} over committed files."""
+    import pyarrow.compute as pc
+
+    from catalog.read import read_table
+
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for table in schema.TABLES:
+        names = [f.name for f in schema.table_schema(table) if f.name.endswith("_status")]
+        if not names:
+            continue
+        data = read_table(root, table, columns=names)
+        for name in names:
+            if data.num_rows == 0:
+                continue
+            counts = pc.value_counts(data[name]).to_pylist()
+            stage = name.removesuffix("_status")
+            out.setdefault(table, {})[stage] = {
+                str(c["values"]): int(c["counts"]) for c in counts if c["values"] is not None
+            }
+    return out
+
+
+def write_manifest(
+    root: Path,
+    job_spec: dict,
+    stages: dict[str, dict],
+    code_version: str,
+) -> dict:
+    """Write `_manifest.json` for the catalog's current commits.
+
+    stages: {stage: {fingerprint, backends: [{key, version, weights, license}], config}}"""
+    commits = read_commits(root)
+    licenses = sorted({m["license"] for s in stages.values() for m in s.get("models", [])})
+    restricted = sorted(
+        {m["key"] for s in stages.values() for m in s.get("models", []) if not m.get("commercial_ok", True)}
+    )
+    manifest = {
+        "schema_version": schema.SCHEMA_VERSION,
+        "version": catalog_version(root),
+        "written_at": time.time(),
+        "code_version": code_version,
+        "job_spec": job_spec,
+        "stages": stages,
+        "licenses": {"all": licenses, "non_commercial_models": restricted},
+        "commits": [layout.commit_file(c.shard, c.seq) for c in sorted(commits.values(), key=lambda c: c.shard)],
+        "counts": status_counts(root),
+        "rows": {t: sum(c.counts.get(t, 0) for c in commits.values()) for t in schema.TABLES},
+    }
+    layout.write_json_atomic(root / layout.MANIFESTS / f"{manifest['version']}.json", manifest)
+    layout.write_json_atomic(root / layout.MANIFEST, manifest)
+    return manifest
+
+
+def read_manifest(root: Path) -> dict:
+    path = Path(root) / layout.MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{root} is not an emoforge catalog (no {layout.MANIFEST})")
+    return layout.read_json(path)

@@ -1,0 +1,227 @@
+"""The one decode path: PyAV for probing, frames (rotation applied, exact pts) and audio.
+
+Every stage reads media through these functions so all of them see the same frames.
+Units: times in seconds (float, from pts * time_base), frames uint8[H,W,3] RGB,
+audio float32[N] mono in [-1, 1] at the requested sample rate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+
+class MediaError(RuntimeError):
+    """A file that cannot be opened or decoded; the message says what and where."""
+
+
+@dataclass(frozen=True)
+class VideoFrame:
+    index: int  # source frame number (0-based, in presentation order)
+    pts_s: float  # presentation time in seconds, relative to the video stream start
+    image: np.ndarray  # uint8[H,W,3] RGB, rotation applied
+
+
+def open_container(path: str):
+    import av
+
+    try:
+        return av.open(str(path))
+    except Exception as exc:  # noqa: BLE001 - PyAV raises many types; re-raised with context
+        raise MediaError(f"cannot open {path}: {type(exc).__name__}: {exc}") from exc
+
+
+def stream_start_s(stream) -> float:
+    if stream.start_time is None or stream.time_base is None:
+        return 0.0
+    return float(stream.start_time * stream.time_base)
+
+
+def rotation_degrees(stream) -> int:
+    """Clockwise display rotation in degrees (0, 90, 180, 270) from the display matrix."""
+    try:
+        side = stream.side_data
+    except AttributeError:
+        side = None
+    angle = 0.0
+    if side is not None:
+        for key in ("DISPLAYMATRIX", "display_matrix"):
+            value = side.get(key) if hasattr(side, "get") else None
+            if value is not None:
+                angle = float(value)
+                break
+    # FFmpeg's display matrix angle is counter-clockwise; players rotate clockwise by -angle.
+    return int(round(-angle)) % 360
+
+
+def apply_rotation(image: np.ndarray, degrees: int) -> np.ndarray:
+    """Rotate an HxWx3 image clockwise by 0/90/180/270 degrees."""
+    if degrees == 90:
+        return np.ascontiguousarray(np.rot90(image, k=-1))
+    if degrees == 180:
+        return np.ascontiguousarray(image[::-1, ::-1])
+    if degrees == 270:
+        return np.ascontiguousarray(np.rot90(image, k=1))
+    return image
+
+
+def iter_frames(
+    path: str,
+    start_s: float | None = None,
+    end_s: float | None = None,
+    width: int | None = None,
+    rotate: bool = True,
+    threads: int = 1,
+) -> Iterator[VideoFrame]:
+    """Decode frames in presentation order with pts in [start_s, end_s).
+
+    `width` downscales (keeping aspect, even height) inside FFmpeg's scaler (area averaging),
+    which is much cheaper than converting at full size and resizing. Frame indices count from the stream start, so they stay
+    exact after a seek (frames are counted from the keyframe before start_s by pts order)."""
+    from av.video.reformatter import VideoReformatter
+
+    container = open_container(path)
+    try:
+        if not container.streams.video:
+            raise MediaError(f"{path}: no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO" if threads > 1 else "SLICE"
+        stream.thread_count = threads
+        t0 = stream_start_s(stream)
+        degrees = rotation_degrees(stream) if rotate else 0
+        tb = stream.time_base
+        fps = float(stream.average_rate or stream.guessed_rate or 25)
+        out_w = out_h = None
+        if width is not None and stream.codec_context.width:
+            src_w, src_h = stream.codec_context.width, stream.codec_context.height
+            out_w = min(int(width), src_w)
+            out_h = max(2, int(round(src_h * out_w / src_w / 2)) * 2)
+        if start_s:
+            container.seek(int((start_s + t0) / tb), stream=stream, backward=True, any_frame=False)
+        # One reformatter for the whole stream: frame.to_ndarray(width=...) builds a new scaler
+        # context per frame, which costs more than decoding at 720p.
+        reformatter = VideoReformatter()
+        for frame in container.decode(stream):
+            if frame.pts is None:
+                continue
+            if rotate and not degrees and getattr(frame, "rotation", 0):
+                # PyAV 18 exposes the display matrix on frames, not on the stream.
+                degrees = int(round(-frame.rotation)) % 360
+            pts_s = float(frame.pts * tb) - t0
+            if start_s is not None and pts_s < start_s - 1e-6:
+                continue
+            if end_s is not None and pts_s >= end_s - 1e-6:
+                break
+            if out_w:
+                image = reformatter.reformat(
+                    frame, width=out_w, height=out_h, format="rgb24", interpolation="AREA"
+                ).to_ndarray()
+            else:
+                image = frame.to_ndarray(format="rgb24")
+            yield VideoFrame(
+                index=int(round(pts_s * fps)), pts_s=pts_s, image=apply_rotation(image, degrees)
+            )
+    except MediaError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - decoder errors come in many types
+        raise MediaError(f"{path}: decoding failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        container.close()
+
+
+def read_audio(
+    path: str,
+    sample_rate: int = 16000,
+    start_s: float = 0.0,
+    end_s: float | None = None,
+    relative_to_video: bool = True,
+) -> np.ndarray:
+    """Mono float32[N] audio resampled to `sample_rate`, aligned by timestamps.
+
+    Times are relative to the video stream's start (the clock frames use) when
+    `relative_to_video`; an audio stream that starts later than the video is padded with silence
+    at the front, so sample k sits at time start_s + k / sample_rate. Returns an empty array when
+    the file has no audio stream."""
+    import av
+
+    container = open_container(path)
+    try:
+        if not container.streams.audio:
+            return np.zeros(0, np.float32)
+        astream = container.streams.audio[0]
+        t0 = stream_start_s(container.streams.video[0]) if (
+            relative_to_video and container.streams.video
+        ) else stream_start_s(astream)
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        chunks: list[np.ndarray] = []
+        first_time: float | None = None
+        for frame in container.decode(astream):
+            if first_time is None and frame.pts is not None:
+                first_time = float(frame.pts * astream.time_base) - t0
+            for out in resampler.resample(frame):
+                chunks.append(out.to_ndarray().reshape(-1))
+        for out in resampler.resample(None):
+            chunks.append(out.to_ndarray().reshape(-1))
+    except Exception as exc:  # noqa: BLE001
+        raise MediaError(f"{path}: audio decoding failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        container.close()
+    audio = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+    offset = int(round((first_time or 0.0) * sample_rate))
+    if offset > 0:
+        audio = np.concatenate([np.zeros(offset, np.float32), audio])
+    elif offset < 0:
+        audio = audio[-offset:]
+    begin = int(round(start_s * sample_rate))
+    end = None if end_s is None else int(round(end_s * sample_rate))
+    segment = audio[begin:end]
+    if end is not None and len(segment) < end - begin:
+        segment = np.concatenate([segment, np.zeros(end - begin - len(segment), np.float32)])
+    return segment
+
+
+def write_video(
+    path: str,
+    frames: np.ndarray | list[np.ndarray],
+    fps: Fraction | int | float = 25,
+    audio: np.ndarray | None = None,
+    sample_rate: int = 16000,
+    codec: str = "libx264",
+    crf: int = 18,
+) -> None:
+    """Write uint8[T,H,W,3] RGB frames (H and W even) as H.264 mp4 at constant `fps`,
+    with optional mono float32 audio (AAC)."""
+    import av
+
+    rate = Fraction(fps).limit_denominator(100000)
+    with av.open(str(path), mode="w") as container:
+        vstream = container.add_stream(codec, rate=rate)
+        first = frames[0]
+        vstream.width, vstream.height = first.shape[1], first.shape[0]
+        vstream.pix_fmt = "yuv420p"
+        vstream.options = {"crf": str(crf), "preset": "veryfast"}
+        astream = None
+        if audio is not None:
+            astream = container.add_stream("aac", rate=sample_rate)
+            astream.layout = "mono"
+        for image in frames:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+            for packet in vstream.encode(frame):
+                container.mux(packet)
+        for packet in vstream.encode():
+            container.mux(packet)
+        if astream is not None:
+            samples = np.clip(audio.astype(np.float32), -1, 1).reshape(1, -1)
+            step = 1024
+            for i in range(0, samples.shape[1], step):
+                chunk = np.ascontiguousarray(samples[:, i : i + step])
+                aframe = av.AudioFrame.from_ndarray(chunk, format="flt", layout="mono")
+                aframe.sample_rate = sample_rate
+                aframe.pts = i
+                for packet in astream.encode(aframe):
+                    container.mux(packet)
+            for packet in astream.encode():
+                container.mux(packet)

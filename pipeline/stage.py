@@ -1,0 +1,155 @@
+"""The stage contract: what every pipeline stage is, and the per-row error boundary.
+
+A stage is a small class. The runner (pipeline/runner.py, the only module that knows Ray) builds
+it on a worker with a cheap picklable constructor, calls `setup()` once (load models there), then
+calls `process(batch)` with pyarrow tables of the stage's `level` rows joined with the columns it
+`requires`. `process` returns one row per input row, in order, holding only the stage's own
+columns (`catalog.schema.stage_output(name, level)`); fan-out stages add a list<struct> column per
+child table (clips of a video, tracks of a clip, frames of a track) and the runner's sink explodes
+them into those tables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import traceback
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import pyarrow as pa
+
+from pipeline.models.registry import ModelSpec, weights_checksum
+
+log = logging.getLogger(__name__)
+
+OK, SKIPPED, FAILED = "ok", "skipped", "failed"
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What a stage may know about the run: where the catalog and this run's staging area are.
+
+    Media files (face crops, sidecars) are written under `staging_media(shard, relpath)` and
+    referenced in rows by `relpath` (always `media/<shard>/...`); the commit moves them to
+    `<catalog>/<relpath>`."""
+
+    catalog: str  # local catalog root (absolute path)
+    staging: str  # this run's staging root: <catalog>/_staging/<run id>
+
+    def staging_media(self, shard: int, relpath: str) -> str:
+        if not relpath.startswith("media/"):
+            raise ValueError(f"media paths start with 'media/', got {relpath!r}")
+        path = os.path.join(self.staging, f"shard-{shard:05d}", relpath)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return path
+
+    def media_path(self, relpath: str) -> str:
+        """Where a committed media file lives (for stages that read an earlier stage's media)."""
+        return os.path.join(self.catalog, relpath)
+
+
+def media_relpath(shard: int, track_id: str, name: str) -> str:
+    """The catalog-relative path of a per-track media file."""
+    return f"media/{shard:05d}/{track_id}/{name}"
+
+
+@dataclass(frozen=True)
+class NoConfig:
+    """For stages without options."""
+
+
+class Stage:
+    """Base class. Subclasses set the class attributes and implement `process` (or `process_row`).
+
+    name      canonical stage name (config section, column prefix, status column)
+    covers    canonical names of the stages it computes (an analyzer group covers several)
+    level     the table whose rows it processes: "videos", "clips" or "tracks"
+    requires  columns it reads (from its level table, or its ancestors' tables by key)
+    after     stages whose `<stage>_status` must be "ok" for a row to be processed; other rows
+              get status "skipped" with the reason, without calling process
+    """
+
+    name: ClassVar[str]
+    level: ClassVar[str]
+    requires: ClassVar[tuple[str, ...]] = ()
+    after: ClassVar[tuple[str, ...]] = ()
+    Config: ClassVar[type] = NoConfig
+    version: ClassVar[str] = "1"
+    num_cpus: ClassVar[float] = 0.5
+    uses_models: ClassVar[bool] = False  # True: run in an actor pool (setup loads models once)
+
+    def __init__(self, config: Any, context: StageContext):
+        self.config = config
+        self.context = context
+
+    @classmethod
+    def covers(cls) -> tuple[str, ...]:
+        return (cls.name,)
+
+    def model_specs(self) -> list[ModelSpec]:
+        """The weights this stage's configured backends use (fingerprint, manifest, licenses)."""
+        return []
+
+    def setup(self) -> None:
+        """Load models. Called once per worker before the first batch."""
+
+    def output_schema(self) -> pa.Schema:
+        from catalog.schema import stage_output
+
+        return stage_output(self.covers(), self.level)
+
+    def process(self, batch: pa.Table) -> pa.Table:
+        """Default: call `process_row` per row inside the per-row error boundary."""
+        rows = [self.safe_process_row(row) for row in batch.to_pylist()]
+        return rows_to_table(rows, self.output_schema())
+
+    def process_row(self, row: dict) -> dict:
+        raise NotImplementedError(f"{type(self).__name__} implements neither process nor process_row")
+
+    def safe_process_row(self, row: dict) -> dict:
+        """The per-row boundary: an exception becomes `failed` with the error, never a lost row."""
+        try:
+            return self.process_row(row)
+        except Exception as exc:  # noqa: BLE001 - recorded per row, the job goes on
+            log.debug("%s failed on a row: %s", self.name, traceback.format_exc())
+            return self.failed_row(f"{type(exc).__name__}: {exc}")
+
+    def failed_row(self, error: str, status: str = FAILED) -> dict:
+        """A row with every stage column null except the covered stages' status and error."""
+        out: dict[str, Any] = {}
+        for stage in self.covers():
+            out[f"{stage}_status"] = status
+            out[f"{stage}_error"] = error
+        return out
+
+    def fingerprints(self) -> dict[str, str]:
+        """Per covered stage: hash(stage config, stage version, backends' versions and weights)."""
+        models = [
+            {"key": s.key, "version": s.version, "weights": weights_checksum(s)}
+            for s in self.model_specs()
+        ]
+        payload = json.dumps(
+            {"config": config_dict(self.config), "version": self.version, "models": models},
+            sort_keys=True,
+            default=str,
+        )
+        digest = hashlib.sha256(payload.encode()).hexdigest()[:16]
+        return {name: digest for name in self.covers()}
+
+
+def config_dict(config: Any) -> dict:
+    return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config or {})
+
+
+def rows_to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    """Rows (dicts, missing keys null) to a table cast to `schema`; unknown keys are an error."""
+    names = set(schema.names)
+    for row in rows:
+        extra = set(row) - names
+        if extra:
+            raise KeyError(f"stage returned undeclared columns {sorted(extra)}; declared: {sorted(names)}")
+    return pa.Table.from_pylist([{n: row.get(n) for n in schema.names} for row in rows], schema=schema)
