@@ -119,7 +119,7 @@ def run(
         context = StageContext(catalog=str(root), staging=str(staging))
         classes = [load_stage_class(n) for n in stages]
         driver_stages = [cls(configs.get(n, cls.Config()), context) for n, cls in zip(stages, classes)]
-        keys = [StageKey(n, cls.covers(), st.fingerprints()) for n, cls, st in zip(stages, classes, driver_stages)]
+        keys = [StageKey(n, st.covers(), st.fingerprints()) for n, st in zip(stages, driver_stages)]
         init_ray(runner)
         commits = read_commits(root)
         hashed = _hash_inputs(root, sorted(set(map(str, inputs))))
@@ -178,7 +178,7 @@ def _run_wave(root, context, wave, work, input_rows, names, driver_stages, keys,
         started = time.time()
         for child in _created_tables(stage):
             redone.setdefault(child, set()).update(videos)
-        if stage.level == "videos" and name == "ingest":
+        if stage.name == "ingest":
             batch = pa.Table.from_pylist([input_rows[v] for v in sorted(videos) if v in input_rows])
         else:
             batch = _stage_input(stage, wave, committed, staging, redone, videos, names)
@@ -397,8 +397,7 @@ def _run_stage_on_ray(name: str, stage: Stage, batch: pa.Table, context: StageCo
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pool),
             num_cpus=stage.num_cpus,
-            max_restarts=-1,
-            max_task_retries=-1 if stage.uses_models else runner.max_attempts,
+            ray_remote_args_fn=lambda: {"max_restarts": -1, "max_task_retries": runner.max_attempts},
         )
         try:
             ds.write_datasink(StagingSink(stage.name, str(staging), stage.level, stage.covers()))
