@@ -50,6 +50,8 @@ def validate(root: str | Path) -> list[str]:
         for rel in record.media:
             if not (root / rel).is_file():
                 problems.append(f"{rel}: media listed by shard {record.shard} but missing")
+    if problems:  # row checks need every listed file
+        return problems
     keys: dict[str, set] = {}
     for table in schema.TABLES:
         names = list(schema.KEYS[table])

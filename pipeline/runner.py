@@ -397,8 +397,7 @@ def _run_stage_on_ray(name: str, stage: Stage, batch: pa.Table, context: StageCo
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pool),
             num_cpus=stage.num_cpus,
-            ray_remote_args_fn=lambda: {"max_restarts": -1, "max_task_retries": runner.max_attempts},
-        )
+        )  # Ray Data restarts dead actors and retries their tasks; attempt markers end the loop
         try:
             ds.write_datasink(StagingSink(stage.name, str(staging), stage.level, stage.covers()))
             return

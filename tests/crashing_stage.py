@@ -1,0 +1,15 @@
+"""A test-only ingest stage whose worker process dies on files named *poison*, like a decoder
+crash (importable by Ray workers: tests/ is on their PYTHONPATH, see conftest.ray_local)."""
+
+from __future__ import annotations
+
+import os
+
+from pipeline.stages.ingest import IngestStage
+
+
+class CrashingIngest(IngestStage):
+    def process_row(self, row: dict) -> dict:
+        if "poison" in row["uri"]:
+            os._exit(1)  # the whole worker process dies, as a segfaulting decoder would
+        return super().process_row(row)

@@ -1,0 +1,149 @@
+"""The runner's contract: resume after SIGKILL and after a crash between file moves and the
+commit record, poison inputs, stage fingerprints and --recompute, duplicates."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import catalog
+import pipeline.runner as runner_module
+from catalog_compare import assert_same_catalog
+from pipeline import runner
+from pipeline.plan import FingerprintError
+from pipeline.stages.ingest import IngestConfig
+from synthetic import make_video
+
+pytestmark = pytest.mark.ray
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _inputs(folder: Path, n: int) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i in range(n):
+        path = folder / f"v{i:02d}.mp4"
+        if not path.exists():
+            make_video(path, lambda k, i=i: np.full((32, 32, 3), (i * 20 + k) % 255, np.uint8), 5, size=(32, 32))
+        files.append(str(path))
+    return files
+
+
+def test_crash_between_moves_and_commit_record(tmp_path, ray_local, monkeypatch):
+    files = _inputs(tmp_path / "in", 4)
+    cfg = runner.RunnerConfig(wave_videos=1)
+    reference = tmp_path / "reference"
+    runner.run(files, str(reference), ["ingest"], {}, cfg)
+
+    original = runner_module.commit_shard
+    calls = {"n": 0}
+
+    def crashing_commit(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second shard: files moved, then the process "dies"
+            kwargs["before_record"] = lambda: (_ for _ in ()).throw(RuntimeError("power cut"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "commit_shard", crashing_commit)
+    out = tmp_path / "crashed"
+    with pytest.raises(RuntimeError, match="power cut"):
+        runner.run(files, str(out), ["ingest"], {}, cfg)
+    committed = len(list((out / "_commits").glob("*.json")))
+    assert committed == 1
+    assert len(list((out / "videos").glob("*.parquet"))) == 2  # one orphan file left behind
+    monkeypatch.setattr(runner_module, "commit_shard", original)
+    runner.run(files, str(out), ["ingest"], {}, cfg)
+    assert_same_catalog(out, reference)
+    assert catalog.validate(out) == []
+
+
+def test_poison_input_fails_after_retries_and_job_finishes(tmp_path, ray_local):
+    files = _inputs(tmp_path / "in", 2)
+    poison = tmp_path / "in" / "poison.mp4"
+    make_video(poison, lambda k: np.zeros((32, 32, 3), np.uint8), 5, size=(32, 32))
+    out = tmp_path / "cat"
+    cfg = runner.RunnerConfig(max_attempts=3)
+    runner.run([*files, str(poison)], str(out), ["crashing_stage:CrashingIngest"], {}, cfg)
+    rows = {Path(r["uri"]).name: r for r in catalog.read_table(out, "videos").to_pylist()}
+    assert rows["poison.mp4"]["ingest_status"] == "failed"
+    assert "worker crashed while decoding" in rows["poison.mp4"]["ingest_error"]
+    assert "3 attempts" in rows["poison.mp4"]["ingest_error"]
+    assert all(rows[Path(f).name]["ingest_status"] == "ok" for f in files)
+
+
+def test_changed_config_is_refused_then_recomputed(tmp_path, ray_local):
+    files = _inputs(tmp_path / "in", 2)
+    out = tmp_path / "cat"
+    runner.run(files, str(out), ["ingest"], {"ingest": IngestConfig()})
+    before = catalog.read_manifest(out)["stages"]["ingest"]["fingerprint"]
+    changed = {"ingest": IngestConfig(vfr_tolerance=0.25)}
+    with pytest.raises(FingerprintError, match="--recompute ingest"):
+        runner.run(files, str(out), ["ingest"], changed)
+    result = runner.run(files, str(out), ["ingest"], changed, recompute={"ingest"})
+    assert result.shards_committed == 2
+    manifest = catalog.read_manifest(out)
+    assert manifest["stages"]["ingest"]["fingerprint"] != before
+    assert manifest["stages"]["ingest"]["config"]["vfr_tolerance"] == 0.25
+    seqs = sorted(p.name for p in (out / "_commits").glob("*.json"))
+    assert any(name.endswith("-0001.json") for name in seqs)
+    assert catalog.validate(out) == []
+    # a same-config re-run is a no-op
+    assert runner.run(files, str(out), ["ingest"], changed).shards_committed == 0
+
+
+def test_second_writer_is_refused(tmp_path):
+    from catalog.commits import Lease, LeaseError
+
+    with Lease(tmp_path):
+        with pytest.raises(LeaseError, match="one writer per catalog"):
+            with Lease(tmp_path):
+                pass
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_gives_the_same_catalog(tmp_path):
+    """Driver attached to a Ray the test starts (a holder process), killed with SIGKILL after its
+    first shard commit, then re-run: the catalog equals an uninterrupted run's."""
+    files = _inputs(tmp_path / "in", 6)
+    env = {**os.environ, "EMOFORGE_PROGRESS": "0"}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import ray, sys, time; ray.init(num_cpus=2, include_dashboard=False); "
+         "print(ray.get_runtime_context().gcs_address, flush=True); time.sleep(3600)"],
+        stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        address = holder.stdout.readline().strip()
+        assert address, "the Ray holder did not start"
+        cmd = [sys.executable, "-m", "jobs.cli", "curate", "--input", *files, "--stages", "ingest",
+               "--ray-address", address, "--set", "runner.wave_videos=1"]
+        reference = tmp_path / "reference"
+        subprocess.run([*cmd, "--out", str(reference)], check=True, cwd=ROOT, env=env, capture_output=True)
+        out = tmp_path / "killed"
+        driver = subprocess.Popen([*cmd, "--out", str(out)], cwd=ROOT, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 300
+        while time.time() < deadline and not list((out / "_commits").glob("*.json")):
+            time.sleep(0.2)
+        assert driver.poll() is None, "the run finished before it could be killed"
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+        commits = len(list((out / "_commits").glob("*.json")))
+        assert 1 <= commits < 6
+        subprocess.run([*cmd, "--out", str(out)], check=True, cwd=ROOT, env=env, capture_output=True)
+        assert_same_catalog(out, reference)
+        assert catalog.validate(out) == []
+        manifest = json.loads((out / "_manifest.json").read_text())
+        assert manifest["rows"]["videos"] == 6
+    finally:
+        holder.send_signal(signal.SIGINT)
+        try:
+            holder.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            holder.kill()
