@@ -49,10 +49,12 @@ def write_manifest(
     job_spec: dict,
     stages: dict[str, dict],
     code_version: str,
+    timings: dict | None = None,
 ) -> dict:
     """Write `_manifest.json` for the catalog's current commits.
 
-    stages: {stage: {fingerprint, backends: [{key, version, weights, license}], config}}"""
+    stages: {stage: {fingerprint, backends: [{key, version, weights, license}], config}}
+    timings: {runner stage: {rows_in, ok, skipped, failed, seconds}} of the last run"""
     commits = read_commits(root)
     licenses = sorted({m["license"] for s in stages.values() for m in s.get("models", [])})
     restricted = sorted(
@@ -69,6 +71,7 @@ def write_manifest(
         "commits": [layout.commit_file(c.shard, c.seq) for c in sorted(commits.values(), key=lambda c: c.shard)],
         "counts": status_counts(root),
         "rows": {t: sum(c.counts.get(t, 0) for c in commits.values()) for t in schema.TABLES},
+        "timings": timings or {},
     }
     layout.write_json_atomic(root / layout.MANIFESTS / f"{manifest['version']}.json", manifest)
     layout.write_json_atomic(root / layout.MANIFEST, manifest)

@@ -203,8 +203,15 @@ def cmd_demo(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    import inspect
+
     module = importlib.import_module(BENCHES[args.which])
-    result = module.run(args.files or None, args.out)
+    if "files" in inspect.signature(module.run).parameters:
+        result = module.run(files=args.files or None, out_json=args.out)
+    elif args.files:
+        raise UsageError(f"bench {args.which} generates its own inputs and takes no files")
+    else:
+        result = module.run(out_json=args.out)
     print(json.dumps(result, indent=1, default=str))
     return 0
 

@@ -11,6 +11,7 @@ becomes `failed: worker crashed while decoding` (attempt markers survive the ret
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import os
@@ -138,7 +139,8 @@ def run(
             log.info("wave %d/%d: shards %s", number, len(groups), wave)
             _run_wave(root, context, wave, work, input_rows, stages, driver_stages, keys, runner, summaries)
         shutil.rmtree(root / layout.STAGING, ignore_errors=True)
-        manifest = write_manifest(root, job_spec or {}, _stage_manifest(stages, driver_stages), _code_version())
+        timings = {n: dataclasses.asdict(s) for n, s in summaries.items()}
+        manifest = write_manifest(root, job_spec or {}, _stage_manifest(stages, driver_stages), _code_version(), timings)
     result = RunResult(str(root), manifest["version"], len(work), len(set(commits) - set(work)),
                        time.time() - started, summaries)
     for summary in summaries.values():

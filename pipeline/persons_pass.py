@@ -1,0 +1,100 @@
+"""Corpus-wide identity post-pass (`emoforge catalog persons`) and person-disjoint splits.
+
+Clusters every ok track's identity embedding (per embedding backend, never mixed), names each
+cluster by a hash of its smallest track_id (stable across re-runs), writes `person_id` into
+tracks and the `persons` table, and commits each shard anew through the commit protocol.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from catalog import layout, schema
+from catalog.commits import Lease, commit_shard, read_commits
+from catalog.manifest import read_manifest, write_manifest
+from catalog.read import conform, read_table
+from pipeline.persons import THRESHOLDS, cluster_identities
+
+log = logging.getLogger(__name__)
+VERSION = "1"
+
+
+def cluster_tracks(tracks: pa.Table) -> tuple[dict[str, str], list[dict]]:
+    """track_id -> person_id, and one persons row per cluster."""
+    ok = tracks.filter(pc.and_(pc.equal(tracks["faces_status"], "ok"), pc.is_valid(tracks["identity_embedding"])))
+    ok = ok.sort_by("track_id")
+    person_of: dict[str, str] = {}
+    persons: list[dict] = []
+    for backend in sorted(set(ok["identity_backend"].drop_null().to_pylist())):
+        group = ok.filter(pc.equal(ok["identity_backend"], backend))
+        ids = group["track_id"].to_pylist()
+        vectors = np.array(group["identity_embedding"].to_pylist(), np.float32)
+        labels = np.asarray(cluster_identities(vectors, backend))
+        for label in sorted(set(labels.tolist())):
+            members = [ids[i] for i in np.flatnonzero(labels == label)]
+            pid = hashlib.sha256(f"person:{min(members)}".encode()).hexdigest()[:32]
+            person_of.update({m: pid for m in members})
+            centroid = vectors[labels == label].mean(axis=0)
+            centroid /= max(float(np.linalg.norm(centroid)), 1e-12)
+            videos = set(pc.filter(group["video_id"], pa.array(labels == label)).to_pylist())
+            persons.append({"person_id": pid, "track_count": len(members), "video_count": len(videos),
+                            "identity_backend": backend, "centroid": centroid.tolist(),
+                            "_shard": int(pc.filter(group["shard"], pa.array(labels == label))[0].as_py())})
+    return person_of, persons
+
+
+def assign_persons(root: str | Path) -> dict:
+    """Run the post-pass on a catalog; returns counts."""
+    root = layout.local_root(root)
+    with Lease(root):
+        columns = ["track_id", "video_id", "shard", "identity_embedding", "identity_backend", "faces_status"]
+        person_of, persons = cluster_tracks(read_table(root, "tracks", columns=columns))
+        fingerprint = hashlib.sha256(repr((VERSION, sorted(THRESHOLDS.items()))).encode()).hexdigest()[:16]
+        for shard, record in sorted(read_commits(root).items()):
+            tables = {name: conform(read_table(root, name, shards={shard}), schema.table_schema(name))
+                      for name in record.files if name != "persons"}
+            if "tracks" in tables and tables["tracks"].num_rows:
+                ids = tables["tracks"]["track_id"].to_pylist()
+                column = pa.array([person_of.get(t) for t in ids], pa.string())
+                index = tables["tracks"].column_names.index("person_id")
+                tables["tracks"] = tables["tracks"].set_column(index, "person_id", column)
+            mine = [{k: v for k, v in p.items() if k != "_shard"} for p in persons if p["_shard"] == shard]
+            if mine:
+                tables["persons"] = pa.Table.from_pylist(mine, schema=schema.table_schema("persons")).sort_by("person_id")
+            commit_shard(root, shard, tables, {}, {**record.fingerprints, "persons": fingerprint},
+                         keep_media=record.media)
+        manifest = read_manifest(root)
+        stages = {**manifest.get("stages", {}), "persons": {"fingerprint": fingerprint, "version": VERSION,
+                                                           "config": {"thresholds": THRESHOLDS}, "models": []}}
+        write_manifest(root, manifest.get("job_spec", {}), stages, manifest.get("code_version", "unknown"),
+                       manifest.get("timings"))
+    summary = {"persons": len(persons), "tracks_with_person": len(person_of)}
+    log.info("persons: %d clusters over %d tracks", summary["persons"], summary["tracks_with_person"])
+    return summary
+
+
+def split_by_person(root: str | Path, val_fraction: float = 0.1, seed: int = 0, out: str | None = None) -> dict:
+    """Person-disjoint train/val lists of ok track ids (train.txt, val.txt). Tracks without a
+    person_id count as their own person. Persons are ordered by hash(seed, person_id)."""
+    tracks = read_table(root, "tracks", columns=["track_id", "person_id", "faces_status"]).to_pylist()
+    groups: dict[str, list[str]] = {}
+    for row in tracks:
+        if row["faces_status"] == "ok":
+            groups.setdefault(row["person_id"] or f"track:{row['track_id']}", []).append(row["track_id"])
+    order = sorted(groups, key=lambda p: hashlib.sha256(f"{seed}:{p}".encode()).hexdigest())
+    n_val = max(1, round(len(order) * val_fraction)) if len(order) > 1 else 0
+    val_persons = set(order[:n_val])
+    folder = Path(out or root)
+    folder.mkdir(parents=True, exist_ok=True)
+    train = sorted(t for p, ids in groups.items() if p not in val_persons for t in ids)
+    val = sorted(t for p in val_persons for t in groups[p])
+    (folder / "train.txt").write_text("".join(t + "\n" for t in train))
+    (folder / "val.txt").write_text("".join(t + "\n" for t in val))
+    return {"train_tracks": len(train), "val_tracks": len(val), "persons": len(order),
+            "val_persons": len(val_persons), "folder": str(folder)}
