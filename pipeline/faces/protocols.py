@@ -103,7 +103,7 @@ def load_backend(name: str, identity: str = "dlib", threads: int = 1) -> FaceBac
 
         emb: IdentityEmbedder = DlibIdentity()
     elif identity == "arcface":
-        from pipeline.models.faces_insightface import ArcFaceIdentity
+        from pipeline.models.identity_arcface import ArcFaceIdentity
 
         emb = ArcFaceIdentity(threads=threads)
     else:

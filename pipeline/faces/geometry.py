@@ -1,0 +1,96 @@
+"""Face geometry helpers: boxes, rotated square regions as affines, 68-point indices, mouth opening.
+
+Boxes are float32[4] x0, y0, x1, y1 in pixels; affines are float32[2,3] mapping source pixels to
+the pixels of a square crop (`cv2.warpAffine` convention).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# MediaPipe 468-point mesh vertex for each iBUG 68-point landmark (jaw 0-16, brows 17-26,
+# nose 27-35, eyes 36-47, outer lips 48-59, inner lips 60-67), image-left first.
+MESH_TO_68 = np.array([
+    162, 234, 93, 58, 172, 136, 149, 148, 152, 377, 378, 365, 397, 288, 323, 454, 389,
+    71, 63, 105, 66, 107, 336, 296, 334, 293, 301,
+    168, 197, 5, 4, 75, 97, 2, 326, 305,
+    33, 160, 158, 133, 153, 144, 362, 385, 387, 263, 373, 380,
+    61, 39, 37, 0, 267, 269, 291, 405, 314, 17, 84, 181,
+    78, 82, 13, 312, 308, 317, 14, 87,
+], dtype=np.int64)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two boxes (x0, y0, x1, y1)."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a: float[N,4], b: float[M,4] -> float[N,M] IoU."""
+    a = np.asarray(a, np.float64).reshape(-1, 4)
+    b = np.asarray(b, np.float64).reshape(-1, 4)
+    ix = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    iy = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = ix * iy
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+def square_affine(center: tuple[float, float], side: float, angle: float, out: int) -> np.ndarray:
+    """float32[2,3] mapping a square of `side` source px centred at `center`, rotated by `angle`
+    radians (the face's roll; the crop comes out upright), onto an out x out crop."""
+    scale = out / max(side, 1e-6)
+    c, s = math.cos(-angle) * scale, math.sin(-angle) * scale
+    cx, cy = center
+    # crop = R(-angle) * scale * (src - center) + out/2
+    return np.array(
+        [[c, -s, out / 2 - (c * cx - s * cy)], [s, c, out / 2 - (s * cx + c * cy)]], np.float32
+    )
+
+
+def invert_affine(m: np.ndarray) -> np.ndarray:
+    """Inverse of a float[2,3] affine."""
+    full = np.vstack([np.asarray(m, np.float64), [0, 0, 1]])
+    return np.linalg.inv(full)[:2].astype(np.float32)
+
+
+def apply_affine(m: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """points float[N,2] -> float32[N,2] through the affine m (2x3)."""
+    p = np.asarray(points, np.float64).reshape(-1, 2)
+    return (p @ np.asarray(m, np.float64)[:, :2].T + np.asarray(m, np.float64)[:, 2]).astype(
+        np.float32
+    )
+
+
+def points_box(points: np.ndarray) -> np.ndarray:
+    """Tight box float32[4] around float[N,2] points."""
+    p = np.asarray(points)[:, :2]
+    return np.array([p[:, 0].min(), p[:, 1].min(), p[:, 0].max(), p[:, 1].max()], np.float32)
+
+
+def face_box_from_68(points68: np.ndarray) -> np.ndarray:
+    """A detector-like face box (brows to chin, jaw width) from 68 landmarks, float32[4]."""
+    x0, y0, x1, y1 = points_box(points68)
+    brow_to_chin = y1 - y0
+    return np.array([x0, y0 - 0.12 * brow_to_chin, x1, y1], np.float32)
+
+
+def eye_angle(points68: np.ndarray) -> float:
+    """Roll of the eye line in radians (image-left eye to image-right eye)."""
+    left = points68[36:42].mean(0)
+    right = points68[42:48].mean(0)
+    return math.atan2(right[1] - left[1], right[0] - left[0])
+
+
+def mouth_open(points68: np.ndarray) -> float:
+    """Inner-lip gap (62 to 66) over mouth width (48 to 54); 0 closed, about 0.3-0.6 wide open."""
+    gap = float(np.linalg.norm(points68[66] - points68[62]))
+    width = float(np.linalg.norm(points68[54] - points68[48]))
+    return gap / width if width > 1e-6 else float("nan")

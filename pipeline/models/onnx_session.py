@@ -1,0 +1,40 @@
+"""onnxruntime sessions for the ONNX backends (threads, execution providers), built in one place."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def execution_providers(requested: Sequence[str] | None = None) -> list[str]:
+    """The providers to ask for: `requested` as given, else CUDA when this onnxruntime build has it
+    (onnxruntime-gpu), then CPU."""
+    import onnxruntime as ort
+
+    if requested:
+        return list(requested)
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+def ort_session(path: str | Path, threads: int = 1, providers: Sequence[str] | None = None):
+    """An onnxruntime.InferenceSession on `path` with `threads` intra-op threads.
+    providers: None = CPU only; "auto" picks CUDA when available (see execution_providers)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, int(threads))
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    if providers is None:
+        chosen = ["CPUExecutionProvider"]
+    elif providers == "auto":
+        chosen = execution_providers()
+    else:
+        chosen = list(providers)
+    session = ort.InferenceSession(str(path), options, providers=chosen)
+    log.debug("onnxruntime session on %s with %s", path, session.get_providers())
+    return session

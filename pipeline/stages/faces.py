@@ -1,0 +1,159 @@
+"""The faces stage: every face in every clip as a track, with a 25 fps face-crop clip per track."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipeline import media
+from pipeline.faces.crop import GRID_FPS, CropSpec, LooseCropper, build_crops
+from pipeline.faces.rows import frame_rows, sharpness, track_id, track_row
+from pipeline.faces.tracking import Tracker, TrackerConfig
+from pipeline.models.registry import ModelSpec
+from pipeline.persons import THRESHOLDS
+from pipeline.stage import FAILED, OK, SKIPPED, Stage, media_relpath
+
+log = logging.getLogger(__name__)
+
+AUDIO_RATE = 16000
+
+
+@dataclass(frozen=True)
+class FacesConfig:
+    """Options of the faces stage (TOML section [faces])."""
+
+    backend: str = "mediapipe"  # mediapipe (bundled), mtcnn (bundled), insightface (reference)
+    identity: str = "dlib"  # dlib (bundled, 128-d) or arcface (reference, 512-d)
+    detect_stride: int = 10  # source frames between detections (every frame while a face is lost)
+    detect_width: int = 640  # frames are downscaled to this width for detection (px)
+    min_face_px: int = 64  # tracks whose median face side is smaller are skipped (px)
+    min_track_frames: int = 12  # tracks with fewer source frames are skipped
+    max_missed_frames: int = 12  # a track ends after this many frames without its face
+    identity_every: int = 50  # frames between identity checks (a change ends the track)
+    identity_threshold: float | None = None  # None: per backend (pipeline.persons.THRESHOLDS)
+    crop_size: int = 256  # face-crop side (px); portrait=True makes it 512
+    crop_scale: float = 1.8  # crop side over the face box side; portrait=True makes it 3.0
+    portrait: bool = False  # wider 512 px head-and-shoulders crop
+    smooth_sigma: float = 2.0  # temporal smoothing of the crop geometry (25 fps frames)
+    mesh: bool = False  # write the float16 [T,478,3] mesh sidecar (mediapipe only)
+    threads: int = 1  # inference threads per worker
+
+
+class FacesStage(Stage):
+    name = "faces"
+    level = "clips"
+    requires = ("clip_id", "video_id", "shard", "start_s", "end_s", "uri", "fps", "width",
+                "height", "rotation", "has_audio")
+    after = ("scenes",)
+    Config = FacesConfig
+    version = "1"
+    uses_models = True
+
+    def model_specs(self) -> list[ModelSpec]:
+        from pipeline.models.registry import get_spec
+
+        cfg = self.config
+        tasks = {"mediapipe": [("face_detection", "mediapipe"), ("face_landmarks", "mediapipe")],
+                 "mtcnn": [("face_detection", "mtcnn"), ("face_landmarks", "dlib68")],
+                 "insightface": [("face_detection", "insightface"),
+                                 ("face_landmarks", "insightface")]}[cfg.backend]
+        ident = ("identity", "dlib") if cfg.identity == "dlib" else ("identity", "arcface")
+        return [get_spec(t, b) for t, b in tasks + [ident]]
+
+    def setup(self) -> None:
+        from pipeline.faces.protocols import load_backend
+
+        self.backend = load_backend(self.config.backend, self.config.identity, self.config.threads)
+
+    def crop_spec(self) -> CropSpec:
+        cfg = self.config
+        if cfg.portrait:
+            return CropSpec(size=512, scale=3.0, smooth_sigma=cfg.smooth_sigma)
+        return CropSpec(size=cfg.crop_size, scale=cfg.crop_scale, smooth_sigma=cfg.smooth_sigma)
+
+    def tracker_config(self) -> TrackerConfig:
+        cfg = self.config
+        threshold = cfg.identity_threshold or THRESHOLDS[self.backend.identity.name]
+        return TrackerConfig(detect_stride=cfg.detect_stride, detect_width=cfg.detect_width,
+                             max_missed_frames=cfg.max_missed_frames,
+                             identity_every=cfg.identity_every, identity_threshold=threshold,
+                             mesh=cfg.mesh and self.backend.has_mesh)
+
+    def process_row(self, row: dict) -> dict:
+        started = time.perf_counter()
+        fps = float(row.get("fps") or 25.0)
+        spec = self.crop_spec()
+        tracker = Tracker(self.backend, self.tracker_config(), LooseCropper(spec, fps))
+        decoded, size = 0, (int(row.get("width") or 0), int(row.get("height") or 0))
+        for frame in media.iter_frames(row["uri"], row["start_s"], row["end_s"]):
+            size = (frame.image.shape[1], frame.image.shape[0])
+            tracker.step(frame)
+            decoded += 1
+        tracks = tracker.finish()
+        out: dict[str, Any] = {"track_count": len(tracks), "tracks": [],
+                               "faces_max_simultaneous": max(
+                                   (max(t.faces_in_frame.values(), default=1) for t in tracks),
+                                   default=0)}
+        if decoded == 0:
+            out.update(faces_status=FAILED, faces_error=(
+                f"no frames decoded from {row['uri']} in [{row['start_s']}, {row['end_s']}) s"))
+        elif not tracks:
+            out.update(faces_status=SKIPPED, faces_error=f"no face found in {decoded} frames")
+        else:
+            out.update(faces_status=OK, faces_error=None)
+        tracks.sort(key=lambda t: (t.first_index, float(t.obs[t.first_index].box[0])))
+        for index, track in enumerate(tracks):
+            tid = track_id(row["clip_id"], track.first_index, index)
+            out["tracks"].append(self._track(row, tid, index, track, size, fps, spec))
+        out["faces_seconds"] = time.perf_counter() - started
+        log.info("faces: clip %s: %d frames, %d tracks, %d detections, %.2f s", row["clip_id"],
+                 decoded, len(tracks), tracker.detections, out["faces_seconds"])
+        return out
+
+    def _track(self, row: dict, tid: str, index: int, track, size, fps: float,
+               spec: CropSpec) -> dict:
+        cfg = self.config
+        out = track_row(row, tid, index, track, size, fps)
+        out.update(identity_backend=self.backend.identity.name, faces_backend=cfg.backend,
+                   frames=[])
+        length = track.last_index - track.first_index + 1
+        if length < cfg.min_track_frames:
+            return {**out, "faces_status": SKIPPED, "faces_error":
+                    f"track has {length} frames < min_track_frames={cfg.min_track_frames}"}
+        if out["face_px_median"] < cfg.min_face_px:
+            return {**out, "faces_status": SKIPPED, "faces_error":
+                    f"face too small: median {out['face_px_median']:.0f} px < "
+                    f"min_face_px={cfg.min_face_px}"}
+        try:
+            return {**out, **self._crop(row, tid, track, size, fps, spec)}
+        except Exception as exc:  # noqa: BLE001 - per-track boundary: the clip's other tracks go on
+            log.warning("faces: track %s failed: %s", tid, exc)
+            return {**out, "faces_status": FAILED, "faces_error": f"{type(exc).__name__}: {exc}"}
+
+    def _crop(self, row: dict, tid: str, track, size, fps: float, spec: CropSpec) -> dict:
+        crops = build_crops(track, spec, fps)
+        count = len(crops.pts_s)
+        samples = count * AUDIO_RATE // GRID_FPS
+        audio = None
+        if row.get("has_audio"):
+            audio = media.read_audio(row["uri"], AUDIO_RATE, crops.start_s,
+                                     crops.start_s + count / GRID_FPS)
+        if audio is None or len(audio) == 0:
+            audio = np.zeros(samples, np.float32)
+        shard = int(row.get("shard") or 0)
+        rel = media_relpath(shard, tid, "crop.mp4")
+        media.write_video(self.context.staging_media(shard, rel), crops.frames, GRID_FPS,
+                          audio[:samples], AUDIO_RATE)
+        mesh_rel = None
+        if crops.mesh is not None and self.config.mesh:
+            mesh_rel = media_relpath(shard, tid, "mesh.npy")
+            np.save(self.context.staging_media(shard, mesh_rel), crops.mesh.astype(np.float16))
+        frames, pose = frame_rows(tid, crops, size)
+        return {**pose, "frame_count": count, "sharpness": sharpness(crops.frames),
+                "crop_path": rel, "crop_size": spec.size, "mesh_path": mesh_rel, "frames": frames,
+                "start_s": crops.start_s, "end_s": crops.end_s,
+                "faces_status": OK, "faces_error": None}

@@ -1,0 +1,48 @@
+"""The CLI's contract: exit codes, config errors that list valid keys, models list."""
+
+from __future__ import annotations
+
+import pytest
+
+from jobs import cli
+from jobs.spec import SpecError, build, load
+
+
+def test_unknown_keys_list_the_valid_ones():
+    with pytest.raises(SpecError, match="valid:.*min_face_px"):
+        build({"job": {"inputs": ["x"], "stages": ["ingest", "scenes", "faces"]}, "faces": {"min_face": 3}})
+    with pytest.raises(SpecError, match="unknown section"):
+        build({"job": {"inputs": ["x"]}, "facez": {}})
+    with pytest.raises(SpecError, match="unknown stages"):
+        build({"job": {"inputs": ["x"], "stages": ["ingest", "faeces"]}})
+
+
+def test_overrides_and_pipeline_order():
+    spec = build({"job": {"inputs": ["x"], "stages": ["scenes", "ingest"]}},
+                 ["runner.num_shards=8", "scenes.detector=\"content\""])
+    assert spec.stages == ("ingest", "scenes")
+    assert spec.runner.num_shards == 8
+    assert spec.configs["scenes"].detector == "content"
+
+
+def test_default_job_spec_loads():
+    spec = load("jobs/default.toml")
+    assert spec.stages == ("ingest", "scenes", "faces", "analyze")
+    assert spec.configs["analyze"].enabled == ("audio", "lip_sync", "expression", "emotion")
+
+
+def test_exit_codes(tmp_path, capsys):
+    assert cli.main(["curate", "--out", str(tmp_path / "c")]) == 2  # no inputs
+    assert "no inputs" in capsys.readouterr().err
+    assert cli.main(["curate", "--input", str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "c")]) == 2
+    assert cli.main(["catalog", "validate", str(tmp_path / "nothing")]) == 2
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["catalog", "validate", str(tmp_path / "empty")]) == 1  # not a catalog
+
+
+def test_models_list_shows_files_and_licenses(capsys):
+    assert cli.main(["models", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "face_detection/mediapipe" in out and "present" in out
+    assert "lip_sync/syncnet" in out and "missing" in out
+    assert "non-commercial" in out
