@@ -37,10 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     from catalog.select import SelectionError
     from jobs.spec import SpecError
     from pipeline.plan import FingerprintError
+    from pipeline.runner import LicenseError
 
     try:
         return int(args.handler(args) or 0)
-    except (UsageError, SpecError, FingerprintError, SelectionError, KeyError) as exc:
+    except (UsageError, SpecError, FingerprintError, SelectionError, LicenseError, KeyError) as exc:
         print(f"emoforge: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - the CLI boundary: say what failed, exit 1
@@ -63,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     curate.add_argument("--recompute", action="append", default=[], metavar="STAGE",
                         help="recompute a stage (and those after it) on committed shards")
     curate.add_argument("--ray-address", help="attach to a Ray cluster (default: local Ray)")
+    curate.add_argument("--commercial-only", action="store_true",
+                        help="refuse research-only / non-commercial weights")
     curate.set_defaults(handler=cmd_curate)
 
     cat = sub.add_parser("catalog", help="inspect and post-process a catalog")
@@ -129,7 +132,7 @@ def cmd_curate(args) -> int:
     if not inputs:
         raise UsageError(f"no video files found in {list(spec.inputs)}")
     result = runner.run(inputs, spec.out, list(spec.stages), spec.configs, spec.runner,
-                        set(args.recompute), spec.resolved())
+                        set(args.recompute), spec.resolved(), args.commercial_only)
     print_summary(result)
     return 0
 

@@ -44,6 +44,10 @@ STAGE_CLASSES = {
 CRASH_ERROR = "worker crashed while decoding"
 
 
+class LicenseError(ValueError):
+    """A --commercial-only run was asked to use research-only or non-commercial weights."""
+
+
 @dataclass(frozen=True)
 class RunnerConfig:
     """[runner] section of a job spec."""
@@ -83,6 +87,17 @@ class RunResult:
     stages: dict[str, StageSummary] = field(default_factory=dict)
 
 
+def check_commercial(stages: list[Stage]) -> None:
+    bad = [f"{st.name}: {spec.key} ({spec.license})" for st in stages for spec in st.model_specs()
+           if not spec.commercial_ok]
+    if bad:
+        raise LicenseError(
+            "--commercial-only: these configured backends use restricted weights: " + "; ".join(bad)
+            + ". Choose other backends or leave those stages out (e.g. --set "
+            "analyze.enabled='[\"audio\", \"lip_sync\", \"emotion\"]')"
+        )
+
+
 def load_stage_class(name: str) -> type[Stage]:
     module, _, attr = STAGE_CLASSES.get(name, name).partition(":")
     return getattr(importlib.import_module(module), attr)
@@ -109,8 +124,10 @@ def run(
     runner: RunnerConfig = RunnerConfig(),
     recompute: set[str] | frozenset[str] = frozenset(),
     job_spec: dict | None = None,
+    commercial_only: bool = False,
 ) -> RunResult:
-    """Curate `inputs` into the catalog at `out` with the named stages (in pipeline order)."""
+    """Curate `inputs` into the catalog at `out` with the named stages (in pipeline order).
+    `commercial_only` refuses backends whose weights are research-only or non-commercial."""
     started = time.time()
     root = layout.local_root(out)
     root.mkdir(parents=True, exist_ok=True)
@@ -120,6 +137,8 @@ def run(
         context = StageContext(catalog=str(root), staging=str(staging))
         classes = [load_stage_class(n) for n in stages]
         driver_stages = [cls(configs.get(n, cls.Config()), context) for n, cls in zip(stages, classes)]
+        if commercial_only:
+            check_commercial(driver_stages)
         keys = [StageKey(n, st.covers(), st.fingerprints()) for n, st in zip(stages, driver_stages)]
         init_ray(runner)
         commits = read_commits(root)
