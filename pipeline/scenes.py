@@ -31,16 +31,22 @@ Times are pts seconds relative to the video stream start; frame numbers are sour
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
+import queue
+import threading
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
-from pipeline.media import MediaError, iter_frames, open_container, stream_start_s
+from pipeline.media import MediaError, VideoFrame, iter_frames, open_container, stream_start_s
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 DETECTORS = ("adaptive", "content")
@@ -63,7 +69,7 @@ class ScenesConfig:
     content_threshold: float = 27.0  # ContentDetector: HSV content score threshold
     luma_only: bool = False  # score the luma channel only
     black_level: float = 12.0  # frames with a mean RGB level below this are fade-through-black
-    decode_threads: int = 1  # FFmpeg decoder threads (1 inside a fractional-CPU Ray task)
+    decode_threads: int = 2  # FFmpeg frame threads, besides the detector thread
 
     def __post_init__(self) -> None:
         if self.detector not in DETECTORS:
@@ -171,25 +177,24 @@ def probe_video(path: str) -> tuple[float, float]:
 def _scan_range(
     path: str, config: ScenesConfig, fps: float, start_s: float | None, end_s: float | None
 ) -> tuple[list[float], list[int], list[float], list[int]]:
-    """Decode [start_s, end_s) and return (pts, frame numbers, mean levels, raw cut positions)."""
-    import cv2
+    """Decode [start_s, end_s) and return (pts, frame numbers, mean levels, raw cut positions).
+
+    Decoding, scaling and colour conversion run in a second thread (FFmpeg and OpenCV release
+    the GIL) while this one runs the detector, as scenedetect's own decode thread does."""
     from scenedetect.common import FrameTimecode
 
     detector = make_detector(config)
-    width = config.adaptive_window
-    tail: deque[tuple[int, float]] = deque(maxlen=2 * width + 1)  # (position, content score)
+    tail: deque[tuple[int, float]] = deque(maxlen=2 * config.adaptive_window + 1)
     pts: list[float] = []
     index: list[int] = []
     level: list[float] = []
     cuts: list[int] = []
     frames = iter_frames(path, start_s=start_s, end_s=end_s, width=config.detect_width,
                          threads=config.decode_threads)
-    for position, frame in enumerate(frames):
-        pts.append(frame.pts_s)
-        index.append(frame.index)
-        bgr = cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR)
-        mean = cv2.mean(bgr)
-        level.append((mean[0] + mean[1] + mean[2]) / 3.0)
+    for position, (pts_s, frame_index, mean, bgr) in enumerate(prefetch(frames, _prepare)):
+        pts.append(pts_s)
+        index.append(frame_index)
+        level.append(mean)
         for cut in detector.process_frame(FrameTimecode(position, fps=fps), bgr):
             cuts.append(cut.frame_num)
         tail.append((position, float(getattr(detector, "_frame_score", 0.0) or 0.0)))
@@ -198,6 +203,63 @@ def _scan_range(
     if config.detector == "adaptive":
         cuts.extend(_adaptive_tail_cuts(list(tail), len(pts), config))
     return pts, index, level, cuts
+
+
+def _prepare(frame: VideoFrame) -> tuple[float, int, float, np.ndarray]:
+    """(pts s, frame number, mean RGB level 0-255, uint8[H,W,3] BGR) of a decoded frame."""
+    import cv2
+
+    bgr = cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR)
+    mean = cv2.mean(bgr)
+    return frame.pts_s, frame.index, (mean[0] + mean[1] + mean[2]) / 3.0, bgr
+
+
+def prefetch(items: Iterator, transform: Callable[..., T], depth: int = 16) -> Iterator[T]:
+    """`transform(item)` for each of `items`, computed in a background thread `depth` items
+    ahead; its exceptions are re-raised here, and stopping early stops and closes `items`."""
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                value = transform(item)
+                while not stop.is_set():
+                    try:
+                        buffer.put((value, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    break
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer and re-raised
+            buffer.put((done, exc))
+            return
+        finally:
+            close = getattr(items, "close", None)
+            if stop.is_set() and close is not None:
+                close()
+        buffer.put((done, None))
+
+    thread = threading.Thread(target=produce, name="scenes-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = buffer.get()
+            if error is not None:
+                raise error
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                buffer.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        thread.join()
 
 
 def _adaptive_tail_cuts(tail: list[tuple[int, float]], n: int, config: ScenesConfig) -> list[int]:
@@ -315,7 +377,7 @@ def spans(result: SceneScan, config: ScenesConfig) -> list[ClipSpan]:
             edges = [first] + [first_at_or_after(t0 + k * (t1 - t0) / parts)
                                for k in range(1, parts)] + [stop]
             times = [float(pts[e]) if e < n else end_of_video for e in edges]
-            if all(b - a <= config.max_clip_s + 1e-6 for a, b in zip(times, times[1:])):
+            if all(b - a <= config.max_clip_s + 1e-6 for a, b in itertools.pairwise(times)):
                 break
             parts += 1
         for k in range(parts):

@@ -76,7 +76,7 @@ def make_video(
     return path
 
 
-def texture(seed: int, size: tuple[int, int], detail: float = 24.0) -> np.ndarray:
+def texture(seed: int, size: tuple[int, int], detail: float = 6.0) -> np.ndarray:
     """A smooth colour texture uint8[H,W,3] (size = (W, H)) with fine grain: each seed gives a
     different palette and layout, so two textures differ strongly in hue, saturation and value."""
     import cv2
@@ -114,7 +114,8 @@ def shots(
             cache[shot] = texture(seed * 1000 + shot, (width + margin, height + margin))
         tex = cache[shot]
         t = i - start
-        off = int(round(t * pan_px)) % margin
+        off = round(t * pan_px) % (2 * margin)
+        off = off if off < margin else 2 * margin - 1 - off  # back and forth: no jump
         image = tex[off // 2 : off // 2 + height, off : off + width].copy()
         side = max(4, height // 8)
         x = int((start * 7 + t * 2) % max(1, width - side))
@@ -147,21 +148,29 @@ def slow_motion(size: tuple[int, int], seed: int = 0, n: int = 100) -> FrameFn:
 
 
 def fade(
-    first: FrameFn, second: FrameFn, start: int, length: int, through_black: bool = True
+    first: FrameFn, second: FrameFn, start: int, length: int, through_black: bool = True,
+    hold: int = 2,
 ) -> FrameFn:
-    """`first` until frame `start`, then a transition of `length` frames to `second`: a fade
-    out to black and in again (`through_black`), or a linear cross-dissolve."""
+    """`first` until frame `start`, then a transition to `second`. `through_black`: a dip to
+    black (`length` frames fading out, `hold` black frames, `length` frames fading in; the first
+    frame of `second` at full level is start + 2 * length + hold). Otherwise a linear
+    cross-dissolve of `length` frames."""
+    total = 2 * length + hold if through_black else length
 
     def frame(i: int) -> np.ndarray:
         if i < start:
             return first(i)
-        if i >= start + length:
+        if i >= start + total:
             return second(i)
-        a = (i - start + 0.5) / length
+        k = i - start
         if through_black:
-            if a < 0.5:
-                return (first(i).astype(np.float32) * (1 - 2 * a)).astype(np.uint8)
-            return (second(i).astype(np.float32) * (2 * a - 1)).astype(np.uint8)
+            if k < length:
+                return (first(i).astype(np.float32) * (1 - (k + 1) / (length + 1))).astype(np.uint8)
+            if k < length + hold:
+                return np.zeros_like(first(i))
+            level = (k - length - hold + 1) / (length + 1)
+            return (second(i).astype(np.float32) * level).astype(np.uint8)
+        a = (k + 1) / (length + 1)
         mix = first(i).astype(np.float32) * (1 - a) + second(i).astype(np.float32) * a
         return mix.astype(np.uint8)
 

@@ -26,7 +26,7 @@ def mel_to_hz(mel: np.ndarray | float) -> np.ndarray | float:
 
 
 def _round_half_up(x: float) -> int:
-    return int(math.floor(x + 0.5))
+    return math.floor(x + 0.5)
 
 
 def frame_signal(signal: np.ndarray, frame_len: int, frame_step: int) -> np.ndarray:
@@ -36,7 +36,7 @@ def frame_signal(signal: np.ndarray, frame_len: int, frame_step: int) -> np.ndar
     so the last frame is complete."""
     signal = np.asarray(signal, dtype=np.float64).reshape(-1)
     n = len(signal)
-    count = 1 if n <= frame_len else 1 + int(math.ceil((n - frame_len) / frame_step))
+    count = 1 if n <= frame_len else 1 + math.ceil((n - frame_len) / frame_step)
     padded_len = (count - 1) * frame_step + frame_len
     padded = np.concatenate([signal, np.zeros(max(0, padded_len - n))])
     idx = np.arange(frame_len)[None, :] + frame_step * np.arange(count)[:, None]
@@ -51,8 +51,13 @@ def pre_emphasis(signal: np.ndarray, coeff: float = 0.97) -> np.ndarray:
     return np.concatenate([signal[:1], signal[1:] - coeff * signal[:-1]])
 
 
-def mel_filterbank(nfilt: int = 26, nfft: int = 512, sample_rate: int = 16000,
-                   low_hz: float = 0.0, high_hz: float | None = None) -> np.ndarray:
+def mel_filterbank(
+    nfilt: int = 26,
+    nfft: int = 512,
+    sample_rate: int = 16000,
+    low_hz: float = 0.0,
+    high_hz: float | None = None,
+) -> np.ndarray:
     """float[nfilt, nfft//2+1] triangular filters on FFT bins, equally spaced in mel.
 
     Filter edges are FFT bins floor((nfft + 1) * hz / sample_rate) of nfilt + 2 mel points."""
@@ -87,9 +92,18 @@ def lifter(cepstra: np.ndarray, L: int = 22) -> np.ndarray:
     return cepstra * (1.0 + (L / 2.0) * np.sin(np.pi * n / L))
 
 
-def mfcc(signal: np.ndarray, sample_rate: int = 16000, numcep: int = 13, nfilt: int = 26,
-         nfft: int = 512, win_s: float = 0.025, step_s: float = 0.01, preemph: float = 0.97,
-         ceplifter: int = 22, append_energy: bool = True) -> np.ndarray:
+def mfcc(
+    signal: np.ndarray,
+    sample_rate: int = 16000,
+    numcep: int = 13,
+    nfilt: int = 26,
+    nfft: int = 512,
+    win_s: float = 0.025,
+    step_s: float = 0.01,
+    preemph: float = 0.97,
+    ceplifter: int = 22,
+    append_energy: bool = True,
+) -> np.ndarray:
     """float64[F, numcep] MFCC of a mono signal float[N] (any scale; SyncNet saw int16 scale).
 
     F = 1 + ceil((N - 400) / 160) at 16 kHz: 100 frames per second, frame f covers samples

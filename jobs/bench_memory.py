@@ -1,0 +1,209 @@
+"""`emoforge bench memory`: peak memory curating a 1-minute and a 30-minute generated input.
+
+Each input is curated by `python -m jobs.cli curate --stages ingest,scenes` in a subprocess while
+a sampler sums the resident memory (RSS) of that process tree every 0.2 s: the driver, Ray's
+workers, the raylet (which holds the object store) and Ray's other daemons, plus the growth of
+/dev/shm (the object store's shared memory). The same inputs also run through the stages without
+Ray (`python -m jobs.bench_memory --direct FILE`), which isolates the stages' own memory.
+Done when the 30-minute peak is within 20% of the 1-minute peak.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Self
+
+from jobs.bench_scenes import generated_video
+from pipeline.models.registry import cache_root
+
+log = logging.getLogger(__name__)
+
+MEMORY_SIZE = (426, 240)  # 240p keeps generating 30 minutes of video to about a minute or two
+DURATIONS_S = (60.0, 1800.0)
+MiB = 1 << 20
+
+
+def load_psutil():
+    """psutil: the installed one, else the copy Ray vendors in ray/thirdparty_files (loaded
+    without importing Ray). Adding `psutil` to the project's dependencies makes this moot."""
+    try:
+        import psutil
+
+        return psutil
+    except ImportError:
+        pass
+    import importlib.util
+
+    from pipeline.models.registry import package_dir
+
+    ray_dir = package_dir("ray")
+    init = ray_dir / "thirdparty_files" / "psutil" / "__init__.py" if ray_dir else None
+    if init is None or not init.is_file():
+        raise ImportError("psutil is needed for bench memory: pip install psutil (or ray)")
+    spec = importlib.util.spec_from_file_location(
+        "psutil", init, submodule_search_locations=[str(init.parent)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["psutil"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def role(proc) -> str:
+    """Which part of a curate run a process is: driver, worker, raylet, or ray_other."""
+    try:
+        cmd = " ".join(proc.cmdline())
+        name = proc.name()
+    except Exception:  # noqa: BLE001 - the process may have exited between listing and reading
+        return "gone"
+    if "raylet" in name or "/raylet" in cmd:
+        return "raylet"
+    if cmd.startswith("ray::") and "Agent" in cmd.split(" ")[0]:
+        return "ray_other"  # ray::DashboardAgent, ray::RuntimeEnvAgent
+    if cmd.startswith("ray::") or "default_worker.py" in cmd:
+        return "workers"
+    if "gcs_server" in name or name.startswith("ray") or "/ray/" in cmd:
+        return "ray_other"
+    return "other"
+
+
+class TreeSampler:
+    """Samples the RSS of a process and all its descendants until stopped (peak per role, MiB)."""
+
+    def __init__(self, pid: int, interval_s: float = 0.2):
+        self.root = load_psutil().Process(pid)
+        self.interval_s = interval_s
+        self.peak: dict[str, float] = {}
+        self.peak_total = 0.0
+        self.shm_base = _shm_used()
+        self.peak_shm = 0.0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval_s)
+
+    def sample(self) -> None:
+        try:
+            procs = [self.root, *self.root.children(recursive=True)]
+        except Exception:  # noqa: BLE001 - the root exited
+            return
+        by_role: dict[str, float] = {"driver": 0.0}
+        total = 0.0
+        for proc in procs:
+            try:
+                rss = proc.memory_info().rss / MiB
+            except Exception as exc:  # noqa: BLE001 - exited meanwhile
+                log.debug("process %s gone while sampling: %s", proc.pid, exc)
+                continue
+            kind = "driver" if proc.pid == self.root.pid else role(proc)
+            by_role[kind] = by_role.get(kind, 0.0) + rss
+            total += rss
+        for kind, value in by_role.items():
+            self.peak[kind] = max(self.peak.get(kind, 0.0), value)
+        self.peak_total = max(self.peak_total, total)
+        self.peak_shm = max(self.peak_shm, (_shm_used() - self.shm_base) / MiB)
+        self.samples += 1
+
+
+def _shm_used() -> float:
+    try:
+        return float(shutil.disk_usage("/dev/shm").used)
+    except OSError:
+        return 0.0
+
+
+def measure(cmd: list[str]) -> dict:
+    """Run `cmd`, sampling its process tree; peak MiB per role, wall time and exit status."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with TreeSampler(proc.pid) as sampler:
+        stdout, stderr = proc.communicate()
+    out = {"command": " ".join(cmd), "returncode": proc.returncode,
+           "wall_s": time.perf_counter() - started, "peak_total_mib": sampler.peak_total,
+           "peak_mib_by_role": sampler.peak, "peak_shm_growth_mib": sampler.peak_shm,
+           "samples": sampler.samples}
+    if proc.returncode != 0:
+        out["error"] = stderr.strip()[-800:]
+    else:
+        out["output_tail"] = stdout.strip()[-400:]
+    return out
+
+
+def inputs() -> list[Path]:
+    folder = cache_root() / "bench" / "memory"
+    return [generated_video(folder / f"mem-{int(s)}s-{MEMORY_SIZE[1]}p-v1.mp4", s,
+                            size=MEMORY_SIZE, seed=10 + i)[0]
+            for i, s in enumerate(DURATIONS_S)]
+
+
+def run(files: list[str | Path] | None = None, out_json: str | Path | None = None) -> dict:
+    """Measure peak memory for each input (default: a generated 1-minute and 30-minute video)
+    with Ray (`emoforge curate`) and without (stages in one process); write `out_json`."""
+    paths = [Path(f) for f in files] if files else inputs()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="emoforge-bench-memory-") as tmp:
+        for i, path in enumerate(paths):
+            curate = [sys.executable, "-m", "jobs.cli", "curate", "--input", str(path),
+                      "--out", str(Path(tmp) / f"catalog-{i}"), "--stages", "ingest,scenes"]
+            direct = [sys.executable, "-m", "jobs.bench_memory", "--direct", str(path)]
+            results.append({"file": str(path), "ray": measure(curate), "direct": measure(direct)})
+            log.info("bench memory: %s: ray peak %.0f MiB, direct peak %.0f MiB", path.name,
+                     results[-1]["ray"]["peak_total_mib"], results[-1]["direct"]["peak_total_mib"])
+    summary: dict = {"inputs": results, "size": list(MEMORY_SIZE)}
+    if len(results) >= 2:
+        for mode in ("ray", "direct"):
+            first, last = results[0][mode]["peak_total_mib"], results[-1][mode]["peak_total_mib"]
+            summary[f"{mode}_peak_ratio_last_to_first"] = last / first if first else None
+            summary[f"{mode}_within_20_percent"] = bool(first and last <= 1.2 * first)
+    if out_json:
+        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(out_json).write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _direct(path: str) -> None:
+    """Hash, ingest and scene-split one file in this process (the no-Ray memory baseline)."""
+    import pyarrow as pa
+
+    from pipeline.hashing import assign_ids, hash_file
+    from pipeline.scenes import ScenesConfig
+    from pipeline.stages.ingest import IngestConfig, IngestStage
+    from pipeline.stages.scenes import ScenesStage
+
+    row = assign_ids([hash_file(path)], {}, 1)[0]
+    row = {**row, **IngestStage(IngestConfig(), None).process_row(row)}
+    stage = ScenesStage(ScenesConfig(), None)
+    stage.setup()
+    out = stage.process(pa.Table.from_pylist([{k: row[k] for k in ScenesStage.requires}]))
+    status = out.column("scenes_status")[0].as_py()
+    if status != "ok":
+        raise SystemExit(f"scenes {status} on {path}: {out.column('scenes_error')[0].as_py()}")
+    sys.stdout.write(f"{path}: {out.column('scene_count')[0].as_py()} clips\n")
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    if len(sys.argv) == 3 and sys.argv[1] == "--direct":
+        _direct(sys.argv[2])
+    else:
+        json.dump(run(sys.argv[2:] or None, sys.argv[1] if len(sys.argv) > 1 else None),
+                  sys.stdout, indent=2)

@@ -1,0 +1,218 @@
+"""`emoforge bench scenes`: ingest plus scene split against the `scenedetect` command.
+
+On the same files in the same run: (a) emoforge's hash + ingest + scenes stages called directly,
+(b) `python -m jobs.cli curate --stages ingest,scenes` (the Ray runner, start-up included), and
+(c) `scenedetect -i FILE detect-adaptive list-scenes` once per file. Reports frames per second of
+each, wall-time ratios emoforge / scenedetect (<= 1.0: emoforge is at least as fast) and whether
+every cut agrees within one frame. Without files, >= 5 minutes of 720p video with known hard cuts
+are generated once into $EMOFORGE_CACHE/bench/.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.models.registry import cache_root
+
+log = logging.getLogger(__name__)
+
+BENCH_SIZE = (1280, 720)
+BENCH_FPS = 25
+BENCH_FILES = 4
+BENCH_SECONDS = 76.0  # 4 x 76 s = 304 s of 720p
+
+
+def generated_video(path: Path, seconds: float, size: tuple[int, int] = BENCH_SIZE,
+                    fps: int = BENCH_FPS, seed: int = 0) -> tuple[Path, list[int]]:
+    """A cached H.264 file of textured, panning shots with hard cuts every 1.5-9 s (seeded).
+    Returns (path, cut frame numbers); the file is written once (atomically) and reused."""
+    import av
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    n = round(seconds * fps)
+    cuts, t = [], 0
+    while True:
+        t += int(rng.uniform(1.5, 9.0) * fps)
+        if t >= n - fps:
+            break
+        cuts.append(t)
+    if path.is_file():
+        return path, cuts
+    path.parent.mkdir(parents=True, exist_ok=True)
+    width, height = size
+    margin = max(32, width // 8)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    with av.open(str(tmp), "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"crf": "23", "preset": "veryfast"}
+        tex, shot = None, -1
+        bounds = [0, *cuts]
+        for i in range(n):
+            k = int(np.searchsorted(bounds, i, side="right")) - 1
+            if k != shot:
+                shot = k
+                srng = np.random.default_rng(seed * 1000 + k)
+                coarse = srng.random((6, 10, 3)).astype(np.float32)
+                smooth = cv2.resize(coarse, (width + margin, height + margin),
+                                    interpolation=cv2.INTER_CUBIC)
+                base = srng.uniform(40, 215, 3).astype(np.float32)
+                grain = srng.normal(0, 8, (height + margin, width + margin, 1)).astype(np.float32)
+                tex = np.clip(base + (smooth - 0.5) * srng.uniform(120, 240, 3) + grain, 0, 255)
+                tex = tex.astype(np.uint8)
+            off = (i - bounds[k]) % (2 * margin)
+            off = off if off < margin else 2 * margin - 1 - off
+            image = np.ascontiguousarray(tex[off // 2: off // 2 + height, off: off + width])
+            side = height // 6
+            x = (i * 4) % (width - side)
+            image[height // 3: height // 3 + side, x: x + side] = 255 - image[0, 0]
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    os.replace(tmp, path)
+    return path, cuts
+
+
+def default_files() -> list[Path]:
+    folder = cache_root() / "bench" / "scenes"
+    return [generated_video(folder / f"bench720-{i}-v2.mp4", BENCH_SECONDS, seed=i)[0]
+            for i in range(BENCH_FILES)]
+
+
+def run_direct(files: list[Path]) -> dict:
+    """Hash + ingest + scenes stages called in this process (no Ray), per file in order."""
+    import pyarrow as pa
+
+    from pipeline.hashing import assign_ids, hash_file
+    from pipeline.scenes import ScenesConfig
+    from pipeline.stages.ingest import IngestConfig, IngestStage
+    from pipeline.stages.scenes import ScenesStage
+
+    config = ScenesConfig(trim_s=0.0)  # clip starts are then exactly the cut frames
+    ingest, scenes = IngestStage(IngestConfig(), None), ScenesStage(config, None)
+    ingest.setup()
+    scenes.setup()
+    started = time.perf_counter()
+    rows = assign_ids([hash_file(str(f)) for f in files], {}, 1)
+    hashed = time.perf_counter()
+    videos = [{**r, **ingest.process_row(r)} for r in rows]
+    ingested = time.perf_counter()
+    out = scenes.process(pa.Table.from_pylist(
+        [{k: v[k] for k in ScenesStage.requires} for v in videos])).to_pylist()
+    done = time.perf_counter()
+    cuts = {}
+    for video, row in zip(videos, out):
+        if row["scenes_status"] != "ok":
+            raise RuntimeError(f"scenes failed on {video['uri']}: {row['scenes_error']}")
+        cuts[video["uri"]] = [c["start_frame"] for c in row["clips"] if c["cut_before"] == "cut"]
+    frames = int(sum(v["frame_count"] or 0 for v in videos))
+    return {"wall_s": done - started, "hash_s": hashed - started, "ingest_s": ingested - hashed,
+            "scenes_s": done - ingested, "frames": frames,
+            "frames_per_s": frames / (done - started), "cuts": cuts}
+
+
+def run_scenedetect(files: list[Path], workdir: Path) -> dict:
+    """`scenedetect -i FILE -o DIR -q detect-adaptive list-scenes` per file (default options)."""
+    started = time.perf_counter()
+    cuts = {}
+    for f in files:
+        name = f"{Path(f).stem}-scenes.csv"
+        cmd = [sys.executable, "-m", "scenedetect", "-i", str(f), "-o", str(workdir), "-q",
+               "detect-adaptive", "list-scenes", "-f", name, "--skip-cuts"]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"scenedetect failed on {f}: {done.stderr.strip()[-800:]}")
+        with open(workdir / name, newline="") as fh:
+            starts = [int(r["Start Frame"]) - 1 for r in csv.DictReader(fh)]
+        cuts[str(f)] = [s for s in starts if s > 0]
+    return {"wall_s": time.perf_counter() - started, "cuts": cuts,
+            "command": "scenedetect -i FILE detect-adaptive list-scenes (per file)"}
+
+
+def run_ray(files: list[Path], workdir: Path) -> dict:
+    """`python -m jobs.cli curate --input FILES --out TMP --stages ingest,scenes` (Ray)."""
+    cmd = [sys.executable, "-m", "jobs.cli", "curate", "--input", *map(str, files),
+           "--out", str(workdir / "catalog"), "--stages", "ingest,scenes"]
+    if importlib.util.find_spec("jobs.cli") is None:
+        return {"status": "TODO: jobs/cli.py does not exist yet; Ray side not measured",
+                "command": " ".join(cmd)}
+    started = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        return {"status": f"TODO: curate exited {done.returncode}: {done.stderr.strip()[-800:]}",
+                "command": " ".join(cmd), "wall_s": wall}
+    return {"status": "ok", "command": " ".join(cmd), "wall_s": wall,
+            "output_tail": done.stdout.strip()[-800:]}
+
+
+def compare_cuts(ours: dict[str, list[int]], theirs: dict[str, list[int]],
+                 tolerance: int = 1) -> list[dict]:
+    """Per file: cuts of each side without a partner within `tolerance` frames."""
+    out = []
+    for uri, a in ours.items():
+        b = theirs.get(uri, [])
+        only_ours = [x for x in a if not any(abs(x - y) <= tolerance for y in b)]
+        only_theirs = [y for y in b if not any(abs(x - y) <= tolerance for x in a)]
+        out.append({"file": uri, "cuts": len(a), "scenedetect_cuts": len(b),
+                    "only_emoforge": only_ours, "only_scenedetect": only_theirs})
+    return out
+
+
+def run(files: list[str | Path] | None = None, out_json: str | Path | None = None) -> dict:
+    """Run the benchmark on `files` (generated 720p media when empty) and write `out_json`."""
+    import scenedetect
+
+    files = [Path(f) for f in files] if files else default_files()
+    with tempfile.TemporaryDirectory(prefix="emoforge-bench-scenes-") as tmp:
+        workdir = Path(tmp)
+        theirs = run_scenedetect(files, workdir)
+        ours = run_direct(files)
+        ray = run_ray(files, workdir)
+    per_file = compare_cuts(ours["cuts"], theirs["cuts"])
+    frames = ours["frames"]
+    theirs["frames_per_s"] = frames / theirs["wall_s"]
+    result = {
+        "files": [str(f) for f in files],
+        "frames": frames,
+        "scenedetect_version": scenedetect.__version__,
+        "cpu_count": os.cpu_count(),
+        "load_average_1m": os.getloadavg()[0],
+        "emoforge_direct": {k: v for k, v in ours.items() if k != "cuts"},
+        "scenedetect": {k: v for k, v in theirs.items() if k != "cuts"},
+        "emoforge_ray": ray,
+        "ratio_without_ray": ours["wall_s"] / theirs["wall_s"],
+        "ratio_with_ray": (ray["wall_s"] / theirs["wall_s"]) if ray.get("status") == "ok"
+        else "TODO: needs `emoforge curate` (jobs/cli.py)",
+        "cuts_agree_within_1_frame": all(
+            not f["only_emoforge"] and not f["only_scenedetect"] for f in per_file),
+        "per_file": per_file,
+    }
+    if ray.get("status") == "ok":
+        result["emoforge_ray"]["frames_per_s"] = frames / ray["wall_s"]
+    if out_json:
+        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(out_json).write_text(json.dumps(result, indent=2))
+    log.info("bench scenes: emoforge %.0f frames/s, scenedetect %.0f frames/s, ratio %.2f, "
+             "cuts agree: %s", ours["frames_per_s"], theirs["frames_per_s"],
+             result["ratio_without_ray"], result["cuts_agree_within_1_frame"])
+    return result
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    summary = run(sys.argv[2:], sys.argv[1])
+    json.dump({k: v for k, v in summary.items() if k != "per_file"}, sys.stdout, indent=2)

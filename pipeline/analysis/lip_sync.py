@@ -1,0 +1,187 @@
+"""Lip-sync analyzer: audio-visual offset and confidence per track, two backends, one protocol.
+
+Backends (thresholds are per backend, KEEP_RULES):
+- "av_corr" (bundled, default): correlation of the measured mouth opening with the speech
+  envelope over shifts of +-15 frames (pipeline/analysis/av_sync.py); confidence is a
+  correlation difference in [0, 2].
+- "syncnet" (reference): SyncNet v2 embeddings with syncnet_python's offset search
+  (pipeline/analysis/sync_syncnet.py); confidence is a distance difference (median - min).
+Offsets are in 25 fps frames, positive = audio leads. A track whose offset is not 0 gets a new
+crop file with the audio shifted to offset 0 (`lip_sync_shifted_path`); the crop is never
+overwritten.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from pipeline.analysis.base import CROP_FPS, AnalyzerResult, DecodedTrack
+from pipeline.models.registry import ModelSpec
+from pipeline.stage import FAILED, OK, SKIPPED, StageContext, media_relpath
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("av_corr", "syncnet")
+
+# Default keep rule per backend, applied by `select`: keep a track when
+# |lip_sync_offset_frames| <= max_abs_offset_frames and lip_sync_confidence >= min_confidence.
+# av_corr: calibrated with `emoforge bench sync` (jobs/bench_sync.py, 90 clips): generated
+# talking faces in sync (confidence 0.68-1.11, median 0.91), shifted by 3-12 frames (offset found
+# within 1 frame, so the offset gate rejects them), unrelated speech on generated faces (max 0.40)
+# and on real faces (max 0.60, at far offsets); the highest negative passing the offset gate
+# scored 0.48. ROC AUC of the rule 1.0, true positive rate 1.0, false positive rate 0.0.
+# syncnet: the peers' rule (LatentSync keeps confidence >= 3; Wav2Lip's sync expert is trained on
+# offsets within 1 frame); not calibrated here (its weights are not available offline).
+KEEP_RULES: dict[str, dict[str, float]] = {
+    "av_corr": {"max_abs_offset_frames": 1, "min_confidence": 0.6},
+    "syncnet": {"max_abs_offset_frames": 1, "min_confidence": 3.0},
+}
+
+
+def keep(backend: str, offset_frames: int | None, confidence: float | None) -> bool:
+    """The default keep rule of `backend` for one track (False when not measured)."""
+    if offset_frames is None or confidence is None or backend not in KEEP_RULES:
+        return False
+    rule = KEEP_RULES[backend]
+    return (
+        abs(offset_frames) <= rule["max_abs_offset_frames"] and confidence >= rule["min_confidence"]
+    )
+
+
+@dataclass(frozen=True)
+class LipSyncConfig:
+    backend: str = "av_corr"  # "av_corr" (bundled) or "syncnet" (reference weights)
+    max_offset_frames: int = 15  # search audio shifts of +- this many 25 fps frames
+    write_shifted: bool = True  # write a crop with audio shifted to offset 0 when offset != 0
+    min_mouth_frames: float = 0.8  # av_corr: fraction of frames with a measured mouth
+    device: str = "cpu"  # syncnet: torch device
+    batch_size: int = 20  # syncnet: windows per forward pass
+
+
+@dataclass(frozen=True)
+class SyncMeasurement:
+    offset_frames: int
+    confidence: float
+    min_dist: float | None
+    frame_confidence: np.ndarray  # float32[T], NaN where undefined
+
+
+class LipSyncAnalyzer:
+    """TrackAnalyzer for `lip_sync` (see pipeline/analysis/base.py)."""
+
+    name: ClassVar[str] = "lip_sync"
+    Config: ClassVar[type] = LipSyncConfig
+    version: ClassVar[str] = "1"
+
+    def __init__(self, config: LipSyncConfig | None, context: StageContext) -> None:
+        self.config = config or LipSyncConfig()
+        self.context = context
+        if self.config.backend not in BACKENDS:
+            raise ValueError(
+                f"lip_sync.backend must be one of {BACKENDS}, got {self.config.backend!r}"
+            )
+        self._scorer = None
+
+    def model_specs(self) -> list[ModelSpec]:
+        if self.config.backend == "syncnet":
+            from pipeline.models.syncnet import SYNCNET
+
+            return [SYNCNET]
+        return []
+
+    def setup(self) -> None:
+        if self.config.backend == "syncnet":
+            from pipeline.analysis.sync_syncnet import SyncNetScorer
+            from pipeline.models.syncnet import load_syncnet
+
+            model = load_syncnet(device=self.config.device)
+            self._scorer = SyncNetScorer(
+                model, self.config.device, self.config.batch_size, self.config.max_offset_frames
+            )
+
+    def measure(self, track: DecodedTrack) -> SyncMeasurement:
+        """Offset, confidence and per-frame confidence of one decoded track."""
+        if self.config.backend == "syncnet":
+            if self._scorer is None:
+                self.setup()
+            r = self._scorer.score(track.frames, track.audio)
+            return SyncMeasurement(r.offset_frames, r.confidence, r.min_dist, r.frame_confidence)
+        from pipeline.analysis.av_sync import av_sync
+
+        mouth = np.asarray(track.mouth_open, np.float64)
+        measured = float(np.isfinite(mouth).mean()) if len(mouth) else 0.0
+        if measured < self.config.min_mouth_frames:
+            raise _Skip(
+                f"mouth measured on {measured:.0%} of frames, "
+                f"need {self.config.min_mouth_frames:.0%} (faces stage mouth_open)"
+            )
+        if np.nanstd(mouth) < 1e-4:
+            raise _Skip("mouth opening does not vary over the track (no visible articulation)")
+        r = av_sync(mouth, track.audio, self.config.max_offset_frames)
+        return SyncMeasurement(r.offset_frames, r.confidence, None, r.frame_confidence)
+
+    def analyze(self, track: DecodedTrack, previous: dict[str, AnalyzerResult]) -> AnalyzerResult:
+        audio_result = previous.get("audio")
+        if not track.has_audio:
+            return self._skipped("no audio stream in the track")
+        if audio_result is not None and audio_result.track.get("audio_status") != OK:
+            why = audio_result.track.get("audio_error") or "audio analysis did not succeed"
+            return self._skipped(f"audio {audio_result.track.get('audio_status')}: {why}")
+        min_frames = 25 + self.config.max_offset_frames
+        if track.num_frames < min_frames:
+            return self._skipped(
+                f"track has {track.num_frames} frames, lip sync needs {min_frames}"
+            )
+        try:
+            m = self.measure(track)
+        except _Skip as why:
+            return self._skipped(str(why))
+        out: dict[str, Any] = {
+            "lip_sync_backend": self.config.backend,
+            "lip_sync_offset_frames": int(m.offset_frames),
+            "lip_sync_offset_s": float(m.offset_frames / CROP_FPS),
+            "lip_sync_confidence": float(m.confidence),
+            "lip_sync_min_dist": m.min_dist,
+            "lip_sync_shifted_path": None,
+            "lip_sync_status": OK,
+            "lip_sync_error": None,
+        }
+        if self.config.write_shifted and m.offset_frames != 0:
+            try:
+                out["lip_sync_shifted_path"] = self._write_shifted(track, m.offset_frames)
+            except Exception as exc:  # noqa: BLE001 - the measurement stands; the file failed
+                out["lip_sync_status"] = FAILED
+                out["lip_sync_error"] = (
+                    f"writing the resynced crop failed: {type(exc).__name__}: {exc}"
+                )
+        frame_conf = [None if not np.isfinite(v) else float(v) for v in m.frame_confidence]
+        return AnalyzerResult(out, {"lip_sync_frame_confidence": frame_conf})
+
+    def _write_shifted(self, track: DecodedTrack, offset: int) -> str:
+        from pipeline.analysis.resync import write_resynced
+
+        crop = track.row.get("crop_path")
+        if not crop:
+            raise ValueError(f"track {track.track_id} has no crop_path to resync")
+        src = crop if os.path.isabs(crop) else self.context.media_path(crop)
+        relpath = media_relpath(track.shard, track.track_id, f"crop_sync_{offset:+d}.mp4")
+        write_resynced(src, self.context.staging_media(track.shard, relpath), offset)
+        return relpath
+
+    def _skipped(self, reason: str) -> AnalyzerResult:
+        return AnalyzerResult(
+            {
+                "lip_sync_backend": self.config.backend,
+                "lip_sync_status": SKIPPED,
+                "lip_sync_error": reason,
+            }
+        )
+
+
+class _Skip(Exception):
+    """A declared reason to skip a track (not a failure)."""

