@@ -19,10 +19,13 @@ import pyarrow.compute as pc
 from catalog.read import read_table
 
 # Keep rules per lip-sync backend: |offset| <= max_abs_offset_frames and confidence >= min.
-# syncnet: LatentSync's rule (confidence >= 3, offset within 6 frames) on SyncNet's scale.
+# av_corr (bundled): calibrated with `emoforge bench sync` on generated talking faces (in sync
+#   0.68-1.11, unrelated speech 0.17-0.60; ROC AUC 1.0 with the offset check).
+# syncnet (reference): LatentSync's confidence >= 3 on SyncNet's scale, offset within 1 frame
+#   (the Wav2Lip convention); not calibrated here (its weights are not available offline).
 LIP_SYNC_RULES: dict[str, dict[str, float]] = {
-    "syncnet": {"min_confidence": 3.0, "max_abs_offset_frames": 6},
-    "av_correlation": {"min_confidence": 0.3, "max_abs_offset_frames": 6},
+    "av_corr": {"max_abs_offset_frames": 1, "min_confidence": 0.6},
+    "syncnet": {"max_abs_offset_frames": 1, "min_confidence": 3.0},
 }
 
 

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from catalog.select import LIP_SYNC_RULES
 from pipeline.analysis.base import CROP_FPS, AnalyzerResult, DecodedTrack
 from pipeline.models.registry import ModelSpec
 from pipeline.stage import FAILED, OK, SKIPPED, StageContext, media_relpath
@@ -28,19 +29,9 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("av_corr", "syncnet")
 
-# Default keep rule per backend, applied by `select`: keep a track when
-# |lip_sync_offset_frames| <= max_abs_offset_frames and lip_sync_confidence >= min_confidence.
-# av_corr: calibrated with `emoforge bench sync` (jobs/bench_sync.py, 90 clips): generated
-# talking faces in sync (confidence 0.68-1.11, median 0.91), shifted by 3-12 frames (offset found
-# within 1 frame, so the offset gate rejects them), unrelated speech on generated faces (max 0.40)
-# and on real faces (max 0.60, at far offsets); the highest negative passing the offset gate
-# scored 0.48. ROC AUC of the rule 1.0, true positive rate 1.0, false positive rate 0.0.
-# syncnet: the peers' rule (LatentSync keeps confidence >= 3; Wav2Lip's sync expert is trained on
-# offsets within 1 frame); not calibrated here (its weights are not available offline).
-KEEP_RULES: dict[str, dict[str, float]] = {
-    "av_corr": {"max_abs_offset_frames": 1, "min_confidence": 0.6},
-    "syncnet": {"max_abs_offset_frames": 1, "min_confidence": 3.0},
-}
+# Default keep rule per backend (calibration in catalog/select.py and `emoforge bench sync`):
+# keep when |lip_sync_offset_frames| <= max_abs_offset_frames and confidence >= min_confidence.
+KEEP_RULES = LIP_SYNC_RULES  # one table, in catalog/select.py, which `select` applies
 
 
 def keep(backend: str, offset_frames: int | None, confidence: float | None) -> bool:

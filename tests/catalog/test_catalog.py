@@ -29,8 +29,8 @@ def _tracks(n: int, shard: int) -> pa.Table:
             "track_id": f"t{shard}-{i}", "clip_id": f"c{shard}", "video_id": f"v{shard}", "shard": shard,
             "start_s": 0.0, "end_s": 2.0 + i, "frame_count": 50, "face_px_median": 80.0 + 20 * i,
             "yaw_mean": 5.0, "faces_status": "ok", "audio_status": "ok", "speech_ratio": 0.8,
-            "lip_sync_status": "ok", "lip_sync_backend": "syncnet" if i % 2 else "av_correlation",
-            "lip_sync_offset_frames": i, "lip_sync_confidence": 5.0 if i % 2 else 0.6,
+            "lip_sync_status": "ok", "lip_sync_backend": "syncnet" if i % 2 else "av_corr",
+            "lip_sync_offset_frames": i % 2, "lip_sync_confidence": 5.0 if i % 2 else 0.6,
             "expression_status": "ok", "expression_backend": "3dmm", "expression_dim": 3,
             "expression_mean": [float(i), 0.0, 1.0], "expression_magnitude": float(i),
             "emotion_label": "neutral" if i == 0 else "happy", "person_id": f"p{shard}",
@@ -116,12 +116,13 @@ def test_select_rules_per_backend_and_intensity(tmp_path):
     selected = {r["track_id"]: r for r in catalog.select(root).to_pylist()}
     assert selected["t0-0"]["drop_reason"] == "face too small"  # 80 px < 96
     assert selected["t0-1"]["keep"]  # syncnet, offset 1, confidence 5
-    assert selected["t0-2"]["keep"]  # av_correlation, offset 2, confidence 0.6
+    assert selected["t0-2"]["keep"]  # av_corr, offset 0, confidence 0.6
     strict = catalog.Thresholds.from_dict({"lip_sync_rules": {"syncnet": {"min_confidence": 6, "max_abs_offset_frames": 1},
-                                                              "av_correlation": {"min_confidence": 0.3, "max_abs_offset_frames": 1}}})
+                                                              "av_corr": {"min_confidence": 0.3, "max_abs_offset_frames": 0}}})
     strict_rows = {r["track_id"]: r for r in catalog.select(root, strict).to_pylist()}
     assert strict_rows["t0-1"]["drop_reason"] == "low sync confidence"
-    assert strict_rows["t0-2"]["drop_reason"] == "out of sync"
+    assert strict_rows["t0-3"]["drop_reason"] == "low sync confidence"
+    assert strict_rows["t0-2"]["keep"]
     # intensity grows with distance from the person's neutral track
     assert selected["t0-0"]["intensity"] == 0.0
     assert selected["t0-3"]["intensity"] > selected["t0-1"]["intensity"]
