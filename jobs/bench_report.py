@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 TARGET_TRACKS = 1_000_000
 TRACKS_PER_VIDEO = 2.8  # expected tracks per input video under report_synth's fate mix
 SHARDS = 16
-COMPARE = ["min_face_px=128", "lip_sync_rules.av_correlation.min_confidence=0.5"]
+COMPARE = ["min_face_px=128", "lip_sync_rules.av_corr.min_confidence=0.8"]
 
 
 def generated_catalog(tracks: int = TARGET_TRACKS) -> Path:
@@ -32,7 +32,7 @@ def generated_catalog(tracks: int = TARGET_TRACKS) -> Path:
     from catalog.read import read_table
     from jobs.report_synth import generate_catalog
 
-    root = cache_root() / "bench" / f"report-{tracks}"
+    root = cache_root() / "bench" / f"report-{tracks}-v2"
     done = root / "_bench_done"
     if not done.is_file():
         shutil.rmtree(root, ignore_errors=True)

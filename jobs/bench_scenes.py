@@ -15,6 +15,7 @@ import importlib.util
 import json
 import logging
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -105,14 +106,14 @@ def run_direct(files: list[Path]) -> dict:
     ingest, scenes = IngestStage(IngestConfig(), None), ScenesStage(config, None)
     ingest.setup()
     scenes.setup()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     rows = assign_ids([hash_file(str(f)) for f in files], {}, 1)
     hashed = time.perf_counter()
     videos = [{**r, **ingest.process_row(r)} for r in rows]
     ingested = time.perf_counter()
     out = scenes.process(pa.Table.from_pylist(
         [{k: v[k] for k in ScenesStage.requires} for v in videos])).to_pylist()
-    done = time.perf_counter()
+    done, cpu = time.perf_counter(), time.process_time() - cpu
     cuts = {}
     for video, row in zip(videos, out):
         if row["scenes_status"] != "ok":
@@ -120,13 +121,13 @@ def run_direct(files: list[Path]) -> dict:
         cuts[video["uri"]] = [c["start_frame"] for c in row["clips"] if c["cut_before"] == "cut"]
     frames = int(sum(v["frame_count"] or 0 for v in videos))
     return {"wall_s": done - started, "hash_s": hashed - started, "ingest_s": ingested - hashed,
-            "scenes_s": done - ingested, "frames": frames,
+            "scenes_s": done - ingested, "frames": frames, "cpu_s": cpu,
             "frames_per_s": frames / (done - started), "cuts": cuts}
 
 
 def run_scenedetect(files: list[Path], workdir: Path) -> dict:
     """`scenedetect -i FILE -o DIR -q detect-adaptive list-scenes` per file (default options)."""
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _children_cpu_s()
     cuts = {}
     for f in files:
         name = f"{Path(f).stem}-scenes.csv"
@@ -138,8 +139,13 @@ def run_scenedetect(files: list[Path], workdir: Path) -> dict:
         with open(workdir / name, newline="") as fh:
             starts = [int(r["Start Frame"]) - 1 for r in csv.DictReader(fh)]
         cuts[str(f)] = [s for s in starts if s > 0]
-    return {"wall_s": time.perf_counter() - started, "cuts": cuts,
+    return {"wall_s": time.perf_counter() - started, "cpu_s": _children_cpu_s() - cpu, "cuts": cuts,
             "command": "scenedetect -i FILE detect-adaptive list-scenes (per file)"}
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_ray(files: list[Path], workdir: Path) -> dict:
@@ -156,7 +162,17 @@ def run_ray(files: list[Path], workdir: Path) -> dict:
         return {"status": f"TODO: curate exited {done.returncode}: {done.stderr.strip()[-800:]}",
                 "command": " ".join(cmd), "wall_s": wall}
     return {"status": "ok", "command": " ".join(cmd), "wall_s": wall,
-            "output_tail": done.stdout.strip()[-800:]}
+            "ray_startup_s": ray_startup_s(), "output_tail": done.stdout.strip()[-800:]}
+
+
+def ray_startup_s() -> float:
+    """Wall time of a Python process that only starts and stops a local 2-CPU Ray (the part of
+    `curate` that is Ray start-up, interpreter and imports included)."""
+    code = ("import ray; ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False); "
+            "ray.shutdown()")
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], capture_output=True, check=False)
+    return time.perf_counter() - started
 
 
 def compare_cuts(ours: dict[str, list[int]], theirs: dict[str, list[int]],
@@ -195,8 +211,12 @@ def run(files: list[str | Path] | None = None, out_json: str | Path | None = Non
         "scenedetect": {k: v for k, v in theirs.items() if k != "cuts"},
         "emoforge_ray": ray,
         "ratio_without_ray": ours["wall_s"] / theirs["wall_s"],
+        "cpu_ratio_without_ray": ours["cpu_s"] / theirs["cpu_s"],
         "ratio_with_ray": (ray["wall_s"] / theirs["wall_s"]) if ray.get("status") == "ok"
         else "TODO: needs `emoforge curate` (jobs/cli.py)",
+        "ratio_with_ray_minus_startup": (
+            (ray["wall_s"] - ray["ray_startup_s"]) / theirs["wall_s"]
+            if ray.get("status") == "ok" else None),
         "cuts_agree_within_1_frame": all(
             not f["only_emoforge"] and not f["only_scenedetect"] for f in per_file),
         "per_file": per_file,

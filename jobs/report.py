@@ -78,7 +78,7 @@ def _count(n) -> str:
 
 
 def _hours(h, unknown: str = "") -> str:
-    return unknown if h is None else f"{h:,.3f}"
+    return unknown if h is None else f"{h:,.3f}".replace("-0.000", "0.000")
 
 
 def _img(png: bytes, alt: str, mime: str = "image/png") -> str:
@@ -109,11 +109,13 @@ def _compare_table(base: list[dict], other: list[dict]) -> str:
     rows = [('<tr><th>step</th><th>current count</th><th>compared count</th><th>change</th>'
             '<th>current hours</th><th>compared hours</th><th>change</th></tr>')]
     for a, b in zip(base, other):
-        dc, dh = b["count"] - a["count"], b["hours"] - a["hours"]
+        both = a["count"] is not None and b["count"] is not None
+        dc = f'{b["count"] - a["count"]:+,}' if both else ""
+        dh = f'{b["hours"] - a["hours"]:+,.3f}' if both else ""
         rows.append(f'<tr data-level="{_e(a["level"])}"><td>{_e(a["level"])}</td>'
                     f'<td class="num">{_count(a["count"])}</td><td class="num">{_count(b["count"])}</td>'
-                    f'<td class="num">{dc:+,}</td><td class="num">{_hours(a["hours"])}</td>'
-                    f'<td class="num">{_hours(b["hours"])}</td><td class="num">{dh:+,.3f}</td></tr>')
+                    f'<td class="num">{dc}</td><td class="num">{_hours(a["hours"])}</td>'
+                    f'<td class="num">{_hours(b["hours"])}</td><td class="num">{dh}</td></tr>')
     return '<table id="compare">' + "".join(rows) + "</table>"
 
 
@@ -149,7 +151,7 @@ def _timings_table(timings: list[dict]) -> str:
 def _models_table(models: list[dict]) -> str:
     if not models:
         return "<p>The manifest lists no models.</p>"
-    rows = ["<tr><th>stage</th><th>model</th><th>version</th><th>license</th><th>commercial use</th></tr>"]
+    rows = ["<tr><th>stages</th><th>model</th><th>version</th><th>license</th><th>commercial use</th></tr>"]
     for m in models:
         flag = '<span class="ok">yes</span>' if m["commercial_ok"] else '<span class="bad">no</span>'
         rows.append(f'<tr><td>{_e(m["stage"])}</td><td>{_e(m["key"])}</td><td>{_e(m["version"])}</td>'
@@ -166,6 +168,13 @@ def _sheet(sheet: report_media.Sheet) -> str:
         cards.append(f'<div class="card" data-track="{_e(s.track_id)}">{body}<div>{caption}</div></div>')
     inner = "".join(cards) if cards else "<p>No tracks to show.</p>"
     return f"<h3>{_e(sheet.title)}</h3><p class=meta>{_e(sheet.explanation)}</p><div class=sheet>{inner}</div>"
+
+
+def _refusal(message: str, element_id: str) -> str:
+    return (f'<div class="banner" id="{element_id}"><b>select refused this catalog:</b> {_e(message)}. '
+            "Nothing is counted as kept; fix the thresholds (e.g. <code>--compare "
+            "'lip_sync_rules.BACKEND={min_confidence=..., max_abs_offset_frames=...}'</code>) "
+            "or the catalog.</div>")
 
 
 def _thresholds(values: dict) -> str:
@@ -191,10 +200,13 @@ def render(data: dict, plots: list[tuple[str, bytes]], funnel_png: bytes,
                      + ". Its derived columns inherit those terms; use a <code>--commercial-only</code> "
                      "run for commercial training.</div>")
     kept = data["funnel"][-1]
-    parts.append(f"<h2>Funnel</h2><p>Thresholds: {_thresholds(data['thresholds'])}</p>"
-                 f"<p><b>{_count(kept['count'])}</b> tracks, <b>{_hours(kept['hours'])}</b> hours kept "
-                 f"from {_count(data['funnel'][0]['count'])} input videos "
-                 f"({_hours(data['funnel'][0]['hours'])} hours).</p>")
+    parts.append(f"<h2>Funnel</h2><p>Thresholds: {_thresholds(data['thresholds'])}</p>")
+    if data.get("select_error"):
+        parts.append(_refusal(data["select_error"], "select-error"))
+    else:
+        parts.append(f"<p><b>{_count(kept['count'])}</b> tracks, <b>{_hours(kept['hours'])}</b> hours "
+                     f"kept from {_count(data['funnel'][0]['count'])} input videos "
+                     f"({_hours(data['funnel'][0]['hours'])} hours).</p>")
     parts.append(_funnel_table(data["funnel"], "funnel"))
     parts.append(_img(funnel_png, "funnel chart"))
     if "compare" in data:
@@ -202,6 +214,8 @@ def render(data: dict, plots: list[tuple[str, bytes]], funnel_png: bytes,
         parts.append("<h2>What the compared thresholds would keep</h2><p>Overrides: "
                      + ", ".join(f"<code>{_e(o)}</code>" for o in c["overrides"])
                      + f"</p><p>Thresholds: {_thresholds(c['thresholds'])}</p>")
+        if c.get("select_error"):
+            parts.append(_refusal(c["select_error"], "compare-select-error"))
         parts.append(_compare_table(data["funnel"], c["funnel"]))
         parts.append(_funnel_table(c["funnel"], "funnel-compare"))
     parts.append("<h2>Counts by status and error</h2>" + _status_tables(data["statuses"]))

@@ -159,9 +159,10 @@ def _group(table: pa.Table, by: str, weight: str) -> dict[str, dict]:
 
 
 def funnel(videos: pa.Table, clips: pa.Table, tracks: pa.Table, keep: pa.Array,
-           drop: pa.Array) -> list[dict]:
+           drop: pa.Array, refused: str | None = None) -> list[dict]:
     """The funnel steps: each has level, count, hours and `lost` [{reason, count, hours}] between
-    the previous step and it. Hours: video/clip duration_s, track end_s - start_s."""
+    the previous step and it. Hours: video/clip duration_s, track end_s - start_s. When select
+    `refused` the catalog, the last step has no count and its one loss says why."""
     steps: list[dict] = []
     vdur = pc.fill_null(videos["duration_s"], 0.0)
     steps.append({"level": "input videos", "count": videos.num_rows, "hours": _sum(vdur) / HOURS,
@@ -194,6 +195,10 @@ def funnel(videos: pa.Table, clips: pa.Table, tracks: pa.Table, keep: pa.Array,
         {"reason": "clip time with no face track", "count": None, "hours": steps[-1]["hours"] - covered},
         {"reason": "gained: time where several faces are tracked at once (counted per track)",
          "count": None, "hours": covered - track_hours}]})
+    if refused is not None:
+        steps.append({"level": "tracks kept by select", "count": None, "hours": None, "lost": [
+            {"reason": f"select refused this catalog: {refused}", "count": None, "hours": None}]})
+        return steps
     reasons = pa.table({"reason": drop, "seconds": tdur})
     by_reason = _group(reasons.filter(pc.invert(keep)), "reason", "seconds")
     lost = [{"reason": r, **v} for r, v in sorted(by_reason.items(), key=lambda kv: -kv[1]["count"])]
@@ -322,12 +327,19 @@ def timings(manifest: dict, videos: pa.Table, clips: pa.Table) -> list[dict]:
 
 
 def models(manifest: dict) -> list[dict]:
-    """Every model the catalog's stages used: stage, key, version, license, commercial_ok."""
-    out = []
-    for stage, entry in manifest.get("stages", {}).items():
+    """Every model the catalog's stages used, once per (key, version): the stages that list it
+    (comma-separated), key, version, license, commercial_ok."""
+    found: dict[tuple, dict] = {}
+    for stage, entry in sorted(manifest.get("stages", {}).items()):
         for m in entry.get("models", []):
-            out.append({"stage": stage, "key": m.get("key"), "version": m.get("version"),
-                        "license": m.get("license"), "commercial_ok": bool(m.get("commercial_ok", True))})
+            item = found.setdefault((m.get("key"), m.get("version")), {
+                "stages": [], "key": m.get("key"), "version": m.get("version"),
+                "license": m.get("license"), "commercial_ok": bool(m.get("commercial_ok", True))})
+            item["stages"].append(stage)
+    out = []
+    for m in sorted(found.values(), key=lambda m: m["key"] or ""):
+        stages = m.pop("stages")
+        out.append({"stage": ", ".join(stages), **m})
     return out
 
 
@@ -351,12 +363,12 @@ def collect(root: Path, compare: list[str] | None = None) -> dict:
     clips = read_table(root, "clips", columns=["clip_id", "video_id", "duration_s", "faces_status",
                                                 "faces_error", "faces_seconds"])
     tracks = read_tracks(root)
-    keep, drop = select_verdicts(tracks, base)
+    keep, drop, refused = _verdicts(tracks, base)
     data = {
         "catalog": str(root), "version": manifest.get("version"),
         "schema_version": manifest.get("schema_version"), "code_version": manifest.get("code_version"),
-        "thresholds": _plain(asdict(base)), "funnel": funnel(videos, clips, tracks, keep, drop),
-        "statuses": status_table({
+        "thresholds": _plain(asdict(base)), "funnel": funnel(videos, clips, tracks, keep, drop, refused),
+        "select_error": refused, "statuses": status_table({
             "videos": videos.select(["ingest_status", "ingest_error", "scenes_status", "scenes_error"]),
             "clips": clips.select(["faces_status", "faces_error"]),
             "tracks": tracks.select([c for s in TRACK_STAGES for c in (f"{s}_status", f"{s}_error")]),
@@ -366,13 +378,26 @@ def collect(root: Path, compare: list[str] | None = None) -> dict:
     data["restricted_models"] = restricted_models(manifest, data["models"])
     if compare:
         other = thresholds_with(base, parse_overrides(compare))
-        keep2, drop2 = select_verdicts(tracks, other)
+        keep2, drop2, refused2 = _verdicts(tracks, other)
         data["compare"] = {"overrides": list(compare), "thresholds": _plain(asdict(other)),
-                           "funnel": funnel(videos, clips, tracks, keep2, drop2)}
+                           "funnel": funnel(videos, clips, tracks, keep2, drop2, refused2),
+                           "select_error": refused2}
         data["_keep_compare"] = keep2
     data["_tracks"], data["_keep"], data["_drop"] = tracks, keep, drop
     data["_clips"], data["_videos"] = clips, videos
     return data
+
+
+def _verdicts(tracks: pa.Table, thresholds: Thresholds) -> tuple[pa.Array, pa.Array, str | None]:
+    """select's verdicts, or (nothing kept, the refusal as every drop reason, the refusal) when
+    select refuses the catalog (a lip-sync backend without a keep rule, mixed expression
+    backends): the rest of the report is still worth reading."""
+    try:
+        return (*select_verdicts(tracks, thresholds), None)
+    except SelectionError as exc:
+        log.warning("report: select refused the catalog: %s", exc)
+        n = tracks.num_rows
+        return pa.array(np.zeros(n, bool)), pa.array([f"select refused: {exc}"] * n, pa.string()), str(exc)
 
 
 def _plain(values: dict) -> dict:

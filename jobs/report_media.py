@@ -90,9 +90,11 @@ def _caption(row: dict, verdict: str | None) -> list[str]:
     lines = [f"track {row['track_id'][:12]}"]
     if row.get("emotion_label"):
         lines.append(f"{row['emotion_label']} p={_fmt(row.get('emotion_prob'))}")
-    if row.get("lip_sync_backend"):
-        lines.append(f"sync {row['lip_sync_backend']}: conf {_fmt(row.get('lip_sync_confidence'))}, "
+    if row.get("lip_sync_status") == "ok":
+        lines.append(f"sync {row.get('lip_sync_backend')}: conf {_fmt(row.get('lip_sync_confidence'))}, "
                      f"offset {row.get('lip_sync_offset_frames')} fr")
+    elif row.get("lip_sync_status"):
+        lines.append(f"lip sync {row['lip_sync_status']}")
     lines.append(f"face {_fmt(row.get('face_px_median'), '.0f')} px, "
                  f"{_fmt((row.get('end_s') or 0) - (row.get('start_s') or 0), '.1f')} s")
     lines.append("kept" if verdict is None else f"dropped: {verdict}")
@@ -164,8 +166,9 @@ def contact_sheets(root: Path, tracks: pa.Table, keep: pa.Array, drop: pa.Array,
     ok_sync = has_crop & _mask(pc.equal(tracks["lip_sync_status"], "ok")) & ~np.isnan(conf)
     for backend in sorted({x for x in pc.unique(tracks["lip_sync_backend"]).to_pylist() if x}):
         pool = np.flatnonzero(ok_sync & (backends == backend))
-        low = _top(conf, pool, PER_SYNC_END, largest=False)
-        high = [i for i in _top(conf, pool, PER_SYNC_END, largest=True) if i not in low]
+        n_low = min(PER_SYNC_END, (len(pool) + 1) // 2)
+        low = _top(conf, pool, n_low, largest=False)
+        high = _top(conf, pool, min(PER_SYNC_END, len(pool) - n_low), largest=True)
         sync.samples += _samples(root, tracks, drop, low, {i: f"least in sync ({backend})" for i in low})
         sync.samples += _samples(root, tracks, drop, high, {i: f"most in sync ({backend})" for i in high})
     sheets.append(sync)

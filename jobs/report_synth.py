@@ -23,6 +23,7 @@ from catalog import schema
 from catalog.commits import commit_shard
 from catalog.manifest import write_manifest
 from catalog.read import conform
+from catalog.select import Thresholds
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ TRACK_FATES = {
     "too little speech": 0.08, "lip_sync failed": 0.02, "out of sync": 0.05,
     "low sync confidence": 0.10,
 }
+SYNC_BACKEND = "av_corr"  # the bundled lip-sync backend (pipeline.analysis.lip_sync); 10% syncnet
+SYNC_RANGES = {"av_corr": (0.0, 1.1), "syncnet": (0.0, 9.0)}  # confidence scales (lo, hi)
 VIDEO_FATES = {"ok": 0.91, "duplicate": 0.03, "ingest failed": 0.05, "scenes failed": 0.01}
 CLIP_FATES = {"faces ok": 0.82, "no face": 0.15, "faces failed": 0.03}
 INGEST_ERRORS = (("cannot open {uri}: InvalidDataError: [Errno 1094995529] Invalid data found "
@@ -57,6 +60,9 @@ def generate_catalog(
     max_track_s: float = 4.0,
 ) -> dict:
     """Write a catalog at `root`; returns the truth: counts and hours by fate per level.
+
+    Values are drawn against select's default Thresholds (and LIP_SYNC_RULES), so the fates
+    stay right when those defaults change.
 
     n_videos: input files; about 3 tracks per ok video. crops: "per_track" | "pool" | None.
     max_track_s: longest kept track (short keeps per-track crop writing fast in tests)."""
@@ -122,24 +128,32 @@ def _draw(rng: np.random.Generator, n_videos: int, shards: int, max_track_s: flo
     T = len(track_clip)
 
     # track values that pass every default rule, then the one broken rule per fate
-    dur = rng.uniform(1.2, max_track_s, T)
-    dur[tfate == "track too short"] = rng.uniform(0.4, 0.95, (tfate == "track too short").sum())
-    face_px = np.exp(rng.uniform(np.log(100), np.log(400), T))
+    t = Thresholds()
+    dur = rng.uniform(t.min_track_s + 0.2, max(max_track_s, t.min_track_s + 0.5), T)
+    short = tfate == "track too short"
+    dur[short] = rng.uniform(0.3 * t.min_track_s, 0.95 * t.min_track_s, short.sum())
+    face_px = np.exp(rng.uniform(np.log(t.min_face_px + 4), np.log(max(400, 2 * t.min_face_px)), T))
     small = tfate == "face too small"
-    face_px[small] = rng.uniform(64, 95, small.sum())
-    yaw = np.clip(rng.normal(0, 15, T), -55, 55)
+    face_px[small] = rng.uniform(0.67 * t.min_face_px, t.min_face_px - 1, small.sum())
+    yaw = np.clip(rng.normal(0, 15, T), 5 - t.max_abs_yaw_deg, t.max_abs_yaw_deg - 5)
     away = tfate == "head turned away"
-    yaw[away] = rng.choice([-1, 1], away.sum()) * rng.uniform(62, 85, away.sum())
-    speech = rng.uniform(0.35, 1.0, T)
+    yaw[away] = rng.choice([-1, 1], away.sum()) * rng.uniform(t.max_abs_yaw_deg + 2, 89, away.sum())
+    speech = rng.uniform(t.min_speech_ratio + 0.05, 1.0, T)
     quiet = tfate == "too little speech"
-    speech[quiet] = rng.uniform(0.0, 0.28, quiet.sum())
+    speech[quiet] = rng.uniform(0.0, t.min_speech_ratio - 0.02, quiet.sum())
     syncnet = rng.random(T) < 0.1
-    offset = rng.choice([-1, 0, 0, 0, 1, 2], T)
-    off = tfate == "out of sync"
-    offset[off] = rng.choice([-1, 1], off.sum()) * rng.integers(7, 16, off.sum())
-    conf = np.where(syncnet, rng.uniform(3.5, 9.0, T), rng.uniform(0.35, 0.95, T))
-    low = tfate == "low sync confidence"
-    conf[low] = np.where(syncnet[low], rng.uniform(0.5, 2.8, low.sum()), rng.uniform(0.0, 0.28, low.sum()))
+    backend = np.where(syncnet, "syncnet", SYNC_BACKEND)
+    offset = np.zeros(T, np.int64)
+    conf = np.zeros(T)
+    off, low = tfate == "out of sync", tfate == "low sync confidence"
+    for name in ("syncnet", SYNC_BACKEND):
+        rule, (lo, hi) = t.lip_sync_rules[name], SYNC_RANGES[name]
+        m = backend == name
+        limit, floor, margin = int(rule["max_abs_offset_frames"]), rule["min_confidence"], 0.03 * (hi - lo)
+        offset[m] = rng.integers(-limit, limit + 1, m.sum())
+        offset[m & off] = rng.choice([-1, 1], (m & off).sum()) * rng.integers(limit + 1, 16, (m & off).sum())
+        conf[m] = rng.uniform(floor + margin, hi, m.sum())
+        conf[m & low] = rng.uniform(lo, floor - margin, (m & low).sum())
     emotion = np.array(EMOTIONS, dtype=object)[rng.choice(len(EMOTIONS), T, p=EMOTION_WEIGHTS)]
     expr = rng.normal(0, 1, (T, schema.EXPRESSION_DIMS["3dmm"])).astype(np.float32)
     expr *= np.where(emotion == "neutral", 0.3, 1.0)[:, None].astype(np.float32)
@@ -222,7 +236,7 @@ def _draw(rng: np.random.Generator, n_videos: int, shards: int, max_track_s: flo
         "audio_status": audio_status, "audio_error": audio_error,
         "speech_ratio": np.where(audio_ok, speech, np.nan),
         "lip_sync_status": lip_status, "lip_sync_error": lip_error,
-        "lip_sync_backend": np.where(ls_ok, np.where(syncnet, "syncnet", "av_correlation"), None),
+        "lip_sync_backend": np.where(ls_ok, backend, None),
         "lip_sync_offset_frames": np.where(ls_ok, offset, np.nan),
         "lip_sync_confidence": np.where(ls_ok, conf, np.nan),
         "expression_status": np.where(faces_ok, "ok", None),

@@ -190,6 +190,7 @@ def _hash_inputs(root: Path, uris: list[str]) -> list[dict]:
 
 def _run_wave(root, context, wave, work, input_rows, names, driver_stages, keys, runner, summaries) -> None:
     staging = Path(context.staging)
+    parts = [st.name for st in driver_stages]  # staged parts are named by the stage's own name
     committed = {t: {s: read_table(root, t, shards={s}) for s in wave} for t in ("videos", "clips", "tracks", "frames")}
     redone: dict[str, set[str]] = {}  # table -> videos its creating stage redid in this wave
     for index, (name, stage) in enumerate(zip(names, driver_stages)):
@@ -202,7 +203,7 @@ def _run_wave(root, context, wave, work, input_rows, names, driver_stages, keys,
         if stage.name == "ingest":
             batch = pa.Table.from_pylist([input_rows[v] for v in sorted(videos) if v in input_rows])
         else:
-            batch = _stage_input(stage, wave, committed, staging, redone, videos, names)
+            batch = _stage_input(stage, wave, committed, staging, redone, videos, parts)
         summary = summaries[name]
         summary.rows_in += batch.num_rows
         eligible, blocked = _split_by_after(stage, batch)
@@ -215,7 +216,7 @@ def _run_wave(root, context, wave, work, input_rows, names, driver_stages, keys,
         log.info(summary.line())
     for shard in wave:
         tables = {
-            t: _assembled(t, shard, committed, staging, redone, names) for t in ("videos", "clips", "tracks", "frames")
+            t: _assembled(t, shard, committed, staging, redone, parts) for t in ("videos", "clips", "tracks", "frames")
         }
         tables = {t: v for t, v in tables.items() if v.num_rows or committed[t][shard].num_rows}
         media_root = staging / f"shard-{shard:05d}"
@@ -229,7 +230,8 @@ def _run_wave(root, context, wave, work, input_rows, names, driver_stages, keys,
 
 
 def _created_tables(stage: Stage) -> list[str]:
-    return [t for t, creator in schema.CREATED_BY.items() if creator in stage.covers() and t != stage.level]
+    """Tables whose rows this stage creates (its own level's for ingest, its children's else)."""
+    return [t for t, creator in schema.CREATED_BY.items() if creator in stage.covers()]
 
 
 def _parts(staging: Path, shard: int, table: str, stages: list[str]) -> dict[str, pa.Table]:
@@ -294,11 +296,23 @@ def _write_blocked(stage: Stage, blocked: pa.Table, staging: Path) -> None:
 def _with_keys(out_schema: pa.Schema, rows: list[dict], batch: pa.Table, level: str) -> pa.Table:
     from pipeline.stage import rows_to_table
 
-    out = rows_to_table(rows, out_schema)
-    for key in (*schema.KEYS[level], "video_id", "shard"):
-        if key not in out.column_names and key in batch.column_names:
-            out = out.append_column(key, batch[key])
-    return out
+    return fill_keys(rows_to_table(rows, out_schema), batch, level)
+
+
+def fill_keys(result: pa.Table, batch: pa.Table, level: str) -> pa.Table:
+    """Give a stage's output rows the level key, video_id and shard of their input rows, and any
+    other output column that came in the input and the stage left null (a failed row's uri)."""
+    passed = [c for c in result.column_names if c in batch.column_names]
+    for key in dict.fromkeys([*schema.KEYS[level], "video_id", "shard", *passed]):
+        if key not in batch.column_names:
+            continue
+        if key in result.column_names:
+            index = result.column_names.index(key)
+            filled = pc.coalesce(result[key], batch[key].cast(result.schema.field(key).type))
+            result = result.set_column(index, key, filled)
+        else:
+            result = result.append_column(key, batch[key])
+    return result
 
 
 def _write_output(out: pa.Table, stage: Stage, staging: Path) -> list[tuple[int, str, int]]:
@@ -326,7 +340,7 @@ def _count(summary: StageSummary, stage: Stage, wave: list[int], staging: Path) 
                 setattr(summary, value, getattr(summary, value) + status["counts"])
         for child in _created_tables(stage):
             child_part = assemble.read_parts(staging / f"shard-{shard:05d}" / child, stage.name)
-            if child_part is not None and child != "frames":
+            if child_part is not None and child not in ("frames", stage.level):
                 summary.children += child_part.num_rows
 
 
@@ -337,7 +351,6 @@ class StageWorker:
         self.stage = load_stage_class(name)(config, context)
         self.stage.setup()
         self.markers = Path(context.staging) / "attempts" / name
-        self.markers.mkdir(parents=True, exist_ok=True)
         self.max_attempts = max_attempts
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -352,6 +365,7 @@ class StageWorker:
                                  [self.stage.failed_row(f"{CRASH_ERROR} ({attempts} attempts)", FAILED)],
                                  row, self.stage.level)
             else:
+                marker.parent.mkdir(parents=True, exist_ok=True)  # staging is removed per wave
                 marker.write_text(str(attempts + 1))
                 out = self._process(row)
                 marker.unlink(missing_ok=True)
@@ -365,15 +379,7 @@ class StageWorker:
             return _with_keys(self.stage.output_schema(), [self.stage.failed_row(f"{type(exc).__name__}: {exc}")], row, self.stage.level)
         from catalog.read import conform
 
-        result = conform(result, self.stage.output_schema())
-        for key in (*schema.KEYS[self.stage.level], "video_id", "shard"):
-            if key in result.column_names:
-                index = result.column_names.index(key)
-                filled = pc.coalesce(result[key], row[key].cast(result.schema.field(key).type))
-                result = result.set_column(index, key, filled)
-            elif key in row.column_names:
-                result = result.append_column(key, row[key])
-        return result
+        return fill_keys(conform(result, self.stage.output_schema()), row, self.stage.level)
 
 
 class StagingSink:
@@ -400,47 +406,55 @@ class _StageRef:
     level: str
 
 
+_WORKERS: dict[tuple, StageWorker] = {}
+
+
+def run_stage_task(batch: pa.Table, name: str, config: Any, context: StageContext, max_attempts: int) -> pa.Table:
+    """Task form of StageWorker for stages without models: Ray reuses worker processes, so the
+    stage is built once per process and run id."""
+    key = (name, context.staging, repr(config))
+    if key not in _WORKERS:
+        _WORKERS.clear()
+        _WORKERS[key] = StageWorker(name, config, context, max_attempts)
+    return _WORKERS[key](batch)
+
+
 def _run_stage_on_ray(name: str, stage: Stage, batch: pa.Table, context: StageContext, runner: RunnerConfig) -> None:
+    """Model stages: a fixed actor pool (set up once per actor). Others: tasks. Either way
+    Ray retries work on a dead worker, and the attempt markers end the loop for a poison row."""
     import ray
     import ray.data
 
-    available = max(1.0, float(ray.available_resources().get("CPU", 1.0)))
+    available = max(1.0, float(ray.cluster_resources().get("CPU", 1.0)))
     pool = max(1, min(int(available / stage.num_cpus), batch.num_rows))
     blocks = [batch.slice(i, runner.batch_rows) for i in range(0, batch.num_rows, runner.batch_rows)]
     staging = Path(context.staging)
-    config = stage.config
-    for attempt in range(runner.max_attempts + 1):
-        ds = ray.data.from_arrow(blocks)
-        ds = ds.map_batches(
-            StageWorker,
-            fn_constructor_kwargs={"name": name, "config": config, "context": context, "max_attempts": runner.max_attempts},
-            batch_size=runner.batch_rows,
-            batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pool),
-            num_cpus=stage.num_cpus,
-        )  # Ray Data restarts dead actors and retries their tasks; attempt markers end the loop
-        try:
-            ds.write_datasink(StagingSink(stage.name, str(staging), stage.level, stage.covers()))
-            return
-        except Exception as exc:  # noqa: BLE001 - Ray wraps worker deaths in several types
-            log.warning("stage %s: attempt %d failed (%s); retrying", name, attempt + 1, type(exc).__name__)
-            for folder in staging.glob("shard-*/*"):
-                for part in folder.glob(f"{stage.name}-*.parquet"):
-                    part.unlink()
-    raise RuntimeError(f"stage {name} failed {runner.max_attempts + 1} times")
+    args = {"name": name, "config": stage.config, "context": context, "max_attempts": runner.max_attempts}
+    ds = ray.data.from_arrow(blocks)
+    if stage.uses_models:
+        ds = ds.map_batches(StageWorker, fn_constructor_kwargs=args, batch_size=runner.batch_rows,
+                            batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=pool),
+                            num_cpus=stage.num_cpus)
+    else:
+        ds = ds.map_batches(run_stage_task, fn_kwargs=args, batch_size=runner.batch_rows,
+                            batch_format="pyarrow", compute=ray.data.TaskPoolStrategy(size=pool),
+                            num_cpus=stage.num_cpus)
+    ds.write_datasink(StagingSink(stage.name, str(staging), stage.level, stage.covers()))
 
 
 def _stage_manifest(names: list[str], stages: list[Stage]) -> dict[str, dict]:
     out = {}
     for name, stage in zip(names, stages):
-        models = [
-            {"key": s.key, "backend": s.backend, "version": s.version, "license": s.license,
-             "commercial_ok": s.commercial_ok, "weights": _safe_checksum(s)}
-            for s in stage.model_specs()
-        ]
+        by_stage = stage.models_by_stage()
         for covered, fp in stage.fingerprints().items():
+            models = [
+                {"key": s.key, "backend": s.backend, "version": s.version, "license": s.license,
+                 "commercial_ok": s.commercial_ok, "weights": _safe_checksum(s)}
+                for s in by_stage.get(covered, [])
+            ]
+            config = getattr(stage.config, covered, stage.config) if len(stage.covers()) > 1 else stage.config
             out[covered] = {"fingerprint": fp, "runner_stage": name, "version": stage.version,
-                            "config": config_dict(stage.config), "models": models}
+                            "config": config_dict(config), "models": models}
     return out
 
 

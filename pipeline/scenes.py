@@ -40,6 +40,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from typing import TypeVar
 
 import numpy as np
@@ -70,6 +71,7 @@ class ScenesConfig:
     luma_only: bool = False  # score the luma channel only
     black_level: float = 12.0  # frames with a mean RGB level below this are fade-through-black
     decode_threads: int = 2  # FFmpeg frame threads, besides the detector thread
+    scale: str = "FAST_BILINEAR"  # swscale method for the downscale (scenedetect: bilinear)
 
     def __post_init__(self) -> None:
         if self.detector not in DETECTORS:
@@ -93,7 +95,7 @@ class ScenesConfig:
 
     def detector_params(self) -> dict:
         """The parameters that decide where cuts fall (recorded with every clip)."""
-        params = {"detector": self.detector, "detect_width": self.detect_width,
+        params = {"detector": self.detector, "detect_width": self.detect_width, "scale": self.scale,
                   "min_scene_s": self.min_scene_s, "luma_only": self.luma_only,
                   "black_level": self.black_level}
         if self.detector == "adaptive":
@@ -184,21 +186,22 @@ def _scan_range(
     from scenedetect.common import FrameTimecode
 
     detector = make_detector(config)
+    rate = Fraction(fps).limit_denominator(1_000_000)  # FrameTimecode converts floats per call
     tail: deque[tuple[int, float]] = deque(maxlen=2 * config.adaptive_window + 1)
     pts: list[float] = []
     index: list[int] = []
     level: list[float] = []
     cuts: list[int] = []
     frames = iter_frames(path, start_s=start_s, end_s=end_s, width=config.detect_width,
-                         threads=config.decode_threads)
+                         threads=config.decode_threads, interpolation=config.scale)
     for position, (pts_s, frame_index, mean, bgr) in enumerate(prefetch(frames, _prepare)):
         pts.append(pts_s)
         index.append(frame_index)
         level.append(mean)
-        for cut in detector.process_frame(FrameTimecode(position, fps=fps), bgr):
+        for cut in detector.process_frame(FrameTimecode(position, fps=rate), bgr):
             cuts.append(cut.frame_num)
         tail.append((position, float(getattr(detector, "_frame_score", 0.0) or 0.0)))
-    for cut in detector.post_process(FrameTimecode(max(0, len(pts) - 1), fps=fps)):
+    for cut in detector.post_process(FrameTimecode(max(0, len(pts) - 1), fps=rate)):
         cuts.append(cut.frame_num)
     if config.detector == "adaptive":
         cuts.extend(_adaptive_tail_cuts(list(tail), len(pts), config))

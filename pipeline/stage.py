@@ -96,6 +96,10 @@ class Stage:
         """The weights this stage's configured backends use (fingerprint, manifest, licenses)."""
         return []
 
+    def models_by_stage(self) -> dict[str, list[ModelSpec]]:
+        """The weights each covered stage uses (an analyzer group splits them per analyzer)."""
+        return {name: self.model_specs() for name in self.covers()}
+
     def setup(self) -> None:
         """Load models. Called once per worker before the first batch."""
 

@@ -10,6 +10,6 @@ from pipeline.stages.ingest import IngestStage
 
 class CrashingIngest(IngestStage):
     def process_row(self, row: dict) -> dict:
-        if "poison" in row["uri"]:
+        if os.path.basename(row["uri"]).startswith("poison"):
             os._exit(1)  # the whole worker process dies, as a segfaulting decoder would
         return super().process_row(row)

@@ -84,6 +84,9 @@ class AnalyzeStage(Stage):
     def model_specs(self) -> list[ModelSpec]:
         return [spec for a in self.analyzers for spec in a.model_specs()]
 
+    def models_by_stage(self) -> dict[str, list[ModelSpec]]:
+        return {a.name: a.model_specs() for a in self.analyzers}
+
     def fingerprints(self) -> dict[str, str]:
         out = {}
         for analyzer in self.analyzers:

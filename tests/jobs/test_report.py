@@ -16,7 +16,7 @@ import pyarrow as pa
 import pytest
 
 import catalog
-from catalog.select import SelectionError, Thresholds
+from catalog.select import LIP_SYNC_RULES, SelectionError, Thresholds
 from jobs import report_data, report_media
 from jobs.media_sources import MediaSourceError
 from jobs.report import write_report
@@ -130,10 +130,10 @@ def test_compare_equals_select_over_whole_catalog(larger, monkeypatch):
     root, _ = larger
     monkeypatch.setattr(report_data, "SELECT_CHUNK_ROWS", 7)
     overrides = ["min_face_px=128", "min_intensity=0.8", "emotions=['happy', 'neutral', 'sad']",
-                 "lip_sync_rules.av_correlation.min_confidence=0.5"]
+                 "lip_sync_rules.av_corr.min_confidence=0.8"]
     data = report_data.collect(root, overrides)
     other = report_data.thresholds_with(Thresholds(), report_data.parse_overrides(overrides))
-    assert other.lip_sync_rules["syncnet"]["min_confidence"] == 3.0  # untouched rule kept
+    assert other.lip_sync_rules["syncnet"] == LIP_SYNC_RULES["syncnet"]  # untouched rule kept
     reference = catalog.select(root, other)
     kept = data["compare"]["funnel"][-1]
     assert kept["count"] == int(np.sum(reference["keep"].to_numpy(zero_copy_only=False)))
@@ -198,9 +198,9 @@ def test_contact_sheets_show_real_frames_and_reasons(small):
     for sample in failures:
         assert any("failed:" in line for line in sample.caption)
     sync = sheets["Least and most in sync"].samples
-    least = [by_id[s.track_id]["lip_sync_confidence"] for s in sync if "least in sync (av_correlation)" in s.caption]
+    least = [by_id[s.track_id]["lip_sync_confidence"] for s in sync if "least in sync (av_corr)" in s.caption]
     confs = sorted(r["lip_sync_confidence"] for r in by_id.values()
-                   if r["lip_sync_backend"] == "av_correlation" and r["crop_path"])
+                   if r["lip_sync_backend"] == "av_corr" and r["crop_path"])
     assert least == pytest.approx(confs[: len(least)]) and least
 
 
@@ -303,13 +303,19 @@ def test_cli_writes_the_report(small, tmp_path):
 @needs_chromium
 @pytest.mark.skipif(importlib.util.find_spec("jobs.demo") is None, reason="emoforge demo not wired yet")
 def test_demo_catalog_report(tmp_path):
-    """`emoforge demo`, then its report in Chromium; the funnel matches plain Parquet reads."""
+    """`emoforge demo`, then its report in Chromium; the funnel matches plain Parquet reads.
+    EMOFORGE_DEMO_CATALOG=<folder> reuses a demo catalog already built."""
+    import os
+
     import pandas as pd
 
-    done = subprocess.run([sys.executable, "-m", "jobs.cli", "demo", "--out", str(tmp_path / "demo")],
-                          check=False, capture_output=True, text=True, timeout=3000)
-    assert done.returncode == 0, done.stderr[-3000:]
-    root = next(p.parent for p in (tmp_path / "demo").rglob("_manifest.json"))
+    root = os.environ.get("EMOFORGE_DEMO_CATALOG")
+    if root is None:
+        done = subprocess.run([sys.executable, "-m", "jobs.cli", "demo", "--out", str(tmp_path / "demo")],
+                              check=False, capture_output=True, text=True, timeout=3000)
+        assert done.returncode == 0, done.stderr[-3000:]
+        root = next(p.parent for p in (tmp_path / "demo").rglob("_manifest.json"))
+    root = Path(root)
     out = write_report(root, tmp_path / "demo.html")
     shot = tmp_path / "demo.png"
     run = chromium(out, tmp_path, f"--screenshot={shot}")
@@ -317,12 +323,30 @@ def test_demo_catalog_report(tmp_path):
     from PIL import Image
 
     assert np.asarray(Image.open(shot).convert("L")).std() > 25
-    shown = rendered_funnel(chromium(out, tmp_path, "--dump-dom").stdout)
-    videos = pd.read_parquet(root / "videos")
-    assert shown["input videos"][0] == len(videos)
-    assert shown["clips"][0] == len(pd.read_parquet(root / "clips", columns=["clip_id"]))
-    assert shown["face tracks"][0] == len(pd.read_parquet(root / "tracks", columns=["track_id"]))
-    assert shown["tracks kept by select"][0] == catalog.training_index(root).num_rows
+    dom = chromium(out, tmp_path, "--dump-dom")
+    assert console_errors(dom.stderr) == []
+    shown = rendered_funnel(dom.stdout)
+    videos = pd.read_parquet(root / "videos", columns=["duration_s", "ingest_status", "scenes_status"])
+    clips = pd.read_parquet(root / "clips", columns=["duration_s", "faces_status"])
+    tracks = pd.read_parquet(root / "tracks", columns=["start_s", "end_s"])
+    expected = {
+        "input videos": (len(videos), videos.duration_s.sum() / 3600),
+        "videos ingested": (int((videos.ingest_status == "ok").sum()),
+                            videos.duration_s[videos.ingest_status == "ok"].sum() / 3600),
+        "videos split into clips": (int((videos.scenes_status == "ok").sum()),
+                                    videos.duration_s[videos.scenes_status == "ok"].sum() / 3600),
+        "clips": (len(clips), clips.duration_s.sum() / 3600),
+        "clips with faces": (int((clips.faces_status == "ok").sum()),
+                             clips.duration_s[clips.faces_status == "ok"].sum() / 3600),
+        "face tracks": (len(tracks), (tracks.end_s - tracks.start_s).sum() / 3600),
+    }
+    kept = catalog.training_index(root)
+    expected["tracks kept by select"] = (kept.num_rows, sum(
+        e - s for s, e in zip(kept["start_s"].to_pylist(), kept["end_s"].to_pylist())) / 3600)
+    for level, (count, hours) in expected.items():
+        assert shown[level][0] == count, level
+        assert shown[level][1] == pytest.approx(hours, abs=6e-4), level
+    assert dom.stdout.count("data:image/jpeg;base64,") >= 1  # real face crops decoded
 
 
 def test_failed_videos_and_clips_become_text_cards(larger):
@@ -349,10 +373,37 @@ def test_covered_hours_is_the_union_of_track_spans():
 
 
 def test_funnel_face_track_losses_add_up(larger):
-    root, truth = larger
+    root, _ = larger
     steps = {s["level"]: s for s in report_data.collect(root)["funnel"]}
     lost = {i["reason"]: i["hours"] for i in steps["face tracks"]["lost"]}
     uncovered = lost["clip time with no face track"]
     assert uncovered > 0  # the generator pads every clip beyond its tracks
     assert lost["gained: time where several faces are tracked at once (counted per track)"] < 0
     assert steps["clips with faces"]["hours"] - sum(lost.values()) == pytest.approx(steps["face tracks"]["hours"])
+
+
+def test_select_refusal_is_reported_and_a_compared_rule_fixes_it(larger):
+    """A lip-sync backend without a keep rule: the report says so instead of failing, and a
+    compared set that adds the rule gives the same verdicts as the renamed backend's rule."""
+    import pyarrow.compute as pc
+
+    from jobs.report import render
+
+    root, _ = larger
+    tracks = report_data.read_tracks(root)
+    renamed = tracks.set_column(tracks.schema.get_field_index("lip_sync_backend"), "lip_sync_backend",
+                                pc.replace_substring(tracks["lip_sync_backend"], "av_corr", "av_new"))
+    keep, _, refused = report_data._verdicts(renamed, Thresholds())
+    assert "av_new" in refused and not any(keep.to_pylist())
+    rule = LIP_SYNC_RULES["av_corr"]
+    fixed = report_data.thresholds_with(Thresholds(), report_data.parse_overrides(
+        [(f"lip_sync_rules.av_new={{min_confidence={rule['min_confidence']}, "
+         f"max_abs_offset_frames={rule['max_abs_offset_frames']}}}")]))
+    keep_fixed, drop_fixed, refused_fixed = report_data._verdicts(renamed, fixed)
+    keep_orig, drop_orig = report_data.select_verdicts(tracks, Thresholds())
+    assert refused_fixed is None and keep_fixed.equals(keep_orig) and drop_fixed.equals(drop_orig)
+    data = report_data.collect(root)
+    data["select_error"] = refused
+    data["funnel"][-1] = {"level": "tracks kept by select", "count": None, "hours": None, "lost": []}
+    page = render(data, [], b"", [])
+    assert 'id="select-error"' in page and "av_new" in page

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from fractions import Fraction
 
 import numpy as np
 import pyarrow as pa
@@ -210,3 +211,29 @@ def _write_audio_only(path) -> None:
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
+
+
+def test_variable_frame_rate_spans_are_exact_pts(tmp_path):
+    import av
+
+    frames_fn = shots([40, 90], (128, 72), seed=2)
+    path = tmp_path / "vfr.mp4"
+    durations = np.random.default_rng(0).choice([20, 40, 60], size=130)  # ms per frame
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 128, 72, "yuv420p"
+        stream.codec_context.time_base = stream.time_base = Fraction(1, 1000)
+        t = 0
+        for i in range(130):
+            frame = av.VideoFrame.from_ndarray(frames_fn(i), format="rgb24")
+            frame.pts, frame.time_base = t, Fraction(1, 1000)
+            t += int(durations[i])
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    pts = [f.pts_s for f in iter_frames(str(path))]
+    clips = detect_scenes(path, ScenesConfig(trim_s=0.0))
+    assert [c.start_s for c in clips] == [0.0, pts[40], pts[90]]
+    assert [c.end_s for c in clips[:2]] == [pts[40], pts[90]]
+    assert clips[-1].end_s > pts[-1]
