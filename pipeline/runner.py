@@ -23,15 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from catalog import layout, schema
-from catalog.commits import Lease, clean_orphans, commit_shard, read_commits
+from catalog.commits import Lease, clean_orphans, read_commits
 from catalog.manifest import write_manifest
 from catalog.read import read_table
-from pipeline import assemble, hashing
+from pipeline import hashing
 from pipeline.plan import StageKey, plan, waves
-from pipeline.stage import FAILED, SKIPPED, Stage, StageContext, config_dict
+from pipeline.stage import FAILED, Stage, StageContext, config_dict
+from pipeline.staging import WaveStaging, fill_keys, rows_with_keys, split_by_after, write_output
 
 log = logging.getLogger(__name__)
 
@@ -189,159 +189,31 @@ def _hash_inputs(root: Path, uris: list[str]) -> list[dict]:
 
 
 def _run_wave(root, context, wave, work, input_rows, names, driver_stages, keys, runner, summaries) -> None:
-    staging = Path(context.staging)
-    parts = [st.name for st in driver_stages]  # staged parts are named by the stage's own name
-    committed = {t: {s: read_table(root, t, shards={s}) for s in wave} for t in ("videos", "clips", "tracks", "frames")}
-    redone: dict[str, set[str]] = {}  # table -> videos its creating stage redid in this wave
+    area = WaveStaging(root, Path(context.staging), wave, [st.name for st in driver_stages])
     for index, (name, stage) in enumerate(zip(names, driver_stages)):
         videos = {v for s in wave for v, first in work[s].items() if first <= index}
         if not videos:
             continue
         started = time.time()
-        for child in _created_tables(stage):
-            redone.setdefault(child, set()).update(videos)
+        area.mark_redone(stage, videos)
         if stage.name == "ingest":
             batch = pa.Table.from_pylist([input_rows[v] for v in sorted(videos) if v in input_rows])
         else:
-            batch = _stage_input(stage, wave, committed, staging, redone, videos, parts)
-        summary = summaries[name]
-        summary.rows_in += batch.num_rows
-        eligible, blocked = _split_by_after(stage, batch)
+            batch = area.stage_input(stage, videos)
+        eligible, blocked = split_by_after(stage, batch)
         if blocked.num_rows:
-            _write_blocked(stage, blocked, staging)
+            area.write_blocked(stage, blocked)
         if eligible.num_rows:
             _run_stage_on_ray(name, stage, eligible, context, runner)
-        _count(summary, stage, wave, staging)
+        statuses, children = area.outcome(stage)
+        summary = summaries[name]
+        summary.rows_in += batch.num_rows
+        summary.children += children
+        for status in ("ok", "skipped", "failed"):
+            setattr(summary, status, getattr(summary, status) + statuses.get(status, 0))
         summary.seconds += time.time() - started
         log.info(summary.line())
-    for shard in wave:
-        tables = {
-            t: _assembled(t, shard, committed, staging, redone, parts) for t in ("videos", "clips", "tracks", "frames")
-        }
-        tables = {t: v for t, v in tables.items() if v.num_rows or committed[t][shard].num_rows}
-        media_root = staging / f"shard-{shard:05d}"
-        media = {p.relative_to(media_root).as_posix(): p for p in (media_root / layout.MEDIA).rglob("*") if p.is_file()} if (media_root / layout.MEDIA).is_dir() else {}
-        previous = read_commits(root).get(shard)
-        fingerprints = dict(previous.fingerprints) if previous else {}
-        for key in keys:
-            fingerprints.update(key.fingerprints)
-        commit_shard(root, shard, tables, media, fingerprints, keep_media=previous.media if previous else None)
-    shutil.rmtree(staging, ignore_errors=True)
-
-
-def _created_tables(stage: Stage) -> list[str]:
-    """Tables whose rows this stage creates (its own level's for ingest, its children's else)."""
-    return [t for t, creator in schema.CREATED_BY.items() if creator in stage.covers()]
-
-
-def _parts(staging: Path, shard: int, table: str, stages: list[str]) -> dict[str, pa.Table]:
-    folder = staging / f"shard-{shard:05d}" / table
-    out = {}
-    for covered in stages:
-        part = assemble.read_parts(folder, covered)
-        if part is not None:
-            out[covered] = part
-    return out
-
-
-def _assembled(table, shard, committed, staging, redone, names) -> pa.Table:
-    parts = _parts(staging, shard, table, names)
-    videos = redone.get(table, set())
-    if table == "frames":
-        tracks = committed["tracks"][shard]
-        ids = set(pc.filter(tracks["track_id"], pc.is_in(tracks["video_id"], pa.array(sorted(videos), pa.string()))).to_pylist()) if videos and tracks.num_rows else set()
-        return assemble.assemble(table, committed[table][shard], parts, ("track_id", ids))
-    return assemble.assemble(table, committed[table][shard], parts, ("video_id", videos))
-
-
-def _stage_input(stage, wave, committed, staging, redone, videos, names) -> pa.Table:
-    level_rows, ancestors = [], {"videos": [], "clips": []}
-    for shard in wave:
-        for table in ("videos", "clips"):
-            ancestors[table].append(_assembled(table, shard, committed, staging, redone, names) if table != stage.level else None)
-        level_rows.append(_assembled(stage.level, shard, committed, staging, redone, names))
-    rows = pa.concat_tables(level_rows)
-    rows = rows.filter(pc.is_in(rows["video_id"], pa.array(sorted(videos), pa.string())))
-    anc = {t: pa.concat_tables([a for a in v if a is not None]) for t, v in ancestors.items() if any(a is not None for a in v)}
-    rows = assemble.join_ancestors(rows, stage.level, anc, list(stage.requires) + [f"{a}_status" for a in stage.after])
-    child_columns = getattr(stage, "requires_children", ())
-    if child_columns:
-        frames = pa.concat_tables([_assembled("frames", s, committed, staging, redone, names) for s in wave])
-        rows = assemble.nest_children(rows, stage.level, frames, list(child_columns))
-    keep = list(dict.fromkeys([*schema.KEYS[stage.level], "video_id", "shard", *stage.requires,
-                               *[f"{a}_status" for a in stage.after],
-                               *([schema.CHILDREN[stage.level]] if child_columns else [])]))
-    return rows.select([c for c in keep if c in rows.column_names])
-
-
-def _split_by_after(stage: Stage, batch: pa.Table) -> tuple[pa.Table, pa.Table]:
-    ok = pa.array([True] * batch.num_rows, pa.bool_())
-    for after in stage.after:
-        column = f"{after}_status"
-        if column in batch.column_names:
-            ok = pc.and_(ok, pc.fill_null(pc.equal(batch[column], "ok"), False))
-    return batch.filter(ok), batch.filter(pc.invert(ok))
-
-
-def _write_blocked(stage: Stage, blocked: pa.Table, staging: Path) -> None:
-    """Rows whose prerequisite stage did not succeed: `skipped` with the reason."""
-    rows = []
-    for row in blocked.to_pylist():
-        why = ", ".join(f"{a} {row.get(f'{a}_status') or 'missing'}" for a in stage.after if row.get(f"{a}_status") != "ok")
-        rows.append(stage.failed_row(f"not run: {why}", status=SKIPPED))
-    out = _with_keys(stage.output_schema(), rows, blocked, stage.level)
-    _write_output(out, stage, staging)
-
-
-def _with_keys(out_schema: pa.Schema, rows: list[dict], batch: pa.Table, level: str) -> pa.Table:
-    from pipeline.stage import rows_to_table
-
-    return fill_keys(rows_to_table(rows, out_schema), batch, level)
-
-
-def fill_keys(result: pa.Table, batch: pa.Table, level: str) -> pa.Table:
-    """Give a stage's output rows the level key, video_id and shard of their input rows, and any
-    other output column that came in the input and the stage left null (a failed row's uri)."""
-    passed = [c for c in result.column_names if c in batch.column_names]
-    for key in dict.fromkeys([*schema.KEYS[level], "video_id", "shard", *passed]):
-        if key not in batch.column_names:
-            continue
-        if key in result.column_names:
-            index = result.column_names.index(key)
-            filled = pc.coalesce(result[key], batch[key].cast(result.schema.field(key).type))
-            result = result.set_column(index, key, filled)
-        else:
-            result = result.append_column(key, batch[key])
-    return result
-
-
-def _write_output(out: pa.Table, stage: Stage, staging: Path) -> list[tuple[int, str, int]]:
-    """Split a stage output by shard, explode children, write Parquet parts. Returns (shard,
-    table, rows) per part."""
-    written = []
-    for shard in sorted(set(out["shard"].to_pylist())):
-        subset = out.filter(pc.equal(out["shard"], shard))
-        for table, part in assemble.explode(subset, stage.level).items():
-            folder = staging / f"shard-{shard:05d}" / table
-            assemble.write_part(folder, stage.name, part)
-            written.append((shard, table, part.num_rows))
-    return written
-
-
-def _count(summary: StageSummary, stage: Stage, wave: list[int], staging: Path) -> None:
-    for shard in wave:
-        part = assemble.read_parts(staging / f"shard-{shard:05d}" / stage.level, stage.name)
-        if part is None:
-            continue
-        column = f"{stage.covers()[0]}_status"
-        for status in pc.value_counts(part[column]).to_pylist():
-            value = status["values"]
-            if value in ("ok", "skipped", "failed"):
-                setattr(summary, value, getattr(summary, value) + status["counts"])
-        for child in _created_tables(stage):
-            child_part = assemble.read_parts(staging / f"shard-{shard:05d}" / child, stage.name)
-            if child_part is not None and child not in ("frames", stage.level):
-                summary.children += child_part.num_rows
+    area.commit({k: v for key in keys for k, v in key.fingerprints.items()})
 
 
 class StageWorker:
@@ -361,9 +233,7 @@ class StageWorker:
             marker = self.markers / str(row[key][0].as_py())
             attempts = int(marker.read_text()) if marker.exists() else 0
             if attempts >= self.max_attempts:
-                out = _with_keys(self.stage.output_schema(),
-                                 [self.stage.failed_row(f"{CRASH_ERROR} ({attempts} attempts)", FAILED)],
-                                 row, self.stage.level)
+                out = rows_with_keys(self.stage, [self.stage.failed_row(f"{CRASH_ERROR} ({attempts} attempts)", FAILED)], row)
             else:
                 marker.parent.mkdir(parents=True, exist_ok=True)  # staging is removed per wave
                 marker.write_text(str(attempts + 1))
@@ -376,34 +246,26 @@ class StageWorker:
         try:
             result = self.stage.process(row)
         except Exception as exc:  # noqa: BLE001 - the per-row boundary for batch-level process()
-            return _with_keys(self.stage.output_schema(), [self.stage.failed_row(f"{type(exc).__name__}: {exc}")], row, self.stage.level)
+            return rows_with_keys(self.stage, [self.stage.failed_row(f"{type(exc).__name__}: {exc}")], row)
         from catalog.read import conform
 
         return fill_keys(conform(result, self.stage.output_schema()), row, self.stage.level)
 
 
-class StagingSink:
-    """Ray Data sink: writes each block's rows as Parquet parts under the run's staging area."""
+def staging_sink(stage_name: str, level: str, staging: Path):
+    """A Ray Data sink that writes each block's rows as Parquet parts under the staging area."""
+    from ray.data import Datasink
 
-    def __new__(cls, stage_name: str, staging: str, level: str, covers: tuple[str, ...]):
-        from ray.data import Datasink
+    class StagingSink(Datasink):
+        def write(self, blocks, ctx):  # noqa: ANN001 - Ray's signature
+            written = []
+            for block in blocks:
+                table = block if isinstance(block, pa.Table) else pa.Table.from_pandas(block)
+                if table.num_rows:
+                    written += write_output(table, stage_name, level, staging)
+            return written
 
-        class _Sink(Datasink):
-            def write(self, blocks, ctx):  # noqa: ANN001 - Ray's signature
-                written = []
-                for block in blocks:
-                    table = block if isinstance(block, pa.Table) else pa.Table.from_pandas(block)
-                    if table.num_rows:
-                        written += _write_output(table, _StageRef(stage_name, level), Path(staging))
-                return written
-
-        return _Sink()
-
-
-@dataclass(frozen=True)
-class _StageRef:
-    name: str
-    level: str
+    return StagingSink()
 
 
 _WORKERS: dict[tuple, StageWorker] = {}
@@ -439,7 +301,7 @@ def _run_stage_on_ray(name: str, stage: Stage, batch: pa.Table, context: StageCo
         ds = ds.map_batches(run_stage_task, fn_kwargs=args, batch_size=runner.batch_rows,
                             batch_format="pyarrow", compute=ray.data.TaskPoolStrategy(size=pool),
                             num_cpus=stage.num_cpus)
-    ds.write_datasink(StagingSink(stage.name, str(staging), stage.level, stage.covers()))
+    ds.write_datasink(staging_sink(stage.name, stage.level, staging))
 
 
 def _stage_manifest(names: list[str], stages: list[Stage]) -> dict[str, dict]:

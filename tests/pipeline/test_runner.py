@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import catalog
-import pipeline.runner as runner_module
+import pipeline.staging as staging_module
 from catalog_compare import assert_same_catalog
 from pipeline import runner
 from pipeline.plan import FingerprintError
@@ -43,7 +43,7 @@ def test_crash_between_moves_and_commit_record(tmp_path, ray_local, monkeypatch)
     reference = tmp_path / "reference"
     runner.run(files, str(reference), ["ingest"], {}, cfg)
 
-    original = runner_module.commit_shard
+    original = staging_module.commit_shard
     calls = {"n": 0}
 
     def crashing_commit(*args, **kwargs):
@@ -52,14 +52,14 @@ def test_crash_between_moves_and_commit_record(tmp_path, ray_local, monkeypatch)
             kwargs["before_record"] = lambda: (_ for _ in ()).throw(RuntimeError("power cut"))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(runner_module, "commit_shard", crashing_commit)
+    monkeypatch.setattr(staging_module, "commit_shard", crashing_commit)
     out = tmp_path / "crashed"
     with pytest.raises(RuntimeError, match="power cut"):
         runner.run(files, str(out), ["ingest"], {}, cfg)
     committed = len(list((out / "_commits").glob("*.json")))
     assert committed == 1
     assert len(list((out / "videos").glob("*.parquet"))) == 2  # one orphan file left behind
-    monkeypatch.setattr(runner_module, "commit_shard", original)
+    monkeypatch.setattr(staging_module, "commit_shard", original)
     runner.run(files, str(out), ["ingest"], {}, cfg)
     assert_same_catalog(out, reference)
     assert catalog.validate(out) == []
