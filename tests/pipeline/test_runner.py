@@ -108,12 +108,18 @@ def test_second_writer_is_refused(tmp_path):
                 pass
 
 
+def _check_run(cmd: list[str], env: dict) -> None:
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_sigkill_mid_run_then_resume_gives_the_same_catalog(tmp_path):
     """Driver attached to a Ray the test starts (a holder process), killed with SIGKILL after its
     first shard commit, then re-run: the catalog equals an uninterrupted run's."""
     files = _inputs(tmp_path / "in", 6)
-    env = {**os.environ, "EMOFORGE_PROGRESS": "0"}
+    # the test's own throwaway cluster: no token auth, so the drivers can attach to it
+    env = {**os.environ, "EMOFORGE_PROGRESS": "0", "RAY_AUTH_MODE": "disabled"}
     holder = subprocess.Popen(
         [sys.executable, "-c", "import ray, sys, time; ray.init(num_cpus=2, include_dashboard=False); "
          "print(ray.get_runtime_context().gcs_address, flush=True); time.sleep(3600)"],
@@ -124,7 +130,7 @@ def test_sigkill_mid_run_then_resume_gives_the_same_catalog(tmp_path):
         cmd = [sys.executable, "-m", "jobs.cli", "curate", "--input", *files, "--stages", "ingest",
                "--ray-address", address, "--set", "runner.wave_videos=1"]
         reference = tmp_path / "reference"
-        subprocess.run([*cmd, "--out", str(reference)], check=True, cwd=ROOT, env=env, capture_output=True)
+        _check_run([*cmd, "--out", str(reference)], env)
         out = tmp_path / "killed"
         driver = subprocess.Popen([*cmd, "--out", str(out)], cwd=ROOT, env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -136,7 +142,7 @@ def test_sigkill_mid_run_then_resume_gives_the_same_catalog(tmp_path):
         driver.wait()
         commits = len(list((out / "_commits").glob("*.json")))
         assert 1 <= commits < 6
-        subprocess.run([*cmd, "--out", str(out)], check=True, cwd=ROOT, env=env, capture_output=True)
+        _check_run([*cmd, "--out", str(out)], env)
         assert_same_catalog(out, reference)
         assert catalog.validate(out) == []
         manifest = json.loads((out / "_manifest.json").read_text())
