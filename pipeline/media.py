@@ -55,6 +55,7 @@ def iter_frames(
     rotate: bool = True,
     threads: int = 1,
     interpolation: str = "AREA",
+    decoder_options: dict[str, str] | None = None,
 ) -> Iterator[VideoFrame]:
     """Decode frames in presentation order with pts in [start_s, end_s).
 
@@ -71,6 +72,8 @@ def iter_frames(
         stream = container.streams.video[0]
         stream.thread_type = "AUTO" if threads > 1 else "SLICE"
         stream.thread_count = threads
+        if decoder_options:  # e.g. {"skip_loop_filter": "all"}: faster, for analysis only
+            stream.codec_context.options = dict(decoder_options)
         t0 = stream_start_s(stream)
         tb = stream.time_base
         fps = float(stream.average_rate or stream.guessed_rate or 25)

@@ -114,6 +114,9 @@ def init_ray(config: RunnerConfig) -> None:
         ray.init(num_cpus=config.num_cpus, include_dashboard=False, log_to_driver=False)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = os.environ.get("EMOFORGE_PROGRESS", "1") == "1"
+    # Each stage is map -> write; reserving CPUs per operator would leave a 2-CPU machine
+    # running one map task at a time while the (nearly free) write waits for its share.
+    ctx.op_resource_reservation_enabled = False
 
 
 def run(

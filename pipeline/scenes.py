@@ -72,6 +72,7 @@ class ScenesConfig:
     black_level: float = 12.0  # frames with a mean RGB level below this are fade-through-black
     decode_threads: int = 2  # FFmpeg frame threads, besides the detector thread
     scale: str = "FAST_BILINEAR"  # swscale method for the downscale (scenedetect: bilinear)
+    skip_loop_filter: bool = True  # skip H.264/HEVC deblocking: ~20% faster decode, same cuts
 
     def __post_init__(self) -> None:
         if self.detector not in DETECTORS:
@@ -193,7 +194,8 @@ def _scan_range(
     level: list[float] = []
     cuts: list[int] = []
     frames = iter_frames(path, start_s=start_s, end_s=end_s, width=config.detect_width,
-                         threads=config.decode_threads, interpolation=config.scale)
+                         threads=config.decode_threads, interpolation=config.scale,
+                         decoder_options={"skip_loop_filter": "all"} if config.skip_loop_filter else None)
     for position, (pts_s, frame_index, mean, bgr) in enumerate(prefetch(frames, _prepare)):
         pts.append(pts_s)
         index.append(frame_index)
