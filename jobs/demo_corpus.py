@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from jobs.media_sources import media_file, speak
-from pipeline.media import MediaError, open_container, read_audio
+from pipeline.media import MediaError, encode_audio, open_container, read_audio
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def mux_speech(video: str | Path, speech_wav: str | Path, out: str | Path,
                     continue
                 packet.stream = vout
                 sink.mux(packet)
-            _encode_audio(sink, aout, samples, sample_rate)
+            encode_audio(sink, aout, samples, sample_rate)
     except Exception:
         tmp.unlink(missing_ok=True)
         raise
@@ -106,21 +106,6 @@ def _duration_s(container, stream) -> float:
     if container.duration is not None:
         return container.duration / 1e6
     raise MediaError(f"{container.name}: unknown video duration")
-
-
-def _encode_audio(sink, stream, samples: np.ndarray, sample_rate: int) -> None:
-    import av
-
-    data = np.clip(samples, -1, 1).reshape(1, -1)
-    for i in range(0, data.shape[1], 1024):
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data[:, i:i + 1024]),
-                                           format="flt", layout="mono")
-        frame.sample_rate = sample_rate
-        frame.pts = i
-        for packet in stream.encode(frame):
-            sink.mux(packet)
-    for packet in stream.encode():
-        sink.mux(packet)
 
 
 def _atomic_copy(source: Path, target: Path) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 
 from pipeline.analysis.base import AUDIO_RATE, CROP_FPS, SAMPLES_PER_FRAME
 from pipeline.faces.geometry import mouth_open
-from pipeline.media import iter_frames, read_audio, write_video
+from pipeline.media import encode_audio, iter_frames, read_audio, write_video
 from pipeline.models.registry import package_dir
 
 log = logging.getLogger(__name__)
@@ -278,18 +278,7 @@ def write_clip(
                 container.mux(packet)
         for packet in vs.encode():
             container.mux(packet)
-        samples = np.clip(audio, -1, 1).astype(np.float32).reshape(1, -1)
-        for i in range(0, samples.shape[1], 1024):
-            frame = av.AudioFrame.from_ndarray(
-                np.ascontiguousarray(samples[:, i : i + 1024]), format="flt", layout="mono"
-            )
-            frame.sample_rate = AUDIO_RATE
-            frame.pts = start + i
-            frame.time_base = Fraction(1, AUDIO_RATE)
-            for packet in aus.encode(frame):
-                container.mux(packet)
-        for packet in aus.encode():
-            container.mux(packet)
+        encode_audio(container, aus, audio, AUDIO_RATE, start / AUDIO_RATE)
     return path
 
 

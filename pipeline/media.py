@@ -194,14 +194,22 @@ def write_video(
         for packet in vstream.encode():
             container.mux(packet)
         if astream is not None:
-            samples = np.clip(audio.astype(np.float32), -1, 1).reshape(1, -1)
-            step = 1024
-            for i in range(0, samples.shape[1], step):
-                chunk = np.ascontiguousarray(samples[:, i : i + step])
-                aframe = av.AudioFrame.from_ndarray(chunk, format="flt", layout="mono")
-                aframe.sample_rate = sample_rate
-                aframe.pts = i
-                for packet in astream.encode(aframe):
-                    container.mux(packet)
-            for packet in astream.encode():
-                container.mux(packet)
+            encode_audio(container, astream, audio, sample_rate)
+
+
+def encode_audio(container, stream, samples: np.ndarray, sample_rate: int, start_s: float = 0.0) -> None:
+    """Encode mono float32[N] samples in [-1, 1] into an open audio `stream` of `container` (in
+    1024-sample frames) and flush it. `start_s` delays the stream's first sample."""
+    import av
+
+    data = np.clip(np.asarray(samples, np.float32), -1, 1).reshape(1, -1)
+    start = int(round(start_s * sample_rate))
+    for i in range(0, data.shape[1], 1024):
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data[:, i : i + 1024]), format="flt", layout="mono")
+        frame.sample_rate = sample_rate
+        frame.pts = start + i
+        frame.time_base = Fraction(1, sample_rate)
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)

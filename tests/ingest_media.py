@@ -7,8 +7,9 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-
 from synthetic import make_video, tone
+
+from pipeline.media import encode_audio
 
 
 def _gray(i: int, size=(64, 48)) -> np.ndarray:
@@ -65,15 +66,7 @@ def late_audio_video(path: Path, delay_s: float = 0.5) -> Path:
                 out.mux(packet)
         for packet in vs.encode():
             out.mux(packet)
-        samples = tone(0.5).reshape(1, -1)
-        start = int(delay_s * 16000)
-        for i in range(0, samples.shape[1], 1024):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, i:i + 1024]), format="flt", layout="mono")
-            frame.sample_rate, frame.pts, frame.time_base = 16000, start + i, Fraction(1, 16000)
-            for packet in aud.encode(frame):
-                out.mux(packet)
-        for packet in aud.encode():
-            out.mux(packet)
+        encode_audio(out, aud, tone(0.5), 16000, start_s=delay_s)
     return path
 
 
@@ -83,14 +76,7 @@ def audio_only(path: Path) -> Path:
     with av.open(str(path), "w", format="mp4") as out:
         aud = out.add_stream("aac", rate=16000)
         aud.layout = "mono"
-        samples = tone(1.0).reshape(1, -1)
-        for i in range(0, samples.shape[1], 1024):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, i:i + 1024]), format="flt", layout="mono")
-            frame.sample_rate, frame.pts = 16000, i
-            for packet in aud.encode(frame):
-                out.mux(packet)
-        for packet in aud.encode():
-            out.mux(packet)
+        encode_audio(out, aud, tone(1.0), 16000)
     return path
 
 

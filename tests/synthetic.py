@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.media import encode_audio
+
 FrameFn = Callable[[int], np.ndarray]  # frame number -> uint8[H,W,3] RGB
 
 
@@ -61,17 +63,7 @@ def make_video(
         for packet in vstream.encode():
             out.mux(packet)
         if astream is not None:
-            samples = np.clip(np.asarray(audio, np.float32), -1, 1).reshape(1, -1)
-            for i in range(0, samples.shape[1], 1024):
-                frame = av.AudioFrame.from_ndarray(
-                    np.ascontiguousarray(samples[:, i : i + 1024]), format="flt", layout="mono"
-                )
-                frame.sample_rate = sample_rate
-                frame.pts = i
-                for packet in astream.encode(frame):
-                    out.mux(packet)
-            for packet in astream.encode():
-                out.mux(packet)
+            encode_audio(out, astream, audio, sample_rate)
     tmp.replace(path)
     return path
 

@@ -9,12 +9,11 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from fractions import Fraction
 
 import numpy as np
 
 from pipeline.analysis.base import AUDIO_RATE, SAMPLES_PER_FRAME
-from pipeline.media import MediaError, open_container, read_audio
+from pipeline.media import MediaError, encode_audio, open_container, read_audio
 
 log = logging.getLogger(__name__)
 
@@ -58,19 +57,7 @@ def write_resynced(src: str, dst: str, offset_frames: int) -> str:
                     continue
                 packet.stream = vout
                 out.mux(packet)
-            for i in range(0, shifted.shape[1], 1024):
-                frame = av.AudioFrame.from_ndarray(
-                    np.ascontiguousarray(shifted[:, i : i + 1024], dtype=np.float32),
-                    format="flt",
-                    layout="mono",
-                )
-                frame.sample_rate = AUDIO_RATE
-                frame.pts = i
-                frame.time_base = Fraction(1, AUDIO_RATE)
-                for packet in aout.encode(frame):
-                    out.mux(packet)
-            for packet in aout.encode():
-                out.mux(packet)
+            encode_audio(out, aout, shifted, AUDIO_RATE)
         os.replace(tmp, dst)
     except Exception:
         if os.path.exists(tmp):

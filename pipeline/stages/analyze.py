@@ -22,7 +22,13 @@ from typing import Any
 import numpy as np
 
 from pipeline.analysis.audio import AudioAnalyzer, AudioConfig
-from pipeline.analysis.base import AUDIO_RATE, CROP_FPS, SAMPLES_PER_FRAME, AnalyzerResult, DecodedTrack
+from pipeline.analysis.base import (
+    AUDIO_RATE,
+    CROP_FPS,
+    SAMPLES_PER_FRAME,
+    AnalyzerResult,
+    DecodedTrack,
+)
 from pipeline.analysis.emotion import EmotionAnalyzer, EmotionConfig
 from pipeline.analysis.expression import ExpressionAnalyzer, ExpressionConfig
 from pipeline.analysis.lip_sync import LipSyncAnalyzer, LipSyncConfig

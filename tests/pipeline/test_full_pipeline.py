@@ -4,12 +4,12 @@ and valid, a re-run is a no-op, and recomputing one analyzer reuses the committe
 from __future__ import annotations
 
 import pytest
+from media import real_media
 
 import catalog
 from jobs.demo_corpus import mux_speech
 from jobs.media_sources import speak
 from jobs.spec import build
-from media import real_media
 from pipeline import runner
 from pipeline.plan import FingerprintError
 

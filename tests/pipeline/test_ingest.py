@@ -7,9 +7,9 @@ import math
 import shutil
 
 import pytest
+from ingest_media import build_ingest_corpus
 
 import catalog
-from ingest_media import build_ingest_corpus
 from pipeline import runner
 from pipeline.stages.ingest import IngestConfig
 

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from catalog_compare import assert_same_catalog
+from synthetic import make_video
 
 import catalog
 import pipeline.staging as staging_module
-from catalog_compare import assert_same_catalog
 from pipeline import runner
 from pipeline.plan import FingerprintError
 from pipeline.stages.ingest import IngestConfig
-from synthetic import make_video
 
 pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,7 +13,7 @@ from media import real_media
 from synthetic import fade, make_video, shots, slow_motion
 
 from catalog.schema import stage_output
-from pipeline.media import iter_frames
+from pipeline.media import encode_audio, iter_frames
 from pipeline.scenes import ScenesConfig, cut_times, detect_scenes, scan
 from pipeline.stages.scenes import ScenesStage, clip_id
 
@@ -202,15 +202,7 @@ def _write_audio_only(path) -> None:
     with av.open(str(path), "w", format="mp4") as out:
         stream = out.add_stream("aac", rate=16000)
         stream.layout = "mono"
-        samples = (0.1 * np.sin(np.arange(16000) / 5)).astype(np.float32).reshape(1, -1)
-        for i in range(0, 16000, 1024):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, i:i + 1024]),
-                                               format="flt", layout="mono")
-            frame.sample_rate, frame.pts = 16000, i
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
+        encode_audio(out, stream, 0.1 * np.sin(np.arange(16000) / 5), 16000)
 
 
 def test_variable_frame_rate_spans_are_exact_pts(tmp_path):
