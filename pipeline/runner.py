@@ -162,6 +162,8 @@ def run(
             _run_wave(root, context, wave, work, input_rows, stages, driver_stages, keys, runner, summaries)
         shutil.rmtree(root / layout.STAGING, ignore_errors=True)
         timings = {n: dataclasses.asdict(s) for n, s in summaries.items()}
+        if not work and (root / layout.MANIFEST).is_file():  # a no-op run keeps the last timings
+            timings = layout.read_json(root / layout.MANIFEST).get("timings", timings)
         manifest = write_manifest(root, job_spec or {}, _stage_manifest(stages, driver_stages), _code_version(), timings)
     result = RunResult(str(root), manifest["version"], len(work), len(set(commits) - set(work)),
                        time.time() - started, summaries)
