@@ -116,6 +116,14 @@ def read_ct2_model(data: bytes) -> dict[str, np.ndarray]:
     return out
 
 
+def _self_attention(sd: dict, v: dict, src: str, dst: str) -> None:
+    """A block's self-attention (fused qkv in CTranslate2) in openai-whisper's names."""
+    _ln(sd, f"{dst}.attn_ln", v, f"{src}/self_attention/layer_norm")
+    _split(sd, [f"{dst}.attn.query", f"{dst}.attn.key", f"{dst}.attn.value"], v,
+           f"{src}/self_attention/linear_0")
+    _lin(sd, f"{dst}.attn.out", v, f"{src}/self_attention/linear_1")
+
+
 def _ln(sd: dict, dst: str, v: dict, src: str) -> None:
     sd[f"{dst}.weight"] = v[f"{src}/gamma"]
     sd[f"{dst}.bias"] = v[f"{src}/beta"]
@@ -160,14 +168,7 @@ def ct2_to_whisper(v: dict[str, np.ndarray]) -> tuple[dict[str, int], dict[str, 
     sd["encoder.positional_embedding"] = v["encoder/position_encodings/encodings"]
     for i in range(n_enc):
         src, dst = f"encoder/layer_{i}", f"encoder.blocks.{i}"
-        _ln(sd, f"{dst}.attn_ln", v, f"{src}/self_attention/layer_norm")
-        _split(
-            sd,
-            [f"{dst}.attn.query", f"{dst}.attn.key", f"{dst}.attn.value"],
-            v,
-            f"{src}/self_attention/linear_0",
-        )
-        _lin(sd, f"{dst}.attn.out", v, f"{src}/self_attention/linear_1")
+        _self_attention(sd, v, src, dst)
         _ln(sd, f"{dst}.mlp_ln", v, f"{src}/ffn/layer_norm")
         _lin(sd, f"{dst}.mlp.0", v, f"{src}/ffn/linear_0")
         _lin(sd, f"{dst}.mlp.2", v, f"{src}/ffn/linear_1")
@@ -176,14 +177,7 @@ def ct2_to_whisper(v: dict[str, np.ndarray]) -> tuple[dict[str, int], dict[str, 
     sd["decoder.positional_embedding"] = v["decoder/position_encodings/encodings"]
     for i in range(n_dec):
         src, dst = f"decoder/layer_{i}", f"decoder.blocks.{i}"
-        _ln(sd, f"{dst}.attn_ln", v, f"{src}/self_attention/layer_norm")
-        _split(
-            sd,
-            [f"{dst}.attn.query", f"{dst}.attn.key", f"{dst}.attn.value"],
-            v,
-            f"{src}/self_attention/linear_0",
-        )
-        _lin(sd, f"{dst}.attn.out", v, f"{src}/self_attention/linear_1")
+        _self_attention(sd, v, src, dst)
         _ln(sd, f"{dst}.cross_attn_ln", v, f"{src}/attention/layer_norm")
         _lin(sd, f"{dst}.cross_attn.query", v, f"{src}/attention/linear_0")
         _split(
