@@ -30,8 +30,16 @@ from catalog.manifest import write_manifest
 from catalog.read import read_table
 from pipeline import hashing
 from pipeline.plan import StageKey, plan, waves
-from pipeline.stage import FAILED, Stage, StageContext, config_dict
-from pipeline.staging import WaveStaging, fill_keys, rows_with_keys, split_by_after, write_output
+from pipeline.stage import FAILED, SKIPPED, Stage, StageContext, config_dict
+from pipeline.staging import (
+    WaveStaging,
+    blocked_reason,
+    fill_keys,
+    merge_columns,
+    rows_with_keys,
+    split_by_after,
+    write_output,
+)
 
 log = logging.getLogger(__name__)
 
@@ -193,82 +201,162 @@ def _hash_inputs(root: Path, uris: list[str]) -> list[dict]:
     return rows
 
 
+def chains(stages: list[Stage]) -> list[list[int]]:
+    """Group stage indices into chains run as one Ray task per row: consecutive stages at the same
+    level with the same compute kind, after a first stage with no prerequisites (ingest, then
+    scenes): one dataset instead of several, and the file is read while it is in the page cache."""
+    groups: list[list[int]] = []
+    for index, stage in enumerate(stages):
+        head = stages[groups[-1][0]] if groups else None
+        if (head is not None and not head.after and stage.level == head.level
+                and stage.uses_models == head.uses_models and not getattr(stage, "requires_children", ())):
+            groups[-1].append(index)
+        else:
+            groups.append([index])
+    return groups
+
+
 def _run_wave(root, context, wave, work, input_rows, names, driver_stages, keys, runner, summaries) -> None:
     area = WaveStaging(root, Path(context.staging), wave, [st.name for st in driver_stages])
-    for index, (name, stage) in enumerate(zip(names, driver_stages)):
-        videos = {v for s in wave for v, first in work[s].items() if first <= index}
+
+    def videos_for(index: int) -> set[str]:
+        return {v for s in wave for v, first in work[s].items() if first <= index}
+
+    groups = []
+    for group in chains(driver_stages):  # a chain runs together only over the same videos
+        if len({frozenset(videos_for(i)) for i in group}) > 1:
+            groups += [[i] for i in group]
+        else:
+            groups.append(group)
+    for group in groups:
+        videos = videos_for(group[0])
         if not videos:
             continue
         started = time.time()
-        area.mark_redone(stage, videos)
-        if stage.name == "ingest":
+        stages = [driver_stages[i] for i in group]
+        for stage in stages:
+            area.mark_redone(stage, videos)
+        head = stages[0]
+        if head.name == "ingest":
             batch = pa.Table.from_pylist([input_rows[v] for v in sorted(videos) if v in input_rows])
         else:
-            batch = area.stage_input(stage, videos)
-        eligible, blocked = split_by_after(stage, batch)
+            batch = area.stage_input(head, videos)
+        eligible, blocked = split_by_after(head, batch)
         if blocked.num_rows:
-            area.write_blocked(stage, blocked)
-        if eligible.num_rows:
-            _run_stage_on_ray(name, stage, eligible, context, runner)
-        statuses, children = area.outcome(stage)
-        summary = summaries[name]
-        summary.rows_in += batch.num_rows
-        summary.children += children
-        for status in ("ok", "skipped", "failed"):
-            setattr(summary, status, getattr(summary, status) + statuses.get(status, 0))
-        summary.seconds += time.time() - started
-        log.info(summary.line())
+            area.write_blocked(head, blocked)
+        busy = _run_chain_on_ray([names[i] for i in group], stages, eligible, context, runner) if eligible.num_rows else {}
+        wall = time.time() - started
+        total_busy = sum(busy.values()) or 1.0
+        for i, stage in zip(group, stages):
+            statuses, children = area.outcome(stage)
+            summary = summaries[names[i]]
+            summary.rows_in += batch.num_rows
+            summary.children += children
+            for status in ("ok", "skipped", "failed"):
+                setattr(summary, status, getattr(summary, status) + statuses.get(status, 0))
+            # a chain's wall time is shared out by each stage's busy time in the workers
+            summary.seconds += wall * (busy.get(stage.name, 0.0) / total_busy if len(group) > 1 else 1.0)
+            log.info(summary.line())
     area.commit({k: v for key in keys for k, v in key.fingerprints.items()})
 
 
-class StageWorker:
-    """Runs a stage inside a Ray worker: set up once, process row by row with attempt markers."""
+def pack(outputs: dict[str, list[pa.Table]], busy: dict[str, float]) -> pa.Table:
+    """Stage outputs as one small table (stage, busy seconds, Arrow IPC bytes), so nested
+    list<struct> children travel to the sink untouched by Ray's block handling."""
+    names, seconds, payloads = [], [], []
+    for name, tables in outputs.items():
+        if not tables:
+            continue
+        table = pa.concat_tables(tables)
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        names.append(name)
+        seconds.append(busy.get(name, 0.0))
+        payloads.append(sink.getvalue().to_pybytes())
+    return pa.table({"stage": pa.array(names, pa.string()), "busy_s": pa.array(seconds, pa.float64()),
+                     "ipc": pa.array(payloads, pa.binary())})
 
-    def __init__(self, name: str, config: Any, context: StageContext, max_attempts: int):
-        self.stage = load_stage_class(name)(config, context)
-        self.stage.setup()
-        self.markers = Path(context.staging) / "attempts" / name
+
+def unpack(payload: bytes) -> pa.Table:
+    return pa.ipc.open_stream(pa.BufferReader(payload)).read_all()
+
+
+class StageWorker:
+    """Runs a chain of stages inside a Ray worker: set up once, then row by row, each stage on
+    the row plus the previous stages' outputs, with attempt markers against poison inputs."""
+
+    def __init__(self, names: list[str], configs: list[Any], context: StageContext, max_attempts: int):
+        self.stages = [load_stage_class(n)(c, context) for n, c in zip(names, configs)]
+        for stage in self.stages:
+            stage.setup()
+        self.markers = Path(context.staging) / "attempts"
         self.max_attempts = max_attempts
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        key = schema.KEYS[self.stage.level][0]
-        outputs = []
+        outputs: dict[str, list[pa.Table]] = {s.name: [] for s in self.stages}
+        busy: dict[str, float] = dict.fromkeys(outputs, 0.0)
         for i in range(batch.num_rows):
-            row = batch.slice(i, 1)
-            marker = self.markers / str(row[key][0].as_py())
-            attempts = int(marker.read_text()) if marker.exists() else 0
-            if attempts >= self.max_attempts:
-                out = rows_with_keys(self.stage, [self.stage.failed_row(f"{CRASH_ERROR} ({attempts} attempts)", FAILED)], row)
-            else:
-                marker.parent.mkdir(parents=True, exist_ok=True)  # staging is removed per wave
-                marker.write_text(str(attempts + 1))
-                out = self._process(row)
-                marker.unlink(missing_ok=True)
-            outputs.append(out)
-        return pa.concat_tables(outputs)
+            current = batch.slice(i, 1)
+            for index, stage in enumerate(self.stages):
+                began = time.time()
+                result = self._run_one(stage, current, check_after=index > 0)
+                busy[stage.name] += time.time() - began
+                outputs[stage.name].append(result)
+                current = merge_columns(current, result, stage.level)
+        return pack(outputs, busy)
 
-    def _process(self, row: pa.Table) -> pa.Table:
+    def _run_one(self, stage: Stage, row: pa.Table, check_after: bool) -> pa.Table:
+        """One stage on one row: skipped if a prerequisite failed, failed if this row already
+        killed its worker `max_attempts` times, else processed under an attempt marker."""
+        reason = blocked_reason(stage, row.to_pylist()[0]) if check_after else None
+        if reason:
+            return rows_with_keys(stage, [stage.failed_row(reason, SKIPPED)], row)
+        marker = self.markers / stage.name / str(row[schema.KEYS[stage.level][0]][0].as_py())
+        attempts = int(marker.read_text()) if marker.exists() else 0
+        if attempts >= self.max_attempts:
+            crashed = stage.failed_row(f"{CRASH_ERROR} ({attempts} attempts)", FAILED)
+            return rows_with_keys(stage, [crashed], row)
+        marker.parent.mkdir(parents=True, exist_ok=True)  # staging is removed per wave
+        marker.write_text(str(attempts + 1))
+        result = self._process(stage, row)
+        marker.unlink(missing_ok=True)
+        return result
+
+    @staticmethod
+    def _process(stage: Stage, row: pa.Table) -> pa.Table:
         try:
-            result = self.stage.process(row)
+            result = stage.process(row)
         except Exception as exc:  # noqa: BLE001 - the per-row boundary for batch-level process()
-            return rows_with_keys(self.stage, [self.stage.failed_row(f"{type(exc).__name__}: {exc}")], row)
+            return rows_with_keys(stage, [stage.failed_row(f"{type(exc).__name__}: {exc}")], row)
         from catalog.read import conform
 
-        return fill_keys(conform(result, self.stage.output_schema()), row, self.stage.level)
+        return fill_keys(conform(result, stage.output_schema()), row, stage.level)
 
 
-def staging_sink(stage_name: str, level: str, staging: Path):
-    """A Ray Data sink that writes each block's rows as Parquet parts under the staging area."""
+def staging_sink(level: str, staging: Path):
+    """A Ray Data sink that writes each stage's packed outputs as Parquet parts under the staging
+    area; on the driver it keeps each stage's busy seconds (`busy`)."""
     from ray.data import Datasink
 
     class StagingSink(Datasink):
+        busy: dict[str, float] = {}
+
         def write(self, blocks, ctx):  # noqa: ANN001 - Ray's signature
-            written = []
+            busy: dict[str, float] = {}
             for block in blocks:
                 table = block if isinstance(block, pa.Table) else pa.Table.from_pandas(block)
-                if table.num_rows:
-                    written += write_output(table, stage_name, level, staging)
-            return written
+                for item in table.to_pylist():
+                    write_output(unpack(item["ipc"]), item["stage"], level, staging)
+                    busy[item["stage"]] = busy.get(item["stage"], 0.0) + item["busy_s"]
+            return busy
+
+        def on_write_complete(self, write_result):  # noqa: ANN001 - Ray's signature
+            totals: dict[str, float] = {}
+            for part in write_result.write_returns:
+                for name, seconds in part.items():
+                    totals[name] = totals.get(name, 0.0) + seconds
+            self.busy = totals
 
     return StagingSink()
 
@@ -276,37 +364,44 @@ def staging_sink(stage_name: str, level: str, staging: Path):
 _WORKERS: dict[tuple, StageWorker] = {}
 
 
-def run_stage_task(batch: pa.Table, name: str, config: Any, context: StageContext, max_attempts: int) -> pa.Table:
+def run_chain_task(batch: pa.Table, names: list[str], configs: list[Any], context: StageContext,
+                   max_attempts: int) -> pa.Table:
     """Task form of StageWorker for stages without models: Ray reuses worker processes, so the
-    stage is built once per process and run id."""
-    key = (name, context.staging, repr(config))
+    stages are built once per process and run."""
+    key = (tuple(names), context.staging, repr(configs))
     if key not in _WORKERS:
         _WORKERS.clear()
-        _WORKERS[key] = StageWorker(name, config, context, max_attempts)
+        _WORKERS[key] = StageWorker(names, configs, context, max_attempts)
     return _WORKERS[key](batch)
 
 
-def _run_stage_on_ray(name: str, stage: Stage, batch: pa.Table, context: StageContext, runner: RunnerConfig) -> None:
-    """Model stages: a fixed actor pool (set up once per actor). Others: tasks. Either way
-    Ray retries work on a dead worker, and the attempt markers end the loop for a poison row."""
+def _run_chain_on_ray(names: list[str], stages: list[Stage], batch: pa.Table, context: StageContext,
+                      runner: RunnerConfig) -> dict[str, float]:
+    """Model stages: a fixed actor pool (set up once per actor). Others: tasks. Either way Ray
+    retries work on a dead worker, and the attempt markers end the loop for a poison row.
+    Returns each stage's busy seconds in the workers."""
     import ray
     import ray.data
 
+    head = stages[0]
+    cpus = max(s.num_cpus for s in stages)
     available = max(1.0, float(ray.cluster_resources().get("CPU", 1.0)))
-    pool = max(1, min(int(available / stage.num_cpus), batch.num_rows))
+    pool = max(1, min(int(available / cpus), batch.num_rows))
     blocks = [batch.slice(i, runner.batch_rows) for i in range(0, batch.num_rows, runner.batch_rows)]
-    staging = Path(context.staging)
-    args = {"name": name, "config": stage.config, "context": context, "max_attempts": runner.max_attempts}
+    args = {"names": names, "configs": [s.config for s in stages], "context": context,
+            "max_attempts": runner.max_attempts}
     ds = ray.data.from_arrow(blocks)
-    if stage.uses_models:
+    if head.uses_models:
         ds = ds.map_batches(StageWorker, fn_constructor_kwargs=args, batch_size=runner.batch_rows,
                             batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=pool),
-                            num_cpus=stage.num_cpus)
+                            num_cpus=cpus)
     else:
-        ds = ds.map_batches(run_stage_task, fn_kwargs=args, batch_size=runner.batch_rows,
+        ds = ds.map_batches(run_chain_task, fn_kwargs=args, batch_size=runner.batch_rows,
                             batch_format="pyarrow", compute=ray.data.TaskPoolStrategy(size=pool),
-                            num_cpus=stage.num_cpus)
-    ds.write_datasink(staging_sink(stage.name, stage.level, staging))
+                            num_cpus=cpus)
+    sink = staging_sink(head.level, Path(context.staging))
+    ds.write_datasink(sink)
+    return sink.busy
 
 
 def _stage_manifest(names: list[str], stages: list[Stage]) -> dict[str, dict]:

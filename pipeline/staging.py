@@ -66,6 +66,26 @@ def write_output(out: pa.Table, stage_name: str, level: str, staging: Path) -> l
     return written
 
 
+def blocked_reason(stage: Stage, row: dict) -> str | None:
+    """Why a row cannot run this stage (a prerequisite stage not ok), or None."""
+    bad = [f"{a} {row.get(f'{a}_status') or 'missing'}" for a in stage.after if row.get(f"{a}_status") != "ok"]
+    return f"not run: {', '.join(bad)}" if bad else None
+
+
+def merge_columns(row: pa.Table, result: pa.Table, level: str) -> pa.Table:
+    """The row with a stage's output columns on it (replacing same-named ones), children left
+    out: the input of the next stage of a chain."""
+    child = schema.CHILDREN.get(level)
+    for name in result.column_names:
+        if name == child:
+            continue
+        if name in row.column_names:
+            row = row.set_column(row.column_names.index(name), name, result[name])
+        else:
+            row = row.append_column(name, result[name])
+    return row
+
+
 def split_by_after(stage: Stage, batch: pa.Table) -> tuple[pa.Table, pa.Table]:
     """Rows whose prerequisite stages are ok, and the others."""
     ok = pa.array([True] * batch.num_rows, pa.bool_())
@@ -127,11 +147,7 @@ class WaveStaging:
 
     def write_blocked(self, stage: Stage, blocked: pa.Table) -> None:
         """Rows whose prerequisite stage did not succeed: `skipped` with the reason."""
-        rows = []
-        for row in blocked.to_pylist():
-            why = ", ".join(f"{a} {row.get(f'{a}_status') or 'missing'}"
-                            for a in stage.after if row.get(f"{a}_status") != "ok")
-            rows.append(stage.failed_row(f"not run: {why}", status=SKIPPED))
+        rows = [stage.failed_row(blocked_reason(stage, row), status=SKIPPED) for row in blocked.to_pylist()]
         write_output(rows_with_keys(stage, rows, blocked), stage.name, stage.level, self.staging)
 
     def outcome(self, stage: Stage) -> tuple[Counter, int]:

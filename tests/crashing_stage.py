@@ -6,10 +6,18 @@ from __future__ import annotations
 import os
 
 from pipeline.stages.ingest import IngestStage
+from pipeline.stages.scenes import ScenesStage
 
 
 class CrashingIngest(IngestStage):
     def process_row(self, row: dict) -> dict:
         if os.path.basename(row["uri"]).startswith("poison"):
             os._exit(1)  # the whole worker process dies, as a segfaulting decoder would
+        return super().process_row(row)
+
+
+class CrashingScenes(ScenesStage):
+    def process_row(self, row: dict) -> dict:
+        if os.path.basename(row["uri"]).startswith("poison"):
+            os._exit(1)
         return super().process_row(row)

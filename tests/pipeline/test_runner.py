@@ -153,3 +153,28 @@ def test_sigkill_mid_run_then_resume_gives_the_same_catalog(tmp_path):
             holder.wait(timeout=60)
         except subprocess.TimeoutExpired:
             holder.kill()
+
+
+def test_ingest_and_scenes_run_as_one_chain():
+    from jobs.spec import build
+
+    spec = build({"job": {"inputs": ["x"]}})
+    context = runner.StageContext(catalog="/tmp/x", staging="/tmp/x/_staging/r")
+    stages = [runner.load_stage_class(n)(spec.configs[n], context) for n in spec.stages]
+    assert runner.chains(stages) == [[0, 1], [2], [3]]
+
+
+def test_crash_in_a_chained_stage_is_blamed_on_that_stage(tmp_path, ray_local):
+    (tmp_path / "in").mkdir()
+    good, poison = tmp_path / "in" / "v00.mp4", tmp_path / "in" / "poison.mp4"
+    for shade, path in enumerate((good, poison)):  # 1 s: longer than the minimum scene length
+        make_video(path, lambda k, shade=shade: np.full((32, 32, 3), 3 * k + 90 * shade, np.uint8), 25, size=(32, 32))
+    out = tmp_path / "cat"
+    runner.run([str(good), str(poison)], str(out), ["ingest", "crashing_stage:CrashingScenes"], {})
+    rows = {Path(r["uri"]).name: r for r in catalog.read_table(out, "videos").to_pylist()}
+    assert rows["poison.mp4"]["ingest_status"] == "ok"
+    assert rows["poison.mp4"]["scenes_status"] == "failed"
+    assert "worker crashed while decoding" in rows["poison.mp4"]["scenes_error"]
+    assert rows["v00.mp4"]["scenes_status"] == "ok"
+    assert catalog.read_table(out, "clips").num_rows >= 1
+    assert catalog.validate(out) == []
