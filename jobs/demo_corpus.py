@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from jobs.media_sources import media_file, speak
-from pipeline.media import MediaError, encode_audio, open_container, read_audio
+from pipeline.media import MediaError, open_container, read_audio, replace_audio
 
 log = logging.getLogger(__name__)
 
@@ -65,38 +65,21 @@ def mux_speech(video: str | Path, speech_wav: str | Path, out: str | Path,
     """Copy the video stream of `video` (no re-encoding) and replace its audio with the speech
     in `speech_wav`, resampled to mono `sample_rate` Hz AAC, padded with silence or cut to the
     video's duration and starting with the video. Written atomically to `out`."""
-    import av
-
     out = Path(out)
     speech = read_audio(str(speech_wav), sample_rate, relative_to_video=False)
     if speech.size == 0:
         raise MediaError(f"{speech_wav}: no audio samples to mux")
-    tmp = out.with_name(f".tmp-{os.getpid()}-{out.name}")
     source = open_container(str(video))
     try:
         if not source.streams.video:
             raise MediaError(f"{video}: no video stream to mux speech onto")
-        vin = source.streams.video[0]
-        duration = _duration_s(source, vin)
-        samples = np.zeros(round(duration * sample_rate), np.float32)
-        n = min(len(samples), len(speech))
-        samples[:n] = speech[:n]
-        with av.open(str(tmp), "w", format="mp4") as sink:
-            vout = sink.add_stream_from_template(vin)
-            aout = sink.add_stream("aac", rate=sample_rate)
-            aout.layout = "mono"
-            for packet in source.demux(vin):
-                if packet.dts is None:
-                    continue
-                packet.stream = vout
-                sink.mux(packet)
-            encode_audio(sink, aout, samples, sample_rate)
-    except Exception:
-        tmp.unlink(missing_ok=True)
-        raise
+        duration = _duration_s(source, source.streams.video[0])
     finally:
         source.close()
-    os.replace(tmp, out)
+    samples = np.zeros(round(duration * sample_rate), np.float32)
+    n = min(len(samples), len(speech))
+    samples[:n] = speech[:n]
+    replace_audio(str(video), samples, str(out), sample_rate)
     return out
 
 

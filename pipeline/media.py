@@ -213,3 +213,43 @@ def encode_audio(container, stream, samples: np.ndarray, sample_rate: int, start
             container.mux(packet)
     for packet in stream.encode():
         container.mux(packet)
+
+
+def replace_audio(video: str, audio: np.ndarray, out: str, sample_rate: int = 16000) -> str:
+    """Write `out` (mp4): `video`'s video packets copied without re-encoding, plus mono float32
+    `audio` (AAC at `sample_rate`) starting with the video. Written to a temp file in the same
+    folder and renamed into place; never overwrites `video`."""
+    import os
+    import tempfile
+
+    import av
+
+    if os.path.abspath(video) == os.path.abspath(out):
+        raise ValueError(f"replace_audio must write a new file, got the source path {video}")
+    folder = os.path.dirname(os.path.abspath(out))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".mp4")
+    os.close(fd)
+    source = open_container(video)
+    try:
+        if not source.streams.video:
+            raise MediaError(f"{video}: no video stream")
+        vin = source.streams.video[0]
+        with av.open(tmp, mode="w", format="mp4") as sink:
+            vout = sink.add_stream_from_template(vin)
+            aout = sink.add_stream("aac", rate=sample_rate)
+            aout.layout = "mono"
+            for packet in source.demux(vin):
+                if packet.dts is None:
+                    continue
+                packet.stream = vout
+                sink.mux(packet)
+            encode_audio(sink, aout, audio, sample_rate)
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    finally:
+        source.close()
+    return out
