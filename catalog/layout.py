@@ -8,8 +8,9 @@
     _cache/                                   derived lookups (content-hash cache)
     _lease                                    the single writer's lease
 
-Catalogs are local folders (or mounted file systems). `s3://` roots are read through
-pyarrow.fs by the adapters; writing to object stores is not supported yet.
+Catalogs are local folders (or mounted file systems shared by a cluster's nodes). Object-store
+roots (`s3://`) are refused with a clear error: the commit protocol does not rely on renames, but
+its I/O goes through local paths for now.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ def local_root(root: str | os.PathLike) -> Path:
     text = str(root)
     if "://" in text and not text.startswith("file://"):
         raise NotImplementedError(
-            f"writing catalogs to {text.split('://')[0]}:// is not supported; use a local or "
-            "mounted path (readers accept s3:// through pyarrow.fs)"
+            f"catalogs on {text.split('://')[0]}:// are not supported yet; use a local or "
+            "mounted path"
         )
     return Path(text.removeprefix("file://")).resolve()
 
