@@ -414,9 +414,8 @@ def _stage_manifest(names: list[str], stages: list[Stage]) -> dict[str, dict]:
                  "commercial_ok": s.commercial_ok, "weights": _safe_checksum(s)}
                 for s in by_stage.get(covered, [])
             ]
-            config = getattr(stage.config, covered, stage.config) if len(stage.covers()) > 1 else stage.config
-            out[covered] = {"fingerprint": fp, "runner_stage": name, "version": stage.version,
-                            "config": config_dict(config), "models": models}
+            out[covered] = {"fingerprint": fp, "runner_stage": name, "version": stage.version_for(covered),
+                            "config": config_dict(stage.config_for(covered)), "models": models}
     return out
 
 

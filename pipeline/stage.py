@@ -132,19 +132,26 @@ class Stage:
             out[f"{stage}_error"] = error
         return out
 
+    def config_for(self, stage: str) -> Any:
+        """The config of one covered stage (an analyzer group has one per analyzer)."""
+        return self.config
+
+    def version_for(self, stage: str) -> str:
+        return self.version
+
     def fingerprints(self) -> dict[str, str]:
-        """Per covered stage: hash(stage config, stage version, backends' versions and weights)."""
-        models = [
-            {"key": s.key, "version": s.version, "weights": weights_checksum(s)}
-            for s in self.model_specs()
-        ]
-        payload = json.dumps(
-            {"config": config_dict(self.config), "version": self.version, "models": models},
-            sort_keys=True,
-            default=str,
-        )
-        digest = hashlib.sha256(payload.encode()).hexdigest()[:16]
-        return {name: digest for name in self.covers()}
+        """Per covered stage: hash(its config, its version, its backends' versions and weights)."""
+        out = {}
+        models = self.models_by_stage()
+        for name in self.covers():
+            payload = json.dumps({
+                "config": config_dict(self.config_for(name)),
+                "version": self.version_for(name),
+                "models": [{"key": s.key, "version": s.version, "weights": weights_checksum(s)}
+                           for s in models.get(name, [])],
+            }, sort_keys=True, default=str)
+            out[name] = hashlib.sha256(payload.encode()).hexdigest()[:16]
+        return out
 
 
 def config_dict(config: Any) -> dict:

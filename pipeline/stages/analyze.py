@@ -13,8 +13,6 @@ Each analyzer keeps its canonical stage name, config section, columns, status an
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,8 +31,8 @@ from pipeline.analysis.emotion import EmotionAnalyzer, EmotionConfig
 from pipeline.analysis.expression import ExpressionAnalyzer, ExpressionConfig
 from pipeline.analysis.lip_sync import LipSyncAnalyzer, LipSyncConfig
 from pipeline.media import iter_frames, read_audio
-from pipeline.models.registry import ModelSpec, weights_checksum
-from pipeline.stage import FAILED, Stage, config_dict
+from pipeline.models.registry import ModelSpec
+from pipeline.stage import FAILED, Stage
 
 log = logging.getLogger(__name__)
 
@@ -93,15 +91,11 @@ class AnalyzeStage(Stage):
     def models_by_stage(self) -> dict[str, list[ModelSpec]]:
         return {a.name: a.model_specs() for a in self.analyzers}
 
-    def fingerprints(self) -> dict[str, str]:
-        out = {}
-        for analyzer in self.analyzers:
-            payload = json.dumps({
-                "config": config_dict(analyzer.config), "version": getattr(analyzer, "version", "1"),
-                "models": [{"key": s.key, "version": s.version, "weights": weights_checksum(s)} for s in analyzer.model_specs()],
-            }, sort_keys=True, default=str)
-            out[analyzer.name] = hashlib.sha256(payload.encode()).hexdigest()[:16]
-        return out
+    def config_for(self, stage: str) -> Any:
+        return getattr(self.config, stage)
+
+    def version_for(self, stage: str) -> str:
+        return next(getattr(a, "version", "1") for a in self.analyzers if a.name == stage)
 
     def setup(self) -> None:
         for analyzer in self.analyzers:
