@@ -41,6 +41,7 @@ EMOTION_CLASSES_FER = ("angry", "disgust", "fear", "happy", "sad", "surprise", "
 EMOTION_CLASSES = {  # class order of emotion_probs per emotion backend
     "fer": list(EMOTION_CLASSES_FER),
     "facex": list(EMOTION_CLASSES_FER),
+    "fer+facex": list(EMOTION_CLASSES_FER),  # the default: mean of both bundled classifiers
     "hsemotion": ["angry", "contempt", "disgust", "fear", "happy", "neutral", "sad", "surprise"],
 }
 EXPRESSION_DIMS = {"3dmm": 10, "deca": 50}  # expression vector length per expression backend

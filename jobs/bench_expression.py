@@ -53,7 +53,7 @@ def _real_track(name: str = "single_face.mp4", repeat: int = 4):
 
 
 def run(out_json: str | None = None, expression_backend: str = "3dmm",
-        emotion_backends: tuple[str, ...] = ("fer", "facex")) -> dict:
+        emotion_backends: tuple[str, ...] = ("fer+facex", "fer", "facex")) -> dict:
     """Time the analyzers on one core (torch, litert and BLAS limited to one thread).
     Returns {"frames": T, "<analyzer>/<backend>": frames per second, ..., "expression+emotion": fps}."""
     import torch
