@@ -210,13 +210,36 @@ def cmd_bench(args) -> int:
 
     module = importlib.import_module(BENCHES[args.which])
     if "files" in inspect.signature(module.run).parameters:
-        result = module.run(files=args.files or None, out_json=args.out)
+        result = module.run(files=args.files or None)
     elif args.files:
         raise UsageError(f"bench {args.which} generates its own inputs and takes no files")
     else:
-        result = module.run(out_json=args.out)
-    print(json.dumps(result, indent=1, default=str))
+        result = module.run()
+    result["machine"] = machine_info()
+    text = json.dumps(result, indent=1, default=str)
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text)
     return 0
+
+
+def machine_info() -> dict:
+    """Where a benchmark ran: CPU model, cores, memory, OS, Python (results are ratios, but
+    the machine explains them)."""
+    import os
+    import platform
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    memory = None
+    if hasattr(os, "sysconf") and "SC_PHYS_PAGES" in os.sysconf_names:
+        memory = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": memory,
+            "os": platform.platform(), "python": platform.python_version()}
 
 
 if __name__ == "__main__":

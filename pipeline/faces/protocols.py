@@ -101,7 +101,7 @@ def load_backend(name: str, identity: str = "dlib", threads: int = 1) -> FaceBac
     if identity == "dlib":
         from pipeline.models.identity_dlib import DlibIdentity
 
-        emb: IdentityEmbedder = DlibIdentity()
+        emb: IdentityEmbedder = DlibIdentity(threads=threads)
     elif identity == "arcface":
         from pipeline.models.identity_arcface import ArcFaceIdentity
 

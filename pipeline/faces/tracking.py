@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrackerConfig:
-    detect_stride: int = 10  # source frames between detections
+    detect_stride: int = 20  # source frames between detections (new faces are backfilled)
     detect_width: int = 640  # frames wider than this are downscaled for detection (px)
     max_missed_frames: int = 12  # a track ends after this many frames without its face
     identity_every: int = 50  # frames between identity checks of a track
@@ -308,14 +308,16 @@ class Tracker:
 
 
 def thumbnail(image: np.ndarray, box: np.ndarray) -> np.ndarray:
-    """float32[256]: the face box as a 16x16 gray patch, zero mean, unit norm (cut detection)."""
+    """float32[256]: the face box as a 16x16 gray patch, zero mean, unit norm (cut detection).
+    Large boxes are subsampled to at most 64 px first (the patch is 16 px anyway)."""
     import cv2
 
     h, w = image.shape[:2]
     x0, y0, x1, y1 = np.clip(np.round(box), 0, [w, h, w, h]).astype(int)
     if x1 - x0 < 2 or y1 - y0 < 2:
         return np.zeros(256, np.float32)
-    patch = cv2.resize(image[y0:y1, x0:x1], (16, 16), interpolation=cv2.INTER_AREA)
+    step = max(1, min(x1 - x0, y1 - y0) // 64)
+    patch = cv2.resize(image[y0:y1:step, x0:x1:step], (16, 16), interpolation=cv2.INTER_AREA)
     gray = patch.astype(np.float32).mean(2).ravel()
     gray -= gray.mean()
     return gray / max(float(np.linalg.norm(gray)), 1e-6)

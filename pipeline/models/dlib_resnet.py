@@ -202,7 +202,7 @@ class DlibResNetWeights:
     loss_threshold: float = 0.0
 
 
-def _pool_padding(nr: int, stride: int) -> int:
+def _default_padding(nr: int, stride: int) -> int:
     return nr // 2 if stride == 1 else 0
 
 
@@ -215,7 +215,7 @@ def _read_details(r: _Reader, layer: _Layer, index: int, w: DlibResNetWeights) -
         found = (r.read_int(), r.read_int(), r.read_int(), r.read_int(), r.read_int())
         r.expect(f"{where} (num_filters, nr, nc, stride_y, stride_x)", layer.args, found)
         pad = (r.read_int(), r.read_int())
-        r.expect(f"{where} padding", (_pool_padding(nr, sy), _pool_padding(nc, sx)), pad)
+        r.expect(f"{where} padding", (_default_padding(nr, sy), _default_padding(nc, sx)), pad)
         filters = r.alias_tensor(f"{where} filters")
         biases = r.alias_tensor(f"{where} biases")
         for name in ("lr mult", "wd mult", "bias lr mult", "bias wd mult"):
@@ -245,7 +245,7 @@ def _read_details(r: _Reader, layer: _Layer, index: int, w: DlibResNetWeights) -
         r.expect(f"{where} (nr, nc, stride_y, stride_x)", layer.args, found)
         nr, nc, sy, sx = layer.args
         pad = (r.read_int(), r.read_int())
-        r.expect(f"{where} padding", (_pool_padding(nr, sy), _pool_padding(nc, sx)), pad)
+        r.expect(f"{where} padding", (_default_padding(nr, sy), _default_padding(nc, sx)), pad)
     elif layer.kind == "fc":
         r.version("fc_2", where)
         outputs, inputs = r.read_int(), r.read_int()

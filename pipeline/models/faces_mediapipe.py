@@ -86,7 +86,8 @@ class MediapipeFaces:
         self.anchors = np.stack([ax.ravel(), ay.ravel()], 1).astype(np.float32)  # [2304,2]
 
     def _run(self, interp, x: np.ndarray) -> list[np.ndarray]:
-        interp.set_tensor(interp.get_input_details()[0]["index"], x[None].astype(np.float32))
+        interp.set_tensor(interp.get_input_details()[0]["index"],
+                          np.ascontiguousarray(x[None], dtype=np.float32))  # no copy if float32
         interp.invoke()
         return [interp.get_tensor(o["index"])[0] for o in interp.get_output_details()]
 
@@ -148,7 +149,7 @@ class MediapipeFaces:
         m = square_affine((float(center[0]), float(center[1])), side, angle, MESH_SIZE)
         crop = cv2.warpAffine(image, m, (MESH_SIZE, MESH_SIZE), flags=cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_CONSTANT)
-        out = self._run(self.mesh_model, crop.astype(np.float32) / 255.0)
+        out = self._run(self.mesh_model, np.multiply(crop, 1 / 255.0, dtype=np.float32))
         raw = next(o for o in out if o.size == 1404).reshape(468, 3)
         flag = float(_sigmoid(next(o for o in out if o.size == 1).reshape(())))
         inv = invert_affine(m)

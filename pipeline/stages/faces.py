@@ -28,7 +28,7 @@ class FacesConfig:
 
     backend: str = "mediapipe"  # mediapipe (bundled), mtcnn (bundled), insightface (reference)
     identity: str = "dlib"  # dlib (bundled, 128-d) or arcface (reference, 512-d)
-    detect_stride: int = 10  # source frames between detections (every frame while a face is lost)
+    detect_stride: int = 20  # source frames between detections (every frame while a face is lost)
     detect_width: int = 640  # frames are downscaled to this width for detection (px)
     min_face_px: int = 64  # tracks whose median face side is smaller are skipped (px)
     min_track_frames: int = 12  # tracks with fewer source frames are skipped
