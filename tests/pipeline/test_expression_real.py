@@ -53,16 +53,25 @@ def test_fitting_error_on_real_photos(analyzer):
 
 
 def test_expressive_video_spreads_more_than_calm_video(analyzer):
-    spreads = {}
+    spreads, pose_spreads = {}, {}
     for name in ("single_face.mp4", "WolfgangLanger_Pexels.mp4"):
         track = _media(_tracks().video_track, name)
         result = analyzer.analyze(track, {})
         E = np.array([e for e in result.frames["expression"] if e is not None])
+        P = np.array([p for p in result.frames["head_pose"] if p is not None])
         spreads[name] = float(np.sqrt(((E - E.mean(0)) ** 2).sum(1).mean()))
-        log.info("%s: %d frames, fit error %.2f px, RMS expression spread %.2f", name, len(E),
-                 result.track["expression_fit_error_px"], spreads[name])
+        pose_spreads[name] = float(np.degrees(np.sqrt(((P - P.mean(0)) ** 2).sum(1).mean())))
+        log.info("%s: %d frames, fit error %.2f px, RMS expression spread %.2f, pose spread %.1f deg",
+                 name, len(E), result.track["expression_fit_error_px"], spreads[name],
+                 pose_spreads[name])
     ratio = spreads["WolfgangLanger_Pexels.mp4"] / spreads["single_face.mp4"]
     log.info("spread ratio WolfgangLanger / single_face = %.2f", ratio)
-    # single_face.mp4 is not neutral (its mouth opens into a smile at 0.4 s), so the
-    # whole-vector ratio is ~1.3; the brow/eye components (2, 4, 5, 6, 8) separate them clearly
+    # The issue asks for 2; measured 1.27 (1.10 with MediaPipe's landmarks). single_face.mp4 is
+    # not neutral: it opens into a wide smile at 0.4 s, a large excursion of the mouth components
+    # that dominate this basis. Of WolfgangLanger's Procrustes-aligned landmark spread (2.4x
+    # single_face's), head motion explains most (the fit's pose-only render: 14x); its
+    # expression-only render is 1.2x; the rest is residual (2.4x), mostly eyelids and brows,
+    # which the 10 components hardly move (0.001-0.003 per std at those landmarks, 0.06 at the
+    # mouth). So the expression must not take up the head motion:
     assert ratio > 1.1
+    assert pose_spreads["WolfgangLanger_Pexels.mp4"] > 5 * pose_spreads["single_face.mp4"]
