@@ -12,13 +12,14 @@ from catalog.manifest import read_manifest
 from catalog.migrate import migrate
 from catalog.read import read_table
 from catalog.schema import SCHEMA_VERSION, TABLES, table_schema
-from catalog.select import SelectionError, Thresholds, select, training_index
+from catalog.select import SelectionError, Thresholds, balance, select, training_index
 
 __all__ = [
     "SCHEMA_VERSION",
     "TABLES",
     "SelectionError",
     "Thresholds",
+    "balance",
     "describe",
     "migrate",
     "read_manifest",

@@ -5,7 +5,9 @@ report can show the funnel; `training_index` keeps the kept ones. Lip-sync thres
 backend (a SyncNet confidence and a correlation score are different scales). Expression vectors
 from different backends or dimensions are never mixed. Intensity (EMOdiffhead's control signal)
 is computed here from raw values: per person, the distance of a track's mean expression from that
-person's neutral expression, divided by the person's median distance.
+person's neutral expression, divided by the person's median distance. `balance` then evens out the
+kept seconds per emotion or per intensity band (training_index applies it when
+`Thresholds.balance_by` is set).
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ class Thresholds:
     min_intensity: float | None = None
     max_intensity: float | None = None
     expression_backend: str | None = None  # required when expression columns are used
+    balance_by: str | None = None  # "emotion" or "intensity": even kept seconds per group
+    balance_max_seconds: float | None = None  # seconds per group; None: the smallest group's
+    balance_seed: int = 0  # which tracks stay in an over-full group (deterministic per seed)
 
     @classmethod
     def from_dict(cls, values: dict) -> Thresholds:
@@ -55,7 +60,15 @@ class Thresholds:
         values = dict(values)
         if "emotions" in values:
             values["emotions"] = tuple(values["emotions"])
+        if values.get("balance_by") not in (None, *BALANCE_BY):
+            raise SelectionError(f"balance_by must be one of {BALANCE_BY}, got {values['balance_by']!r}")
         return cls(**values)
+
+
+BALANCE_BY = ("emotion", "intensity")
+# Intensity bands for balance_by="intensity" (intensity 1 = the person's median distance from
+# their neutral): below 0.5, 0.5-1, 1-2, 2 and above.
+INTENSITY_BANDS = (0.5, 1.0, 2.0)
 
 
 TRACK_COLUMNS = [
@@ -82,8 +95,64 @@ def select(root: str | Path, thresholds: Thresholds | None = None, tracks: pa.Ta
 
 
 def training_index(root: str | Path, thresholds: Thresholds | None = None) -> pa.Table:
-    selected = select(root, thresholds)
+    """The kept tracks (balanced when thresholds.balance_by is set)."""
+    t = thresholds or Thresholds()
+    selected = select(root, t)
+    if t.balance_by is not None:
+        selected = balance(selected, t.balance_by, t.balance_max_seconds, t.balance_seed)
     return selected.filter(selected["keep"])
+
+
+def balance(selected: pa.Table, by: str, max_seconds: float | None = None, seed: int = 0) -> pa.Table:
+    """Even out the kept seconds per group of `select`'s output: per emotion label, or per
+    intensity band (INTENSITY_BANDS). Each group keeps tracks in a seeded pseudo-random order
+    while its total stays within `max_seconds` (default: the smallest group's total, so every
+    group ends with about as many seconds). Dropped tracks get drop_reason "balanced out
+    (<group>)"; kept tracks without a group (no emotion label / intensity) get "no <by> to
+    balance by". Deterministic for a given catalog and seed."""
+    import hashlib
+
+    if by not in BALANCE_BY:
+        raise SelectionError(f"balance_by must be one of {BALANCE_BY}, got {by!r}")
+    rows = selected.select(["track_id", "start_s", "end_s", "keep", "drop_reason",
+                            "emotion_label" if by == "emotion" else "intensity"]).to_pylist()
+    groups = [_balance_group(r, by) for r in rows]
+    reasons = [r["drop_reason"] for r in rows]
+    kept = [i for i, r in enumerate(rows) if r["keep"]]
+    for i in kept:
+        if groups[i] is None:
+            reasons[i] = f"no {by} to balance by"
+    kept = [i for i in kept if groups[i] is not None]
+    seconds = {i: max(0.0, (rows[i]["end_s"] or 0) - (rows[i]["start_s"] or 0)) for i in kept}
+    totals: dict[str, float] = {}
+    for i in kept:
+        totals[groups[i]] = totals.get(groups[i], 0.0) + seconds[i]
+    cap = max_seconds if max_seconds is not None else min(totals.values(), default=0.0)
+
+    def rank(i: int) -> bytes:
+        return hashlib.blake2b(f"{seed}:{rows[i]['track_id']}".encode(), digest_size=8).digest()
+
+    used: dict[str, float] = {}
+    for i in sorted(kept, key=rank):
+        g = groups[i]
+        if used.get(g, 0.0) + seconds[i] <= cap + 1e-6:
+            used[g] = used.get(g, 0.0) + seconds[i]
+        else:
+            reasons[i] = f"balanced out ({g})"
+    out = selected.drop_columns(["drop_reason", "keep"])
+    out = out.append_column("drop_reason", pa.array(reasons, pa.string()))
+    return out.append_column("keep", pc.is_null(out["drop_reason"]))
+
+
+def _balance_group(row: dict, by: str) -> str | None:
+    if by == "emotion":
+        return row.get("emotion_label")
+    value = row.get("intensity")
+    if value is None:
+        return None
+    band = sum(value >= edge for edge in INTENSITY_BANDS)
+    edges = (0.0, *INTENSITY_BANDS, float("inf"))
+    return f"intensity {edges[band]:g}-{edges[band + 1]:g}"
 
 
 def _drop_reason(row: dict, t: Thresholds, intensity: float | None) -> str | None:
@@ -127,7 +196,8 @@ def _check_expression_backends(rows: list[dict], t: Thresholds) -> None:
     }
     if t.expression_backend is not None:
         kinds = {k for k in kinds if k[0] == t.expression_backend}
-    uses_expression = t.min_intensity is not None or t.max_intensity is not None
+    uses_expression = (t.min_intensity is not None or t.max_intensity is not None
+                       or t.balance_by == "intensity")
     if uses_expression and len(kinds) > 1:
         raise SelectionError(
             f"tracks carry expression vectors from several backends/dimensions {sorted(map(str, kinds))}; "

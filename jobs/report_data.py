@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 
 from catalog.manifest import read_manifest
 from catalog.read import read_table
-from catalog.select import TRACK_COLUMNS, SelectionError, Thresholds, select
+from catalog.select import TRACK_COLUMNS, SelectionError, Thresholds, balance, select
 
 log = logging.getLogger(__name__)
 
@@ -94,13 +94,15 @@ def select_verdicts(tracks: pa.Table, thresholds: Thresholds) -> tuple[pa.Array,
         return pa.array([], pa.bool_()), pa.array([], pa.string())
     _check_backends(tracks, thresholds)
     needed = tracks.select([c for c in TRACK_COLUMNS if c in tracks.column_names])
-    if thresholds.min_intensity is None and thresholds.max_intensity is None:
-        # intensity (2/3 of select's time) only decides keep through these two thresholds
+    if (thresholds.min_intensity is None and thresholds.max_intensity is None
+            and thresholds.balance_by != "intensity"):
+        # intensity (2/3 of select's time) only decides keep through these thresholds
         needed = needed.drop_columns([c for c in ("expression_mean",) if c in needed.column_names])
     order = pc.sort_indices(needed, sort_keys=[("person_id", "ascending")])  # nulls last
     codes = pc.dictionary_encode(pc.take(needed["person_id"], order)).combine_chunks().indices
     codes = codes.fill_null(-1).to_numpy(zero_copy_only=False)
     reasons = np.empty(n, dtype=object)
+    intensity = np.full(n, np.nan)
     start = 0
     while start < n:
         end = min(n, start + SELECT_CHUNK_ROWS)
@@ -109,8 +111,17 @@ def select_verdicts(tracks: pa.Table, thresholds: Thresholds) -> tuple[pa.Array,
         idx = order[start:end]
         chunk = select(None, thresholds, tracks=pc.take(needed, idx))
         reasons[idx.to_numpy()] = np.array(chunk["drop_reason"].to_pylist(), dtype=object)
+        intensity[idx.to_numpy()] = chunk["intensity"].to_numpy(zero_copy_only=False)
         start = end
     drop = pa.array(reasons.tolist(), pa.string())
+    if thresholds.balance_by is not None:  # balancing is corpus-wide: after all the chunks
+        verdicts = needed.select([c for c in ("track_id", "start_s", "end_s", "emotion_label")
+                                  if c in needed.column_names])
+        verdicts = verdicts.append_column("intensity", pa.array(intensity, from_pandas=True))
+        verdicts = verdicts.append_column("drop_reason", drop)
+        verdicts = verdicts.append_column("keep", pc.is_null(drop))
+        drop = balance(verdicts, thresholds.balance_by, thresholds.balance_max_seconds,
+                       thresholds.balance_seed)["drop_reason"].combine_chunks()
     return pc.is_null(drop), drop
 
 

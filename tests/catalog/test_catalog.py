@@ -128,3 +128,19 @@ def test_select_rules_per_backend_and_intensity(tmp_path):
     assert selected["t0-3"]["intensity"] > selected["t0-1"]["intensity"]
     with pytest.raises(catalog.SelectionError, match="unknown thresholds"):
         catalog.Thresholds.from_dict({"min_face": 3})
+
+
+def test_training_index_balances_when_asked(tmp_path):
+    root = _write_catalog(tmp_path / "cat")
+    plain = catalog.training_index(root)  # six happy tracks of 3, 4, 5 s kept
+    assert plain.num_rows == 6
+    capped = catalog.Thresholds(balance_by="emotion", balance_max_seconds=8.0)
+    index = catalog.training_index(root, capped)
+    seconds = [r["end_s"] - r["start_s"] for r in index.to_pylist()]
+    assert 0 < sum(seconds) <= 8.0
+    rows = catalog.select(root, capped).to_pylist()
+    dropped = [r for r in catalog.balance(catalog.select(root, capped), "emotion", 8.0).to_pylist()
+               if r["drop_reason"] == "balanced out (happy)"]
+    assert len(dropped) == 6 - index.num_rows and len(rows) == 8
+    # greedy in a seeded order: no dropped track would have fitted under the cap
+    assert all(sum(seconds) + r["end_s"] - r["start_s"] > 8.0 for r in dropped)

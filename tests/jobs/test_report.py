@@ -144,6 +144,21 @@ def test_compare_equals_select_over_whole_catalog(larger, monkeypatch):
     assert kept["count"] < data["funnel"][-1]["count"]
 
 
+@pytest.mark.parametrize("by", ["emotion", "intensity"])
+def test_chunked_verdicts_balance_like_the_whole_catalog(larger, monkeypatch, by):
+    root, _ = larger
+    monkeypatch.setattr(report_data, "SELECT_CHUNK_ROWS", 7)
+    thresholds = Thresholds(balance_by=by, min_face_px=64)
+    tracks = report_data.read_tracks(root)
+    keep, drop = report_data.select_verdicts(tracks, thresholds)
+    whole = catalog.balance(catalog.select(root, thresholds), by)
+    expected = dict(zip(whole["track_id"].to_pylist(), whole["drop_reason"].to_pylist()))
+    got = dict(zip(tracks["track_id"].to_pylist(), drop.to_pylist()))
+    assert got == expected
+    assert any(r and r.startswith("balanced out") for r in got.values())
+    assert sum(keep.to_pylist()) == sum(whole["keep"].to_pylist()) > 0
+
+
 def test_parse_overrides():
     parsed = report_data.parse_overrides(["min_face_px=128", "emotions=['happy']", "require_lip_sync=false",
                                           "expression_backend=3dmm", "lip_sync_rules.syncnet.min_confidence=4"])
