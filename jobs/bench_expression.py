@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -52,7 +51,7 @@ def _real_track(name: str = "single_face.mp4", repeat: int = 4):
                         has_audio=False)
 
 
-def run(out_json: str | None = None, expression_backend: str = "3dmm",
+def run(expression_backend: str = "3dmm",
         emotion_backends: tuple[str, ...] = ("fer+facex", "fer", "facex")) -> dict:
     """Time the analyzers on one core (torch, litert and BLAS limited to one thread).
     Returns {"frames": T, "<analyzer>/<backend>": frames per second, ..., "expression+emotion": fps}."""
@@ -83,7 +82,4 @@ def run(out_json: str | None = None, expression_backend: str = "3dmm",
         result[f"emotion/{backend}_fps"] = T / dt
         result[f"expression+emotion/{backend}_fps"] = T / (dt + dt_expr)
     log.info("bench expression: %s", result)
-    if out_json:
-        with open(out_json, "w") as f:
-            json.dump(result, f, indent=2)
     return result

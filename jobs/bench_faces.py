@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 import time
@@ -89,9 +88,8 @@ def _tracked(backend, frames, config) -> tuple[dict[int, list[np.ndarray]], floa
     return boxes, elapsed, identity_s[0], calls[0]
 
 
-def run(files: list[str] | None = None, out_json: str | None = None,
-        backend_name: str = "mediapipe", repeats: int = 3) -> dict:
-    """Benchmark the faces tracker on `files` (generated when None); returns and writes the report:
+def run(files: list[str] | None = None, backend_name: str = "mediapipe", repeats: int = 3) -> dict:
+    """Benchmark the faces tracker on `files` (generated when None); returns the report:
     per file frames/s of both loops, speedup (with and without identity checks) and agreement
     (fraction of frames where the tracked box has IoU >= 0.7 with the per-frame loop's box)."""
     from pipeline.faces.geometry import iou_matrix
@@ -141,8 +139,6 @@ def run(files: list[str] | None = None, out_json: str | None = None,
         report["files"].append(entry)
     report["goal_3x_met"] = all(e["speedup"] >= 3 for e in report["files"])
     report["agreement_met"] = all(e["agreement_iou07"] >= 0.95 for e in report["files"])
-    if out_json:
-        Path(out_json).write_text(json.dumps(report, indent=2))
     if tmp is not None:
         tmp.cleanup()
     return report

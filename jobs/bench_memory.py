@@ -155,9 +155,9 @@ def inputs() -> list[Path]:
             for i, s in enumerate(DURATIONS_S)]
 
 
-def run(files: list[str | Path] | None = None, out_json: str | Path | None = None) -> dict:
+def run(files: list[str | Path] | None = None) -> dict:
     """Measure peak memory for each input (default: a generated 1-minute and 30-minute video)
-    with Ray (`emoforge curate`) and without (stages in one process); write `out_json`."""
+    with Ray (`emoforge curate`) and without (stages in one process)."""
     paths = [Path(f) for f in files] if files else inputs()
     results = []
     with tempfile.TemporaryDirectory(prefix="emoforge-bench-memory-") as tmp:
@@ -174,9 +174,6 @@ def run(files: list[str | Path] | None = None, out_json: str | Path | None = Non
             first, last = results[0][mode]["peak_total_mib"], results[-1][mode]["peak_total_mib"]
             summary[f"{mode}_peak_ratio_last_to_first"] = last / first if first else None
             summary[f"{mode}_within_20_percent"] = bool(first and last <= 1.2 * first)
-    if out_json:
-        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(out_json).write_text(json.dumps(summary, indent=2))
     return summary
 
 

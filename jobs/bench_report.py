@@ -64,7 +64,7 @@ def measure(root: Path, out_html: Path, compare: list[str]) -> dict:
             "html_mb": round(out_html.stat().st_size / 1e6, 2), "phases": phases}
 
 
-def run(files: list[str] | None = None, out_json: str | None = None) -> dict:
+def run(files: list[str] | None = None) -> dict:
     """Benchmark the report on `files` (catalog folders) or the generated million-track catalog."""
     from catalog.read import read_table
 
@@ -80,6 +80,4 @@ def run(files: list[str] | None = None, out_json: str | None = None) -> dict:
         result["catalogs"].append(entry)
         log.info("bench report: %s: %d tracks in %.1f s, peak RSS %.0f MiB", root, entry["tracks"],
                  entry["seconds"], entry["peak_rss_mib"])
-    if out_json:
-        Path(out_json).write_text(json.dumps(result, indent=2))
     return result

@@ -188,8 +188,8 @@ def compare_cuts(ours: dict[str, list[int]], theirs: dict[str, list[int]],
     return out
 
 
-def run(files: list[str | Path] | None = None, out_json: str | Path | None = None) -> dict:
-    """Run the benchmark on `files` (generated 720p media when empty) and write `out_json`."""
+def run(files: list[str | Path] | None = None) -> dict:
+    """Run the benchmark on `files` (generated 720p media when empty)."""
     import scenedetect
 
     files = [Path(f) for f in files] if files else default_files()
@@ -223,9 +223,6 @@ def run(files: list[str | Path] | None = None, out_json: str | Path | None = Non
     }
     if ray.get("status") == "ok":
         result["emoforge_ray"]["frames_per_s"] = frames / ray["wall_s"]
-    if out_json:
-        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(out_json).write_text(json.dumps(result, indent=2))
     log.info("bench scenes: emoforge %.0f frames/s, scenedetect %.0f frames/s, ratio %.2f, "
              "cuts agree: %s", ours["frames_per_s"], theirs["frames_per_s"],
              result["ratio_without_ray"], result["cuts_agree_within_1_frame"])

@@ -14,7 +14,6 @@ every other set (negative), with the rule's true and false positive rates at its
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 import time
@@ -215,17 +214,13 @@ def evaluate(samples: list[Sample], rule: dict[str, float] | None = None) -> dic
     }
 
 
-def run(
-    out_json: str | None = None, clips_per_set: int = 16, max_photos: int = 5, real: bool = True
-) -> dict:
-    """Build the labelled sets, score them, write the report as JSON when `out_json` is given."""
+def run(clips_per_set: int = 16, max_photos: int = 5, real: bool = True) -> dict:
+    """Build the labelled sets, score them; returns the report."""
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="bench-sync-") as tmp:
         samples = collect(Path(tmp), clips_per_set, max_photos, real)
     report = evaluate(samples)
     report["seconds"] = time.time() - t0
-    if out_json:
-        Path(out_json).write_text(json.dumps(report, indent=2, default=float))
     log.info(
         "bench sync: AUC %.3f, TPR %.2f, FPR %.2f",
         report["roc_auc_keep_rule"],

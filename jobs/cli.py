@@ -216,11 +216,16 @@ def cmd_bench(args) -> int:
     else:
         result = module.run()
     result["machine"] = machine_info()
-    text = json.dumps(result, indent=1, default=str)
+    text = json.dumps(result, indent=1, default=_json_value)
     if args.out:
         Path(args.out).write_text(text)
     print(text)
     return 0
+
+
+def _json_value(value):
+    """numpy scalars as numbers, anything else as text."""
+    return value.item() if hasattr(value, "item") else str(value)
 
 
 def machine_info() -> dict:

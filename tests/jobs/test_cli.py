@@ -55,3 +55,22 @@ def test_commercial_only_refuses_restricted_weights(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "expression/3dmm" in err and "research-only" in err
+
+
+def test_bench_writes_the_result_with_the_machine(tmp_path, monkeypatch, capsys):
+    import json
+    import sys
+    import types
+
+    import numpy as np
+
+    bench = types.ModuleType("tiny_bench")
+    bench.run = lambda files=None: {"files": files, "ratio": np.float64(2.5)}
+    monkeypatch.setitem(sys.modules, "tiny_bench", bench)
+    monkeypatch.setitem(cli.BENCHES, "tiny", "tiny_bench")
+    out = tmp_path / "r.json"
+    assert cli.main(["bench", "tiny", "a.mp4", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["files"] == ["a.mp4"] and result["ratio"] == 2.5  # numpy scalars as numbers
+    assert result["machine"]["cores"] >= 1 and result["machine"]["python"]
+    assert json.loads(capsys.readouterr().out) == result
