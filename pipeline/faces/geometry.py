@@ -56,9 +56,11 @@ def square_affine(center: tuple[float, float], side: float, angle: float, out: i
 
 
 def invert_affine(m: np.ndarray) -> np.ndarray:
-    """Inverse of a float[2,3] affine."""
-    full = np.vstack([np.asarray(m, np.float64), [0, 0, 1]])
-    return np.linalg.inv(full)[:2].astype(np.float32)
+    """Inverse of a float[2,3] affine (closed form: [A^-1 | -A^-1 t])."""
+    (a, b, tx), (c, d, ty) = np.asarray(m, np.float64)
+    det = a * d - b * c
+    ia, ib, ic, id_ = d / det, -b / det, -c / det, a / det
+    return np.array([[ia, ib, -(ia * tx + ib * ty)], [ic, id_, -(ic * tx + id_ * ty)]], np.float32)
 
 
 def apply_affine(m: np.ndarray, points: np.ndarray) -> np.ndarray:

@@ -40,12 +40,26 @@ ROI_SCALE = 1.5  # MediaPipe enlarges the face rectangle by 1.5 for the mesh mod
 EYE_CORNERS = ((33, 133, False), (362, 263, True))  # (outer, inner, flip) image-left eye first
 
 
-def _interpreter(path, threads: int):
-    from ai_edge_litert.interpreter import Interpreter
+class _Tflite:
+    """A LiteRT interpreter with its tensor indices looked up once; call with one unbatched
+    input, get the unbatched outputs in the model's order."""
 
-    interp = Interpreter(model_path=str(path), num_threads=threads)
-    interp.allocate_tensors()
-    return interp
+    def __init__(self, path, threads: int):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interp = Interpreter(model_path=str(path), num_threads=threads)
+        self.interp.allocate_tensors()
+        self.input = self.interp.get_input_details()[0]["index"]
+        self.outputs = [(o["index"], int(np.prod(o["shape"]))) for o in self.interp.get_output_details()]
+
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        self.interp.set_tensor(self.input, np.ascontiguousarray(x[None], dtype=np.float32))
+        self.interp.invoke()
+        return [self.interp.get_tensor(i)[0] for i, _ in self.outputs]
+
+    def output_position(self, size: int) -> int:
+        """Position of the output with `size` values (outputs are told apart by size)."""
+        return next(k for k, (_, n) in enumerate(self.outputs) if n == size)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -77,19 +91,16 @@ class MediapipeFaces:
     """BlazeFace detector + mesh landmarker (implements FaceDetector and FaceLandmarker)."""
 
     def __init__(self, threads: int = 1, min_score: float = 0.5):
-        self.det = _interpreter(resolve(DETECTION_SPEC), threads)
-        self.mesh_model = _interpreter(resolve(LANDMARK_SPEC, LANDMARK_SPEC.files[0]), threads)
-        self.iris_model = _interpreter(resolve(LANDMARK_SPEC, LANDMARK_SPEC.files[1]), threads)
+        self.det = _Tflite(resolve(DETECTION_SPEC), threads)
+        self.mesh_model = _Tflite(resolve(LANDMARK_SPEC, LANDMARK_SPEC.files[0]), threads)
+        self.iris_model = _Tflite(resolve(LANDMARK_SPEC, LANDMARK_SPEC.files[1]), threads)
+        self.mesh_points = self.mesh_model.output_position(468 * 3)
+        self.mesh_presence = self.mesh_model.output_position(1)
+        self.iris_points = self.iris_model.output_position(5 * 3)
         self.min_score = min_score
         g = (np.arange(DET_SIZE // 4) + 0.5) / (DET_SIZE // 4)
         ax, ay = np.meshgrid(g, g)
         self.anchors = np.stack([ax.ravel(), ay.ravel()], 1).astype(np.float32)  # [2304,2]
-
-    def _run(self, interp, x: np.ndarray) -> list[np.ndarray]:
-        interp.set_tensor(interp.get_input_details()[0]["index"],
-                          np.ascontiguousarray(x[None], dtype=np.float32))  # no copy if float32
-        interp.invoke()
-        return [interp.get_tensor(o["index"])[0] for o in interp.get_output_details()]
 
     def detect(self, image: np.ndarray) -> list[Detection]:
         """image: uint8[H,W,3] RGB -> faces (score >= min_score), best first."""
@@ -102,7 +113,7 @@ class MediapipeFaces:
         pad_x, pad_y = (DET_SIZE - nw) // 2, (DET_SIZE - nh) // 2
         canvas = np.zeros((DET_SIZE, DET_SIZE, 3), np.float32) - 1.0
         canvas[pad_y:pad_y + nh, pad_x:pad_x + nw] = small.astype(np.float32) / 127.5 - 1.0
-        reg, cls = self._run(self.det, canvas)
+        reg, cls = self.det(canvas)
         scores = _sigmoid(cls[:, 0])
         keep = np.nonzero(scores >= self.min_score)[0]
         if len(keep) == 0:
@@ -149,9 +160,9 @@ class MediapipeFaces:
         m = square_affine((float(center[0]), float(center[1])), side, angle, MESH_SIZE)
         crop = cv2.warpAffine(image, m, (MESH_SIZE, MESH_SIZE), flags=cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_CONSTANT)
-        out = self._run(self.mesh_model, np.multiply(crop, 1 / 255.0, dtype=np.float32))
-        raw = next(o for o in out if o.size == 1404).reshape(468, 3)
-        flag = float(_sigmoid(next(o for o in out if o.size == 1).reshape(())))
+        out = self.mesh_model(np.multiply(crop, 1 / 255.0, dtype=np.float32))
+        raw = out[self.mesh_points].reshape(468, 3)
+        flag = float(_sigmoid(out[self.mesh_presence].reshape(())))
         inv = invert_affine(m)
         pts3 = np.empty((468, 3), np.float32)
         pts3[:, :2] = apply_affine(inv, raw[:, :2])
@@ -173,8 +184,8 @@ class MediapipeFaces:
             crop = cv2.warpAffine(image, m, (IRIS_SIZE, IRIS_SIZE), flags=cv2.INTER_LINEAR)
             if flip:
                 crop = crop[:, ::-1]
-            res = self._run(self.iris_model, np.ascontiguousarray(crop, np.float32) / 255.0)
-            iris = next(o for o in res if o.size == 15).reshape(5, 3).copy()
+            res = self.iris_model(np.multiply(crop, 1 / 255.0, dtype=np.float32))
+            iris = res[self.iris_points].reshape(5, 3).copy()
             if flip:
                 iris[:, 0] = IRIS_SIZE - iris[:, 0]
             xy = apply_affine(invert_affine(m), iris[:, :2])
