@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     curate = sub.add_parser("curate", help="curate videos into a catalog (local Ray by default)")
     curate.add_argument("job", nargs="?", help="a job spec TOML (see jobs/*.toml)")
-    curate.add_argument("--input", nargs="+", default=[], help="video files or folders")
+    curate.add_argument("--input", nargs="+", action="extend", default=[],
+                        help="video files or folders (repeatable)")
     curate.add_argument("--out", help="catalog folder")
     curate.add_argument("--stages", help="comma-separated stages (default: all)")
     curate.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")

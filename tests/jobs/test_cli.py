@@ -74,3 +74,8 @@ def test_bench_writes_the_result_with_the_machine(tmp_path, monkeypatch, capsys)
     assert result["files"] == ["a.mp4"] and result["ratio"] == 2.5  # numpy scalars as numbers
     assert result["machine"]["cores"] >= 1 and result["machine"]["python"]
     assert json.loads(capsys.readouterr().out) == result
+
+
+def test_input_is_repeatable_and_takes_several_files():
+    args = cli.build_parser().parse_args(["curate", "--input", "a.mp4", "b.mp4", "--input", "c.mp4"])
+    assert args.input == ["a.mp4", "b.mp4", "c.mp4"]
