@@ -148,7 +148,7 @@ def _balance_group(row: dict, by: str) -> str | None:
     if by == "emotion":
         return row.get("emotion_label")
     value = row.get("intensity")
-    if value is None:
+    if value is None or value != value:  # unknown (null or NaN)
         return None
     band = sum(value >= edge for edge in INTENSITY_BANDS)
     edges = (0.0, *INTENSITY_BANDS, float("inf"))
