@@ -163,7 +163,7 @@ def _draw(rng: np.random.Generator, n_videos: int, shards: int, max_track_s: flo
     faces_error = np.full(T, None, dtype=object)
     sk = np.flatnonzero(tfate == "faces skipped")
     faces_error[sk] = [f"face too small: median {p:.0f} px < min_face_px=64" if i % 2 else
-                       f"track has {int(d * 25) % 11 + 1} frames < min_track_frames=12"
+                       f"track has {int(d * 25) % 24 + 1} frames < min_track_frames=25"
                        for i, (p, d) in enumerate(zip(rng.uniform(20, 63, len(sk)), dur[sk]))]
     faces_error[tfate == "faces failed"] = "RuntimeError: face crop writer: encoder returned EAGAIN"
     audio_ok = faces_ok & (tfate != "audio failed")

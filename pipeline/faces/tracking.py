@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrackerConfig:
-    detect_stride: int = 20  # source frames between detections (new faces are backfilled)
+    detect_stride: int = 25  # source frames between detections (new faces are backfilled)
     detect_width: int = 640  # frames wider than this are downscaled for detection (px)
     max_missed_frames: int = 12  # a track ends after this many frames without its face
     identity_every: int = 50  # frames between identity checks of a track
@@ -142,7 +142,7 @@ class Tracker:
         if min(box[2] - box[0], box[3] - box[1]) < self.config.min_box_px:
             return None
         mesh = lm.mesh.astype(np.float16) if (self.config.mesh and lm.mesh is not None) else None
-        return Observation(frame.index, frame.pts_s, box, lm.points68.astype(np.float32),
+        return Observation(frame.index, frame.pts_s, box, np.asarray(lm.points68, np.float32),
                            float(lm.presence), det.score if det else float("nan"), mesh,
                            thumbnail(frame.image, box))
 
@@ -309,15 +309,19 @@ class Tracker:
 
 def thumbnail(image: np.ndarray, box: np.ndarray) -> np.ndarray:
     """float32[256]: the face box as a 16x16 gray patch, zero mean, unit norm (cut detection).
-    Large boxes are subsampled to at most 64 px first (the patch is 16 px anyway)."""
+    Boxes larger than 64 px are point-sampled to 64x64 first, then area-averaged to 16x16 (4x4
+    blocks): about 40 us instead of 150 for an area resize of the whole box."""
     import cv2
 
     h, w = image.shape[:2]
-    x0, y0, x1, y1 = np.clip(np.round(box), 0, [w, h, w, h]).astype(int)
+    x0, x1 = (min(max(int(v + 0.5), 0), w) for v in (box[0], box[2]))
+    y0, y1 = (min(max(int(v + 0.5), 0), h) for v in (box[1], box[3]))
     if x1 - x0 < 2 or y1 - y0 < 2:
         return np.zeros(256, np.float32)
-    step = max(1, min(x1 - x0, y1 - y0) // 64)
-    patch = cv2.resize(image[y0:y1:step, x0:x1:step], (16, 16), interpolation=cv2.INTER_AREA)
-    gray = patch.astype(np.float32).mean(2).ravel()
-    gray -= gray.mean()
-    return gray / max(float(np.linalg.norm(gray)), 1e-6)
+    patch = image[y0:y1, x0:x1]
+    if min(x1 - x0, y1 - y0) > 64:
+        patch = cv2.resize(patch, (64, 64), interpolation=cv2.INTER_NEAREST)
+    patch = cv2.resize(patch, (16, 16), interpolation=cv2.INTER_AREA)
+    gray = np.add.reduce(patch, axis=2, dtype=np.float32).ravel()  # 3x the mean: scale-free
+    gray -= np.add.reduce(gray) / 256.0
+    return gray / max(float(np.sqrt(gray @ gray)), 1e-6)

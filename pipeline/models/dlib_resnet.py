@@ -47,8 +47,13 @@ File format (dlib/serialize.h, dlib/dnn/core.h, layers.h, input.h, loss.h, cuda/
   "avg_pool_2", "add_prev_", "fc_2", "loss_metric_2", "input_rgb_image_sized").
 
 Public API: parse_dlib_resnet(path) -> DlibResNetWeights (numpy only; parse_dlib_resnet_bytes for
-bytes), build_dlib_resnet(weights) -> torch module, load_dlib_resnet(path) -> torch module, and
-embed_chips(model, chips) -> float32[N,128].
+bytes), build_dlib_resnet(weights) -> torch module, load_dlib_resnet(path, engine, threads) ->
+DescriptorNet (the network on onnxruntime or torch), and embed_chips(net, chips) -> float32[N,128].
+
+Engines: by default the torch module is exported to ONNX in memory (about 0.7 s, once per load)
+and runs on onnxruntime: 8.0 ms a chip on one thread here against 14.2 ms in torch (whose CPU
+convolutions take its slow im2col path for these small batch-1 feature maps); outputs agree
+within 1e-6.
 """
 
 from __future__ import annotations
@@ -389,17 +394,58 @@ def build_dlib_resnet(weights: DlibResNetWeights) -> Any:
     return model.to(memory_format=torch.channels_last)
 
 
-def load_dlib_resnet(path: str | Path) -> Any:
-    """Parse dlib's weight file once and return the torch module (see build_dlib_resnet)."""
-    return build_dlib_resnet(parse_dlib_resnet(path))
+ENGINES = ("onnxruntime", "torch")
 
 
-def embed_chips(model: Any, chips: Any, batch_size: int = 64) -> np.ndarray:
+def export_onnx(module: Any) -> bytes:
+    """The torch module (see build_dlib_resnet) as an ONNX model with a dynamic batch axis:
+    input "chips" float32[N,3,150,150], output "descriptors" float32[N,128]."""
+    import io
+    import warnings
+
+    import torch
+
+    buffer = io.BytesIO()
+    example = torch.zeros(1, 3, CHIP_SIZE, CHIP_SIZE)
+    with warnings.catch_warnings():  # the exporter's notes on tracing and constant folding
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=17,
+                          input_names=["chips"], output_names=["descriptors"],
+                          dynamic_axes={"chips": {0: "n"}, "descriptors": {0: "n"}})
+    return buffer.getvalue()
+
+
+class DescriptorNet:
+    """The descriptor network on one engine: call with float32[N,3,150,150] RGB pixel values
+    (0..255) to get float32[N,128] raw descriptors."""
+
+    def __init__(self, module: Any, engine: str = "onnxruntime", threads: int = 1):
+        if engine not in ENGINES:
+            raise ValueError(f"unknown engine {engine!r}; expected one of {ENGINES}")
+        self.engine, self.module, self.session = engine, module, None
+        if engine == "onnxruntime":
+            from pipeline.models.onnx_session import ort_session
+
+            self.session = ort_session(export_onnx(module), threads)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.session is not None:
+            return self.session.run(None, {"chips": x})[0]
+        import torch
+
+        with torch.inference_mode():
+            return self.module(torch.from_numpy(x)).numpy()
+
+
+def load_dlib_resnet(path: str | Path, engine: str = "onnxruntime", threads: int = 1) -> DescriptorNet:
+    """Parse dlib's weight file once and return the network on `engine` (see DescriptorNet)."""
+    return DescriptorNet(build_dlib_resnet(parse_dlib_resnet(path)), engine, threads)
+
+
+def embed_chips(net: DescriptorNet, chips: Any, batch_size: int = 64) -> np.ndarray:
     """Raw (unnormalized, dlib's scale) descriptors of aligned face chips, as made by
     dlib.get_face_chip(img, shape, size=150, padding=0.25).
     chips: uint8[150,150,3] or uint8[N,150,150,3] RGB (or a list of such) -> float32[N,128]."""
-    import torch
-
     arr = np.asarray(chips)
     if arr.ndim == 3:
         arr = arr[None]
@@ -408,11 +454,8 @@ def embed_chips(model: Any, chips: Any, batch_size: int = 64) -> np.ndarray:
                          f"got {arr.shape}")
     if arr.dtype != np.uint8:
         raise ValueError(f"expected uint8 chips, got {arr.dtype}")
-    device = next(model.parameters()).device
     out = np.empty((len(arr), DESCRIPTOR_DIM), np.float32)
-    with torch.inference_mode():
-        for start in range(0, len(arr), batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(arr[start:start + batch_size]))
-            x = batch.to(device).permute(0, 3, 1, 2).float()
-            out[start:start + len(batch)] = model(x).float().cpu().numpy()
+    for start in range(0, len(arr), batch_size):
+        batch = arr[start:start + batch_size].transpose(0, 3, 1, 2).astype(np.float32)
+        out[start:start + len(batch)] = net(batch)
     return out

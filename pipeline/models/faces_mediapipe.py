@@ -53,7 +53,15 @@ class _Tflite:
         self.outputs = [(o["index"], int(np.prod(o["shape"]))) for o in self.interp.get_output_details()]
 
     def __call__(self, x: np.ndarray) -> list[np.ndarray]:
-        self.interp.set_tensor(self.input, np.ascontiguousarray(x[None], dtype=np.float32))
+        self.input_view()[...] = x
+        return self.run()
+
+    def input_view(self) -> np.ndarray:
+        """The unbatched input tensor, to fill in place before `run` (LiteRT refuses to invoke
+        while such a view is alive: use it within one statement)."""
+        return self.interp.tensor(self.input)()[0]
+
+    def run(self) -> list[np.ndarray]:
         self.interp.invoke()
         return [self.interp.get_tensor(i)[0] for i, _ in self.outputs]
 
@@ -64,6 +72,10 @@ class _Tflite:
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(np.asarray(x, np.float64), -80, 80)))
+
+
+def _sigmoid_scalar(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-min(max(x, -80.0), 80.0)))
 
 
 def weighted_nms(boxes: np.ndarray, scores: np.ndarray, kps: np.ndarray, iou_thr: float = 0.3):
@@ -140,36 +152,38 @@ class MediapipeFaces:
         import cv2
 
         if prev is not None and prev.mesh is not None:
-            pts = prev.mesh[:468, :2]
-            angle = math.atan2(pts[263, 1] - pts[33, 1], pts[263, 0] - pts[33, 0])
-            # bounding box in the face's rotated frame, then enlarged like MediaPipe does
+            # the previous mesh's bounding box in the face's upright frame (along and across
+            # the eye line), then enlarged like MediaPipe does
+            (x33, y33), (x263, y263) = prev.mesh[33, :2].tolist(), prev.mesh[263, :2].tolist()
+            angle = math.atan2(y263 - y33, x263 - x33)
             c, s = math.cos(angle), math.sin(angle)
-            rot = np.array([[c, s], [-s, c]], np.float32)  # source -> face-upright frame
-            local = pts @ rot.T
-            lo, hi = local.min(0), local.max(0)
-            center = rot.T @ ((lo + hi) / 2)
-            side = float(max(hi - lo)) * ROI_SCALE
+            local = np.array([[c, s], [-s, c]], np.float32) @ prev.mesh[:468, :2].T  # [2,468]
+            (u0, v0), (u1, v1) = local.min(1).tolist(), local.max(1).tolist()
+            u, v = (u0 + u1) / 2, (v0 + v1) / 2
+            center = (c * u - s * v, s * u + c * v)
+            side = max(u1 - u0, v1 - v0) * ROI_SCALE
         else:
             x0, y0, x1, y1 = [float(v) for v in box]
-            center = np.array([(x0 + x1) / 2, (y0 + y1) / 2])
+            center = ((x0 + x1) / 2, (y0 + y1) / 2)
             side = max(x1 - x0, y1 - y0) * ROI_SCALE
             angle = 0.0
             if keypoints is not None:
                 eye_r, eye_l = keypoints[0], keypoints[1]
                 angle = math.atan2(eye_l[1] - eye_r[1], eye_l[0] - eye_r[0])
-        m = square_affine((float(center[0]), float(center[1])), side, angle, MESH_SIZE)
+        m = square_affine(center, side, angle, MESH_SIZE)
         crop = cv2.warpAffine(image, m, (MESH_SIZE, MESH_SIZE), flags=cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_CONSTANT)
-        out = self.mesh_model(np.multiply(crop, 1 / 255.0, dtype=np.float32))
-        raw = out[self.mesh_points].reshape(468, 3)
-        flag = float(_sigmoid(out[self.mesh_presence].reshape(())))
-        inv = invert_affine(m)
-        pts3 = np.empty((468, 3), np.float32)
-        pts3[:, :2] = apply_affine(inv, raw[:, :2])
-        pts3[:, 2] = raw[:, 2] * side / MESH_SIZE
+        np.multiply(crop, np.float32(1 / 255.0), out=self.mesh_model.input_view())
+        out = self.mesh_model.run()
+        flag = _sigmoid_scalar(float(out[self.mesh_presence].reshape(())))
+        # crop pixels (and depth in crop units) -> source pixels, in one product
+        (a, b, tx), (c, d, ty) = invert_affine(m).tolist()
+        to_source = np.array([[a, c, 0], [b, d, 0], [0, 0, side / MESH_SIZE]], np.float32)
+        pts3 = out[self.mesh_points].reshape(468, 3) @ to_source
+        pts3 += np.array([tx, ty, 0], np.float32)
         if mesh:
             pts3 = np.concatenate([pts3, self._irises(image, pts3)], 0)
-        return Landmarks(points68=pts3[MESH_TO_68, :2].copy(), presence=flag, mesh=pts3)
+        return Landmarks(points68=pts3[MESH_TO_68, :2], presence=flag, mesh=pts3)
 
     def _irises(self, image: np.ndarray, pts: np.ndarray) -> np.ndarray:
         """float32[10,3]: 5 iris points (centre first) per eye, image-left eye first."""

@@ -20,8 +20,9 @@ def execution_providers(requested: Sequence[str] | None = None) -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
-def ort_session(path: str | Path, threads: int = 1, providers: Sequence[str] | None = None):
-    """An onnxruntime.InferenceSession on `path` with `threads` intra-op threads.
+def ort_session(path: str | Path | bytes, threads: int = 1, providers: Sequence[str] | None = None):
+    """An onnxruntime.InferenceSession on `path` (or a serialized model) with `threads` intra-op
+    threads.
     providers: None = CPU only; "auto" picks CUDA when available (see execution_providers)."""
     import onnxruntime as ort
 
@@ -35,6 +36,8 @@ def ort_session(path: str | Path, threads: int = 1, providers: Sequence[str] | N
         chosen = execution_providers()
     else:
         chosen = list(providers)
-    session = ort.InferenceSession(str(path), options, providers=chosen)
-    log.debug("onnxruntime session on %s with %s", path, session.get_providers())
+    model = path if isinstance(path, bytes) else str(path)
+    session = ort.InferenceSession(model, options, providers=chosen)
+    log.debug("onnxruntime session on %s with %s",
+              "an in-memory model" if isinstance(path, bytes) else path, session.get_providers())
     return session

@@ -28,10 +28,12 @@ class FacesConfig:
 
     backend: str = "mediapipe"  # mediapipe (bundled), mtcnn (bundled), insightface (reference)
     identity: str = "dlib"  # dlib (bundled, 128-d) or arcface (reference, 512-d)
-    detect_stride: int = 20  # source frames between detections (every frame while a face is lost)
+    # source frames between detections (every frame while a face is lost); at most
+    # min_track_frames, so that every face on screen long enough to make a track meets a detection
+    detect_stride: int = 25
     detect_width: int = 640  # frames are downscaled to this width for detection (px)
     min_face_px: int = 64  # tracks whose median face side is smaller are skipped (px)
-    min_track_frames: int = 12  # tracks with fewer source frames are skipped
+    min_track_frames: int = 25  # tracks with fewer source frames (1 s at 25 fps) are skipped
     max_missed_frames: int = 12  # a track ends after this many frames without its face
     identity_every: int = 50  # frames between identity checks (a change ends the track)
     identity_threshold: float | None = None  # None: per backend (pipeline.persons.THRESHOLDS)
@@ -68,6 +70,11 @@ class FacesStage(Stage):
         from pipeline.faces.protocols import load_backend
 
         self.backend = load_backend(self.config.backend, self.config.identity, self.config.threads)
+        if self.config.detect_stride > self.config.min_track_frames:
+            log.warning("faces: detect_stride %d > min_track_frames %d: a face on screen for "
+                        "fewer than %d frames can be missed although it would make a track",
+                        self.config.detect_stride, self.config.min_track_frames,
+                        self.config.detect_stride)
 
     def crop_spec(self) -> CropSpec:
         cfg = self.config

@@ -1,4 +1,5 @@
-"""Torch port of dlib's face descriptor ResNet against dlib itself, on real photos."""
+"""dlib's face descriptor ResNet rebuilt from its weight file (on onnxruntime and on torch) against
+dlib itself, on real photos."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ dlib = pytest.importorskip("dlib")
 cv2 = pytest.importorskip("cv2")
 
 from pipeline.models.dlib_resnet import (
+    ENGINES,
     embed_chips,
     load_dlib_resnet,
     parse_dlib_resnet,
@@ -70,14 +72,14 @@ def ref():
     return Dlib()
 
 
-@pytest.fixture(scope="module")
-def model():
+@pytest.fixture(scope="module", params=ENGINES)
+def model(request):
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # ~15 ms a chip; more threads only contend on a busy machine
     try:
-        yield load_dlib_resnet(_paths()[0])
+        yield load_dlib_resnet(_paths()[0], engine=request.param, threads=1)
     finally:
         torch.set_num_threads(threads)
 
@@ -179,3 +181,10 @@ def test_embed_rejects_wrong_chips(model):
         embed_chips(model, np.zeros((112, 112, 3), np.uint8))
     with pytest.raises(ValueError, match="uint8"):
         embed_chips(model, np.zeros((150, 150, 3), np.float32))
+
+
+def test_unknown_engine_is_named():
+    from pipeline.models.dlib_resnet import DescriptorNet
+
+    with pytest.raises(ValueError, match="unknown engine 'tensorflow'.*onnxruntime"):
+        DescriptorNet(None, engine="tensorflow")

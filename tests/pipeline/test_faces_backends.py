@@ -231,7 +231,7 @@ def test_insightface_backend_end_to_end(buffalo):
 def test_arcface_identity_through_the_faces_stage(buffalo, tmp_path):
     patch, _ = face_patch("single_face.jpg", 120)
     frames = []
-    for i in range(20):
+    for i in range(30):  # longer than min_track_frames (25)
         f = background(320, 240)
         paste(f, patch, 90 + i, 60)
         frames.append(f)

@@ -56,7 +56,7 @@ def test_two_faces_and_a_cut(tmp_path):
     a, abox = face_patch("single_face.jpg", P)
     b, bbox = face_patch("astronaut", P)
     frames, gt_a, gt_b, gt_c = [], {}, {}, {}
-    for i in range(50):
+    for i in range(60):  # 30 frames after the cut: longer than min_track_frames (25)
         f = background(W, H, seed=1 if i < 30 else 2)
         if i < 30:  # two faces side by side, drifting
             paste(f, a, 10 + i, 60)
@@ -75,7 +75,7 @@ def test_two_faces_and_a_cut(tmp_path):
     left, right, after = tracks  # ordered by first frame, then box x
     assert left["track_index"] == 0 and right["track_index"] == 1
     assert left["frames"][0]["box"][0] < right["frames"][0]["box"][0]
-    for t, gt, (s, e) in ((left, gt_a, (0, 30)), (right, gt_b, (0, 30)), (after, gt_c, (30, 50))):
+    for t, gt, (s, e) in ((left, gt_a, (0, 30)), (right, gt_b, (0, 30)), (after, gt_c, (30, 60))):
         assert abs(t["start_frame"] - s) <= 2 and abs(t["end_frame"] - e) <= 2, spans
         ious = _box_iou_per_frame(t, gt)
         assert np.mean(ious >= 0.7) >= 0.95, ious.round(2)
