@@ -314,14 +314,15 @@ def thumbnail(image: np.ndarray, box: np.ndarray) -> np.ndarray:
     import cv2
 
     h, w = image.shape[:2]
-    x0, x1 = (min(max(int(v + 0.5), 0), w) for v in (box[0], box[2]))
-    y0, y1 = (min(max(int(v + 0.5), 0), h) for v in (box[1], box[3]))
+    x0, y0, x1, y1 = box.tolist()
+    x0, x1 = min(max(int(x0 + 0.5), 0), w), min(max(int(x1 + 0.5), 0), w)
+    y0, y1 = min(max(int(y0 + 0.5), 0), h), min(max(int(y1 + 0.5), 0), h)
     if x1 - x0 < 2 or y1 - y0 < 2:
         return np.zeros(256, np.float32)
     patch = image[y0:y1, x0:x1]
     if min(x1 - x0, y1 - y0) > 64:
         patch = cv2.resize(patch, (64, 64), interpolation=cv2.INTER_NEAREST)
-    patch = cv2.resize(patch, (16, 16), interpolation=cv2.INTER_AREA)
-    gray = np.add.reduce(patch, axis=2, dtype=np.float32).ravel()  # 3x the mean: scale-free
+    gray = cv2.cvtColor(patch, cv2.COLOR_RGB2GRAY)
+    gray = cv2.resize(gray, (16, 16), interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
     gray -= np.add.reduce(gray) / 256.0
     return gray / max(float(np.sqrt(gray @ gray)), 1e-6)

@@ -427,6 +427,7 @@ class DescriptorNet:
             from pipeline.models.onnx_session import ort_session
 
             self.session = ort_session(export_onnx(module), threads)
+            self.module = None  # the session holds its own copy of the weights
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self.session is not None:

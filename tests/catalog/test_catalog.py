@@ -71,7 +71,7 @@ def test_readers_agree(tmp_path, ray_local):
 
     plain = pd.read_parquet(root / "tracks").sort_values("track_id")  # no emoforge involved
     via_dataset = ds.dataset(root / "tracks", format="parquet").to_table().sort_by("track_id")
-    via_duckdb = catalog.to_duckdb(root).execute("SELECT * FROM tracks ORDER BY track_id").to_arrow_table()
+    via_duckdb = catalog.to_duckdb(root).sql("SELECT * FROM tracks ORDER BY track_id").to_arrow_table()
     via_ray = catalog.to_ray_dataset(root, "tracks").to_pandas().sort_values("track_id")
     ids = expected["track_id"].to_pylist()
     assert len(ids) == 8
