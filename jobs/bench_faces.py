@@ -88,7 +88,7 @@ def _tracked(backend, frames, config) -> tuple[dict[int, list[np.ndarray]], floa
     return boxes, elapsed, identity_s[0], calls[0]
 
 
-def run(files: list[str] | None = None, backend_name: str = "mediapipe", repeats: int = 3) -> dict:
+def run(files: list[str] | None = None, backend_name: str = "mediapipe", repeats: int = 5) -> dict:
     """Benchmark the faces tracker on `files` (generated when None); returns the report:
     per file frames/s of both loops, speedup (with and without identity checks) and agreement
     (fraction of frames where the tracked box has IoU >= 0.7 with the per-frame loop's box)."""
