@@ -163,6 +163,55 @@ def read_audio(
     return segment
 
 
+class VideoWriter:
+    """An H.264 mp4 fed one uint8[H,W,3] RGB frame at a time (H and W even) at constant `fps`;
+    with `audio_rate`, mono float32 audio (AAC) is encoded when it is closed. Use as a context
+    manager; `close(audio)` finishes the file (leaving the block without it still closes it)."""
+
+    def __init__(self, path: str, width: int, height: int, fps: Fraction | int | float = 25,
+                 audio_rate: int | None = None, codec: str = "libx264", crf: int = 18):
+        import av
+
+        self.container = av.open(str(path), mode="w")
+        self.video = self.container.add_stream(codec, rate=Fraction(fps).limit_denominator(100000))
+        self.video.width, self.video.height = width, height
+        self.video.pix_fmt = "yuv420p"
+        self.video.options = {"crf": str(crf), "preset": "veryfast"}
+        self.audio_rate = audio_rate
+        self.audio = None
+        if audio_rate is not None:
+            self.audio = self.container.add_stream("aac", rate=audio_rate)
+            self.audio.layout = "mono"
+        self.frames = 0
+
+    def write(self, image: np.ndarray) -> None:
+        import av
+
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+        for packet in self.video.encode(frame):
+            self.container.mux(packet)
+        self.frames += 1
+
+    def close(self, audio: np.ndarray | None = None) -> None:
+        if self.container is None:
+            return
+        try:
+            for packet in self.video.encode():
+                self.container.mux(packet)
+            if self.audio is not None:
+                encode_audio(self.container, self.audio,
+                             np.zeros(0, np.float32) if audio is None else audio, self.audio_rate)
+        finally:
+            self.container.close()
+            self.container = None
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def write_video(
     path: str,
     frames: np.ndarray | list[np.ndarray],
@@ -174,27 +223,12 @@ def write_video(
 ) -> None:
     """Write uint8[T,H,W,3] RGB frames (H and W even) as H.264 mp4 at constant `fps`,
     with optional mono float32 audio (AAC)."""
-    import av
-
-    rate = Fraction(fps).limit_denominator(100000)
-    with av.open(str(path), mode="w") as container:
-        vstream = container.add_stream(codec, rate=rate)
-        first = frames[0]
-        vstream.width, vstream.height = first.shape[1], first.shape[0]
-        vstream.pix_fmt = "yuv420p"
-        vstream.options = {"crf": str(crf), "preset": "veryfast"}
-        astream = None
-        if audio is not None:
-            astream = container.add_stream("aac", rate=sample_rate)
-            astream.layout = "mono"
+    height, width = frames[0].shape[:2]
+    with VideoWriter(path, width, height, fps, None if audio is None else sample_rate,
+                     codec, crf) as writer:
         for image in frames:
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-            for packet in vstream.encode(frame):
-                container.mux(packet)
-        for packet in vstream.encode():
-            container.mux(packet)
-        if astream is not None:
-            encode_audio(container, astream, audio, sample_rate)
+            writer.write(image)
+        writer.close(audio)
 
 
 def encode_audio(container, stream, samples: np.ndarray, sample_rate: int, start_s: float = 0.0) -> None:

@@ -2,9 +2,15 @@
 
 While the clip is decoded (once), each track keeps, for the source frames nearest to its 25 fps
 grid times, an axis-aligned loose crop around the face (1.5x the final crop's extent, at the final
-crop's pixel scale): about 0.44 MB per grid frame at 256 px. When the track ends, the crop
-geometry (centre, side, roll) is smoothed over time and each final crop is cut from its loose crop.
-The per-frame affine (source px -> crop px) is returned so crop and source coordinates convert.
+crop's pixel scale): about 0.44 MB per grid frame at 256 px. The crop geometry (centre, side,
+roll) is smoothed over time and each final crop is cut from its loose crop. The per-frame affine
+(source px -> crop px) is returned so crop and source coordinates convert.
+
+Memory stays bounded however long a track is: a CropStream renders and encodes the grid frames
+that later observations can no longer change (their smoothing window lies before the track's
+newest observation) every `flush_frames` grid frames, and frees their loose crops. The frames
+come out the same as rendering the finished track at once (a 60 s 720p track: 1.6 GB kept
+before, a few tens of MB now).
 
 Large faces are shrunk without aliasing: bilinear sampling (cv2.warpAffine has no area mode; its
 INTER_AREA flag samples bilinearly) only holds up to a 2x reduction, so the face region is first
@@ -41,12 +47,18 @@ class LooseCrop:
 
 
 class LooseCropper:
-    """Tracker callback: keeps a loose crop for each source frame nearest to a grid time."""
+    """Tracker callback: keeps a loose crop for each source frame nearest to a grid time. With a
+    `partial_dir`, each track's crops stream into a CropStream there (one file per track,
+    flushed every `flush_frames` grid frames); `finish` completes a track's clip."""
 
-    def __init__(self, spec: CropSpec, source_fps: float):
-        self.spec = spec
+    def __init__(self, spec: CropSpec, source_fps: float, partial_dir: str | None = None,
+                 audio_rate: int = 16000, flush_frames: int = 250):
+        self.spec, self.source_fps = spec, source_fps
         self.half_frame = 0.5 / max(source_fps, 1e-3) + 1e-6
         self.loose_px = round(spec.size * LOOSE_MARGIN)
+        self.partial_dir, self.audio_rate, self.flush_frames = partial_dir, audio_rate, flush_frames
+        self.streams: dict[int, CropStream] = {}  # by track key
+        self.since_flush: dict[int, int] = {}
 
     def needed(self, start_s: float, pts_s: float) -> bool:
         k = round((pts_s - start_s) * GRID_FPS)
@@ -68,6 +80,42 @@ class LooseCropper:
                                (self.loose_px, self.loose_px), flags=cv2.INTER_LINEAR,
                                borderMode=cv2.BORDER_REPLICATE)
         track.crops[frame.index] = (frame.pts_s, LooseCrop(image, m))
+        if self.partial_dir is not None:
+            added = self.since_flush.get(track.key, 0) + 1
+            self.since_flush[track.key] = added
+            if added >= self.flush_frames:
+                self.since_flush[track.key] = 0
+                self.stream(track).flush(track)
+
+    def stream(self, track: FaceTrack) -> CropStream:
+        if self.partial_dir is None:
+            raise ValueError("LooseCropper without a partial_dir writes no clips")
+        if track.key not in self.streams:
+            import os
+            import uuid
+
+            os.makedirs(self.partial_dir, exist_ok=True)
+            path = os.path.join(self.partial_dir, f"{uuid.uuid4().hex}.mp4")
+            self.streams[track.key] = CropStream(self.spec, self.source_fps, path, self.audio_rate)
+        return self.streams[track.key]
+
+    def finish(self, track: FaceTrack, geometry: CropGeometry, audio: np.ndarray, path: str) -> float:
+        """Complete the track's clip (see CropStream.finish), move it to `path` and return its
+        sharpness."""
+        import os
+
+        stream = self.stream(track)
+        sharpness = stream.finish(track, geometry, audio)
+        os.replace(stream.path, path)
+        del self.streams[track.key]
+        return sharpness
+
+    def discard_all(self) -> None:
+        """Delete the clips of tracks that were not finished (skipped, failed, or a clip that
+        failed midway)."""
+        for stream in self.streams.values():
+            stream.discard()
+        self.streams.clear()
 
 
 def reduced_region(image: np.ndarray, center: tuple[float, float], side: float,
@@ -102,16 +150,15 @@ def reduced_region(image: np.ndarray, center: tuple[float, float], side: float,
 
 
 @dataclass
-class TrackCrops:
-    """A track on the 25 fps grid (K frames).
+class CropGeometry:
+    """A track on the 25 fps grid (K frames), without the pixels.
 
-    frames: uint8[K,S,S,3] RGB crops; pts_s: float64[K] source pts used per grid frame;
-    source_index: int64[K]; boxes: float32[K,4] source px; points68: float32[K,68,2] source px;
-    landmarks: float32[K,68,2] crop px; affines: float32[K,2,3] source -> crop;
-    det_score: float32[K] (NaN between detections); mesh: float16[K,478,3] crop px or None;
-    start_s / end_s: source pts span; start_frame / end_frame: source frames [start, end)."""
+    pts_s: float64[K] source pts used per grid frame; source_index: int64[K]; boxes: float32[K,4]
+    source px; points68: float32[K,68,2] source px; landmarks: float32[K,68,2] crop px;
+    affines: float32[K,2,3] source -> crop; det_score: float32[K] (NaN between detections);
+    mesh: float16[K,478,3] crop px or None; start_s / end_s: source pts span; start_frame /
+    end_frame: source frames [start, end)."""
 
-    frames: np.ndarray
     pts_s: np.ndarray
     source_index: np.ndarray
     boxes: np.ndarray
@@ -144,10 +191,13 @@ def _gauss_smooth(x: np.ndarray, sigma: float) -> np.ndarray:
     return out.reshape(x.shape)
 
 
-def build_crops(track: FaceTrack, spec: CropSpec, source_fps: float) -> TrackCrops:
-    """Aligned, smoothed crops and per-grid-frame geometry for a finished track."""
-    import cv2
+def smoothing_radius(spec: CropSpec) -> int:
+    """Grid frames on each side that a frame's smoothed geometry depends on."""
+    return math.ceil(3 * spec.smooth_sigma) if spec.smooth_sigma > 0 else 0
 
+
+def crop_geometry(track: FaceTrack, spec: CropSpec, source_fps: float) -> CropGeometry:
+    """Aligned, smoothed per-grid-frame geometry of a track, as observed so far."""
     known = np.array(sorted(track.obs), np.int64)
     obs = [track.obs[i] for i in known]
     pts_known = np.array([o.pts_s for o in obs], np.float64)
@@ -176,18 +226,6 @@ def build_crops(track: FaceTrack, spec: CropSpec, source_fps: float) -> TrackCro
     angles = _gauss_smooth(angles, spec.smooth_sigma)
     affines = np.stack([square_affine(tuple(c), float(s), float(a), spec.size)
                         for c, s, a in zip(centers, sides, angles)])
-    crop_keys = np.array(sorted(track.crops), np.int64)
-    frames = np.zeros((count, spec.size, spec.size, 3), np.uint8)
-    for k in range(count):
-        if len(crop_keys) == 0:
-            break
-        near = int(crop_keys[np.abs(crop_keys - source_index[k]).argmin()])
-        loose = track.crops[near][1]
-        full = np.vstack([affines[k].astype(np.float64), [0, 0, 1]])
-        inv_loose = np.vstack([invert_affine(loose.affine).astype(np.float64), [0, 0, 1]])
-        m = (full @ inv_loose)[:2]
-        frames[k] = cv2.warpAffine(loose.image, m, (spec.size, spec.size), flags=cv2.INTER_LINEAR,
-                                   borderMode=cv2.BORDER_REPLICATE)
     landmarks = np.stack([apply_affine(affines[k], points68[k]) for k in range(count)])
     mesh = None
     if obs[0].mesh is not None:
@@ -197,6 +235,84 @@ def build_crops(track: FaceTrack, spec: CropSpec, source_fps: float) -> TrackCro
             scale = math.hypot(affines[k, 0, 0], affines[k, 1, 0])
             mesh[k, :, :2] = apply_affine(affines[k], mesh_src[k, :, :2])
             mesh[k, :, 2] = mesh_src[k, :, 2] * scale
-    return TrackCrops(frames, span_pts[pick], source_index, boxes, points68,
-                      landmarks.astype(np.float32), affines.astype(np.float32), det_score, mesh,
-                      start_s, end_s, int(known[0]), int(known[-1]) + 1)
+    return CropGeometry(span_pts[pick], source_index, boxes, points68,
+                        landmarks.astype(np.float32), affines.astype(np.float32), det_score, mesh,
+                        start_s, end_s, int(known[0]), int(known[-1]) + 1)
+
+
+def cut_crop(loose: LooseCrop, affine: np.ndarray, size: int) -> np.ndarray:
+    """uint8[size,size,3]: the crop with `affine` (source px -> crop px) cut from a loose crop."""
+    import cv2
+
+    full = np.vstack([affine.astype(np.float64), [0, 0, 1]])
+    inv_loose = np.vstack([invert_affine(loose.affine).astype(np.float64), [0, 0, 1]])
+    return cv2.warpAffine(loose.image, (full @ inv_loose)[:2], (size, size),
+                          flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def laplacian_variance(image: np.ndarray) -> float:
+    """Sharpness of one RGB crop: variance of the Laplacian of its gray image."""
+    import cv2
+
+    return float(cv2.Laplacian(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.CV_32F).var())
+
+
+class CropStream:
+    """One track's face-crop clip, written while the track is followed (see the module
+    docstring): `flush` writes the grid frames that can no longer change and frees their loose
+    crops; `finish` writes the rest and closes the file with its audio."""
+
+    def __init__(self, spec: CropSpec, source_fps: float, path: str, audio_rate: int):
+        self.spec, self.source_fps, self.path, self.audio_rate = spec, source_fps, path, audio_rate
+        self.writer = None
+        self.written = 0
+        self.sharpness: list[float] = []  # laplacian_variance per written grid frame
+
+    def flush(self, track: FaceTrack) -> None:
+        geometry = crop_geometry(track, self.spec, self.source_fps)
+        # grid frame k is final once its smoothing window ends before the newest observation's
+        # grid frame (count - 1), so no later interpolation or edge padding reaches it
+        self._write(track, geometry, len(geometry.pts_s) - 1 - smoothing_radius(self.spec) - 1)
+
+    def finish(self, track: FaceTrack, geometry: CropGeometry, audio: np.ndarray) -> float:
+        """Write the remaining frames of the finished track's `geometry`, close the clip with
+        `audio` (mono float32 at audio_rate) and return the track's sharpness (the median
+        laplacian_variance of its crops)."""
+        self._write(track, geometry, len(geometry.pts_s))
+        self.writer.close(audio)
+        return float(np.median(self.sharpness))
+
+    def discard(self) -> None:
+        """Close and delete a clip that will not be kept."""
+        import os
+
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        if os.path.exists(self.path):
+            os.remove(self.path)
+
+    def _write(self, track: FaceTrack, geometry: CropGeometry, stop: int) -> None:
+        from pipeline.media import VideoWriter
+
+        if stop <= self.written:
+            return
+        if self.writer is None:
+            self.writer = VideoWriter(self.path, self.spec.size, self.spec.size, GRID_FPS,
+                                      self.audio_rate)
+        keys = np.array([key for key, (_, crop) in track.crops.items() if crop is not None],
+                        np.int64)
+        for k in range(self.written, stop):
+            if len(keys):  # the loose crop nearest to the grid frame's source frame
+                loose = track.crops[int(keys[np.abs(keys - geometry.source_index[k]).argmin()])][1]
+                image = cut_crop(loose, geometry.affines[k], self.spec.size)
+            else:
+                image = np.zeros((self.spec.size, self.spec.size, 3), np.uint8)
+            self.writer.write(image)
+            self.sharpness.append(laplacian_variance(image))
+        self.written = stop
+        if stop < len(geometry.source_index):  # later frames use loose crops from here on
+            first_needed = int(geometry.source_index[stop]) - 1
+            for key, (pts, crop) in list(track.crops.items()):
+                if key < first_needed and crop is not None:
+                    track.crops[key] = (pts, None)  # the pts still place the grid exactly

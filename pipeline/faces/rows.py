@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.faces.crop import GRID_FPS, TrackCrops
+from pipeline.faces.crop import GRID_FPS, CropGeometry
 from pipeline.faces.geometry import mouth_open
 from pipeline.faces.pose import head_pose, rotation_speed
 from pipeline.faces.tracking import FaceTrack
@@ -25,21 +25,11 @@ def face_sizes(track: FaceTrack) -> np.ndarray:
     return np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
 
 
-def sharpness(frames: np.ndarray, samples: int = 25) -> float:
-    """Median variance of the Laplacian of the gray crops, on up to `samples` frames."""
-    import cv2
-
-    idx = np.unique(np.linspace(0, len(frames) - 1, min(samples, len(frames))).astype(int))
-    values = [cv2.Laplacian(cv2.cvtColor(frames[i], cv2.COLOR_RGB2GRAY), cv2.CV_64F).var()
-              for i in idx]
-    return float(np.median(values))
-
-
 def _f(x: float) -> float | None:
     return None if x is None or not math.isfinite(float(x)) else float(x)
 
 
-def frame_rows(tid: str, crops: TrackCrops, image_size: tuple[int, int]) -> tuple[list[dict], dict]:
+def frame_rows(tid: str, crops: CropGeometry, image_size: tuple[int, int]) -> tuple[list[dict], dict]:
     """Per-grid-frame rows and the pose series summary (means, speed)."""
     poses = np.array([head_pose(p, image_size) for p in crops.points68], np.float64)
     rows = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -10,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from pipeline import media
-from pipeline.faces.crop import GRID_FPS, CropSpec, LooseCropper, build_crops
-from pipeline.faces.rows import frame_rows, sharpness, track_id, track_row
+from pipeline.faces.crop import GRID_FPS, CropSpec, LooseCropper, crop_geometry
+from pipeline.faces.rows import frame_rows, track_id, track_row
 from pipeline.faces.tracking import Tracker, TrackerConfig
 from pipeline.models.registry import ModelSpec
 from pipeline.persons import THRESHOLDS
@@ -94,13 +95,28 @@ class FacesStage(Stage):
         started = time.perf_counter()
         fps = float(row.get("fps") or 25.0)
         spec = self.crop_spec()
-        tracker = Tracker(self.backend, self.tracker_config(), LooseCropper(spec, fps))
+        # each track's crop clip streams into _partial/ while the clip is tracked (bounded
+        # memory) and moves to its media path once the track is kept
+        cropper = LooseCropper(spec, fps, os.path.join(self.context.staging, "_partial"),
+                               AUDIO_RATE)
+        tracker = Tracker(self.backend, self.tracker_config(), cropper)
         decoded, size = 0, (int(row.get("width") or 0), int(row.get("height") or 0))
-        for frame in media.iter_frames(row["uri"], row["start_s"], row["end_s"]):
-            size = (frame.image.shape[1], frame.image.shape[0])
-            tracker.step(frame)
-            decoded += 1
-        tracks = tracker.finish()
+        try:
+            for frame in media.iter_frames(row["uri"], row["start_s"], row["end_s"]):
+                size = (frame.image.shape[1], frame.image.shape[0])
+                tracker.step(frame)
+                decoded += 1
+            tracks = tracker.finish()
+            out = self._clip_row(row, tracks, decoded, size, fps, spec, cropper)
+        finally:
+            cropper.discard_all()  # the clips of skipped or failed tracks
+        out["faces_seconds"] = time.perf_counter() - started
+        log.info("faces: clip %s: %d frames, %d tracks, %d detections, %.2f s", row["clip_id"],
+                 decoded, len(tracks), tracker.detections, out["faces_seconds"])
+        return out
+
+    def _clip_row(self, row: dict, tracks: list, decoded: int, size, fps: float, spec: CropSpec,
+                  cropper: LooseCropper) -> dict:
         out: dict[str, Any] = {"track_count": len(tracks), "tracks": [],
                                "faces_max_simultaneous": max(
                                    (max(t.faces_in_frame.values(), default=1) for t in tracks),
@@ -115,14 +131,11 @@ class FacesStage(Stage):
         tracks.sort(key=lambda t: (t.first_index, float(t.obs[t.first_index].box[0])))
         for index, track in enumerate(tracks):
             tid = track_id(row["clip_id"], track.first_index, index)
-            out["tracks"].append(self._track(row, tid, index, track, size, fps, spec))
-        out["faces_seconds"] = time.perf_counter() - started
-        log.info("faces: clip %s: %d frames, %d tracks, %d detections, %.2f s", row["clip_id"],
-                 decoded, len(tracks), tracker.detections, out["faces_seconds"])
+            out["tracks"].append(self._track(row, tid, index, track, size, fps, spec, cropper))
         return out
 
     def _track(self, row: dict, tid: str, index: int, track, size, fps: float,
-               spec: CropSpec) -> dict:
+               spec: CropSpec, cropper: LooseCropper) -> dict:
         cfg = self.config
         out = track_row(row, tid, index, track, size, fps)
         out.update(identity_backend=self.backend.identity.name, faces_backend=cfg.backend,
@@ -136,13 +149,14 @@ class FacesStage(Stage):
                     f"face too small: median {out['face_px_median']:.0f} px < "
                     f"min_face_px={cfg.min_face_px}"}
         try:
-            return {**out, **self._crop(row, tid, track, size, fps, spec)}
+            return {**out, **self._crop(row, tid, track, size, fps, spec, cropper)}
         except Exception as exc:  # noqa: BLE001 - per-track boundary: the clip's other tracks go on
             log.warning("faces: track %s failed: %s", tid, exc)
             return {**out, "faces_status": FAILED, "faces_error": f"{type(exc).__name__}: {exc}"}
 
-    def _crop(self, row: dict, tid: str, track, size, fps: float, spec: CropSpec) -> dict:
-        crops = build_crops(track, spec, fps)
+    def _crop(self, row: dict, tid: str, track, size, fps: float, spec: CropSpec,
+              cropper: LooseCropper) -> dict:
+        crops = crop_geometry(track, spec, fps)
         count = len(crops.pts_s)
         samples = count * AUDIO_RATE // GRID_FPS
         audio = None
@@ -153,14 +167,14 @@ class FacesStage(Stage):
             audio = np.zeros(samples, np.float32)
         shard = int(row.get("shard") or 0)
         rel = media_relpath(shard, tid, "crop.mp4")
-        media.write_video(self.context.staging_media(shard, rel), crops.frames, GRID_FPS,
-                          audio[:samples], AUDIO_RATE)
+        sharpness = cropper.finish(track, crops, audio[:samples],
+                                   self.context.staging_media(shard, rel))
         mesh_rel = None
         if crops.mesh is not None and self.config.mesh:
             mesh_rel = media_relpath(shard, tid, "mesh.npy")
             np.save(self.context.staging_media(shard, mesh_rel), crops.mesh.astype(np.float16))
         frames, pose = frame_rows(tid, crops, size)
-        return {**pose, "frame_count": count, "sharpness": sharpness(crops.frames),
+        return {**pose, "frame_count": count, "sharpness": sharpness,
                 "crop_path": rel, "crop_size": spec.size, "mesh_path": mesh_rel, "frames": frames,
                 "start_s": crops.start_s, "end_s": crops.end_s,
                 "faces_status": OK, "faces_error": None}

@@ -71,3 +71,54 @@ def test_small_face_is_sampled_directly():
     box = np.array([900.0, 500.0, 1000.0, 600.0])  # 100 px face: the loose crop enlarges it
     loose = _loose_crop(image, box)
     np.testing.assert_array_equal(loose.image, _direct(image, loose.affine, loose.image.shape[0]))
+
+
+def test_streamed_crops_equal_the_whole_track_at_once(tmp_path):
+    """A 29.97 fps clip with a face that moves, is hidden for 6 frames and returns: flushing
+    every 10 grid frames (loose crops freed as it goes) writes the same crop frames and geometry
+    as keeping every loose crop until the end."""
+    from faces_support import background, face_patch, paste
+
+    from pipeline import media
+    from pipeline.faces.crop import crop_geometry
+    from pipeline.faces.protocols import load_backend
+    from pipeline.faces.tracking import Tracker, TrackerConfig
+    from pipeline.persons import THRESHOLDS
+
+    fps = 30000 / 1001
+    patch, _ = face_patch("single_face.jpg", 120)
+    frames = []
+    for i in range(130):
+        f = background(320, 240)
+        if not 60 <= i < 66:  # hidden: the track misses these frames and interpolates them
+            paste(f, patch, 40 + i, 60 + int(15 * np.sin(i / 9)))
+        frames.append(VideoFrame(i, i / fps, f))
+    backend = load_backend("mediapipe")
+    spec = CropSpec()
+    results = {}
+    for flush in (10, 10**9):
+        cropper = LooseCropper(spec, fps, str(tmp_path / f"partial{flush}"), flush_frames=flush)
+        tracker = Tracker(backend, TrackerConfig(identity_threshold=THRESHOLDS["dlib"]), cropper)
+        kept = 0
+        for frame in frames:
+            tracker.step(frame)
+            kept = max(kept, sum(crop is not None for t in tracker.active
+                                 for _, crop in t.crops.values()))
+        (track,) = tracker.finish()
+        assert track.last_index - track.first_index >= 120 and 60 not in track.obs
+        geometry = crop_geometry(track, spec, fps)
+        path = str(tmp_path / f"crop{flush}.mp4")
+        audio = np.zeros(len(geometry.pts_s) * 640, np.float32)
+        sharpness = cropper.finish(track, geometry, audio, path)
+        results[flush] = (geometry, sharpness, cropper, kept,
+                          np.stack([f.image for f in media.iter_frames(path)]))
+    (g_stream, s_stream, _, kept_stream, v_stream), (g_once, s_once, _, kept_once, v_once) = (
+        results[10], results[10**9])
+    assert len(v_stream) == len(v_once) == len(g_once.pts_s) == 109  # 4.34 s at 25 fps
+    np.testing.assert_array_equal(v_stream, v_once)
+    assert s_stream == s_once
+    for name in ("pts_s", "source_index", "boxes", "affines", "landmarks"):
+        np.testing.assert_array_equal(getattr(g_stream, name), getattr(g_once, name))
+    # memory: loose crops held at once (at 256 px, 0.44 MB each)
+    assert kept_once == 109 and kept_stream <= 10 + 2 * 7 + 3, (kept_stream, kept_once)
+    assert not list((tmp_path / "partial10").iterdir())  # the finished clip moved out
