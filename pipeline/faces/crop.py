@@ -21,6 +21,8 @@ about 0.3 ms).
 from __future__ import annotations
 
 import math
+import os
+import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,7 +60,6 @@ class LooseCropper:
         self.loose_px = round(spec.size * LOOSE_MARGIN)
         self.partial_dir, self.audio_rate, self.flush_frames = partial_dir, audio_rate, flush_frames
         self.streams: dict[int, CropStream] = {}  # by track key
-        self.since_flush: dict[int, int] = {}
 
     def needed(self, start_s: float, pts_s: float) -> bool:
         k = round((pts_s - start_s) * GRID_FPS)
@@ -81,19 +82,15 @@ class LooseCropper:
                                borderMode=cv2.BORDER_REPLICATE)
         track.crops[frame.index] = (frame.pts_s, LooseCrop(image, m))
         if self.partial_dir is not None:
-            added = self.since_flush.get(track.key, 0) + 1
-            self.since_flush[track.key] = added
-            if added >= self.flush_frames:
-                self.since_flush[track.key] = 0
-                self.stream(track).flush(track)
+            stream = self.stream(track)
+            stream.crops_seen += 1
+            if stream.crops_seen % self.flush_frames == 0:
+                stream.flush(track)
 
     def stream(self, track: FaceTrack) -> CropStream:
         if self.partial_dir is None:
             raise ValueError("LooseCropper without a partial_dir writes no clips")
         if track.key not in self.streams:
-            import os
-            import uuid
-
             os.makedirs(self.partial_dir, exist_ok=True)
             path = os.path.join(self.partial_dir, f"{uuid.uuid4().hex}.mp4")
             self.streams[track.key] = CropStream(self.spec, self.source_fps, path, self.audio_rate)
@@ -102,8 +99,6 @@ class LooseCropper:
     def finish(self, track: FaceTrack, geometry: CropGeometry, audio: np.ndarray, path: str) -> float:
         """Complete the track's clip (see CropStream.finish), move it to `path` and return its
         sharpness."""
-        import os
-
         stream = self.stream(track)
         sharpness = stream.finish(track, geometry, audio)
         os.replace(stream.path, path)
@@ -265,6 +260,7 @@ class CropStream:
     def __init__(self, spec: CropSpec, source_fps: float, path: str, audio_rate: int):
         self.spec, self.source_fps, self.path, self.audio_rate = spec, source_fps, path, audio_rate
         self.writer = None
+        self.crops_seen = 0  # loose crops the track has kept (flush every flush_frames of them)
         self.written = 0
         self.sharpness: list[float] = []  # laplacian_variance per written grid frame
 
@@ -284,8 +280,6 @@ class CropStream:
 
     def discard(self) -> None:
         """Close and delete a clip that will not be kept."""
-        import os
-
         if self.writer is not None:
             self.writer.close()
             self.writer = None
