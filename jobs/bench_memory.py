@@ -6,6 +6,11 @@ workers, the raylet (which holds the object store) and Ray's other daemons, plus
 /dev/shm (the object store's shared memory). The same inputs also run through the stages without
 Ray (`python -m jobs.bench_memory --direct FILE`), which isolates the stages' own memory.
 Done when the 30-minute peak is within 20% of the 1-minute peak.
+
+The faces stage is measured the same way without Ray (`--faces FILE FLUSH`) on a generated 720p
+clip with one moving face, 15 s and 60 s long: with its crop clips streamed (the default
+`faces.crop_flush_frames`, 250) the 60 s peak should stay near the 15 s one; keeping every
+crop to the track's end (a flush interval longer than the clip) shows what streaming saves.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ log = logging.getLogger(__name__)
 
 MEMORY_SIZE = (426, 240)  # 240p keeps generating 30 minutes of video to about a minute or two
 DURATIONS_S = (60.0, 1800.0)
+FACES_SIZE = (1280, 720)
+FACES_DURATIONS_S = (15.0, 60.0)
+STREAMED, KEPT = 250, 10**9  # faces.crop_flush_frames: the default, and never before the end
 MiB = 1 << 20
 
 
@@ -174,7 +182,59 @@ def run(files: list[str | Path] | None = None) -> dict:
             first, last = results[0][mode]["peak_total_mib"], results[-1][mode]["peak_total_mib"]
             summary[f"{mode}_peak_ratio_last_to_first"] = last / first if first else None
             summary[f"{mode}_within_20_percent"] = bool(first and last <= 1.2 * first)
+    summary["faces"] = faces_memory()
     return summary
+
+
+def faces_memory() -> dict:
+    """Peak memory of the faces stage (no Ray) on a 15 s and a 60 s generated face clip, crop
+    clips streamed, and on the 60 s clip with every crop kept to the end."""
+    from jobs.bench_faces import generate_inputs
+
+    folder = cache_root() / "bench" / "memory"
+    paths = {}
+    for seconds in FACES_DURATIONS_S:
+        sub = folder / f"faces-{int(seconds)}s-v1"
+        sub.mkdir(parents=True, exist_ok=True)
+        expected = sub / f"bench_{FACES_SIZE[0]}x{FACES_SIZE[1]}.mp4"
+        paths[seconds] = expected if expected.is_file() else Path(
+            generate_inputs(str(sub), seconds, (FACES_SIZE,))[0])
+    short, long = (paths[s] for s in FACES_DURATIONS_S)
+    runs = {"short_streamed": (short, STREAMED), "long_streamed": (long, STREAMED),
+            "long_kept": (long, KEPT)}
+    out: dict = {"size": list(FACES_SIZE), "seconds": list(FACES_DURATIONS_S)}
+    for name, (path, flush) in runs.items():
+        out[name] = measure([sys.executable, "-m", "jobs.bench_memory", "--faces", str(path),
+                             str(flush)])
+        log.info("bench memory: faces %s: peak %.0f MiB", name, out[name]["peak_total_mib"])
+    peak = {name: out[name]["peak_total_mib"] for name in runs}
+    out["streamed_peak_ratio_long_to_short"] = peak["long_streamed"] / peak["short_streamed"]
+    out["kept_over_streamed_long"] = peak["long_kept"] / peak["long_streamed"]
+    return out
+
+
+def _direct_faces(path: str, flush_frames: int) -> None:
+    """Track and crop the faces of one file in this process (one clip: the whole file)."""
+    import pyarrow as pa
+
+    from pipeline.stage import StageContext
+    from pipeline.stages.faces import FacesConfig, FacesStage
+    from pipeline.stages.ingest import probe
+
+    info = probe(path)
+    with tempfile.TemporaryDirectory(prefix="emoforge-bench-faces-") as root:
+        stage = FacesStage(FacesConfig(crop_flush_frames=flush_frames),
+                           StageContext(root, f"{root}/_staging/run"))
+        stage.setup()
+        row = {"clip_id": "clip0", "video_id": "video0", "shard": 0, "start_s": 0.0,
+               "end_s": info["duration_s"] + 1.0, "uri": path, "fps": info["fps"],
+               "width": info["width"], "height": info["height"], "rotation": 0,
+               "has_audio": False}
+        out = stage.process(pa.Table.from_pylist([row])).to_pylist()[0]
+    if out["faces_status"] != "ok":
+        raise SystemExit(f"faces {out['faces_status']} on {path}: {out['faces_error']}")
+    sys.stdout.write(f"{path}: {out['track_count']} tracks, "
+                     f"{sum(t['frame_count'] or 0 for t in out['tracks'])} crop frames\n")
 
 
 def _direct(path: str) -> None:
@@ -201,6 +261,8 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
     if len(sys.argv) == 3 and sys.argv[1] == "--direct":
         _direct(sys.argv[2])
+    elif len(sys.argv) == 4 and sys.argv[1] == "--faces":
+        _direct_faces(sys.argv[2], int(sys.argv[3]))
     else:
         json.dump(run(sys.argv[2:] or None, sys.argv[1] if len(sys.argv) > 1 else None),
                   sys.stdout, indent=2)

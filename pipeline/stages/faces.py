@@ -42,6 +42,9 @@ class FacesConfig:
     crop_scale: float = 1.8  # crop side over the face box side; portrait=True makes it 3.0
     portrait: bool = False  # wider 512 px head-and-shoulders crop
     smooth_sigma: float = 2.0  # temporal smoothing of the crop geometry (25 fps frames)
+    # 25 fps frames between writes of a track's crop clip while tracking: each track holds up to
+    # about this many loose crops (0.44 MB each at 256 px, 1.8 MB for portraits)
+    crop_flush_frames: int = 250
     mesh: bool = False  # write the float16 [T,478,3] mesh sidecar (mediapipe only)
     threads: int = 1  # inference threads per worker
 
@@ -98,7 +101,7 @@ class FacesStage(Stage):
         # each track's crop clip streams into _partial/ while the clip is tracked (bounded
         # memory) and moves to its media path once the track is kept
         cropper = LooseCropper(spec, fps, os.path.join(self.context.staging, "_partial"),
-                               AUDIO_RATE)
+                               AUDIO_RATE, self.config.crop_flush_frames)
         tracker = Tracker(self.backend, self.tracker_config(), cropper)
         decoded, size = 0, (int(row.get("width") or 0), int(row.get("height") or 0))
         try:
