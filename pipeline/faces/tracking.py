@@ -59,7 +59,8 @@ class Observation:
 @dataclass
 class FaceTrack:
     """A followed face: observations by source frame (missed frames absent), identity samples,
-    loose crops keyed by source frame, and why it ended."""
+    loose crops keyed by source frame ((pts, crop); the crop None once written, see
+    pipeline.faces.crop), and why it ended."""
 
     key: int
     obs: dict[int, Observation] = field(default_factory=dict)
