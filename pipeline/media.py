@@ -182,7 +182,6 @@ class VideoWriter:
         if audio_rate is not None:
             self.audio = self.container.add_stream("aac", rate=audio_rate)
             self.audio.layout = "mono"
-        self.frames = 0
 
     def write(self, image: np.ndarray) -> None:
         import av
@@ -190,7 +189,6 @@ class VideoWriter:
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
         for packet in self.video.encode(frame):
             self.container.mux(packet)
-        self.frames += 1
 
     def close(self, audio: np.ndarray | None = None) -> None:
         if self.container is None:
