@@ -13,6 +13,7 @@ from catalog.migrate import migrate
 from catalog.read import read_table
 from catalog.schema import SCHEMA_VERSION, TABLES, table_schema
 from catalog.select import SelectionError, Thresholds, balance, select, training_index
+from catalog.split import person_split
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -22,6 +23,7 @@ __all__ = [
     "balance",
     "describe",
     "migrate",
+    "person_split",
     "read_manifest",
     "read_table",
     "select",

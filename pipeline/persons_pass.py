@@ -19,6 +19,7 @@ from catalog import layout, schema
 from catalog.commits import Lease, commit_shard, read_commits
 from catalog.manifest import read_manifest, write_manifest
 from catalog.read import conform, read_table
+from catalog.split import person_split
 from pipeline.persons import THRESHOLDS, cluster_identities
 
 log = logging.getLogger(__name__)
@@ -80,21 +81,18 @@ def assign_persons(root: str | Path) -> dict:
 
 
 def split_by_person(root: str | Path, val_fraction: float = 0.1, seed: int = 0, out: str | None = None) -> dict:
-    """Person-disjoint train/val lists of ok track ids (train.txt, val.txt). Tracks without a
-    person_id count as their own person. Persons are ordered by hash(seed, person_id)."""
-    tracks = read_table(root, "tracks", columns=["track_id", "person_id", "faces_status"]).to_pylist()
-    groups: dict[str, list[str]] = {}
-    for row in tracks:
-        if row["faces_status"] == "ok":
-            groups.setdefault(row["person_id"] or f"track:{row['track_id']}", []).append(row["track_id"])
-    order = sorted(groups, key=lambda p: hashlib.sha256(f"{seed}:{p}".encode()).hexdigest())
-    n_val = max(1, round(len(order) * val_fraction)) if len(order) > 1 else 0
-    val_persons = set(order[:n_val])
+    """Person-disjoint train/val lists of ok track ids (train.txt, val.txt) by
+    `catalog.person_split` (tracks without a person_id count as their own person)."""
+    tracks = read_table(root, "tracks", columns=["track_id", "person_id", "faces_status"])
+    train, val = person_split(tracks, val_fraction, seed)
+    ok = tracks.filter(pc.equal(tracks["faces_status"], "ok"))
+    persons = {p or f"track:{t}" for t, p in zip(ok["track_id"].to_pylist(), ok["person_id"].to_pylist())}
+    val_ids = set(val)
+    val_persons = {p or f"track:{t}" for t, p in zip(ok["track_id"].to_pylist(), ok["person_id"].to_pylist())
+                   if t in val_ids}
     folder = Path(out or root)
     folder.mkdir(parents=True, exist_ok=True)
-    train = sorted(t for p, ids in groups.items() if p not in val_persons for t in ids)
-    val = sorted(t for p in val_persons for t in groups[p])
     (folder / "train.txt").write_text("".join(t + "\n" for t in train))
     (folder / "val.txt").write_text("".join(t + "\n" for t in val))
-    return {"train_tracks": len(train), "val_tracks": len(val), "persons": len(order),
+    return {"train_tracks": len(train), "val_tracks": len(val), "persons": len(persons),
             "val_persons": len(val_persons), "folder": str(folder)}
