@@ -13,12 +13,12 @@ from pathlib import Path
 log = logging.getLogger("emoforge")
 
 BENCHES = {
-    "scenes": "jobs.bench_scenes",
-    "memory": "jobs.bench_memory",
-    "faces": "jobs.bench_faces",
-    "sync": "jobs.bench_sync",
-    "expression": "jobs.bench_expression",
-    "report": "jobs.bench_report",
+    "scenes": "jobs.bench.scenes",
+    "memory": "jobs.bench.memory",
+    "faces": "jobs.bench.faces",
+    "sync": "jobs.bench.sync",
+    "expression": "jobs.bench.expression",
+    "report": "jobs.bench.report",
 }
 
 

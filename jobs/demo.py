@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 import catalog
-from jobs.demo_corpus import build_demo_inputs
+from jobs.media.demo_corpus import build_demo_inputs
 from jobs.spec import DEFAULT_STAGES, build
 from pipeline import runner
 

@@ -1,5 +1,5 @@
 """Shared pytest set-up: this file's folder (tests/) is put on sys.path by pytest, so test modules
-import the shared helpers as `from synthetic import ...` and `from media import real_media`."""
+import the shared helpers as `from media import real_media` (generated media: jobs.media)."""
 
 import os
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""Real test media for tests: files from registry packages (jobs/media_sources.py), cached."""
+"""Real test media for tests: files from registry packages (jobs/media/sources.py), cached."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from jobs.media_sources import MediaSourceError, media_file
+from jobs.media.sources import MediaSourceError, media_file
 
 
 def real_media(name: str) -> Path:
-    """The cached real media file `name` (see jobs.media_sources.KNOWN_MEDIA); the test is
+    """The cached real media file `name` (see jobs.media.sources.KNOWN_MEDIA); the test is
     skipped, with the reason, when the package registry cannot be reached."""
     try:
         return media_file(name)

@@ -1,7 +1,7 @@
 """Talking-face test media (shared): generated clips with known audio offsets, mouths measured
 from the pixels with dlib, and DecodedTracks built from them for the per-track analyzers.
 
-The generator itself lives in jobs/talking_face.py (the sync benchmark uses it too); this module
+The generator itself lives in jobs/media/talking_face.py (the sync benchmark uses it too); this module
 adds what tests need: a cached face, DecodedTrack construction, real face clips at 25 fps.
 """
 
@@ -12,18 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jobs.talking_face import (  # noqa: F401 - re-exported for other tests
-    SENTENCES,
-    Clip,
-    Face,
-    astronaut_face,
-    decode_and_measure,
-    make_clip,
-    measure_mouth,
-    photo_face,
-    real_face_clip,
-    speech,
-)
+from jobs.media.talking_face import Clip, Face, astronaut_face, real_face_clip
 from pipeline.analysis.base import SAMPLES_PER_FRAME, DecodedTrack
 
 
@@ -54,8 +43,8 @@ def track_of(
 def real_face_track(
     path: str | Path, audio: np.ndarray, start_s: float = 0.0, seconds: float = 4.0, size: int = 160
 ) -> DecodedTrack:
-    """A real video's face on the 25 fps grid (jobs.talking_face.real_face_clip) with the given
-    16 kHz audio (cut or zero-padded to the track)."""
+    """A real video's face on the 25 fps grid (jobs.media.talking_face.real_face_clip) with the
+    given 16 kHz audio (cut or zero-padded to the track)."""
     frames, landmarks, opening = real_face_clip(path, start_s, seconds, size)
     n = len(frames)
     audio = np.concatenate(

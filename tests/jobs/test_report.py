@@ -17,10 +17,11 @@ import pytest
 
 import catalog
 from catalog.select import LIP_SYNC_RULES, SelectionError, Thresholds
-from jobs import report_data, report_media
-from jobs.media_sources import MediaSourceError
-from jobs.report import write_report
-from jobs.report_synth import generate_catalog
+from jobs.report import data as report_data
+from jobs.report import sheets as report_sheets
+from jobs.media.sources import MediaSourceError
+from jobs.report.page import write_report
+from jobs.media.synthetic_catalog import generate_catalog
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Debian package chromium not installed")
@@ -187,7 +188,7 @@ def test_contact_sheets_show_real_frames_and_reasons(small):
     root, _truth = small
     data = report_data.collect(root)
     tracks, keep, drop = data["_tracks"], data["_keep"], data["_drop"]
-    sheets = {s.title: s for s in report_media.contact_sheets(root, tracks, keep, drop)}
+    sheets = {s.title: s for s in report_sheets.contact_sheets(root, tracks, keep, drop)}
     by_id = {r["track_id"]: r for r in tracks.to_pylist()}
     emotion = sheets["Sample tracks per emotion"].samples
     assert {by_id[s.track_id]["emotion_label"] for s in emotion} == {
@@ -199,8 +200,8 @@ def test_contact_sheets_show_real_frames_and_reasons(small):
     for sample in emotion:
         assert sample.jpeg is not None, sample.note
         image = np.asarray(Image.open(io.BytesIO(sample.jpeg)))
-        assert image.shape[0] == report_media.THUMB_PX
-        assert image.shape[1] >= report_media.FRAMES_PER_TRACK * report_media.THUMB_PX * 0.9
+        assert image.shape[0] == report_sheets.THUMB_PX
+        assert image.shape[1] >= report_sheets.FRAMES_PER_TRACK * report_sheets.THUMB_PX * 0.9
         assert image.std() > 20  # a face photo, not a flat frame
     smallest = [by_id[s.track_id]["face_px_median"] for s in sheets["Smallest faces"].samples]
     with_crop = sorted(r["face_px_median"] for r in by_id.values() if r["crop_path"])
@@ -222,7 +223,7 @@ def test_contact_sheets_show_real_frames_and_reasons(small):
 def test_missing_crop_is_a_note_not_a_crash(tmp_path):
     tracks = pa.Table.from_pylist([{"track_id": "abc", "crop_path": "media/00000/abc/crop.mp4",
                                     "frame_count": 10, "face_px_median": 120.0, "start_s": 0.0, "end_s": 1.0}])
-    (sample,) = report_media._samples(tmp_path, tracks, pa.array([None], pa.string()), [0])
+    (sample,) = report_sheets._samples(tmp_path, tracks, pa.array([None], pa.string()), [0])
     assert sample.jpeg is None and "missing" in sample.note and "media/00000/abc/crop.mp4" in sample.note
 
 
@@ -230,7 +231,7 @@ def test_license_banner_follows_the_manifest(small, page):
     root, _ = small
     text = page.read_text()
     assert 'id="license-banner"' in text and "face_landmarks/dlib68" in text
-    from jobs.report import render
+    from jobs.report.page import render
 
     data = report_data.collect(root)
     data["restricted_models"] = []
@@ -316,7 +317,6 @@ def test_cli_writes_the_report(small, tmp_path):
 
 @pytest.mark.slow
 @needs_chromium
-@pytest.mark.skipif(importlib.util.find_spec("jobs.demo") is None, reason="emoforge demo not wired yet")
 def test_demo_catalog_report(tmp_path):
     """`emoforge demo`, then its report in Chromium; the funnel matches plain Parquet reads.
     EMOFORGE_DEMO_CATALOG=<folder> reuses a demo catalog already built."""
@@ -367,16 +367,16 @@ def test_demo_catalog_report(tmp_path):
 def test_failed_videos_and_clips_become_text_cards(larger):
     root, truth = larger
     data = report_data.collect(root)
-    sheets = report_media.contact_sheets(root, data["_tracks"], data["_keep"], data["_drop"],
+    sheets = report_sheets.contact_sheets(root, data["_tracks"], data["_keep"], data["_drop"],
                                          {"videos": data["_videos"], "clips": data["_clips"]})
     failures = {s.title: s for s in sheets}["Failures"].samples
     ingest = [s for s in failures if any(line.startswith("ingest failed:") for line in s.caption)]
     # the generator writes two ingest error texts; up to FAILURE_EXAMPLES cards for each
     assert _count(truth, "videos", "ingest failed") >= 4
-    assert len(ingest) == 2 * report_media.FAILURE_EXAMPLES
+    assert len(ingest) == 2 * report_sheets.FAILURE_EXAMPLES
     assert all(s.jpeg is None and "/data/in/video_" in s.caption[0] for s in ingest)
     faces = [s for s in failures if any(line.startswith("faces failed: no frames decoded") for line in s.caption)]
-    assert len(faces) == min(report_media.FAILURE_EXAMPLES, _count(truth, "clips", "faces failed"))
+    assert len(faces) == min(report_sheets.FAILURE_EXAMPLES, _count(truth, "clips", "faces failed"))
 
 
 def test_covered_hours_is_the_union_of_track_spans():
@@ -402,7 +402,7 @@ def test_select_refusal_is_reported_and_a_compared_rule_fixes_it(larger):
     compared set that adds the rule gives the same verdicts as the renamed backend's rule."""
     import pyarrow.compute as pc
 
-    from jobs.report import render
+    from jobs.report.page import render
 
     root, _ = larger
     tracks = report_data.read_tracks(root)

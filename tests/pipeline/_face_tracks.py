@@ -79,7 +79,7 @@ def photo_track(name: str, seconds: float = 1.0) -> DecodedTrack:
     """A photo written as a `seconds`-long 25 fps H.264 video, decoded back, tracked with dlib."""
     import cv2
 
-    from jobs.media_sources import media_file
+    from jobs.media.sources import media_file
     from pipeline.media import iter_frames, write_video
 
     image = cv2.imread(str(media_file(name)))[:, :, ::-1]
@@ -100,7 +100,7 @@ def video_track(name: str, max_seconds: float | None = None, detect_every: int =
     with dlib (HOG detection every `detect_every` grid frames at half size, box held between)."""
     import cv2
 
-    from jobs.media_sources import media_file
+    from jobs.media.sources import media_file
     from pipeline.media import iter_frames
 
     decoded = [(f.pts_s, f.image) for f in iter_frames(str(media_file(name)), end_s=max_seconds)]

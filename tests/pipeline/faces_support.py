@@ -56,7 +56,7 @@ def face_patch(name: str, size: int) -> tuple[np.ndarray, np.ndarray]:
 
         image = data.astronaut()
     else:
-        from jobs.media_sources import media_file
+        from jobs.media.sources import media_file
 
         image = cv2.cvtColor(cv2.imread(str(media_file(name))), cv2.COLOR_BGR2RGB)
     model = MediapipeFaces()

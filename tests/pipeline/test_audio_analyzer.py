@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from talking_face import SENTENCES, speech
+from jobs.media.talking_face import SENTENCES, speech
 
 from pipeline.analysis.audio import AudioAnalyzer, AudioConfig, clipping_ratio, loudness_dbfs
 from pipeline.analysis.base import DecodedTrack

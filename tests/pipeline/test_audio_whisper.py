@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 import pytest
-from talking_face import speech
+from jobs.media.talking_face import speech
 
 from pipeline.analysis.audio import AudioAnalyzer, AudioConfig
 from pipeline.analysis.base import DecodedTrack

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from jobs.media_sources import MediaSourceError, media_file
+from jobs.media.sources import MediaSourceError, media_file
 from pipeline.models.registry import MissingWeightsError, resolve
 
 dlib = pytest.importorskip("dlib")

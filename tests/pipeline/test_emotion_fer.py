@@ -24,7 +24,7 @@ def _tracks():
 
 
 def _photo(name):
-    from jobs.media_sources import MediaSourceError
+    from jobs.media.sources import MediaSourceError
 
     try:
         return _tracks().photo_track(name)

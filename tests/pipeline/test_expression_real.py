@@ -29,7 +29,7 @@ def analyzer():
 
 
 def _media(fn, name):
-    from jobs.media_sources import MediaSourceError
+    from jobs.media.sources import MediaSourceError
 
     try:
         return fn(name)

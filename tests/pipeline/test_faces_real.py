@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from faces_support import probe, run_faces, write_clip
 
-from jobs.media_sources import MediaSourceError, media_file
+from jobs.media.sources import MediaSourceError, media_file
 from pipeline.persons import cluster_identities
 from pipeline.stages.faces import FacesConfig
 

@@ -7,8 +7,8 @@ import pytest
 from media import real_media
 
 import catalog
-from jobs.demo_corpus import mux_speech
-from jobs.media_sources import speak
+from jobs.media.demo_corpus import mux_speech
+from jobs.media.sources import speak
 from jobs.spec import build
 from pipeline import runner
 from pipeline.plan import FingerprintError

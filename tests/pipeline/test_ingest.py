@@ -7,7 +7,7 @@ import math
 import shutil
 
 import pytest
-from ingest_media import build_ingest_corpus
+from jobs.media.ingest_cases import build_ingest_corpus
 
 import catalog
 from pipeline import runner

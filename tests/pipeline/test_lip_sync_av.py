@@ -10,7 +10,8 @@ import hashlib
 
 import numpy as np
 import pytest
-from talking_face import SENTENCES, decode_and_measure, face, make_clip, track_of
+from jobs.media.talking_face import SENTENCES, decode_and_measure, make_clip
+from talking_face import face, track_of
 
 from pipeline.analysis.lip_sync import KEEP_RULES, LipSyncAnalyzer, LipSyncConfig, keep
 from pipeline.media import read_audio

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jobs.bench_sync import roc_auc, run
+from jobs.bench.sync import roc_auc, run
 
 
 def test_roc_auc_known_values():

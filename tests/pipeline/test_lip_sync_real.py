@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 from media import real_media
-from talking_face import SENTENCES, face, make_clip, real_face_track, speech, track_of
+from jobs.media.talking_face import SENTENCES, make_clip, speech
+from talking_face import face, real_face_track, track_of
 
 from pipeline.analysis.lip_sync import LipSyncAnalyzer, LipSyncConfig, keep
 from pipeline.stage import OK, StageContext

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from talking_face import face, make_clip, track_of
+from jobs.media.talking_face import make_clip
+from talking_face import face, track_of
 
 from pipeline.analysis import sync_syncnet
 from pipeline.analysis.lip_sync import LipSyncAnalyzer, LipSyncConfig

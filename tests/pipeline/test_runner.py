@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from catalog_compare import assert_same_catalog
-from synthetic import make_video
+from jobs.media.synthetic import make_video
 
 import catalog
 import pipeline.staging as staging_module

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from media import real_media
-from synthetic import fade, make_video, shots, slow_motion
+from jobs.media.synthetic import fade, make_video, shots, slow_motion
 
 from catalog.schema import stage_output
 from pipeline.media import encode_audio, iter_frames

@@ -6,8 +6,9 @@ import itertools
 import subprocess
 import sys
 
-from jobs.bench_memory import TreeSampler, measure
-from jobs.bench_scenes import compare_cuts, generated_video
+from jobs.bench.memory import TreeSampler, measure
+from jobs.bench.scenes import compare_cuts
+from jobs.media.synthetic import generated_video
 from pipeline.scenes import ScenesConfig, cut_times
 
 

@@ -7,13 +7,13 @@ import shutil
 import numpy as np
 import pytest
 
-from jobs.demo_corpus import SPOKEN, build_demo_inputs, mux_speech
-from jobs.media_sources import MediaSourceError
+from jobs.media.demo_corpus import SPOKEN, build_demo_inputs, mux_speech
+from jobs.media.sources import MediaSourceError
 from pipeline.media import iter_frames, read_audio
 
 
 def test_mux_speech_keeps_video_and_aligns_speech(tmp_path):
-    from synthetic import make_video, shots, tone
+    from jobs.media.synthetic import make_video, shots, tone
 
     video = make_video(tmp_path / "v.mp4", shots([20], (96, 64)), 50, size=(96, 64),
                        audio=tone(2.0))

@@ -4,7 +4,7 @@ Each input is curated by `python -m jobs.cli curate --stages ingest,scenes` in a
 a sampler sums the resident memory (RSS) of that process tree every 0.2 s: the driver, Ray's
 workers, the raylet (which holds the object store) and Ray's other daemons, plus the growth of
 /dev/shm (the object store's shared memory). The same inputs also run through the stages without
-Ray (`python -m jobs.bench_memory --direct FILE`), which isolates the stages' own memory.
+Ray (`python -m jobs.bench.memory --direct FILE`), which isolates the stages' own memory.
 Done when the 30-minute peak is within 20% of the 1-minute peak.
 
 The faces stage is measured the same way without Ray (`--faces FILE FLUSH`) on a generated 720p
@@ -15,7 +15,6 @@ crop to the track's end (a flush interval longer than the clip) shows what strea
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import subprocess
@@ -26,7 +25,9 @@ import time
 from pathlib import Path
 from typing import Self
 
-from jobs.bench_scenes import generated_video
+import psutil
+
+from jobs.media.synthetic import generated_video
 from pipeline.models.registry import cache_root
 
 log = logging.getLogger(__name__)
@@ -37,31 +38,6 @@ FACES_SIZE = (1280, 720)
 FACES_DURATIONS_S = (15.0, 60.0)
 STREAMED, KEPT = 250, 10**9  # faces.crop_flush_frames: the default, and never before the end
 MiB = 1 << 20
-
-
-def load_psutil():
-    """psutil: the installed one, else the copy Ray vendors in ray/thirdparty_files (loaded
-    without importing Ray). Adding `psutil` to the project's dependencies makes this moot."""
-    try:
-        import psutil
-
-        return psutil
-    except ImportError:
-        pass
-    import importlib.util
-
-    from pipeline.models.registry import package_dir
-
-    ray_dir = package_dir("ray")
-    init = ray_dir / "thirdparty_files" / "psutil" / "__init__.py" if ray_dir else None
-    if init is None or not init.is_file():
-        raise ImportError("psutil is needed for bench memory: pip install psutil (or ray)")
-    spec = importlib.util.spec_from_file_location(
-        "psutil", init, submodule_search_locations=[str(init.parent)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["psutil"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def role(proc) -> str:
@@ -86,7 +62,7 @@ class TreeSampler:
     """Samples the RSS of a process and all its descendants until stopped (peak per role, MiB)."""
 
     def __init__(self, pid: int, interval_s: float = 0.2):
-        self.root = load_psutil().Process(pid)
+        self.root = psutil.Process(pid)
         self.interval_s = interval_s
         self.peak: dict[str, float] = {}
         self.peak_total = 0.0
@@ -158,7 +134,7 @@ def measure(cmd: list[str]) -> dict:
 
 def inputs() -> list[Path]:
     folder = cache_root() / "bench" / "memory"
-    return [generated_video(folder / f"mem-{int(s)}s-{MEMORY_SIZE[1]}p-v1.mp4", s,
+    return [generated_video(folder / f"mem-{int(s)}s-{MEMORY_SIZE[1]}p-v2.mp4", s,
                             size=MEMORY_SIZE, seed=10 + i)[0]
             for i, s in enumerate(DURATIONS_S)]
 
@@ -172,7 +148,7 @@ def run(files: list[str | Path] | None = None) -> dict:
         for i, path in enumerate(paths):
             curate = [sys.executable, "-m", "jobs.cli", "curate", "--input", str(path),
                       "--out", str(Path(tmp) / f"catalog-{i}"), "--stages", "ingest,scenes"]
-            direct = [sys.executable, "-m", "jobs.bench_memory", "--direct", str(path)]
+            direct = [sys.executable, "-m", "jobs.bench.memory", "--direct", str(path)]
             results.append({"file": str(path), "ray": measure(curate), "direct": measure(direct)})
             log.info("bench memory: %s: ray peak %.0f MiB, direct peak %.0f MiB", path.name,
                      results[-1]["ray"]["peak_total_mib"], results[-1]["direct"]["peak_total_mib"])
@@ -189,7 +165,7 @@ def run(files: list[str | Path] | None = None) -> dict:
 def faces_memory() -> dict:
     """Peak memory of the faces stage (no Ray) on a 15 s and a 60 s generated face clip, crop
     clips streamed, and on the 60 s clip with every crop kept to the end."""
-    from jobs.bench_faces import generate_inputs
+    from jobs.bench.faces import generate_inputs
 
     folder = cache_root() / "bench" / "memory"
     paths = {}
@@ -204,7 +180,7 @@ def faces_memory() -> dict:
             "long_kept": (long, KEPT)}
     out: dict = {"size": list(FACES_SIZE), "seconds": list(FACES_DURATIONS_S)}
     for name, (path, flush) in runs.items():
-        out[name] = measure([sys.executable, "-m", "jobs.bench_memory", "--faces", str(path),
+        out[name] = measure([sys.executable, "-m", "jobs.bench.memory", "--faces", str(path),
                              str(flush)])
         log.info("bench memory: faces %s: peak %.0f MiB", name, out[name]["peak_total_mib"])
     peak = {name: out[name]["peak_total_mib"] for name in runs}
@@ -264,5 +240,5 @@ if __name__ == "__main__":
     elif len(sys.argv) == 4 and sys.argv[1] == "--faces":
         _direct_faces(sys.argv[2], int(sys.argv[3]))
     else:
-        json.dump(run(sys.argv[2:] or None, sys.argv[1] if len(sys.argv) > 1 else None),
-                  sys.stdout, indent=2)
+        raise SystemExit("usage: python -m jobs.bench.memory --direct FILE | --faces FILE FLUSH_FRAMES "
+                         "(the benchmark itself: emoforge bench memory)")

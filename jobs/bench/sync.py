@@ -47,7 +47,7 @@ class Sample:
 
 
 def _faces(max_photos: int) -> list[tuple[str, object]]:
-    from jobs.talking_face import astronaut_face, photo_face
+    from jobs.media.talking_face import astronaut_face, photo_face
 
     faces = [("astronaut", astronaut_face())]
     for name in PHOTOS[:max_photos]:
@@ -62,7 +62,7 @@ def collect(
     workdir: Path, clips_per_set: int = 16, max_photos: int = 5, real: bool = True
 ) -> list[Sample]:
     """Generate and measure the labelled clips (deterministic by index)."""
-    from jobs.talking_face import SENTENCES, make_clip
+    from jobs.media.talking_face import SENTENCES, make_clip
 
     faces = _faces(max_photos)
     samples: list[Sample] = []
@@ -96,8 +96,8 @@ def collect(
 
 
 def _real_unrelated(count: int) -> list[Sample]:
-    from jobs.media_sources import MediaSourceError, media_file
-    from jobs.talking_face import SENTENCES, real_face_clip, speech
+    from jobs.media.sources import MediaSourceError, media_file
+    from jobs.media.talking_face import SENTENCES, real_face_clip, speech
     from pipeline.analysis.base import SAMPLES_PER_FRAME
 
     out: list[Sample] = []

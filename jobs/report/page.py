@@ -18,7 +18,9 @@ import time
 from pathlib import Path
 
 from catalog import layout
-from jobs import report_data, report_media, report_plots
+from jobs.report import data as report_data
+from jobs.report import plots as report_plots
+from jobs.report import sheets as report_sheets
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,7 @@ def write_report(root: str | Path, out: str | Path | None = None, compare: list[
     base = Thresholds.from_dict(data["thresholds"])
     plots = report_plots.distributions(data["_tracks"], data["_clips"], data["_keep"], base)
     funnel_png = report_plots.funnel_chart(data["funnel"], data.get("compare", {}).get("funnel"))
-    sheets = report_media.contact_sheets(root, data["_tracks"], data["_keep"], data["_drop"],
+    sheets = report_sheets.contact_sheets(root, data["_tracks"], data["_keep"], data["_drop"],
                                          {"videos": data["_videos"], "clips": data["_clips"]})
     log.info("report: charts and contact sheets in %.1f s", time.perf_counter() - started)
     page = render(data, plots, funnel_png, sheets)
@@ -159,7 +161,7 @@ def _models_table(models: list[dict]) -> str:
     return '<table id="models">' + "".join(rows) + "</table>"
 
 
-def _sheet(sheet: report_media.Sheet) -> str:
+def _sheet(sheet: report_sheets.Sheet) -> str:
     cards = []
     for s in sheet.samples:
         body = _img(s.jpeg, f"frames of track {s.track_id}", "image/jpeg") if s.jpeg else \
@@ -187,7 +189,7 @@ def public_data(data: dict) -> dict:
 
 
 def render(data: dict, plots: list[tuple[str, bytes]], funnel_png: bytes,
-           sheets: list[report_media.Sheet]) -> str:
+           sheets: list[report_sheets.Sheet]) -> str:
     """The full HTML page."""
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     parts = [(f"<h1>Curation report</h1><div class=meta>catalog <code>{_e(data['catalog'])}</code>, "

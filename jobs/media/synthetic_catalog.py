@@ -6,7 +6,7 @@ model specs) and returns the truth it was built from. Every track is given a fat
 the first `select` rule it breaks under the default Thresholds) and its values are drawn to match,
 so a report's funnel can be checked against the fates, not against the report's own arithmetic.
 Face-crop mp4s are written with pipeline.media.write_video from real face photos
-(jobs.media_sources): one per track (`crops="per_track"`), a shared pool of a few files for
+(jobs.media.sources): one per track (`crops="per_track"`), a shared pool of a few files for
 benchmarks (`crops="pool"`), or none.
 """
 
@@ -31,7 +31,7 @@ GRID_FPS = 25
 AUDIO_RATE = 16000
 EMOTIONS = schema.EMOTION_CLASSES_FER
 EMOTION_WEIGHTS = (0.08, 0.03, 0.04, 0.30, 0.10, 0.10, 0.35)
-# emotion label -> face photo used for its crops (jobs.media_sources.KNOWN_MEDIA)
+# emotion label -> face photo used for its crops (jobs.media.sources.KNOWN_MEDIA)
 PHOTO_BY_EMOTION = {"angry": "anger.jpg", "disgust": "disgust.jpg", "fear": "surprise.jpg",
                     "happy": "happy.jpg", "sad": "anger.jpg", "surprise": "surprise.jpg",
                     "neutral": "single_face.jpg"}
@@ -321,7 +321,7 @@ def _face_photos(size: int) -> dict[str, np.ndarray]:
     import dlib
     from PIL import Image
 
-    from jobs.media_sources import media_file
+    from jobs.media.sources import media_file
 
     detector = dlib.get_frontal_face_detector()
     faces: dict[str, np.ndarray] = {}

@@ -21,7 +21,7 @@ def _real_track(name: str = "single_face.mp4", repeat: int = 4):
     import cv2
     import dlib
 
-    from jobs.media_sources import media_file
+    from jobs.media.sources import media_file
     from pipeline.analysis.base import DecodedTrack
     from pipeline.media import iter_frames
 

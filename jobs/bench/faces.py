@@ -20,7 +20,7 @@ def generate_inputs(folder: str, seconds: float = 10.0,
     at each of `sizes` (face about 40% of the frame height)."""
     import cv2
 
-    from jobs.media_sources import media_file
+    from jobs.media.sources import media_file
     from pipeline.media import VideoWriter
 
     photo = cv2.cvtColor(cv2.imread(str(media_file("single_face.jpg"))), cv2.COLOR_BGR2RGB)

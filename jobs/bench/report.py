@@ -1,7 +1,7 @@
 """`emoforge bench report`: time and peak memory of the curation report on a million tracks.
 
 Generates (once, cached under $EMOFORGE_CACHE/bench/report-<n>) a synthetic catalog with
-jobs.report_synth (about 360k videos, 900k clips, 1M tracks in 16 shards, a pool of real
+jobs.media.synthetic_catalog (about 360k videos, 900k clips, 1M tracks in 16 shards, a pool of real
 face-crop mp4s for the contact sheets), then writes its report with a compared threshold set in a
 fresh subprocess and records wall time and that process's peak resident memory (ru_maxrss).
 `files`: catalog folders to report on instead of the generated one.
@@ -22,7 +22,7 @@ from pipeline.models.registry import cache_root
 log = logging.getLogger(__name__)
 
 TARGET_TRACKS = 1_000_000
-TRACKS_PER_VIDEO = 2.8  # expected tracks per input video under report_synth's fate mix
+TRACKS_PER_VIDEO = 2.8  # expected tracks per input video under jobs.media.synthetic_catalog's fate mix
 SHARDS = 16
 COMPARE = ["min_face_px=128", "lip_sync_rules.av_corr.min_confidence=0.8"]
 
@@ -30,7 +30,7 @@ COMPARE = ["min_face_px=128", "lip_sync_rules.av_corr.min_confidence=0.8"]
 def generated_catalog(tracks: int = TARGET_TRACKS) -> Path:
     """The cached synthetic catalog with about `tracks` tracks (generated on first use)."""
     from catalog.read import read_table
-    from jobs.report_synth import generate_catalog
+    from jobs.media.synthetic_catalog import generate_catalog
 
     root = cache_root() / "bench" / f"report-{tracks}-v2"
     done = root / "_bench_done"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jobs.media_sources import media_file, speak
+from jobs.media.sources import media_file, speak
 from pipeline.media import MediaError, open_container, read_audio, replace_audio
 
 log = logging.getLogger(__name__)

@@ -189,7 +189,7 @@ def contact_sheets(root: Path, tracks: pa.Table, keep: pa.Array, drop: pa.Array,
 
 def _text_failures(table: pa.Table, name: str, id_col: str, stages: tuple[str, ...]) -> list[Sample]:
     """Text cards for failed rows of `table`, up to FAILURE_EXAMPLES per (stage, error)."""
-    from jobs.report_data import normalize_errors
+    from jobs.report.data import normalize_errors
 
     out = []
     for stage in stages:
@@ -209,7 +209,7 @@ def _text_failures(table: pa.Table, name: str, id_col: str, stages: tuple[str, .
 
 def _failure_sheet(root: Path, tracks: pa.Table, drop: pa.Array) -> Sheet:
     """Failed tracks, up to FAILURE_EXAMPLES per (stage, error), with the reason as caption."""
-    from jobs.report_data import TRACK_STAGES, normalize_errors
+    from jobs.report.data import TRACK_STAGES, normalize_errors
 
     sheet = Sheet("Failures", f"Up to {FAILURE_EXAMPLES} failed rows per stage and reason: tracks "
                   "with frames when a face crop exists, then failed videos and clips as text.")

@@ -1,0 +1,1 @@
+"""`emoforge bench NAME`: one module per benchmark, each with `run(...) -> dict` (JSON-ready)."""
