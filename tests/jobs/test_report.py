@@ -3,7 +3,6 @@ and the page in a real headless Chromium (no console errors, not blank, numbers 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
