@@ -1,0 +1,440 @@
+"""The training dataset over a catalog selection: windows of face-crop frames with their conditions.
+
+    index = catalog.training_index(root, thresholds)
+    data = WindowDataset(root, index, DataConfig(size=64, frames=4), split="train")
+    loader = data.loader(epoch=0, batch_size=8, rank=0, world_size=1, num_workers=2)
+    for batch in loader: ...          # dict of tensors, keys and shapes in `collate`
+
+A sample is a window of F frames of a track's 25 fps face-crop clip, the M motion frames before
+it and a reference frame of the same track at least `reference_margin_frames` away, with the
+audio-feature rows (+-audio_context), expression, jaw pose, emotion probabilities, face and
+valid masks and head speed of each window frame. Only the frames a sample needs are decoded
+(decord random access). Windows are drawn by (seed, epoch); every rank gets the same number of
+batches (training.batching).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import NamedTuple
+
+import cv2
+import decord
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+import catalog
+from catalog.schema import EMOTION_CLASSES, EMOTION_CLASSES_FER
+from training import windows as geo
+from training.batching import WindowBatches, draw_windows, windows_per_track
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "all")
+FRAME_COLUMNS = ["track_id", "frame", "box", "crop_affine", "yaw", "pitch", "roll", "expression",
+                 "jaw_pose", "emotion_probs"]
+TRACK_COLUMNS = ["track_id", "video_id", "person_id", "crop_path", "crop_size", "frame_count",
+                 "audio_features_path", "emotion_backend", "emotion_label"]
+
+
+class EmptyDatasetError(ValueError):
+    """No track of the selection is usable for the train (or all) split; the message counts
+    why. An empty val split is allowed (a one-person catalog has none) and has no windows."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What a training sample holds. Sizes in pixels, lengths in 25 fps frames."""
+
+    size: int = 64  # crop side after resizing (S)
+    frames: int = 4  # window frames (F)
+    motion_frames: int = 2  # frames right before the window (M, may be 0)
+    reference_margin_frames: int = 25  # least distance of the reference from motion + window
+    audio_context: int = 2  # audio rows on each side of a frame: A = 2 * audio_context + 1
+    audio_dim: int = 512  # audio-feature width (Whisper base encoder: 512)
+    expression_dim: int = 10  # expression vector length (3dmm: 10, deca: 50)
+    emotion_classes: tuple[str, ...] = EMOTION_CLASSES_FER  # order of emotion_probs and labels
+    windows_per_second: float = 1.0  # windows per track and epoch, per second of track
+    seed: int = 0  # window draws: (seed, epoch)
+    val_fraction: float = 0.1  # persons held out for validation
+    split_seed: int = 0  # which persons are held out (catalog.person_split)
+    check_media: bool = True  # open every crop and sidecar when the dataset is built
+    max_open_readers: int = 16  # decord readers kept open per worker
+
+    def __post_init__(self) -> None:
+        checks = {"size": self.size >= 8, "frames": self.frames >= 1,
+                  "motion_frames": self.motion_frames >= 0,
+                  "reference_margin_frames": self.reference_margin_frames >= 0,
+                  "audio_context": self.audio_context >= 0, "audio_dim": self.audio_dim >= 1,
+                  "expression_dim": self.expression_dim >= 1,
+                  "emotion_classes": len(self.emotion_classes) >= 1,
+                  "windows_per_second": self.windows_per_second > 0,
+                  "val_fraction": 0.0 <= self.val_fraction <= 1.0,
+                  "max_open_readers": self.max_open_readers >= 1}
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"DataConfig: invalid {', '.join(f'{b}={getattr(self, b)!r}' for b in bad)}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> DataConfig:
+        """A DataConfig from plain data (a TOML section); unknown keys are an error."""
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ValueError(f"unknown data config keys {unknown}; valid: {names}")
+        values = dict(values)
+        if "emotion_classes" in values:
+            values["emotion_classes"] = tuple(values["emotion_classes"])
+        return cls(**values)
+
+
+class Window(NamedTuple):
+    """One sample: a track (index into WindowDataset.tracks), the first window frame and the
+    reference frame, on the track's 25 fps grid."""
+
+    track: int
+    start: int
+    reference: int
+
+
+@dataclass(frozen=True)
+class Track:
+    """A usable track: its files, size and the selection's labels."""
+
+    track_id: str
+    person_id: str | None
+    crop_path: str  # absolute
+    features_path: str | None  # absolute; None: null audio condition
+    length: int  # usable frames (min of frames rows, crop clip and features)
+    crop_size: int
+    width: int  # source video size (px)
+    height: int
+    emotion: int  # index in DataConfig.emotion_classes, -1 unknown
+    intensity: float
+    offset: int  # first row of this track in the dataset's per-frame arrays
+
+
+class WindowDataset(torch.utils.data.Dataset):
+    """Map-style dataset indexed by Window (see `loader`/`batches` for the order)."""
+
+    def __init__(self, root: str | Path, selection: pa.Table, config: DataConfig | None = None,
+                 split: str = "train") -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        self.root, self.config, self.split = str(Path(root).resolve()), config or DataConfig(), split
+        self.excluded: dict[str, int] = {}
+        self.tracks: list[Track] = []
+        self._readers: OrderedDict = OrderedDict()
+        self._reader_pid = os.getpid()
+        self._build(selection)
+
+    # ---------------------------------------------------------------- building
+    def _exclude(self, track_id: str, reason: str) -> None:
+        log.warning("data: track %s left out: %s", track_id, reason)
+        self.excluded[reason] = self.excluded.get(reason, 0) + 1
+
+    def _build(self, selection: pa.Table) -> None:
+        cfg = self.config
+        if "track_id" not in selection.column_names:
+            raise ValueError("the selection needs a track_id column (catalog.training_index)")
+        if "keep" in selection.column_names:
+            selection = selection.filter(pc.fill_null(selection["keep"], False))
+        ids = [t for t in selection["track_id"].to_pylist() if t is not None]
+        intensity = dict(zip(ids, selection["intensity"].to_pylist())) if (
+            "intensity" in selection.column_names) else {}
+        tracks = catalog.read_table(self.root, "tracks", columns=TRACK_COLUMNS,
+                                    filters=pc.field("track_id").isin(ids))
+        found = set(tracks["track_id"].to_pylist())
+        for tid in ids:
+            if tid not in found:
+                self._exclude(tid, "not in the catalog's tracks")
+        tracks = self._split(tracks)
+        videos = catalog.read_table(self.root, "videos", columns=["video_id", "width", "height"])
+        sizes = {v["video_id"]: (v["width"], v["height"]) for v in videos.to_pylist()}
+        rows = sorted(tracks.to_pylist(), key=lambda r: r["track_id"])
+        frames = self._frame_arrays([r["track_id"] for r in rows], rows)
+        self._arrays: dict[str, np.ndarray] = {}
+        parts: dict[str, list[np.ndarray]] = {}
+        need = geo.min_track_frames(cfg.frames, cfg.motion_frames, cfg.reference_margin_frames)
+        offset = 0
+        for row in rows:
+            tid = row["track_id"]
+            arrays = frames.get(tid)
+            reason, length, crop, feats = self._check_files(row, arrays)
+            width, height = sizes.get(row["video_id"], (None, None))
+            if reason is None and not (width and height):
+                reason = "source video size unknown"
+            if reason is None and length < need:
+                reason = f"too short for a window (< {need} frames)"
+            if reason is None and not np.all(np.isfinite(arrays["crop_affine"][:length])):
+                reason = "missing crop geometry (crop_affine)"
+            if reason is not None:
+                self._exclude(tid, reason)
+                continue
+            value = intensity.get(tid)
+            label = row["emotion_label"]
+            self.tracks.append(Track(
+                track_id=tid, person_id=row["person_id"], crop_path=crop, features_path=feats,
+                length=length, crop_size=int(row["crop_size"] or 0), width=int(width),
+                height=int(height),
+                emotion=cfg.emotion_classes.index(label) if label in cfg.emotion_classes else -1,
+                intensity=1.0 if value is None or not np.isfinite(value) else float(value),
+                offset=offset))
+            for name, values in arrays.items():
+                parts.setdefault(name, []).append(values[:length])
+            offset += length
+        for name, chunks in parts.items():
+            self._arrays[name] = np.concatenate(chunks)
+        if not self.tracks and self.split != "val":
+            counts = ", ".join(f"{n} {r}" for r, n in sorted(self.excluded.items())) or "none"
+            raise EmptyDatasetError(
+                f"no usable track for split {self.split!r} of {len(ids)} selected in "
+                f"{self.root} (left out: {counts})")
+        log.info("data: %s split: %d tracks, %d frames; left out %s", self.split,
+                 len(self.tracks), offset, self.excluded or "none")
+
+    def _split(self, tracks: pa.Table) -> pa.Table:
+        if self.split == "all":
+            return tracks
+        train, val = catalog.person_split(tracks.select(["track_id", "person_id"]),
+                                          self.config.val_fraction, self.config.split_seed)
+        keep = train if self.split == "train" else val
+        return tracks.filter(pc.field("track_id").isin(keep))
+
+    def _check_files(self, row: dict, arrays: dict | None) -> tuple[str | None, int, str, str | None]:
+        """(reason to leave the track out or None, usable length, crop path, features path)."""
+        if arrays is None:
+            return "no frames rows", 0, "", None
+        length = len(arrays["frame_present"])
+        if not row["crop_path"]:
+            return "no face-crop clip", 0, "", None
+        crop = os.path.join(self.root, row["crop_path"])
+        if not os.path.isfile(crop):
+            return "face-crop clip missing", 0, crop, None
+        feats = None
+        if row["audio_features_path"]:
+            feats = os.path.join(self.root, row["audio_features_path"])
+            if not os.path.isfile(feats):
+                return "audio features missing", 0, crop, feats
+        if self.config.check_media:
+            try:
+                length = min(length, len(decord.VideoReader(crop, num_threads=1)))
+            except Exception as exc:  # noqa: BLE001 - decord raises its own and RuntimeErrors
+                return f"face-crop clip unreadable ({type(exc).__name__})", 0, crop, feats
+            if feats is not None:
+                try:
+                    table = np.load(feats, mmap_mode="r")
+                except Exception as exc:  # noqa: BLE001 - np.load raises several types
+                    return f"audio features unreadable ({type(exc).__name__})", 0, crop, feats
+                if table.ndim != 2 or table.shape[1] != self.config.audio_dim:
+                    return (f"audio features of shape {tuple(table.shape)}, expected "
+                            f"[T, {self.config.audio_dim}]"), 0, crop, feats
+                length = min(length, table.shape[0])
+        return None, length, crop, feats
+
+    def _frame_arrays(self, ids: list[str], rows: list[dict]) -> dict[str, dict[str, np.ndarray]]:
+        """Per track: dense per-frame arrays on its 25 fps grid (NaN where a value is missing)."""
+        if not ids:
+            return {}
+        table = catalog.read_table(self.root, "frames", columns=FRAME_COLUMNS,
+                                   filters=pc.field("track_id").isin(ids))
+        table = table.sort_by([("track_id", "ascending"), ("frame", "ascending")])
+        tid = np.asarray(table["track_id"].to_pylist(), dtype=object)
+        frame = table["frame"].to_numpy(zero_copy_only=False).astype(np.int64)
+        backend = {r["track_id"]: r["emotion_backend"] for r in rows}
+        columns = {
+            "box": _matrix(table["box"], 4), "crop_affine": _matrix(table["crop_affine"], 6),
+            "expression": _matrix(table["expression"], self.config.expression_dim),
+            "jaw_pose": _matrix(table["jaw_pose"], 3),
+            "emotion_probs": _emotions(table["emotion_probs"], [backend.get(t) for t in tid],
+                                       self.config.emotion_classes),
+            "pose": np.stack([_vector(table[c]) for c in ("yaw", "pitch", "roll")], 1),
+        }
+        out: dict[str, dict[str, np.ndarray]] = {}
+        if not len(tid):
+            return out
+        starts = np.flatnonzero(np.r_[True, tid[1:] != tid[:-1]])
+        ends = np.r_[starts[1:], len(tid)]
+        for a, b in zip(starts, ends):
+            idx = frame[a:b]
+            n = int(idx.max()) + 1
+            track = {"frame_present": np.zeros(n, bool)}
+            track["frame_present"][idx] = True
+            for name, values in columns.items():
+                dense = np.full((n,) + values.shape[1:], np.nan, np.float32)
+                dense[idx] = values[a:b]
+                track[name] = dense
+            pose = track.pop("pose")
+            track["head_speed"] = geo.head_speed(pose[:, 0], pose[:, 1], pose[:, 2])
+            out[str(tid[a])] = track
+        return out
+
+    # ---------------------------------------------------------------- windows and batches
+    def windows(self, epoch: int) -> np.ndarray:
+        """int64[N, 3] (track, start, reference) of an epoch, in its shuffled order."""
+        cfg = self.config
+        return draw_windows([t.length for t in self.tracks], cfg.frames, cfg.motion_frames,
+                            cfg.reference_margin_frames, cfg.windows_per_second, cfg.seed, epoch)
+
+    def num_windows(self) -> int:
+        """Windows per epoch (the same every epoch: it depends on track lengths only)."""
+        cfg = self.config
+        return sum(windows_per_track(t.length, cfg.windows_per_second) for t in self.tracks)
+
+    def num_batches(self, batch_size: int, world_size: int = 1) -> int:
+        """Batches per rank per epoch (the last incomplete global batch is dropped)."""
+        return self.num_windows() // (batch_size * world_size)
+
+    def batches(self, epoch: int, batch_size: int, rank: int = 0, world_size: int = 1,
+                start_batch: int = 0) -> WindowBatches:
+        """This rank's batches of an epoch (a batch sampler of Window lists), from start_batch."""
+        return WindowBatches(self.windows(epoch), batch_size, rank, world_size, start_batch,
+                             wrap=Window)
+
+    def loader(self, epoch: int, batch_size: int, rank: int = 0, world_size: int = 1,
+               start_batch: int = 0, num_workers: int = 0) -> torch.utils.data.DataLoader:
+        """A DataLoader over `batches(...)` that yields `collate`d batches."""
+        return torch.utils.data.DataLoader(
+            self, batch_sampler=self.batches(epoch, batch_size, rank, world_size, start_batch),
+            collate_fn=collate, num_workers=num_workers)
+
+    # ---------------------------------------------------------------- samples
+    def __len__(self) -> int:
+        return len(self.tracks)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_readers"] = OrderedDict()  # decord readers are per process, opened lazily
+        return state
+
+    def _reader(self, path: str):
+        if self._reader_pid != os.getpid():  # a forked worker: never share the parent's readers
+            self._readers, self._reader_pid = OrderedDict(), os.getpid()
+        reader = self._readers.pop(path, None) or decord.VideoReader(path, num_threads=1)
+        self._readers[path] = reader
+        while len(self._readers) > self.config.max_open_readers:
+            self._readers.popitem(last=False)
+        return reader
+
+    def decode(self, track: int, indices: np.ndarray) -> np.ndarray:
+        """uint8[N, S, S, 3] RGB frames `indices` of a track's crop clip, resized to size."""
+        unique, inverse = np.unique(np.asarray(indices, np.int64), return_inverse=True)
+        raw = self._reader(self.tracks[track].crop_path).get_batch(unique.tolist()).asnumpy()
+        size = self.config.size
+        if raw.shape[1:3] != (size, size):
+            mode = cv2.INTER_AREA if raw.shape[1] > size else cv2.INTER_LINEAR
+            raw = np.stack([cv2.resize(f, (size, size), interpolation=mode) for f in raw])
+        return raw[inverse.reshape(-1)]
+
+    def __getitem__(self, window: Window | tuple[int, int, int]) -> dict[str, np.ndarray]:
+        """One sample as numpy arrays (collate's keys, without the batch axis)."""
+        track_index, start, reference = (int(v) for v in window)
+        cfg, t = self.config, self.tracks[track_index]
+        window_idx = np.arange(start, start + cfg.frames)
+        motion_idx = np.arange(start - cfg.motion_frames, start)
+        pixels = self.decode(track_index, np.concatenate([motion_idx, window_idx, [reference]]))
+        pixels = pixels.astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1.0
+        m = cfg.motion_frames
+        rows = t.offset + window_idx
+        arrays = self._arrays
+        expression = arrays["expression"][rows]
+        expression_valid = bool(np.all(np.isfinite(expression)))
+        crop_size = t.crop_size or pixels.shape[-1]
+        face = np.stack([geo.face_mask(arrays["crop_affine"][r], arrays["box"][r], crop_size,
+                                       cfg.size) for r in rows])
+        valid = np.stack([geo.valid_mask(arrays["crop_affine"][r], t.width, t.height, crop_size,
+                                         cfg.size) for r in rows])
+        audio_dim, a = cfg.audio_dim, 2 * cfg.audio_context + 1
+        if t.features_path is not None:
+            features = np.load(t.features_path, mmap_mode="r")[: t.length]
+            audio = geo.audio_rows(features, window_idx, cfg.audio_context)
+        else:
+            audio = np.zeros((cfg.frames, a, audio_dim), np.float32)
+        return {
+            "frames": pixels[m: m + cfg.frames], "motion": pixels[:m], "reference": pixels[-1],
+            "audio": audio, "audio_valid": t.features_path is not None,
+            "expression": np.nan_to_num(expression) if expression_valid else np.zeros_like(expression),
+            "jaw_pose": np.nan_to_num(arrays["jaw_pose"][rows]),
+            "expression_valid": expression_valid,
+            "emotion_probs": np.nan_to_num(arrays["emotion_probs"][rows]),
+            "emotion": t.emotion, "intensity": t.intensity,
+            "face_mask": face[:, None], "valid_mask": valid[:, None],
+            "head_speed": arrays["head_speed"][rows], "track_index": track_index, "start": start,
+        }
+
+    def frame_values(self, track: int, name: str) -> np.ndarray:
+        """A track's per-frame array `name` (box, crop_affine, expression, jaw_pose,
+        emotion_probs, head_speed, frame_present) over its usable frames."""
+        t = self.tracks[track]
+        return self._arrays[name][t.offset: t.offset + t.length]
+
+
+FLOAT_KEYS = ("frames", "motion", "reference", "audio", "expression", "jaw_pose", "emotion_probs",
+              "intensity", "face_mask", "valid_mask", "head_speed")
+BOOL_KEYS = ("audio_valid", "expression_valid")
+LONG_KEYS = ("emotion", "track_index", "start")
+
+
+def collate(samples: list[dict]) -> dict[str, torch.Tensor]:
+    """Stack samples into the batch the models and trainer read (shapes with B samples):
+    frames f32[B,F,3,S,S] in [-1,1]; motion f32[B,M,3,S,S]; reference f32[B,3,S,S];
+    audio f32[B,F,A,Da]; audio_valid bool[B]; expression f32[B,F,De]; jaw_pose f32[B,F,3];
+    expression_valid bool[B]; emotion_probs f32[B,F,K]; emotion i64[B] (-1 unknown);
+    intensity f32[B]; face_mask, valid_mask f32[B,F,1,S,S]; head_speed f32[B,F] (deg/s);
+    track_index i64[B]; start i64[B]."""
+    if not samples:
+        raise ValueError("collate needs at least one sample")
+    out: dict[str, torch.Tensor] = {}
+    for key in FLOAT_KEYS:
+        out[key] = torch.from_numpy(np.stack([np.asarray(s[key], np.float32) for s in samples]))
+    for key in BOOL_KEYS:
+        out[key] = torch.tensor([bool(s[key]) for s in samples], dtype=torch.bool)
+    for key in LONG_KEYS:
+        out[key] = torch.tensor([int(s[key]) for s in samples], dtype=torch.int64)
+    return out
+
+
+def _vector(column: pa.ChunkedArray) -> np.ndarray:
+    return np.asarray(column.to_numpy(zero_copy_only=False), np.float64).astype(np.float32)
+
+
+def _matrix(column: pa.ChunkedArray, dim: int) -> np.ndarray:
+    """float32[N, dim] of a list column; NaN rows where the value is null or of another length."""
+    array = column.combine_chunks()
+    out = np.full((len(array), dim), np.nan, np.float32)
+    if isinstance(array.type, pa.FixedSizeListType):
+        array = array.cast(pa.list_(array.type.value_type))
+    lengths = pc.fill_null(pc.list_value_length(array), -1).to_numpy()
+    good = np.flatnonzero(lengths == dim)
+    if len(good):
+        values = pc.list_flatten(array.take(pa.array(good))).to_numpy(zero_copy_only=False)
+        out[good] = np.asarray(values, np.float32).reshape(len(good), dim)
+    return out
+
+
+def _emotions(column: pa.ChunkedArray, backends: list[str | None],
+              classes: tuple[str, ...]) -> np.ndarray:
+    """float32[N, K] emotion probabilities reordered from each row's backend classes to
+    `classes` (0 for a class the backend lacks; NaN rows where unknown)."""
+    out = np.full((len(column), len(classes)), np.nan, np.float32)
+    backends_arr = np.asarray(backends, dtype=object)
+    for backend in {b for b in backends if b is not None}:
+        names = EMOTION_CLASSES.get(backend)
+        if names is None:
+            log.warning("data: unknown emotion backend %r; its probabilities are left out", backend)
+            continue
+        rows = np.flatnonzero(backends_arr == backend)
+        values = _matrix(column.take(pa.array(rows)), len(names))
+        mapped = np.zeros((len(rows), len(classes)), np.float32)
+        for k, name in enumerate(classes):
+            if name in names:
+                mapped[:, k] = values[:, names.index(name)]
+        mapped[~np.all(np.isfinite(values), axis=1)] = np.nan
+        out[rows] = mapped
+    return out

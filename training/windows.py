@@ -1,0 +1,123 @@
+"""Window geometry for training samples: where windows start, crop masks, head speed, audio rows.
+
+Pure numpy on one track's per-frame arrays (the 25 fps grid of its face-crop clip). Coordinates:
+a crop pixel (x, y) has its centre at integer coordinates (cv2.warpAffine's convention); the
+catalog's `crop_affine` maps source pixels to crop pixels at the catalog's `crop_size`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+FPS = 25  # the face-crop clips' frame rate
+
+
+def valid_starts(length: int, frames: int, motion: int, margin: int) -> np.ndarray:
+    """int64[N]: window starts s on a track of `length` frames such that the motion frames
+    s-motion..s-1 and the window s..s+frames-1 fit, and some reference frame lies at least
+    `margin` frames before s-motion or after s+frames-1. Empty when the track is too short."""
+    starts = np.arange(motion, length - frames + 1, dtype=np.int64)
+    before = starts - motion - margin >= 0
+    after = starts + frames - 1 + margin <= length - 1
+    return starts[before | after]
+
+
+def min_track_frames(frames: int, motion: int, margin: int) -> int:
+    """Shortest track (frames) that has a window and a reference `margin` frames away."""
+    return motion + frames + margin + 1
+
+
+def reference_range(length: int, start: int, frames: int, motion: int,
+                    margin: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The reference frames allowed for a window: two half-open ranges [a, b) (before the motion
+    frames, after the window), either possibly empty."""
+    return (0, max(0, start - motion - margin + 1)), (min(length, start + frames - 1 + margin),
+                                                       length)
+
+
+def draw_reference(rng: np.random.Generator, length: int, start: int, frames: int, motion: int,
+                   margin: int) -> int:
+    """A reference frame drawn uniformly from the allowed ones (reference_range)."""
+    (a0, a1), (b0, b1) = reference_range(length, start, frames, motion, margin)
+    n_before, n_after = max(0, a1 - a0), max(0, b1 - b0)
+    if n_before + n_after == 0:
+        raise ValueError(f"no reference frame {margin} frames away from window start {start} "
+                         f"on a track of {length} frames")
+    k = int(rng.integers(n_before + n_after))
+    return a0 + k if k < n_before else b0 + (k - n_before)
+
+
+def audio_rows(features: np.ndarray, frames: np.ndarray, context: int) -> np.ndarray:
+    """float32[F, 2*context+1, D]: rows frame-context..frame+context of features [T, D] for each
+    window frame, clamped to the track's first and last rows."""
+    offsets = np.arange(-context, context + 1)
+    idx = np.clip(np.asarray(frames)[:, None] + offsets[None, :], 0, len(features) - 1)
+    return np.asarray(features[idx.reshape(-1)], np.float32).reshape(len(frames), len(offsets), -1)
+
+
+def head_speed(yaw: np.ndarray, pitch: np.ndarray, roll: np.ndarray, fps: float = FPS,
+               smooth: int = 5) -> np.ndarray:
+    """float32[T] head rotation speed in deg/s: the norm of the central difference of the
+    (yaw, pitch, roll) series (deg), times fps, after a centred moving average of `smooth` frames
+    (the faces stage smooths its track speed the same way). Missing angles (NaN) are
+    interpolated; a series without any angle gives zeros."""
+    angles = np.stack([yaw, pitch, roll], 1).astype(np.float64)
+    n = len(angles)
+    if n < 2:
+        return np.zeros(n, np.float32)
+    t = np.arange(n)
+    for j in range(3):
+        good = np.isfinite(angles[:, j])
+        if not good.any():
+            angles[:, j] = 0.0
+        elif not good.all():
+            angles[:, j] = np.interp(t, t[good], angles[good, j])
+    if smooth > 1 and n >= smooth:
+        pad = smooth // 2
+        padded = np.pad(angles, ((pad, smooth - 1 - pad), (0, 0)), mode="edge")
+        kernel = np.ones(smooth) / smooth
+        angles = np.stack([np.convolve(padded[:, j], kernel, "valid") for j in range(3)], 1)
+    return (np.linalg.norm(np.gradient(angles, axis=0), axis=1) * fps).astype(np.float32)
+
+
+def crop_to_source(affine: np.ndarray, crop_size: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Source-pixel coordinates (x, y), each float64[size, size], of the centres of the pixels of
+    the crop resized from `crop_size` to `size`; `affine` float[6] or [2,3] maps source px to
+    crop px at crop_size."""
+    m = np.asarray(affine, np.float64).reshape(2, 3)
+    scale = crop_size / size
+    c = (np.arange(size) + 0.5) * scale - 0.5  # resized pixel centre -> crop px
+    cx, cy = np.meshgrid(c, c)
+    a, b = m[:, :2], m[:, 2]
+    inv = np.linalg.inv(a)
+    dx, dy = cx - b[0], cy - b[1]
+    return inv[0, 0] * dx + inv[0, 1] * dy, inv[1, 0] * dx + inv[1, 1] * dy
+
+
+def face_mask(affine: np.ndarray, box: np.ndarray, crop_size: int, size: int) -> np.ndarray:
+    """float32[size, size]: 1 where the pixel centre's source position lies inside the face box
+    (x0, y0, x1, y1, source px), i.e. the box mapped into crop pixels (a rotated rectangle when
+    the crop is rolled). A missing box (NaN) gives zeros."""
+    box = np.asarray(box, np.float64)
+    if box.shape != (4,) or not np.all(np.isfinite(box)):
+        return np.zeros((size, size), np.float32)
+    x, y = crop_to_source(affine, crop_size, size)
+    inside = (x >= box[0]) & (x <= box[2]) & (y >= box[1]) & (y <= box[3])
+    return inside.astype(np.float32)
+
+
+def valid_mask(affine: np.ndarray, width: int, height: int, crop_size: int,
+               size: int) -> np.ndarray:
+    """float32[size, size]: 1 where the whole footprint of the resized crop pixel maps inside
+    the source frame (width x height px, pixel centres 0..width-1), 0 where any of it maps
+    outside: those pixels are the face-crop's border padding (repeated edge rows), which the
+    loss must ignore. The footprint is the pixel's square in source px (half-extent along x and
+    y from the affine's scale and rotation)."""
+    m = np.asarray(affine, np.float64).reshape(2, 3)
+    x, y = crop_to_source(m, crop_size, size)
+    inv = np.linalg.inv(m[:, :2]) * (crop_size / size)  # one resized pixel step in source px
+    half_x = 0.5 * (abs(inv[0, 0]) + abs(inv[0, 1]))
+    half_y = 0.5 * (abs(inv[1, 0]) + abs(inv[1, 1]))
+    inside = ((x - half_x >= -0.5) & (x + half_x <= width - 0.5)
+              & (y - half_y >= -0.5) & (y + half_y <= height - 0.5))
+    return inside.astype(np.float32)
