@@ -1,0 +1,230 @@
+"""Training job specs: frozen dataclasses loaded from TOML (`jobs/train_*.toml`) with
+`--set section.key=value` overrides; unknown sections or keys are an error listing the valid ones.
+
+    [train]        TrainConfig: catalog, out, model preset, stage, steps, batch, intervals
+    [model]        overrides of the preset's training.models.ModelConfig fields
+    [data]         training.data.DataConfig
+    [select]       catalog.Thresholds (which tracks train)
+    [optim]        OptimConfig
+    [diffusion]    DiffusionConfig
+    [dropout]      condition dropout rates for classifier-free guidance
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CONDITIONS = ("audio", "reference", "expression", "emotion", "motion")
+
+
+class TrainSpecError(ValueError):
+    """A training spec or override that cannot be used; the message lists what is valid."""
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 1e-2
+    beta1: float = 0.9
+    beta2: float = 0.999
+    warmup_steps: int = 50  # linear warm-up from 0, then constant
+    grad_accum: int = 1  # micro-batches per optimizer step
+    max_grad_norm: float = 1.0  # gradient clipping (0: off)
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "scaled_linear"
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    min_snr_gamma: float = 5.0  # min-SNR weighting per sample (0: off)
+    noise_offset: float = 0.0  # per-channel offset noise (Hallo uses 0.05)
+
+
+@dataclass(frozen=True)
+class DropoutConfig:
+    """Probability that a sample's condition is replaced by its null (classifier-free guidance).
+    EMO/Hallo/MEMO use 0.05 per condition."""
+
+    audio: float = 0.05
+    reference: float = 0.05
+    expression: float = 0.05
+    emotion: float = 0.05
+    motion: float = 0.05
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    catalog: str = "out/demo/catalog"
+    out: str = "out/train"
+    model: str = "tiny"  # preset: "tiny" or "base"
+    models_root: str = ""  # model root for "base" (default $EMOFORGE_MODELS or ~/.emoforge/models)
+    stage: int = 2  # 1 images, 2 video (temporal, audio, expression, emotion), 3 speed
+    init_from: str = ""  # checkpoint of the previous stage to start from
+    seed: int = 0
+    batch_size: int = 2  # per worker
+    max_steps: int = 200  # optimizer steps
+    max_minutes: float = 0.0  # stop (with a checkpoint) after this much training time; 0: off
+    ema_decay: float = 0.999
+    log_every: int = 10
+    validate_every: int = 100  # validation loss (EMA weights); 0: off
+    val_batches: int = 2
+    sample_every: int = 0  # a sample video from the EMA weights; 0: off
+    sample_steps: int = 20
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    mixed_precision: str = "auto"  # "auto" (bf16 on CUDA), "bf16", "no"
+    gradient_checkpointing: str = "auto"  # "auto" (on with CUDA), "on", "off"
+    num_workers: int = 1  # Ray Train workers; 1 runs in this process without Ray
+    loader_workers: int = 0  # torch DataLoader processes per worker
+    ray_address: str = ""
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Everything a training run needs, resolved."""
+
+    train: TrainConfig
+    model: Any  # training.models.ModelConfig
+    data: Any  # training.data.DataConfig
+    select: Any  # catalog.Thresholds
+    optim: OptimConfig = OptimConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
+    dropout: DropoutConfig = DropoutConfig()
+
+    def resolved(self) -> dict:
+        """The spec as plain JSON-able data (written into every checkpoint)."""
+        return {name: _plain(dataclasses.asdict(getattr(self, name))) for name in SECTIONS}
+
+
+SECTIONS = ("train", "model", "data", "select", "optim", "diffusion", "dropout")
+
+
+def build(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> TrainSpec:
+    """A TrainSpec from a TOML-shaped dict plus `section.key=value` overrides."""
+    import catalog
+    from training.data import DataConfig
+    from training.models import ModelConfig
+
+    data = {k: dict(v) for k, v in data.items()}
+    unknown = set(data) - set(SECTIONS)
+    if unknown:
+        raise TrainSpecError(f"unknown sections {sorted(unknown)}; valid: {', '.join(SECTIONS)}")
+    for item in overrides:
+        dotted, sep, raw = item.partition("=")
+        section, dot, key = dotted.partition(".")
+        if not sep or not dot:
+            raise TrainSpecError(f"override {item!r} is not section.key=value")
+        if section not in SECTIONS:
+            raise TrainSpecError(f"override {item!r}: unknown section; valid: {', '.join(SECTIONS)}")
+        data.setdefault(section, {})[key] = _parse_value(raw)
+    train = dataclass_from(TrainConfig, data.get("train", {}), "train")
+    model = _model_config(ModelConfig, train, data.get("model", {}))
+    data_values = {"size": model.image_size, "frames": model.frames,
+                   "motion_frames": model.motion_frames, **data.get("data", {})}
+    if train.stage == 1:  # images: the reference and one frame, no motion
+        data_values.update(frames=1, motion_frames=0)
+    try:
+        select = catalog.Thresholds.from_dict(data.get("select", {}))
+    except catalog.SelectionError as exc:
+        raise TrainSpecError(f"[select]: {exc}") from exc
+    spec = TrainSpec(
+        train=train, model=model, data=dataclass_from(DataConfig, data_values, "data"),
+        select=select,
+        optim=dataclass_from(OptimConfig, data.get("optim", {}), "optim"),
+        diffusion=dataclass_from(DiffusionConfig, data.get("diffusion", {}), "diffusion"),
+        dropout=dataclass_from(DropoutConfig, data.get("dropout", {}), "dropout"),
+    )
+    _check(spec)
+    return spec
+
+
+def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainSpec:
+    try:
+        with open(path, "rb") as f:
+            return build(tomllib.load(f), overrides)
+    except FileNotFoundError as exc:
+        raise TrainSpecError(f"training spec {path} does not exist") from exc
+
+
+def from_resolved(values: dict) -> TrainSpec:
+    """The TrainSpec a checkpoint's config.json was written from."""
+    return build(values)
+
+
+def _model_config(cls, train: TrainConfig, overrides: dict):
+    if train.model == "tiny":
+        base = cls.tiny()
+    elif train.model == "base":
+        base = cls.base(models_root(train))
+    else:
+        raise TrainSpecError(f"[train] model must be 'tiny' or 'base', got {train.model!r}")
+    values = {**_plain(dataclasses.asdict(base)), **overrides}
+    try:
+        return cls.from_dict(values)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise TrainSpecError(f"[model]: {exc}") from exc
+
+
+def models_root(train: TrainConfig) -> Path:
+    import os
+
+    root = train.models_root or os.environ.get("EMOFORGE_MODELS") or "~/.emoforge/models"
+    return Path(root).expanduser()
+
+
+def _check(spec: TrainSpec) -> None:
+    t = spec.train
+    if t.stage not in (1, 2, 3):
+        raise TrainSpecError(f"[train] stage must be 1, 2 or 3, got {t.stage}")
+    for name in ("batch_size", "max_steps", "num_workers", "checkpoint_every", "keep_checkpoints"):
+        if getattr(t, name) < 1:
+            raise TrainSpecError(f"[train] {name} must be at least 1, got {getattr(t, name)}")
+    if t.mixed_precision not in ("auto", "bf16", "no"):
+        raise TrainSpecError(f"[train] mixed_precision must be auto, bf16 or no, got {t.mixed_precision!r}")
+    if t.gradient_checkpointing not in ("auto", "on", "off"):
+        raise TrainSpecError("[train] gradient_checkpointing must be auto, on or off")
+    if spec.optim.grad_accum < 1:
+        raise TrainSpecError("[optim] grad_accum must be at least 1")
+    for name in CONDITIONS:
+        rate = getattr(spec.dropout, name)
+        if not 0.0 <= rate <= 1.0:
+            raise TrainSpecError(f"[dropout] {name} must be within [0, 1], got {rate}")
+
+
+def dataclass_from(cls: type, values: dict, section: str):
+    """An instance of the frozen dataclass `cls` from TOML values; unknown keys are an error."""
+    valid = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - valid
+    if unknown:
+        raise TrainSpecError(f"[{section}] has unknown keys {sorted(unknown)}; valid: {sorted(valid)}")
+    hints = typing.get_type_hints(cls)
+    converted = {k: tuple(v) if isinstance(v, list) and "tuple" in str(hints.get(k)) else v
+                 for k, v in values.items()}
+    try:
+        return cls(**converted)
+    except (TypeError, ValueError) as exc:
+        raise TrainSpecError(f"[{section}]: {exc}") from exc
+
+
+def _parse_value(raw: str):
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _plain(value):
+    """Tuples to lists, recursively (JSON and TOML shapes)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+

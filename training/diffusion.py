@@ -1,0 +1,101 @@
+"""The diffusion objective: v-prediction with zero-terminal-SNR betas and trailing timesteps,
+min-SNR weighting applied per sample, a masked loss, and per-sample randomness that does not
+depend on how a global batch is split across workers (so 1 worker with batch 2b and 2 workers
+with batch b train identically, and a resumed run draws what an uninterrupted one would)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+import torch.nn.functional as F
+
+from training.config import CONDITIONS, DiffusionConfig, DropoutConfig
+
+
+def make_scheduler(cfg: DiffusionConfig, kind: str = "ddpm"):
+    """A diffusers scheduler with the training schedule: v-prediction, betas rescaled to zero
+    terminal SNR, trailing timestep spacing (the same schedule for training and sampling)."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    cls = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}[kind]
+    return cls(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
+               beta_start=cfg.beta_start, beta_end=cfg.beta_end, clip_sample=False,
+               prediction_type="v_prediction", rescale_betas_zero_snr=True,
+               timestep_spacing="trailing")
+
+
+def sample_generator(seed: int, step: int, index: int) -> torch.Generator:
+    """The random stream of one sample: global optimizer step (x micro-batch) and its index in
+    the global batch, whatever the worker count."""
+    digest = hashlib.blake2b(f"{seed}:{step}:{index}".encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
+
+
+@torch.no_grad()
+def draw_noise(latents: torch.Tensor, generators: list[torch.Generator], cfg: DiffusionConfig,
+               dropout: DropoutConfig) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """Per sample: noise like latents[b] (offset noise per channel when configured), a timestep,
+    and the condition-dropout flags. latents: [B,F,C,H,W]. Returns (noise, timesteps[B] int64,
+    drop: name -> bool[B])."""
+    noises, steps, drops = [], [], {name: [] for name in CONDITIONS}
+    shape = latents.shape[1:]
+    for g in generators:
+        noise = torch.randn(shape, generator=g)
+        if cfg.noise_offset:
+            noise = noise + cfg.noise_offset * torch.randn((1, shape[1], 1, 1), generator=g)
+        noises.append(noise)
+        steps.append(int(torch.randint(0, cfg.num_train_timesteps, (1,), generator=g)))
+        coins = torch.rand(len(CONDITIONS), generator=g)
+        for name, coin in zip(CONDITIONS, coins.tolist()):
+            drops[name].append(coin < getattr(dropout, name))
+    device = latents.device
+    return (torch.stack(noises).to(device, latents.dtype),
+            torch.tensor(steps, dtype=torch.long, device=device),
+            {k: torch.tensor(v, dtype=torch.bool, device=device) for k, v in drops.items()})
+
+
+def add_noise(scheduler, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor):
+    """Noisy latents and the v-prediction target for latents/noise [B,F,C,H,W], t [B]."""
+    b, f = latents.shape[:2]
+    flat_t = t.repeat_interleave(f)
+    flat = lambda x: x.reshape(b * f, *x.shape[2:])  # noqa: E731
+    noisy = scheduler.add_noise(flat(latents), flat(noise), flat_t)
+    target = scheduler.get_velocity(flat(latents), flat(noise), flat_t)
+    return noisy.reshape(latents.shape), target.reshape(latents.shape)
+
+
+def snr(scheduler, t: torch.Tensor) -> torch.Tensor:
+    """Signal-to-noise ratio alpha_bar / (1 - alpha_bar) at timesteps t (0 at the terminal step)."""
+    alphas = scheduler.alphas_cumprod.to(t.device)[t].float()
+    return alphas / (1.0 - alphas).clamp_min(1e-12)
+
+
+def min_snr_weights(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Per-sample loss weights for v-prediction: min(SNR + 1, gamma) / (SNR + 1). This is
+    min-SNR-gamma (Hang et al. 2023) for a v target, which weighs like an epsilon loss, with
+    SNR + 1 inside the min so the zero-SNR terminal step keeps weight 1 instead of 0."""
+    s = snr(scheduler, t)
+    if gamma <= 0:
+        return torch.ones_like(s)
+    return torch.clamp(s + 1.0, max=gamma) / (s + 1.0)
+
+
+def masked_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                weights: torch.Tensor) -> torch.Tensor:
+    """Mean over samples of weight[b] x (masked MSE of sample b). prediction/target [B,F,C,H,W];
+    mask [B,F,1,H,W] (1 = pixel inside the source frame; padded crop borders carry no loss);
+    weights [B]. The weights multiply each sample's own mean (averaging first would cancel them)."""
+    err = F.mse_loss(prediction.float(), target.float(), reduction="none") * mask
+    per_sample = err.flatten(1).sum(1) / (mask.expand_as(err).flatten(1).sum(1)).clamp_min(1.0)
+    return (per_sample * weights).mean()
+
+
+def latent_mask(valid_mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """valid_mask [B,F,1,S,S] at pixel resolution -> [B,F,1,h,w] at latent resolution; a latent
+    cell counts only when all pixels under it are valid (min pooling)."""
+    b, f = valid_mask.shape[:2]
+    flat = valid_mask.reshape(b * f, 1, *valid_mask.shape[-2:])
+    if flat.shape[-2:] != torch.Size(size):
+        flat = -F.adaptive_max_pool2d(-flat, size)
+    return flat.reshape(b, f, 1, *size)
