@@ -126,10 +126,18 @@ def build(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> TrainSpec:
         data.setdefault(section, {})[key] = _parse_value(raw)
     train = dataclass_from(TrainConfig, data.get("train", {}), "train")
     model = _model_config(ModelConfig, train, data.get("model", {}))
-    data_values = {"size": model.image_size, "frames": model.frames,
-                   "motion_frames": model.motion_frames, **data.get("data", {})}
+    # The window's shape and the condition widths are the model's: [data] cannot disagree.
+    data_values = {**data.get("data", {}), "size": model.image_size, "frames": model.frames,
+                   "motion_frames": model.motion_frames, "audio_dim": model.audio_dim,
+                   "audio_context": (model.audio_context - 1) // 2,
+                   "expression_dim": model.expression_dim}
     if train.stage == 1:  # images: the reference and one frame, no motion
         data_values.update(frames=1, motion_frames=0)
+    clash = {k for k in data.get("data", {}) if data["data"][k] != data_values[k]}
+    if clash:
+        raise TrainSpecError(f"[data] {sorted(clash)} follow the model; set them in [model] "
+                             "(image_size, frames, motion_frames, audio_dim, audio_context, "
+                             "expression_dim)")
     try:
         select = catalog.Thresholds.from_dict(data.get("select", {}))
     except catalog.SelectionError as exc:

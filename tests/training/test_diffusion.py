@@ -1,0 +1,90 @@
+"""The objective's pieces against their definitions: zero-terminal-SNR schedule, per-sample
+min-SNR weights that the loss does not average away, the masked loss, and per-sample draws that
+do not depend on how a global batch is split."""
+
+from __future__ import annotations
+
+import torch
+
+from training.config import DiffusionConfig, DropoutConfig
+from training.diffusion import (
+    add_noise,
+    draw_noise,
+    latent_mask,
+    make_scheduler,
+    masked_loss,
+    min_snr_weights,
+    sample_generator,
+)
+
+
+def test_schedule_reaches_zero_snr_with_trailing_timesteps():
+    sched = make_scheduler(DiffusionConfig(), "ddim")
+    assert float(sched.alphas_cumprod[-1]) == 0.0
+    sched.set_timesteps(10)
+    assert sched.timesteps.tolist() == [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]
+    assert sched.config.prediction_type == "v_prediction"
+
+
+def test_v_target_and_noisy_input_follow_the_definitions():
+    sched = make_scheduler(DiffusionConfig())
+    x0 = torch.randn(2, 3, 3, 4, 4)
+    noise = torch.randn_like(x0)
+    t = torch.tensor([10, 999])
+    noisy, target = add_noise(sched, x0, noise, t)
+    a = sched.alphas_cumprod[t].sqrt().view(2, 1, 1, 1, 1)
+    s = (1 - sched.alphas_cumprod[t]).sqrt().view(2, 1, 1, 1, 1)
+    torch.testing.assert_close(noisy, a * x0 + s * noise)
+    torch.testing.assert_close(target, a * noise - s * x0)
+    torch.testing.assert_close(noisy[1], noise[1])  # terminal step: pure noise
+
+
+def test_min_snr_weights_per_sample():
+    sched = make_scheduler(DiffusionConfig())
+    t = torch.tensor([0, 500, 999])
+    w = min_snr_weights(sched, t, gamma=5.0)
+    snr = sched.alphas_cumprod[t] / (1 - sched.alphas_cumprod[t])
+    torch.testing.assert_close(w, torch.clamp(snr + 1, max=5.0) / (snr + 1))
+    assert w[2] == 1.0 and w[0] < 0.01  # terminal step kept, nearly clean steps down-weighted
+    assert torch.equal(min_snr_weights(sched, t, gamma=0), torch.ones(3))
+
+
+def test_loss_weights_each_sample_and_ignores_masked_pixels():
+    target = torch.zeros(2, 1, 1, 2, 2)
+    prediction = torch.ones(2, 1, 1, 2, 2)
+    mask = torch.ones(2, 1, 1, 2, 2)
+    # weights multiply each sample's own mean: a zero weight removes that sample entirely
+    assert float(masked_loss(prediction, target, mask, torch.tensor([1.0, 0.0]))) == 0.5
+    prediction[0, ..., 0, 0] = 100.0  # a wrong pixel where the crop was padded
+    mask[0, ..., 0, 0] = 0.0
+    assert float(masked_loss(prediction, target, mask, torch.tensor([1.0, 1.0]))) == 1.0
+
+
+def test_latent_mask_keeps_only_fully_valid_cells():
+    valid = torch.ones(1, 1, 1, 8, 8)
+    valid[..., 0, 0] = 0  # one padded pixel
+    cells = latent_mask(valid, (4, 4))
+    assert cells.shape == (1, 1, 1, 4, 4)
+    assert cells[..., 0, 0] == 0 and cells.sum() == 15
+
+
+def test_draws_depend_on_the_global_index_not_on_the_worker_split():
+    latents = torch.zeros(4, 2, 3, 8, 8)
+    cfg, dropout = DiffusionConfig(), DropoutConfig(audio=0.5, reference=0.5)
+    whole = draw_noise(latents, [sample_generator(7, 3, j) for j in range(4)], cfg, dropout)
+    halves = [draw_noise(latents[:2], [sample_generator(7, 3, r * 2 + j) for j in range(2)], cfg, dropout)
+              for r in range(2)]
+    torch.testing.assert_close(whole[0], torch.cat([h[0] for h in halves]))
+    assert whole[1].tolist() == halves[0][1].tolist() + halves[1][1].tolist()
+    for name in whole[2]:
+        assert whole[2][name].tolist() == halves[0][2][name].tolist() + halves[1][2][name].tolist()
+    other_step = draw_noise(latents, [sample_generator(7, 4, j) for j in range(4)], cfg, dropout)
+    assert not torch.equal(whole[0], other_step[0])
+
+
+def test_dropout_rates_are_honoured():
+    latents = torch.zeros(400, 1, 1, 1, 1)
+    _, _, drop = draw_noise(latents, [sample_generator(0, 0, j) for j in range(400)],
+                            DiffusionConfig(), DropoutConfig(audio=0.25, reference=0.0, motion=1.0))
+    assert 0.17 < drop["audio"].float().mean() < 0.33
+    assert not drop["reference"].any() and drop["motion"].all()
