@@ -19,6 +19,7 @@ BENCHES = {
     "sync": "jobs.bench.sync",
     "expression": "jobs.bench.expression",
     "report": "jobs.bench.report",
+    "train": "jobs.bench.train",
 }
 
 
@@ -38,10 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     from jobs.spec import SpecError
     from pipeline.plan import FingerprintError
     from pipeline.runner import LicenseError
+    from training.checkpoint import CheckpointError
+    from training.config import TrainSpecError
 
+    usage_errors = (UsageError, SpecError, FingerprintError, SelectionError, LicenseError, KeyError,
+                    TrainSpecError, CheckpointError)
     try:
         return int(args.handler(args) or 0)
-    except (UsageError, SpecError, FingerprintError, SelectionError, LicenseError, KeyError) as exc:
+    except usage_errors as exc:
         print(f"emoforge: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - the CLI boundary: say what failed, exit 1
@@ -98,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="out/demo", help="folder for inputs and the catalog")
     demo.add_argument("--stages", help="comma-separated stages (default: all available)")
     demo.set_defaults(handler=cmd_demo)
+
+    train = sub.add_parser("train", help="train the EMO model from a catalog selection")
+    train.add_argument("job", help="a training spec TOML (jobs/train_tiny.toml, jobs/train_base.toml)")
+    train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    train.add_argument("--resume", metavar="DIR", help="a run or checkpoint folder to resume from "
+                       "(default: the newest checkpoint in [train] out, if any)")
+    train.add_argument("--workers", type=int, help="Ray Train workers (default 1: no Ray)")
+    train.set_defaults(handler=cmd_train)
 
     bench = sub.add_parser("bench", help="benchmarks against peer tools, recorded as JSON")
     bench.add_argument("which", choices=sorted(BENCHES))
@@ -196,6 +209,15 @@ def cmd_models_list(args) -> int:
     restricted = [s.key for s in all_specs() if not s.commercial_ok]
     if restricted:
         print(f"\nresearch-only / non-commercial weights: {', '.join(restricted)}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from training import config, launcher
+
+    overrides = list(args.set) + ([f"train.num_workers={args.workers}"] if args.workers else [])
+    summary = launcher.run(config.load(args.job, overrides), args.resume)
+    print(json.dumps({k: v for k, v in summary.items() if k != "losses"}, indent=1, default=str))
     return 0
 
 

@@ -18,8 +18,6 @@ import os
 import shutil
 from pathlib import Path
 
-import torch
-
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.safetensors"
@@ -40,6 +38,7 @@ def checkpoints_dir(out: str | Path) -> Path:
 def save(out: str | Path, step: int, model_state: dict, ema_state: dict, state: dict,
          config: dict, keep: int = 2) -> Path:
     """Write checkpoint `step` atomically and point `latest` at it; keep the newest `keep`."""
+    import torch
     from safetensors.torch import save_file
 
     folder = checkpoints_dir(out)
@@ -103,13 +102,15 @@ def read_config(path: str | Path) -> dict:
     return json.loads((Path(path) / CONFIG_FILE).read_text())
 
 
-def load_tensors(path: str | Path, name: str) -> dict[str, torch.Tensor]:
+def load_tensors(path: str | Path, name: str) -> dict:
     from safetensors.torch import load_file
 
     return load_file(str(Path(path) / name))
 
 
 def load_state(path: str | Path) -> dict:
+    import torch
+
     return torch.load(Path(path) / STATE_FILE, map_location="cpu", weights_only=False)
 
 
