@@ -45,7 +45,7 @@ class WindowBatches:
     `wrap`) for one rank, batches start_batch.. of the epoch."""
 
     def __init__(self, windows: np.ndarray, batch_size: int, rank: int = 0, world_size: int = 1,
-                 start_batch: int = 0, wrap: Callable = tuple) -> None:
+                 start_batch: int = 0, wrap: Callable = lambda *v: v) -> None:
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size; got batch_size="
                              f"{batch_size}, rank={rank}, world_size={world_size}")

@@ -23,8 +23,9 @@ def valid_starts(length: int, frames: int, motion: int, margin: int) -> np.ndarr
 
 
 def min_track_frames(frames: int, motion: int, margin: int) -> int:
-    """Shortest track (frames) that has a window and a reference `margin` frames away."""
-    return motion + frames + margin + 1
+    """Shortest track (frames) that has a window and a reference `margin` frames away (the
+    reference's index differs from the nearest motion or window frame's by at least margin)."""
+    return motion + frames + margin
 
 
 def reference_range(length: int, start: int, frames: int, motion: int,
@@ -109,15 +110,16 @@ def face_mask(affine: np.ndarray, box: np.ndarray, crop_size: int, size: int) ->
 def valid_mask(affine: np.ndarray, width: int, height: int, crop_size: int,
                size: int) -> np.ndarray:
     """float32[size, size]: 1 where the whole footprint of the resized crop pixel maps inside
-    the source frame (width x height px, pixel centres 0..width-1), 0 where any of it maps
-    outside: those pixels are the face-crop's border padding (repeated edge rows), which the
-    loss must ignore. The footprint is the pixel's square in source px (half-extent along x and
-    y from the affine's scale and rotation)."""
+    the source frame's pixel centres (x in [0, width-1], y in [0, height-1]: every bilinear tap
+    is a real pixel), 0 where any of it maps outside: those pixels are the face-crop's border
+    padding (repeated edge rows), which the loss must ignore. The footprint is the pixel's square
+    in source px (half-extent along x and y from the affine's scale and rotation)."""
     m = np.asarray(affine, np.float64).reshape(2, 3)
     x, y = crop_to_source(m, crop_size, size)
     inv = np.linalg.inv(m[:, :2]) * (crop_size / size)  # one resized pixel step in source px
     half_x = 0.5 * (abs(inv[0, 0]) + abs(inv[0, 1]))
     half_y = 0.5 * (abs(inv[1, 0]) + abs(inv[1, 1]))
-    inside = ((x - half_x >= -0.5) & (x + half_x <= width - 0.5)
-              & (y - half_y >= -0.5) & (y + half_y <= height - 0.5))
+    eps = 1e-6
+    inside = ((x - half_x >= -eps) & (x + half_x <= width - 1 + eps)
+              & (y - half_y >= -eps) & (y + half_y <= height - 1 + eps))
     return inside.astype(np.float32)

@@ -1,0 +1,361 @@
+"""The training dataset: windows, batches per rank, decoding, masks and alignment against ground
+truth from generated media (tests without `curated_catalog` need neither Ray nor a catalog)."""
+
+from __future__ import annotations
+
+import shutil
+
+import cv2
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+import torch
+
+import catalog
+from training import windows as geo
+from training.batching import WindowBatches, draw_windows, loader_throughput
+from training.data import DataConfig, EmptyDatasetError, Window, WindowDataset, collate
+
+CFG = DataConfig(size=64, frames=4, motion_frames=2, reference_margin_frames=25)
+
+
+# ------------------------------------------------------------------ config, windows, batches
+def test_config_from_dict_rejects_unknown_keys():
+    cfg = DataConfig.from_dict({"size": 32, "emotion_classes": ["happy", "sad"]})
+    assert cfg.size == 32 and cfg.emotion_classes == ("happy", "sad")
+    with pytest.raises(ValueError, match=r"unknown data config keys \['frame'\].*valid: .*frames"):
+        DataConfig.from_dict({"frame": 4})
+    with pytest.raises(ValueError, match="frames=0"):
+        DataConfig(frames=0)
+
+
+def test_windows_are_valid_and_follow_the_seed():
+    lengths = [32, 90, 250, 40]
+    f, m, margin = 4, 2, 25
+    a = draw_windows(lengths, f, m, margin, 1.0, seed=3, epoch=0)
+    assert np.array_equal(a, draw_windows(lengths, f, m, margin, 1.0, seed=3, epoch=0))
+    assert not np.array_equal(a, draw_windows(lengths, f, m, margin, 1.0, seed=4, epoch=0))
+    assert not np.array_equal(a, draw_windows(lengths, f, m, margin, 1.0, seed=3, epoch=1))
+    # windows per track: proportional to length, at least one
+    counts = np.bincount(a[:, 0], minlength=len(lengths))
+    assert counts.tolist() == [1, 4, 10, 2]
+    many = draw_windows(lengths, f, m, margin, 20.0, seed=0, epoch=0)
+    for track, start, ref in many:
+        length = lengths[track]
+        assert start - m >= 0 and start + f <= length and 0 <= ref < length
+        assert ref <= start - m - margin or ref >= start + f - 1 + margin
+    # on the shortest track both ends get used (reference after, or before, the window)
+    short = many[many[:, 0] == 0]
+    assert set(short[:, 2] > short[:, 1]) == {True, False}
+    assert geo.min_track_frames(f, m, margin) == 31
+    assert len(geo.valid_starts(31, f, m, margin)) == 2
+    assert len(geo.valid_starts(30, f, m, margin)) == 0
+
+
+def test_rank_slices_concatenate_to_the_single_worker_batch():
+    windows = draw_windows([90, 130, 60, 200], 4, 2, 25, 3.0, seed=0, epoch=5)
+    assert len(windows) == 58
+    single = list(WindowBatches(windows, 6, rank=0, world_size=1))
+    ranks = [list(WindowBatches(windows, 3, rank=r, world_size=2)) for r in range(2)]
+    assert len(single) == len(ranks[0]) == len(ranks[1]) == 58 // 6
+    for i, batch in enumerate(single):
+        assert batch == ranks[0][i] + ranks[1][i]
+    # equal batch counts per rank, the incomplete global batch dropped
+    three = [WindowBatches(windows, 4, rank=r, world_size=3) for r in range(3)]
+    assert [len(b) for b in three] == [58 // 12] * 3
+    seen = [w for b in three for batch in b for w in batch]
+    assert len(seen) == len(set(seen)) == 58 // 12 * 12
+    # resuming at batch k gives the tail of the epoch
+    full = list(WindowBatches(windows, 3, rank=1, world_size=2))
+    assert list(WindowBatches(windows, 3, rank=1, world_size=2, start_batch=4)) == full[4:]
+    assert list(WindowBatches(windows, 3, rank=1, world_size=2)[4:]) == full[4:]
+    with pytest.raises(ValueError, match="rank"):
+        WindowBatches(windows, 3, rank=2, world_size=2)
+
+
+def test_audio_rows_are_clamped_at_the_track_ends():
+    feats = np.arange(10, dtype=np.float16)[:, None] * np.ones((1, 3), np.float16)
+    rows = geo.audio_rows(feats, np.array([0, 1, 9]), context=2)
+    assert rows.shape == (3, 5, 3) and rows.dtype == np.float32
+    assert rows[:, :, 0].tolist() == [[0, 0, 0, 1, 2], [0, 0, 1, 2, 3], [7, 8, 9, 9, 9]]
+
+
+def test_head_speed_of_known_rotations():
+    t = np.arange(100)
+    yaw = 2.0 * t  # 2 deg per frame = 50 deg/s
+    speed = geo.head_speed(yaw, np.zeros(100), np.zeros(100))
+    assert np.allclose(speed[3:-3], 50.0, atol=1e-4)
+    # pitch and roll at 1 deg per frame each: sqrt(2) x 25 deg/s; NaN gaps are interpolated
+    pitch, roll = t * 1.0, -t * 1.0
+    pitch[40:45] = np.nan
+    speed = geo.head_speed(np.zeros(100), pitch, roll)
+    assert np.allclose(speed[3:-3], 25 * np.sqrt(2), atol=1e-3)
+    still = geo.head_speed(np.full(10, 5.0), np.full(10, np.nan), np.zeros(10))
+    assert np.all(still == 0)
+
+
+def _rotated_affine(center, side, angle, out):
+    c, s, k = np.cos(-angle), np.sin(-angle), out / side
+    a = np.array([[c, -s], [s, c]]) * k
+    return np.hstack([a, (np.array([out / 2, out / 2]) - a @ np.asarray(center))[:, None]])
+
+
+def test_masks_against_warped_source_images():
+    """face_mask and valid_mask against cv2.warpAffine of source-sized images (the box filled,
+    the frame filled) into the crop, area-resized: agreement everywhere but a one-pixel rim."""
+    width, height, crop, size = 320, 240, 256, 64
+    box = np.array([10.0, 60.0, 90.0, 150.0])
+    affine = _rotated_affine((40.0, 100.0), 180.0, np.deg2rad(12), crop)  # past the left edge
+    gt_face = np.zeros((height, width), np.float32)
+    gt_face[int(box[1]):int(box[3]) + 1, int(box[0]):int(box[2]) + 1] = 1
+    ones = np.ones((height, width), np.float32)
+    gt = [cv2.resize(cv2.warpAffine(img, affine, (crop, crop), flags=cv2.INTER_LINEAR,
+                                    borderMode=cv2.BORDER_CONSTANT, borderValue=0),
+                     (size, size), interpolation=cv2.INTER_AREA) for img in (gt_face, ones)]
+    face = geo.face_mask(affine, box, crop, size)
+    valid = geo.valid_mask(affine, width, height, crop, size)
+    for mask, truth in ((face, gt[0]), (valid, gt[1])):
+        clear = (truth > 0.999) | (truth < 0.001)
+        rim = cv2.dilate((~clear).astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        assert np.array_equal(mask[~rim], np.round(truth[~rim]))
+        assert 0.1 < mask.mean() < 0.9
+    # the valid mask is conservative: no pixel partly outside the frame counts as valid
+    assert np.all(valid[gt[1] < 0.999] == 0)
+    assert np.all(geo.face_mask(affine, np.full(4, np.nan), crop, size) == 0)
+
+
+def test_decord_frame_indices_match_pyav(tmp_path):
+    """decord's random access returns the frame PyAV (pipeline.media) decodes at that index, on
+    an H.264 clip with B-frames whose frames each carry their index as a bar position."""
+    from pipeline.media import iter_frames, write_video
+
+    n, size = 60, 64
+    frames = np.full((n, size, size, 3), 40, np.uint8)
+    for t in range(n):
+        frames[t, :, t % size] = 230
+        frames[t, t // size * 8: t // size * 8 + 8, :] = 140
+    path = tmp_path / "indexed.mp4"
+    write_video(str(path), frames, 25)
+    pyav = np.stack([f.image for f in iter_frames(str(path))])
+    import decord
+
+    reader = decord.VideoReader(str(path), num_threads=1)
+    assert len(reader) == len(pyav) == n
+    order = [37, 3, 59, 0, 22, 22, 41]
+    got = reader.get_batch(order).asnumpy()
+    for k, t in enumerate(order):
+        errors = np.abs(pyav.astype(np.int16) - got[k].astype(np.int16)).mean(axis=(1, 2, 3))
+        assert int(np.argmin(errors)) == t and errors[t] < 2.0
+
+
+# ------------------------------------------------------------------ on the curated catalog
+
+
+@pytest.fixture(scope="module")
+def dataset_all(curated_catalog, curated_index):
+    return WindowDataset(curated_catalog, curated_index, CFG, split="all")
+
+
+def _track_index(dataset, track_id):
+    return [t.track_id for t in dataset.tracks].index(track_id)
+
+
+@pytest.mark.ray
+def test_alignment_of_flash_frame_and_click_row(dataset_all, curated_tracks):
+    """The flash (found in the decoded crop pixels) and the click (the audio-feature row that
+    differs most from the silence rows) fall on the same frame, and a window over it carries
+    that row at the flash frame's centre position."""
+    row = curated_tracks["flash_click"]
+    ti = _track_index(dataset_all, row["track_id"])
+    track = dataset_all.tracks[ti]
+    pixels = dataset_all.decode(ti, np.arange(track.length)).astype(np.float32)
+    brightness = pixels.mean(axis=(1, 2, 3))
+    local = np.array([brightness[t] - np.median(brightness[max(0, t - 3): t + 4])
+                      for t in range(track.length)])
+    flash = int(np.argmax(local))
+    assert local[flash] > 3 * np.sort(local)[-2]  # one clear flash frame
+    features = np.load(track.features_path).astype(np.float32)
+    speech_end = max(s["end_s"] for s in row["speech_segments"])
+    silence = np.arange(int((speech_end + 0.3) * 25), track.length - 2)
+    assert flash in silence and len(silence) > 15
+    baseline = np.median(features[silence], axis=0)
+    distance = np.linalg.norm(features[silence] - baseline, axis=1)
+    click = int(silence[np.argmax(distance)])
+    assert click == flash, (click, flash)
+    cfg = dataset_all.config
+    start = flash - 1
+    ref = geo.draw_reference(np.random.default_rng(0), track.length, start, cfg.frames,
+                             cfg.motion_frames, cfg.reference_margin_frames)
+    sample = dataset_all[Window(ti, start, ref)]
+    assert sample["audio_valid"]
+    assert np.array_equal(sample["audio"][1, cfg.audio_context], features[flash])
+    assert np.array_equal(sample["audio"][1, 0], features[flash - 2])
+    window_brightness = sample["frames"].mean(axis=(1, 2, 3))
+    assert int(np.argmax(window_brightness)) == 1
+
+
+@pytest.mark.ray
+def test_per_frame_values_equal_the_catalog_rows(dataset_all, curated_catalog):
+    frames = catalog.read_table(curated_catalog, "frames").to_pylist()
+    rows = {(r["track_id"], r["frame"]): r for r in frames}
+    tracks = {r["track_id"]: r for r in catalog.read_table(curated_catalog, "tracks").to_pylist()}
+    windows = dataset_all.windows(0)
+    assert len(windows) >= 8
+    for track, start, ref in windows[:6]:
+        sample = dataset_all[Window(track, start, ref)]
+        tid = dataset_all.tracks[track].track_id
+        classes = catalog.schema.EMOTION_CLASSES[tracks[tid]["emotion_backend"]]
+        for j in range(CFG.frames):
+            r = rows[(tid, int(start) + j)]
+            assert np.allclose(sample["expression"][j], r["expression"], atol=1e-6)
+            assert np.allclose(sample["jaw_pose"][j], r["jaw_pose"], atol=1e-6)
+            probs = [r["emotion_probs"][classes.index(c)] for c in CFG.emotion_classes]
+            assert np.allclose(sample["emotion_probs"][j], probs, atol=1e-6)
+        assert sample["expression_valid"]
+        label = tracks[tid]["emotion_label"]
+        assert sample["emotion"] == CFG.emotion_classes.index(label)
+
+
+@pytest.mark.ray
+def test_valid_mask_marks_the_padding_of_a_face_at_the_frame_edge(dataset_all, curated_tracks,
+                                                                  curated_catalog):
+    """The man's face is cut by the frame's left edge: the mask is 0 exactly where the crop maps
+    outside the frame (a warped all-ones frame, apart from a one-pixel rim), and those pixels
+    are the repeated edge column (no horizontal change); faces inside the frame are all valid."""
+    edge = _track_index(dataset_all, curated_tracks["man_at_edge"]["track_id"])
+    t = dataset_all.tracks[edge]
+    affines = dataset_all.frame_values(edge, "crop_affine")
+    sample = dataset_all[Window(edge, 10, 60)]
+    ones = np.ones((t.height, t.width), np.float32)
+    for j in range(CFG.frames):
+        truth = cv2.resize(cv2.warpAffine(ones, affines[10 + j].reshape(2, 3),
+                                          (t.crop_size, t.crop_size), flags=cv2.INTER_LINEAR,
+                                          borderMode=cv2.BORDER_CONSTANT, borderValue=0),
+                           (CFG.size, CFG.size), interpolation=cv2.INTER_AREA)
+        mask = sample["valid_mask"][j, 0]
+        clear = (truth > 0.999) | (truth < 0.001)
+        rim = cv2.dilate((~clear).astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        assert np.array_equal(mask[~rim], np.round(truth[~rim]))
+        assert 0.05 < 1 - mask.mean() < 0.5
+    pixels = dataset_all.decode(edge, np.arange(10, 10 + CFG.frames))
+    invalid = sample["valid_mask"][:, 0] == 0
+    step = np.abs(np.diff(pixels.astype(np.float32).mean(-1), axis=2))  # horizontal change
+    inner = cv2.erode(invalid.astype(np.uint8).transpose(1, 2, 0), np.ones((3, 3), np.uint8))
+    inner = inner.reshape(invalid.shape[1], invalid.shape[2], -1).transpose(2, 0, 1)[:, :, 1:] > 0
+    valid = ~invalid[:, :, 1:]
+    assert step[inner].mean() < 0.25 * step[valid].mean()
+    for name in ("astronaut_talks", "happy_talks"):
+        inside = _track_index(dataset_all, curated_tracks[name]["track_id"])
+        assert dataset_all[Window(inside, 10, 60)]["valid_mask"].mean() > 0.99
+
+
+@pytest.mark.ray
+def test_face_mask_is_the_box_in_crop_pixels(dataset_all):
+    """The mask against the box's corners mapped through crop_affine and filled (cv2)."""
+    scale = CFG.size / dataset_all.tracks[0].crop_size
+    for track, start, ref in dataset_all.windows(0)[:4]:
+        sample = dataset_all[Window(track, start, ref)]
+        boxes = dataset_all.frame_values(track, "box")[start: start + CFG.frames]
+        affines = dataset_all.frame_values(track, "crop_affine")[start: start + CFG.frames]
+        for j in range(CFG.frames):
+            x0, y0, x1, y1 = boxes[j]
+            corners = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
+            m = affines[j].reshape(2, 3)
+            crop_pts = corners @ m[:, :2].T + m[:, 2]
+            truth = np.zeros((CFG.size, CFG.size), np.uint8)
+            cv2.fillPoly(truth, [np.round(((crop_pts + 0.5) * scale - 0.5) * 16).astype(np.int32)],
+                         1, shift=4)
+            mask = sample["face_mask"][j, 0]
+            iou = (mask * truth).sum() / np.maximum(mask, truth).sum()
+            assert iou > 0.9 and 0.1 < mask.mean() < 0.8
+
+
+@pytest.mark.ray
+def test_person_disjoint_split(curated_catalog, curated_index):
+    train = WindowDataset(curated_catalog, curated_index, CFG, split="train")
+    val = WindowDataset(curated_catalog, curated_index, CFG, split="val")
+    persons = {split: {t.person_id for t in ds.tracks} for split, ds in
+               (("train", train), ("val", val))}
+    assert persons["train"] and persons["val"] and not persons["train"] & persons["val"]
+    ids = {t.track_id for ds in (train, val) for t in ds.tracks}
+    everything = WindowDataset(curated_catalog, curated_index, CFG, split="all")
+    assert ids == {t.track_id for t in everything.tracks}
+    assert len(everything.tracks) >= 4
+
+
+@pytest.mark.ray
+def test_the_same_seed_gives_the_same_samples(curated_catalog, curated_index, dataset_all):
+    again = WindowDataset(curated_catalog, curated_index, CFG, split="all")
+    assert np.array_equal(again.windows(2), dataset_all.windows(2))
+    other = WindowDataset(curated_catalog, curated_index, DataConfig(**{**CFG.__dict__, "seed": 1}),
+                          split="all")
+    assert not np.array_equal(other.windows(2), dataset_all.windows(2))
+    w = Window(*(int(v) for v in dataset_all.windows(2)[0]))
+    a, b = dataset_all[w], again[w]
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.ray
+def test_loader_batches_follow_the_contract(dataset_all):
+    """Keys, dtypes and shapes of a collated batch; workers give the same batches as the main
+    process; 2 ranks of batch 2 concatenate to 1 rank of batch 4."""
+    b, s, f, m = 4, CFG.size, CFG.frames, CFG.motion_frames
+    batch = next(iter(dataset_all.loader(0, b)))
+    shapes = {"frames": (b, f, 3, s, s), "motion": (b, m, 3, s, s), "reference": (b, 3, s, s),
+              "audio": (b, f, 5, 512), "audio_valid": (b,), "expression": (b, f, 10),
+              "jaw_pose": (b, f, 3), "expression_valid": (b,), "emotion_probs": (b, f, 7),
+              "emotion": (b,), "intensity": (b,), "face_mask": (b, f, 1, s, s),
+              "valid_mask": (b, f, 1, s, s), "head_speed": (b, f), "track_index": (b,),
+              "start": (b,)}
+    assert {k: tuple(v.shape) for k, v in batch.items()} == shapes
+    for key in ("audio_valid", "expression_valid"):
+        assert batch[key].dtype == torch.bool
+    for key in ("emotion", "track_index", "start"):
+        assert batch[key].dtype == torch.int64
+    assert batch["frames"].dtype == torch.float32
+    assert batch["frames"].min() >= -1 and batch["frames"].max() <= 1
+    assert batch["frames"].std() > 0.1 and torch.all(batch["head_speed"] >= 0)
+    workers = list(dataset_all.loader(0, b, num_workers=2))
+    local = list(dataset_all.loader(0, b, num_workers=0))
+    assert len(workers) == len(local) == dataset_all.num_batches(b)
+    for x, y in zip(workers, local):
+        assert all(torch.equal(x[k], y[k]) for k in x)
+    halves = [next(iter(dataset_all.loader(0, 2, rank=r, world_size=2))) for r in range(2)]
+    assert all(torch.equal(torch.cat([halves[0][k], halves[1][k]]), local[0][k]) for k in batch)
+    stats = loader_throughput(dataset_all, batch_size=2, batches=3)
+    assert stats["samples"] == 6 and stats["samples_per_s"] > 0
+
+
+@pytest.mark.ray
+def test_missing_or_broken_files_are_left_out_and_counted(curated_catalog, curated_index,
+                                                          tmp_path, caplog):
+    root = tmp_path / "cat"
+    shutil.copytree(curated_catalog, root)
+    tracks = {r["track_id"]: r for r in catalog.read_table(root, "tracks").to_pylist()}
+    kept = curated_index["track_id"].to_pylist()
+    with_features = [t for t in kept if tracks[t]["audio_features_path"]]
+    (root / tracks[kept[0]]["crop_path"]).unlink()
+    broken = next(t for t in with_features if t != kept[0])
+    (root / tracks[broken]["audio_features_path"]).write_bytes(b"not a numpy file")
+    with caplog.at_level("WARNING", logger="training.data"):
+        ds = WindowDataset(root, curated_index, CFG, split="all")
+    assert ds.excluded == {"face-crop clip missing": 1,
+                           "audio features unreadable (ValueError)": 1}
+    assert kept[0] in caplog.text and "face-crop clip missing" in caplog.text
+    assert len(ds.tracks) == len(kept) - 2
+    assert len(next(iter(ds.loader(0, 1)))["frames"]) == 1
+
+
+@pytest.mark.ray
+def test_empty_results_raise_with_the_reasons(curated_catalog, curated_index):
+    long_margin = DataConfig(**{**CFG.__dict__, "reference_margin_frames": 500})
+    with pytest.raises(EmptyDatasetError, match=r"too short for a window \(< 507 frames\)"):
+        WindowDataset(curated_catalog, curated_index, long_margin, split="train")
+    none = curated_index.filter(pc.equal(curated_index["track_id"], "no such track"))
+    with pytest.raises(EmptyDatasetError, match="no usable track"):
+        WindowDataset(curated_catalog, none, CFG, split="all")
+
+
+def test_collate_needs_samples():
+    with pytest.raises(ValueError, match="at least one sample"):
+        collate([])
