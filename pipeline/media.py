@@ -13,6 +13,8 @@ from fractions import Fraction
 
 import numpy as np
 
+from catalog.contract import AUDIO_RATE, CROP_FPS
+
 
 class MediaError(RuntimeError):
     """A file that cannot be opened or decoded; the message says what and where."""
@@ -114,7 +116,7 @@ def iter_frames(
 
 def read_audio(
     path: str,
-    sample_rate: int = 16000,
+    sample_rate: int = AUDIO_RATE,
     start_s: float = 0.0,
     end_s: float | None = None,
     relative_to_video: bool = True,
@@ -168,7 +170,7 @@ class VideoWriter:
     with `audio_rate`, mono float32 audio (AAC) is encoded when it is closed. Use as a context
     manager; `close(audio)` finishes the file (leaving the block without it still closes it)."""
 
-    def __init__(self, path: str, width: int, height: int, fps: Fraction | int | float = 25,
+    def __init__(self, path: str, width: int, height: int, fps: Fraction | int | float = CROP_FPS,
                  audio_rate: int | None = None, codec: str = "libx264", crf: int = 18):
         import av
 
@@ -213,9 +215,9 @@ class VideoWriter:
 def write_video(
     path: str,
     frames: np.ndarray | list[np.ndarray],
-    fps: Fraction | int | float = 25,
+    fps: Fraction | int | float = CROP_FPS,
     audio: np.ndarray | None = None,
-    sample_rate: int = 16000,
+    sample_rate: int = AUDIO_RATE,
     codec: str = "libx264",
     crf: int = 18,
 ) -> None:
@@ -247,7 +249,7 @@ def encode_audio(container, stream, samples: np.ndarray, sample_rate: int, start
         container.mux(packet)
 
 
-def replace_audio(video: str, audio: np.ndarray, out: str, sample_rate: int = 16000) -> str:
+def replace_audio(video: str, audio: np.ndarray, out: str, sample_rate: int = AUDIO_RATE) -> str:
     """Write `out` (mp4): `video`'s video packets copied without re-encoding, plus mono float32
     `audio` (AAC at `sample_rate`) starting with the video. Written to a temp file in the same
     folder and renamed into place; never overwrites `video`."""

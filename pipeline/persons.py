@@ -11,11 +11,11 @@ import logging
 
 import numpy as np
 
+from pipeline.models.thresholds import IDENTITY_DISTANCE
+
 log = logging.getLogger(__name__)
 
-# Euclidean distance between L2-normalized embeddings. dlib's raw descriptors have norm ~1.4
-# (1.33-1.46 measured on 6 real faces), so its usual raw threshold 0.6 is 0.42 here.
-THRESHOLDS = {"dlib": 0.42, "arcface": 1.0}  # arcface 1.0: cosine similarity 0.5
+THRESHOLDS = IDENTITY_DISTANCE  # per identity backend (pipeline/models/thresholds.py)
 EXACT_MAX = 4000  # above this many embeddings, greedy centroid clustering (O(N*K) memory)
 
 

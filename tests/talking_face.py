@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from jobs.media.talking_face import Clip, Face, astronaut_face, real_face_clip
-from pipeline.analysis.base import SAMPLES_PER_FRAME, DecodedTrack
+from catalog.contract import SAMPLES_PER_FRAME
+from pipeline.analysis.base import DecodedTrack
 
 
 @lru_cache(maxsize=1)

@@ -44,7 +44,7 @@ def generate_inputs(folder: str, seconds: float = 10.0,
 
 def _baseline(backend, frames) -> tuple[list[list[np.ndarray]], float]:
     """The syncnet_python way: detector and landmarker on every frame."""
-    from pipeline.faces.geometry import face_box_from_68
+    from pipeline.models.geometry import face_box_from_68
 
     boxes = []
     t0 = time.perf_counter()
@@ -92,13 +92,13 @@ def run(files: list[str] | None = None, backend_name: str = "mediapipe", repeats
     """Benchmark the faces tracker on `files` (generated when None); returns the report:
     per file frames/s of both loops, speedup (with and without identity checks) and agreement
     (fraction of frames where the tracked box has IoU >= 0.7 with the per-frame loop's box)."""
-    from pipeline.faces.geometry import iou_matrix
-    from pipeline.faces.protocols import load_backend
+    from pipeline.models.geometry import iou_matrix
+    from pipeline.models.faces import load_face_backend
     from pipeline.faces.tracking import TrackerConfig
     from pipeline.media import iter_frames
-    from pipeline.persons import THRESHOLDS
+    from pipeline.models.thresholds import identity_distance
 
-    backend = load_backend(backend_name)
+    backend = load_face_backend(backend_name)
     tmp = None
     if not files:
         tmp = tempfile.TemporaryDirectory()
@@ -106,7 +106,7 @@ def run(files: list[str] | None = None, backend_name: str = "mediapipe", repeats
     report: dict = {"backend": backend_name, "files": []}
     for path in files:
         frames = list(iter_frames(path))
-        config = TrackerConfig(identity_threshold=THRESHOLDS[backend.identity.name])
+        config = TrackerConfig(identity_threshold=identity_distance(backend.identity.name))
         _baseline(backend, frames[:2])  # warm-up: first inferences allocate
         _tracked(backend, frames[:2], config)
         base_s = track_s = ident_s = float("inf")

@@ -98,7 +98,7 @@ def collect(
 def _real_unrelated(count: int) -> list[Sample]:
     from jobs.media.sources import MediaSourceError, media_file
     from jobs.media.talking_face import SENTENCES, real_face_clip, speech
-    from pipeline.analysis.base import SAMPLES_PER_FRAME
+    from catalog.contract import SAMPLES_PER_FRAME
 
     out: list[Sample] = []
     k = 0
@@ -155,10 +155,10 @@ def _stats(values: list[float]) -> dict:
 
 def evaluate(samples: list[Sample], rule: dict[str, float] | None = None) -> dict:
     """Score samples with the bundled backend and the keep rule; the report dict."""
-    from pipeline.analysis.av_sync import av_sync
-    from pipeline.analysis.lip_sync import KEEP_RULES
+    from pipeline.models.av_sync import av_sync
+    from catalog.select import LIP_SYNC_RULES
 
-    rule = rule or KEEP_RULES["av_corr"]
+    rule = rule or LIP_SYNC_RULES["av_corr"]
     rows = []
     for s in samples:
         r = av_sync(s.mouth_open, s.audio)

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from catalog.contract import AUDIO_RATE
 from jobs.media.sources import media_file, speak
 from pipeline.media import MediaError, open_container, read_audio, replace_audio
 
 log = logging.getLogger(__name__)
 
-AUDIO_RATE = 16000
 
 # copied as shipped
 REAL = ("single_face.mp4", "WolfgangLanger_Pexels.mp4", "face_noface.mov", "noface_face.mov",

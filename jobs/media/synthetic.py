@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from catalog.contract import AUDIO_RATE, CROP_FPS
 from pipeline.media import encode_audio
 
 FrameFn = Callable[[int], np.ndarray]  # frame number -> uint8[H,W,3] RGB
@@ -20,10 +21,10 @@ def make_video(
     path: str | Path,
     frames_fn: FrameFn,
     n: int,
-    fps: float | Fraction = 25,
+    fps: float | Fraction = CROP_FPS,
     size: tuple[int, int] = (64, 64),
     audio: np.ndarray | None = None,
-    sample_rate: int = 16000,
+    sample_rate: int = AUDIO_RATE,
     codec: str = "libx264",
     rotation: int = 0,
     crf: int = 23,
@@ -171,7 +172,7 @@ def fade(
     return frame
 
 
-def tone(seconds: float, sample_rate: int = 16000, hz: float = 220.0) -> np.ndarray:
+def tone(seconds: float, sample_rate: int = AUDIO_RATE, hz: float = 220.0) -> np.ndarray:
     """float32[N] mono sine with a 3 Hz amplitude envelope (a stand-in for speech loudness)."""
     t = np.arange(int(seconds * sample_rate)) / sample_rate
     envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)
@@ -179,7 +180,7 @@ def tone(seconds: float, sample_rate: int = 16000, hz: float = 220.0) -> np.ndar
 
 
 def generated_video(path: str | Path, seconds: float, size: tuple[int, int] = (1280, 720),
-                    fps: int = 25, seed: int = 0) -> tuple[Path, list[int]]:
+                    fps: int = CROP_FPS, seed: int = 0) -> tuple[Path, list[int]]:
     """A cached H.264 file of textured, panning `shots` with hard cuts every 1.5-9 s (seeded).
     Returns (path, cut frame numbers); the file is written once (atomically) and reused."""
     path = Path(path)

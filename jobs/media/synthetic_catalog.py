@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from catalog import schema
+from catalog.contract import AUDIO_RATE, CROP_FPS
 from catalog.commits import commit_shard
 from catalog.manifest import write_manifest
 from catalog.read import conform
@@ -27,8 +28,6 @@ from catalog.select import Thresholds
 
 log = logging.getLogger(__name__)
 
-GRID_FPS = 25
-AUDIO_RATE = 16000
 EMOTIONS = schema.EMOTION_CLASSES_FER
 EMOTION_WEIGHTS = (0.08, 0.03, 0.04, 0.30, 0.10, 0.10, 0.35)
 # emotion label -> face photo used for its crops (jobs.media.sources.KNOWN_MEDIA)
@@ -229,7 +228,7 @@ def _draw(rng: np.random.Generator, n_videos: int, shards: int, max_track_s: flo
         "track_id": tids, "clip_id": cids[track_clip], "video_id": vids[clip_video[track_clip]],
         "shard": vshard[clip_video[track_clip]], "track_index": _index_within(track_clip),
         "person_id": person, "start_s": t_start, "end_s": t_start + dur,
-        "frame_count": np.round(dur * GRID_FPS).astype(np.int32), "face_px_median": face_px,
+        "frame_count": np.round(dur * CROP_FPS).astype(np.int32), "face_px_median": face_px,
         "yaw_mean": yaw, "pitch_mean": rng.normal(0, 8, T), "roll_mean": rng.normal(0, 5, T),
         "head_speed_deg_s": rng.gamma(2.0, 6.0, T), "faces_status": faces_status,
         "faces_error": faces_error, "crop_size": np.full(T, 96),
@@ -346,7 +345,7 @@ def crop_frames(face: np.ndarray, n: int, size: int, face_px: float, rng: np.ran
     blurred like an upscaled face when `face_px` < size."""
     from PIL import Image
 
-    t = np.arange(n) / GRID_FPS
+    t = np.arange(n) / CROP_FPS
     phase = rng.uniform(0, 2 * np.pi)
     full = face.shape[0]
     out = np.empty((n, size, size, 3), np.uint8)
@@ -367,12 +366,12 @@ def _write_crop(path: Path, face: np.ndarray, seconds: float, size: int, face_px
                 rng: np.random.Generator) -> None:
     from pipeline.media import write_video
 
-    n = max(2, round(seconds * GRID_FPS))
+    n = max(2, round(seconds * CROP_FPS))
     frames = crop_frames(face, n, size, face_px, rng)
-    samples = n * AUDIO_RATE // GRID_FPS
+    samples = n * AUDIO_RATE // CROP_FPS
     tone = 0.1 * np.sin(2 * np.pi * 180 * np.arange(samples) / AUDIO_RATE).astype(np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_video(str(path), frames, GRID_FPS, tone, AUDIO_RATE)
+    write_video(str(path), frames, CROP_FPS, tone, AUDIO_RATE)
 
 
 def _write_track_crops(tmp: Path, tracks: pa.Table, photos: dict, size: int,

@@ -4,7 +4,7 @@ A real face photo is warped so its jaw drops and a dark mouth opening appears be
 with an opening that follows a lagged, saturating transform of the speech loudness
 (tanh of a smoothed, delayed RMS), plus head motion, blur, noise and H.264 compression. The
 mouth signal the analyzers use is measured back from the pixels with dlib's 68-point landmarker
-(inner-lip gap over mouth width, pipeline.faces.geometry.mouth_open as in the faces stage), so
+(inner-lip gap over mouth width, pipeline.models.geometry.mouth_open as in the faces stage), so
 the ground truth is not circular. Used by tests and by `emoforge bench sync`. dlib's 68-point
 model is trained on iBUG 300-W (non-commercial): these are test and benchmark media only.
 """
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.analysis.base import AUDIO_RATE, CROP_FPS, SAMPLES_PER_FRAME
-from pipeline.faces.geometry import mouth_open
+from catalog.contract import AUDIO_RATE, CROP_FPS, SAMPLES_PER_FRAME
+from pipeline.models.geometry import mouth_open
 from pipeline.media import encode_audio, iter_frames, read_audio, write_video
 from pipeline.models.registry import package_dir
 

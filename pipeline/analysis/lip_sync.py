@@ -1,11 +1,6 @@
-"""Lip-sync analyzer: audio-visual offset and confidence per track, two backends, one protocol.
+"""Lip-sync analyzer: audio-visual offset and confidence per track (backends and their
+scorers: pipeline/models/lip_sync.py; keep rules per backend: catalog.select.LIP_SYNC_RULES).
 
-Backends (thresholds are per backend, KEEP_RULES):
-- "av_corr" (bundled, default): correlation of the measured mouth opening with the speech
-  envelope over shifts of +-15 frames (pipeline/analysis/av_sync.py); confidence is a
-  correlation difference in [0, 2].
-- "syncnet" (reference): SyncNet v2 embeddings with syncnet_python's offset search
-  (pipeline/analysis/sync_syncnet.py); confidence is a distance difference (median - min).
 Offsets are in 25 fps frames, positive = audio leads. A track whose offset is not 0 gets a new
 crop file with the audio shifted to offset 0 (`lip_sync_shifted_path`); the crop is never
 overwritten.
@@ -20,28 +15,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from catalog.select import LIP_SYNC_RULES
-from pipeline.analysis.base import CROP_FPS, AnalyzerResult, DecodedTrack
+from catalog.contract import CROP_FPS
+from pipeline.analysis.base import AnalyzerResult, DecodedTrack
+from pipeline.models.lip_sync import SyncMeasurement, check_backend, lip_sync_specs, load_lip_sync
 from pipeline.models.registry import ModelSpec
 from pipeline.stage import FAILED, OK, SKIPPED, StageContext, media_relpath
 
 log = logging.getLogger(__name__)
-
-BACKENDS = ("av_corr", "syncnet")
-
-# Default keep rule per backend (calibration in catalog/select.py and `emoforge bench sync`):
-# keep when |lip_sync_offset_frames| <= max_abs_offset_frames and confidence >= min_confidence.
-KEEP_RULES = LIP_SYNC_RULES  # one table, in catalog/select.py, which `select` applies
-
-
-def keep(backend: str, offset_frames: int | None, confidence: float | None) -> bool:
-    """The default keep rule of `backend` for one track (False when not measured)."""
-    if offset_frames is None or confidence is None or backend not in KEEP_RULES:
-        return False
-    rule = KEEP_RULES[backend]
-    return (
-        abs(offset_frames) <= rule["max_abs_offset_frames"] and confidence >= rule["min_confidence"]
-    )
 
 
 @dataclass(frozen=True)
@@ -54,14 +34,6 @@ class LipSyncConfig:
     batch_size: int = 20  # syncnet: windows per forward pass
 
 
-@dataclass(frozen=True)
-class SyncMeasurement:
-    offset_frames: int
-    confidence: float
-    min_dist: float | None
-    frame_confidence: np.ndarray  # float32[T], NaN where undefined
-
-
 class LipSyncAnalyzer:
     """TrackAnalyzer for `lip_sync` (see pipeline/analysis/base.py)."""
 
@@ -72,49 +44,31 @@ class LipSyncAnalyzer:
     def __init__(self, config: LipSyncConfig | None, context: StageContext) -> None:
         self.config = config or LipSyncConfig()
         self.context = context
-        if self.config.backend not in BACKENDS:
-            raise ValueError(
-                f"lip_sync.backend must be one of {BACKENDS}, got {self.config.backend!r}"
-            )
+        check_backend(self.config.backend)
         self._scorer = None
 
     def model_specs(self) -> list[ModelSpec]:
-        if self.config.backend == "syncnet":
-            from pipeline.models.syncnet import SYNCNET
-
-            return [SYNCNET]
-        return []
+        return lip_sync_specs(self.config.backend)
 
     def setup(self) -> None:
-        if self.config.backend == "syncnet":
-            from pipeline.analysis.sync_syncnet import SyncNetScorer
-            from pipeline.models.syncnet import load_syncnet
-
-            model = load_syncnet(device=self.config.device)
-            self._scorer = SyncNetScorer(
-                model, self.config.device, self.config.batch_size, self.config.max_offset_frames
-            )
+        self._scorer = load_lip_sync(self.config.backend, self.config.max_offset_frames,
+                                     self.config.device, self.config.batch_size)
 
     def measure(self, track: DecodedTrack) -> SyncMeasurement:
         """Offset, confidence and per-frame confidence of one decoded track."""
-        if self.config.backend == "syncnet":
-            if self._scorer is None:
-                self.setup()
-            r = self._scorer.score(track.frames, track.audio)
-            return SyncMeasurement(r.offset_frames, r.confidence, r.min_dist, r.frame_confidence)
-        from pipeline.analysis.av_sync import av_sync
-
-        mouth = np.asarray(track.mouth_open, np.float64)
-        measured = float(np.isfinite(mouth).mean()) if len(mouth) else 0.0
-        if measured < self.config.min_mouth_frames:
-            raise _Skip(
-                f"mouth measured on {measured:.0%} of frames, "
-                f"need {self.config.min_mouth_frames:.0%} (faces stage mouth_open)"
-            )
-        if np.nanstd(mouth) < 1e-4:
-            raise _Skip("mouth opening does not vary over the track (no visible articulation)")
-        r = av_sync(mouth, track.audio, self.config.max_offset_frames)
-        return SyncMeasurement(r.offset_frames, r.confidence, None, r.frame_confidence)
+        if self._scorer is None:
+            self.setup()
+        if self.config.backend == "av_corr":
+            mouth = np.asarray(track.mouth_open, np.float64)
+            measured = float(np.isfinite(mouth).mean()) if len(mouth) else 0.0
+            if measured < self.config.min_mouth_frames:
+                raise _Skip(
+                    f"mouth measured on {measured:.0%} of frames, "
+                    f"need {self.config.min_mouth_frames:.0%} (faces stage mouth_open)"
+                )
+            if np.nanstd(mouth) < 1e-4:
+                raise _Skip("mouth opening does not vary over the track (no visible articulation)")
+        return self._scorer.score(track.frames, track.audio, track.mouth_open)
 
     def analyze(self, track: DecodedTrack, previous: dict[str, AnalyzerResult]) -> AnalyzerResult:
         audio_result = previous.get("audio")
@@ -123,7 +77,7 @@ class LipSyncAnalyzer:
         if audio_result is not None and audio_result.track.get("audio_status") != OK:
             why = audio_result.track.get("audio_error") or "audio analysis did not succeed"
             return self._skipped(f"audio {audio_result.track.get('audio_status')}: {why}")
-        min_frames = 25 + self.config.max_offset_frames
+        min_frames = CROP_FPS + self.config.max_offset_frames  # 1 s beyond the search
         if track.num_frames < min_frames:
             return self._skipped(
                 f"track has {track.num_frames} frames, lip sync needs {min_frames}"

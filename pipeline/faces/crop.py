@@ -27,11 +27,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.faces.geometry import apply_affine, eye_angle, invert_affine, square_affine
+from catalog.contract import AUDIO_RATE, CROP_FPS
+from pipeline.models.geometry import apply_affine, eye_angle, invert_affine, square_affine
 from pipeline.faces.tracking import FaceTrack, Observation
 from pipeline.media import VideoFrame, VideoWriter
 
-GRID_FPS = 25
 LOOSE_MARGIN = 1.5
 
 
@@ -54,7 +54,7 @@ class LooseCropper:
     flushed every `flush_frames` grid frames); `finish` completes a track's clip."""
 
     def __init__(self, spec: CropSpec, source_fps: float, partial_dir: str | None = None,
-                 audio_rate: int = 16000, flush_frames: int = 250):
+                 audio_rate: int = AUDIO_RATE, flush_frames: int = 250):
         self.spec, self.source_fps = spec, source_fps
         self.half_frame = 0.5 / max(source_fps, 1e-3) + 1e-6
         self.loose_px = round(spec.size * LOOSE_MARGIN)
@@ -62,8 +62,8 @@ class LooseCropper:
         self.streams: dict[int, CropStream] = {}  # by track key
 
     def needed(self, start_s: float, pts_s: float) -> bool:
-        k = round((pts_s - start_s) * GRID_FPS)
-        return any(abs(start_s + j / GRID_FPS - pts_s) <= self.half_frame
+        k = round((pts_s - start_s) * CROP_FPS)
+        return any(abs(start_s + j / CROP_FPS - pts_s) <= self.half_frame
                    for j in (k - 1, k, k + 1) if j >= 0)
 
     def __call__(self, track: FaceTrack, frame: VideoFrame, ob: Observation | None) -> None:
@@ -198,8 +198,8 @@ def crop_geometry(track: FaceTrack, spec: CropSpec, source_fps: float) -> CropGe
     pts_known = np.array([o.pts_s for o in obs], np.float64)
     start_s = float(pts_known[0])
     end_s = float(pts_known[-1] + 1.0 / source_fps)
-    count = max(1, math.ceil((end_s - start_s) * GRID_FPS - 1e-6))
-    grid_t = start_s + np.arange(count) / GRID_FPS
+    count = max(1, math.ceil((end_s - start_s) * CROP_FPS - 1e-6))
+    grid_t = start_s + np.arange(count) / CROP_FPS
     # source frames of the span (missed ones interpolated), and the nearest one per grid time
     span = np.arange(known[0], known[-1] + 1)
     span_pts = np.interp(span, known, pts_known)
@@ -290,7 +290,7 @@ class CropStream:
         if stop <= self.written:
             return
         if self.writer is None:
-            self.writer = VideoWriter(self.path, self.spec.size, self.spec.size, GRID_FPS,
+            self.writer = VideoWriter(self.path, self.spec.size, self.spec.size, CROP_FPS,
                                       self.audio_rate)
         keys = np.array([key for key, (_, crop) in track.crops.items() if crop is not None],
                         np.int64)

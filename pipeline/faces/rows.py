@@ -8,8 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.faces.crop import GRID_FPS, CropGeometry
-from pipeline.faces.geometry import mouth_open
+from catalog.contract import CROP_FPS
+from pipeline.faces.crop import CropGeometry
+from pipeline.models.geometry import mouth_open
 from pipeline.faces.pose import head_pose, rotation_speed
 from pipeline.faces.tracking import FaceTrack
 
@@ -43,7 +44,7 @@ def frame_rows(tid: str, crops: CropGeometry, image_size: tuple[int, int]) -> tu
             "mouth_open": _f(mouth_open(crops.landmarks[k])),
             "det_confidence": _f(crops.det_score[k]),
         })
-    speed = rotation_speed(poses[:, 0], poses[:, 1], poses[:, 2], GRID_FPS)
+    speed = rotation_speed(poses[:, 0], poses[:, 1], poses[:, 2], CROP_FPS)
     summary = {
         "yaw_mean": _f(np.nanmean(poses[:, 0])), "pitch_mean": _f(np.nanmean(poses[:, 1])),
         "roll_mean": _f(np.nanmean(poses[:, 2])), "head_speed_deg_s": _f(float(np.mean(speed))),

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.faces.geometry import face_box_from_68, iou, iou_matrix
-from pipeline.faces.protocols import Detection, FaceBackend, Landmarks
+from pipeline.models.geometry import face_box_from_68, iou, iou_matrix
+from pipeline.models.faces import Detection, FaceBackend, Landmarks
 from pipeline.media import VideoFrame
 
 log = logging.getLogger(__name__)

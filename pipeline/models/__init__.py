@@ -1,4 +1,17 @@
-"""Model backends (a leaf layer shared by pipeline stages and training) and their registry."""
+"""Model backends: a leaf layer shared by pipeline stages and training, with their registry.
+
+It imports nothing from the rest of emoforge but the catalog's contract constants. One factory
+per task (heavy libraries load inside the factories):
+
+    faces.load_face_backend(name="mediapipe", identity="dlib", threads=1) -> FaceBackend
+    faces.load_identity(name="dlib", threads=1) -> IdentityEmbedder
+    emotion.load_emotion(backend="fer+facex") -> EmotionModel  (crop_faces frames the input)
+    expression.load_expression(backend="3dmm", ...) -> ExpressionModel
+    lip_sync.load_lip_sync(backend="av_corr", max_offset_frames=15, ...) -> LipSyncScorer
+    speech.load_speech(backend="whisper-base", device="cpu"), speech.load_vad(...),
+    speech.encoder_features(model, audio, frames) -> float16[frames, D]
+    thresholds.IDENTITY_DISTANCE: per identity backend
+"""
 
 from pipeline.models.registry import (
     MissingWeightsError,

@@ -16,8 +16,8 @@ import logging
 
 import numpy as np
 
-from pipeline.faces.geometry import apply_affine, face_box_from_68, invert_affine, square_affine
-from pipeline.faces.protocols import Detection, Landmarks
+from pipeline.models.geometry import apply_affine, face_box_from_68, invert_affine, square_affine
+from pipeline.models.faces import Detection, Landmarks
 from pipeline.models.faces_mtcnn import nms
 from pipeline.models.registry import ModelSpec, register, resolve
 
@@ -182,7 +182,7 @@ class InsightfaceFaces:
         `box`, 0 if none; that face's box when it overlaps `box` by IoU >= 0.5, else `box`)."""
         import cv2
 
-        from pipeline.faces.geometry import iou_matrix
+        from pipeline.models.geometry import iou_matrix
 
         x0, y0, x1, y1 = (float(v) for v in box)
         side = max(x1 - x0, y1 - y0) * LOCAL_CONTEXT

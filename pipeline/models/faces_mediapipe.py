@@ -13,8 +13,8 @@ import math
 
 import numpy as np
 
-from pipeline.faces.geometry import MESH_TO_68, apply_affine, invert_affine, square_affine
-from pipeline.faces.protocols import Detection, Landmarks
+from pipeline.models.geometry import MESH_TO_68, apply_affine, invert_affine, square_affine
+from pipeline.models.faces import Detection, Landmarks
 from pipeline.models.registry import ModelSpec, register, resolve
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def _sigmoid_scalar(x: float) -> float:
 def weighted_nms(boxes: np.ndarray, scores: np.ndarray, kps: np.ndarray, iou_thr: float = 0.3):
     """BlazeFace's blending suppression: overlapping candidates are averaged, weighted by score.
     boxes float[N,4], scores float[N], kps float[N,K,2] -> list of (box, score, kps)."""
-    from pipeline.faces.geometry import iou_matrix
+    from pipeline.models.geometry import iou_matrix
 
     order = np.argsort(-scores)
     boxes, scores, kps = boxes[order], scores[order], kps[order]

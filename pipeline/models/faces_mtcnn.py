@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from pipeline.faces.protocols import Detection, Landmarks
+from pipeline.models.faces import Detection, Landmarks
 from pipeline.models.registry import ModelSpec, register, resolve
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 Weights ship in `face-recognition-models==0.3.0` (read by path; its package imports
 pkg_resources). dlib's raw descriptors (norm about 1.4): same person about 0.25 apart, different
 people about 0.85 (dlib's threshold 0.6); this backend L2-normalizes them, which divides those
-distances by about 1.4 (pipeline.persons.THRESHOLDS["dlib"] = 0.42).
+distances by about 1.4 (pipeline.models.thresholds.IDENTITY_DISTANCE["dlib"] = 0.42).
 """
 
 from __future__ import annotations

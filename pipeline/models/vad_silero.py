@@ -6,6 +6,7 @@ import logging
 
 import numpy as np
 
+from catalog.contract import AUDIO_RATE
 from pipeline.models.registry import ModelSpec, register, resolve
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ class SileroVad:
     threshold: speech probability above which a 32 ms window is speech;
     min_speech_s / min_silence_s: shortest kept speech segment / gap that splits segments."""
 
-    sample_rate = 16000
+    sample_rate = AUDIO_RATE  # Silero takes 16 kHz, the catalog contract's rate
 
     def __init__(
         self, threshold: float = 0.5, min_speech_s: float = 0.25, min_silence_s: float = 0.1

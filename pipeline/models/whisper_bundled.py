@@ -246,7 +246,7 @@ def checkpoint_path(backend: str) -> Path:
         if spec.backend == backend:
             return resolve(spec)
     known = [BUNDLED.backend] + [s.backend for s in OFFICIAL.values()]
-    raise KeyError(f"unknown Whisper backend {backend!r}; known: {known}")
+    raise ValueError(f"unknown Whisper backend {backend!r}; known: {known}")
 
 
 def load_whisper(backend: str = "whisper-base", device: str = "cpu"):

@@ -10,17 +10,17 @@ from typing import Any
 
 import numpy as np
 
+from catalog.contract import AUDIO_RATE, CROP_FPS
 from pipeline import media
-from pipeline.faces.crop import GRID_FPS, CropSpec, LooseCropper, crop_geometry
+from pipeline.faces.crop import CropSpec, LooseCropper, crop_geometry
 from pipeline.faces.rows import frame_rows, track_id, track_row
 from pipeline.faces.tracking import Tracker, TrackerConfig
 from pipeline.models.registry import ModelSpec
-from pipeline.persons import THRESHOLDS
+from pipeline.models.thresholds import identity_distance
 from pipeline.stage import FAILED, OK, SKIPPED, Stage, media_relpath
 
 log = logging.getLogger(__name__)
 
-AUDIO_RATE = 16000
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class FacesConfig:
     min_track_frames: int = 25  # tracks with fewer source frames (1 s at 25 fps) are skipped
     max_missed_frames: int = 12  # a track ends after this many frames without its face
     identity_every: int = 50  # frames between identity checks (a change ends the track)
-    identity_threshold: float | None = None  # None: per backend (pipeline.persons.THRESHOLDS)
+    identity_threshold: float | None = None  # None: per backend (pipeline/models/thresholds.py)
     crop_size: int = 256  # face-crop side (px); portrait=True makes it 512
     crop_scale: float = 1.8  # crop side over the face box side; portrait=True makes it 3.0
     portrait: bool = False  # wider 512 px head-and-shoulders crop
@@ -71,9 +71,9 @@ class FacesStage(Stage):
         return [get_spec(t, b) for t, b in tasks + [ident]]
 
     def setup(self) -> None:
-        from pipeline.faces.protocols import load_backend
+        from pipeline.models.faces import load_face_backend
 
-        self.backend = load_backend(self.config.backend, self.config.identity, self.config.threads)
+        self.backend = load_face_backend(self.config.backend, self.config.identity, self.config.threads)
         if self.config.detect_stride > self.config.min_track_frames:
             log.warning("faces: detect_stride %d > min_track_frames %d: a face on screen for "
                         "fewer than %d frames can be missed although it would make a track",
@@ -88,7 +88,8 @@ class FacesStage(Stage):
 
     def tracker_config(self) -> TrackerConfig:
         cfg = self.config
-        threshold = cfg.identity_threshold or THRESHOLDS[self.backend.identity.name]
+        threshold = (identity_distance(self.backend.identity.name) if cfg.identity_threshold is None
+                     else cfg.identity_threshold)
         return TrackerConfig(detect_stride=cfg.detect_stride, detect_width=cfg.detect_width,
                              max_missed_frames=cfg.max_missed_frames,
                              identity_every=cfg.identity_every, identity_threshold=threshold,
@@ -161,11 +162,11 @@ class FacesStage(Stage):
               cropper: LooseCropper) -> dict:
         crops = crop_geometry(track, spec, fps)
         count = len(crops.pts_s)
-        samples = count * AUDIO_RATE // GRID_FPS
+        samples = count * AUDIO_RATE // CROP_FPS
         audio = None
         if row.get("has_audio"):
             audio = media.read_audio(row["uri"], AUDIO_RATE, crops.start_s,
-                                     crops.start_s + count / GRID_FPS)
+                                     crops.start_s + count / CROP_FPS)
         if audio is None or len(audio) == 0:
             audio = np.zeros(samples, np.float32)
         shard = int(row.get("shard") or 0)

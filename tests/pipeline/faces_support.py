@@ -48,7 +48,7 @@ def face_patch(name: str, size: int) -> tuple[np.ndarray, np.ndarray]:
     patch, measured once on the still with the bundled detector and landmarker)."""
     import cv2
 
-    from pipeline.faces.geometry import face_box_from_68
+    from pipeline.models.geometry import face_box_from_68
     from pipeline.models.faces_mediapipe import MediapipeFaces
 
     if name == "astronaut":

@@ -7,7 +7,8 @@ import logging
 import numpy as np
 import pytest
 
-from pipeline.analysis.emotion import EmotionAnalyzer, EmotionConfig, crop_faces
+from pipeline.analysis.emotion import EmotionAnalyzer, EmotionConfig
+from pipeline.models.emotion import crop_faces
 from pipeline.models import emotion_fer
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ def test_top_emotion_on_labelled_photos(backend, min_right):
 
 
 def test_default_is_the_bundled_ensemble_and_members_must_share_classes():
-    from pipeline.analysis.emotion import Ensemble, backend_names
+    from pipeline.models.emotion import Ensemble, backend_names
 
     assert EmotionConfig().backend == "fer+facex"
     assert backend_names("fer+facex") == ["fer", "facex"]

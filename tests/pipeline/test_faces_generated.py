@@ -9,7 +9,7 @@ import pytest
 from faces_support import background, face_patch, paste, run_faces, write_clip
 
 from pipeline import media
-from pipeline.faces.geometry import iou
+from pipeline.models.geometry import iou
 from pipeline.persons import THRESHOLDS
 
 W, H, P = 320, 240, 120

@@ -13,7 +13,8 @@ import pytest
 from jobs.media.talking_face import SENTENCES, decode_and_measure, make_clip
 from talking_face import face, track_of
 
-from pipeline.analysis.lip_sync import KEEP_RULES, LipSyncAnalyzer, LipSyncConfig, keep
+from catalog.select import LIP_SYNC_RULES, lip_sync_verdict
+from pipeline.analysis.lip_sync import LipSyncAnalyzer, LipSyncConfig
 from pipeline.media import read_audio
 from pipeline.stage import OK, SKIPPED, StageContext
 
@@ -53,11 +54,12 @@ def test_injected_audio_shift_recovered_within_one_frame(results, shift):
         f"audio moved {shift} frames earlier, measured offset {row['lip_sync_offset_frames']}"
     )
     assert row["lip_sync_offset_s"] == pytest.approx(row["lip_sync_offset_frames"] / 25)
-    assert row["lip_sync_confidence"] >= KEEP_RULES["av_corr"]["min_confidence"]
+    assert row["lip_sync_confidence"] >= LIP_SYNC_RULES["av_corr"]["min_confidence"]
     assert row["lip_sync_min_dist"] is None
     frame_conf = res.frames["lip_sync_frame_confidence"]
     assert len(frame_conf) == len(clip.frames)
-    kept = keep("av_corr", row["lip_sync_offset_frames"], row["lip_sync_confidence"])
+    verdict = lip_sync_verdict("av_corr", row["lip_sync_offset_frames"], row["lip_sync_confidence"])
+    kept = verdict is None
     if shift == 0:
         assert kept
     if abs(shift) >= 3:
@@ -104,7 +106,7 @@ def test_unrelated_speech_scores_below_in_sync(workdir, analyzer, results):
         )
         unrelated.append(analyzer.analyze(track_of(clip, f"u{i}"), {}).track["lip_sync_confidence"])
     assert max(unrelated) < min(in_sync), (unrelated, in_sync)
-    assert max(unrelated) < KEEP_RULES["av_corr"]["min_confidence"]
+    assert max(unrelated) < LIP_SYNC_RULES["av_corr"]["min_confidence"]
 
 
 def test_skips_without_audio_or_speech(results, analyzer):

@@ -8,7 +8,8 @@ from media import real_media
 from jobs.media.talking_face import SENTENCES, make_clip, speech
 from talking_face import face, real_face_track, track_of
 
-from pipeline.analysis.lip_sync import LipSyncAnalyzer, LipSyncConfig, keep
+from catalog.select import lip_sync_verdict
+from pipeline.analysis.lip_sync import LipSyncAnalyzer, LipSyncConfig
 from pipeline.stage import OK, StageContext
 
 REAL = [
@@ -30,16 +31,15 @@ def test_real_faces_with_unrelated_speech_score_below_in_sync_clips(analyzer, tm
     for i in range(2):
         clip = make_clip(tmp_path / f"sync{i}.mp4", face(), SENTENCES[2 + i], 0, seed=30 + i)
         row = analyzer.analyze(track_of(clip, f"s{i}"), {}).track
-        assert keep("av_corr", row["lip_sync_offset_frames"], row["lip_sync_confidence"]), row
+        verdict = lip_sync_verdict("av_corr", row["lip_sync_offset_frames"], row["lip_sync_confidence"])
+        assert verdict is None, row
         in_sync.append(row["lip_sync_confidence"])
     unrelated = []
     for k, (name, start) in enumerate(REAL):
         track = real_face_track(real_media(name), speech(SENTENCES[k + 5]), start_s=start)
         row = analyzer.analyze(track, {}).track
         assert row["lip_sync_status"] == OK, (name, row)
-        assert not keep("av_corr", row["lip_sync_offset_frames"], row["lip_sync_confidence"]), (
-            name,
-            row,
-        )
+        verdict = lip_sync_verdict("av_corr", row["lip_sync_offset_frames"], row["lip_sync_confidence"])
+        assert verdict is not None, (name, row)
         unrelated.append(row["lip_sync_confidence"])
     assert max(unrelated) < min(in_sync), (unrelated, in_sync)

@@ -8,10 +8,10 @@ import torch
 from jobs.media.talking_face import make_clip
 from talking_face import face, track_of
 
-from pipeline.analysis import sync_syncnet
+from pipeline.models import sync_syncnet
 from pipeline.analysis.lip_sync import LipSyncAnalyzer, LipSyncConfig
-from pipeline.analysis.mfcc import mfcc
-from pipeline.analysis.sync_syncnet import (
+from pipeline.models.mfcc import mfcc
+from pipeline.models.sync_syncnet import (
     DistanceSync,
     mfcc_windows,
     offset_search,
@@ -161,7 +161,7 @@ def test_analyzer_with_syncnet_backend_end_to_end(model_root, monkeypatch, tmp_p
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_syncnet_on_cuda_matches_cpu(model_root, monkeypatch):
-    from pipeline.analysis.sync_syncnet import SyncNetScorer
+    from pipeline.models.sync_syncnet import SyncNetScorer
 
     root, _, _ = model_root
     monkeypatch.setenv("EMOFORGE_MODELS", str(root))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.fft import dct
 
-from pipeline.analysis.mfcc import (
+from pipeline.models.mfcc import (
     dct2_ortho,
     frame_signal,
     hz_to_mel,

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.analysis.mfcc import mfcc
+from catalog.contract import AUDIO_RATE, SAMPLES_PER_FRAME
+from pipeline.models.mfcc import mfcc
 from pipeline.models.syncnet import CROP, MFCC_PER_FRAME, MFCC_WINDOW, WINDOW
 
 INT16_SCALE = 32768.0
@@ -36,12 +37,12 @@ class DistanceSync:
 
 def window_count(num_frames: int, num_samples: int) -> int:
     """Number of 5-frame windows syncnet_python evaluates (0 when too short)."""
-    return max(0, min(num_frames, num_samples // (16000 // 25)) - WINDOW)
+    return max(0, min(num_frames, num_samples // SAMPLES_PER_FRAME) - WINDOW)
 
 
 def mfcc_windows(audio: np.ndarray, count: int) -> np.ndarray:
     """float32[count,1,13,20] MFCC windows of float32[N] audio in [-1, 1] (int16-scaled)."""
-    cc = mfcc(np.asarray(audio, np.float64) * INT16_SCALE, 16000).T  # [13, F]
+    cc = mfcc(np.asarray(audio, np.float64) * INT16_SCALE, AUDIO_RATE).T  # [13, F]
     out = np.stack(
         [cc[:, MFCC_PER_FRAME * i : MFCC_PER_FRAME * i + MFCC_WINDOW] for i in range(count)]
     )

@@ -11,7 +11,7 @@ audio[t + k] over the overlapping frames is computed.
 offset = -argmax_k r(k) (positive offset = audio leads, as in syncnet_python);
 confidence = r(k*) - median_k r(k): a correlation difference in [0, 2], near 0.2-0.4 for
 unrelated speech; generated in-sync talking faces score 0.68-1.11 (`emoforge bench sync`; the
-keep threshold is KEEP_RULES["av_corr"] in lip_sync.py).
+keep rule is LIP_SYNC_RULES["av_corr"] in catalog/select.py).
 Per-frame confidence: z_mouth[t] * z_audio[t + k*] minus the median over shifts of the same
 product, median-filtered over 9 frames.
 """
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.analysis.base import AUDIO_RATE, CROP_FPS, SAMPLES_PER_FRAME
-from pipeline.analysis.mfcc import frame_signal
+from catalog.contract import AUDIO_RATE, CROP_FPS, SAMPLES_PER_FRAME
+from pipeline.models.mfcc import frame_signal
 
 BAND_HZ = (300.0, 3400.0)
 FLOOR_DB = 50.0

@@ -1,7 +1,8 @@
-"""Protocols of the face backends: detector, landmarker (follows a face between detections), identity.
+"""Face backends: protocols (detector, landmarker that follows a face between detections,
+identity embedder) and their factories `load_face_backend` and `load_identity`.
 
-Coordinates are source-image pixels (x right, y down). A backend is a bundle of the three parts,
-built by `load_backend(name)` from the modules in pipeline/models/ (heavy imports happen there).
+Coordinates are source-image pixels (x right, y down). A FaceBackend bundles the three parts,
+built from the backend modules of this package (heavy imports happen in their constructors).
 """
 
 from __future__ import annotations
@@ -78,34 +79,42 @@ class FaceBackend:
     presence_threshold: float = 0.5
 
 
-def load_backend(name: str, identity: str = "dlib", threads: int = 1) -> FaceBackend:
-    """Build a backend by name: "mediapipe" (bundled default), "mtcnn" (bundled), "insightface"
-    (reference buffalo_l under the model root). identity: "dlib" (bundled) or "arcface"."""
+FACE_BACKENDS = ("mediapipe", "mtcnn", "insightface")
+IDENTITY_BACKENDS = ("dlib", "arcface")
+
+
+def load_identity(name: str = "dlib", threads: int = 1) -> IdentityEmbedder:
+    """An identity embedder: "dlib" (bundled, 128-d) or "arcface" (reference buffalo_l w600k_r50
+    under the model root, 512-d). `embed(image uint8[H,W,3] RGB, points68 float32[68,2] source
+    px) -> float32[dim]`, L2-normalized; compare with `pipeline.models.thresholds.IDENTITY_DISTANCE`."""
+    if name == "dlib":
+        from pipeline.models.identity_dlib import DlibIdentity
+
+        return DlibIdentity(threads=threads)
+    if name == "arcface":
+        from pipeline.models.identity_arcface import ArcFaceIdentity
+
+        return ArcFaceIdentity(threads=threads)
+    raise ValueError(f"unknown identity backend {name!r}; expected one of {IDENTITY_BACKENDS}")
+
+
+def load_face_backend(name: str = "mediapipe", identity: str = "dlib", threads: int = 1) -> FaceBackend:
+    """A FaceBackend by name: "mediapipe" (bundled default, with the 478-point mesh), "mtcnn"
+    (bundled), "insightface" (reference buffalo_l under the model root); `identity` names the
+    embedder (`load_identity`)."""
     if name == "mediapipe":
         from pipeline.models.faces_mediapipe import MediapipeFaces
 
         det = lmk = MediapipeFaces(threads=threads)
-        has_mesh = True
     elif name == "mtcnn":
         from pipeline.models.faces_mtcnn import MtcnnFaces
 
         det = lmk = MtcnnFaces(threads=threads)
-        has_mesh = False
     elif name == "insightface":
         from pipeline.models.faces_insightface import InsightfaceFaces
 
         det = lmk = InsightfaceFaces(threads=threads)
-        has_mesh = False
     else:
-        raise ValueError(f"unknown faces backend {name!r}; expected mediapipe, mtcnn or insightface")
-    if identity == "dlib":
-        from pipeline.models.identity_dlib import DlibIdentity
-
-        emb: IdentityEmbedder = DlibIdentity(threads=threads)
-    elif identity == "arcface":
-        from pipeline.models.identity_arcface import ArcFaceIdentity
-
-        emb = ArcFaceIdentity(threads=threads)
-    else:
-        raise ValueError(f"unknown identity backend {identity!r}; expected dlib or arcface")
-    return FaceBackend(name=name, detector=det, landmarker=lmk, identity=emb, has_mesh=has_mesh)
+        raise ValueError(f"unknown faces backend {name!r}; expected one of {FACE_BACKENDS}")
+    return FaceBackend(name=name, detector=det, landmarker=lmk, identity=load_identity(identity, threads),
+                       has_mesh=name == "mediapipe")

