@@ -18,7 +18,7 @@ def to_duckdb(root: str | Path, connection=None):
 
     con = connection or duckdb.connect()
     for table in ("videos", "clips", "tracks", "frames", "persons"):
-        files = [str(p) for p in committed_files(Path(root), table)]
+        files = [str(p) for p in committed_files(root, table)]
         if files:
             listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
             con.execute(
@@ -32,7 +32,7 @@ def to_ray_dataset(root: str | Path, table: str, columns: list[str] | None = Non
     """A Ray Dataset over the committed files of `table`."""
     import ray.data
 
-    files = [str(p) for p in committed_files(Path(root), table)]
+    files = [str(p) for p in committed_files(root, table)]
     if not files:
         raise ValueError(f"catalog {root} has no committed {table} rows")
     return ray.data.read_parquet(files, columns=columns)

@@ -24,7 +24,6 @@ COMMITS = "_commits"
 MANIFEST = "_manifest.json"
 MANIFESTS = "_manifests"
 STAGING = "_staging"
-CACHE = "_cache"
 LEASE = "_lease"
 MEDIA = "media"
 
@@ -38,12 +37,18 @@ def commit_file(shard: int, seq: int) -> str:
     return f"{COMMITS}/shard-{shard:05d}-{seq:04d}.json"
 
 
+class UnsupportedRootError(ValueError):
+    """A catalog root this code cannot read or write (an object store such as s3://)."""
+
+
 def local_root(root: str | os.PathLike) -> Path:
+    """The local folder of `root` (a path or a file:// URI). Raises UnsupportedRootError for
+    other URI schemes."""
     text = str(root)
     if "://" in text and not text.startswith("file://"):
-        raise NotImplementedError(
-            f"catalogs on {text.split('://')[0]}:// are not supported yet; use a local or "
-            "mounted path"
+        raise UnsupportedRootError(
+            f"catalog {text}: {text.split('://')[0]}:// roots are not supported yet; use a local "
+            "or mounted path"
         )
     return Path(text.removeprefix("file://")).resolve()
 

@@ -78,8 +78,10 @@ def write_manifest(
     return manifest
 
 
-def read_manifest(root: Path) -> dict:
-    path = Path(root) / layout.MANIFEST
+def read_manifest(root: str | Path) -> dict:
+    """The catalog's current manifest (raises layout.UnsupportedRootError for roots this code
+    cannot read, FileNotFoundError when `root` is not a catalog)."""
+    path = layout.local_root(root) / layout.MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{root} is not an emoforge catalog (no {layout.MANIFEST})")
     return layout.read_json(path)

@@ -1,13 +1,17 @@
 """`select`: thresholds applied when a catalog is read for training (stages score, never drop).
 
 `select(root, thresholds)` returns every track with `keep` and the first `drop_reason`, so the
-report can show the funnel; `training_index` keeps the kept ones. Lip-sync thresholds are per
-backend (a SyncNet confidence and a correlation score are different scales). Expression vectors
-from different backends or dimensions are never mixed. Intensity (EMOdiffhead's control signal)
-is computed here from raw values: per person, the distance of a track's mean expression from that
-person's neutral expression, divided by the person's median distance. `balance` then evens out the
-kept seconds per emotion or per intensity band (training_index applies it when
-`Thresholds.balance_by` is set).
+report can show the funnel; `training_index` keeps the kept ones. It works through the tracks in
+chunks of about SELECT_CHUNK_ROWS rows that never split a person, so a million-track catalog
+selects within the report's memory figure. Lip-sync keep rules are per backend (a SyncNet
+confidence and a correlation score are different scales; `lip_sync_verdict`). Expression vectors
+of different backends or dimensions are never mixed: intensity (EMOdiffhead's control signal) is
+computed per person and expression backend and dimension, from raw values: the distance of a
+track's mean expression from that person's neutral expression, divided by the person's median
+distance. With `expression_backend` set, tracks whose expression comes from another backend are
+dropped with a reason; without it, thresholds that use intensity refuse a catalog with several
+kinds. `balance` then evens out the kept seconds per emotion or per intensity band
+(training_index applies it when `Thresholds.balance_by` is set).
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ LIP_SYNC_RULES: dict[str, dict[str, float]] = {
     "av_corr": {"max_abs_offset_frames": 1, "min_confidence": 0.6},
     "syncnet": {"max_abs_offset_frames": 1, "min_confidence": 3.0},
 }
+
+
+SELECT_CHUNK_ROWS = 16384  # tracks per chunk (whole persons; more when one person has more)
 
 
 class SelectionError(ValueError):
@@ -80,16 +87,31 @@ TRACK_COLUMNS = [
 ]
 
 
-def select(root: str | Path, thresholds: Thresholds | None = None, tracks: pa.Table | None = None) -> pa.Table:
-    """Every track with `keep` (bool), `drop_reason` (first failed rule) and `intensity`."""
+def select(root: str | Path | None, thresholds: Thresholds | None = None,
+           tracks: pa.Table | None = None, with_intensity: bool = True) -> pa.Table:
+    """Every track of `tracks` (default: the catalog's tracks, TRACK_COLUMNS) with `intensity`
+    (float32, null without expression), `drop_reason` (the first failed rule) and `keep` (bool).
+
+    Refuses (SelectionError) thresholds that would mix expression backends or dimensions, and a
+    lip-sync backend without a keep rule. with_intensity=False leaves `intensity` null where no
+    threshold uses it (faster; the verdicts are the same)."""
     t = thresholds or Thresholds()
     if tracks is None:
         tracks = read_table(root, "tracks", columns=TRACK_COLUMNS)
-    rows = tracks.to_pylist()
-    _check_expression_backends(rows, t)
-    intensity = person_intensity(rows)
-    reasons = [_drop_reason(row, t, intensity.get(row["track_id"])) for row in rows]
-    out = tracks.append_column("intensity", pa.array([intensity.get(r["track_id"]) for r in rows], pa.float32()))
+    n = tracks.num_rows
+    _check_expression_backends(tracks, t)
+    needed = tracks.select([c for c in TRACK_COLUMNS if c in tracks.column_names])
+    if not (with_intensity or _uses_intensity(t)):
+        needed = needed.drop_columns([c for c in ("expression_mean",) if c in needed.column_names])
+    reasons: list[str | None] = [None] * n
+    intensity: list[float | None] = [None] * n
+    for idx in _person_chunks(needed):
+        rows = pc.take(needed, idx).to_pylist()
+        values = person_intensity(rows, t.expression_backend)
+        for i, row in zip(idx.to_pylist(), rows):
+            intensity[i] = values.get(row["track_id"])
+            reasons[i] = _drop_reason(row, t, intensity[i])
+    out = tracks.append_column("intensity", pa.array(intensity, pa.float32()))
     out = out.append_column("drop_reason", pa.array(reasons, pa.string()))
     return out.append_column("keep", pc.is_null(out["drop_reason"]))
 
@@ -101,6 +123,32 @@ def training_index(root: str | Path, thresholds: Thresholds | None = None) -> pa
     if t.balance_by is not None:
         selected = balance(selected, t.balance_by, t.balance_max_seconds, t.balance_seed)
     return selected.filter(selected["keep"])
+
+
+def _uses_intensity(t: Thresholds) -> bool:
+    return t.min_intensity is not None or t.max_intensity is not None or t.balance_by == "intensity"
+
+
+def _person_chunks(tracks: pa.Table):
+    """Row indices (int64 arrays) in chunks of about SELECT_CHUNK_ROWS that never split a
+    person_id (tracks without one may go to any chunk)."""
+    n = tracks.num_rows
+    if n == 0:
+        return
+    if "person_id" not in tracks.column_names:
+        order = pa.array(range(n), pa.int64())
+        same = [False] * n
+    else:
+        order = pc.sort_indices(tracks, sort_keys=[("person_id", "ascending")])  # nulls last
+        persons = pc.take(tracks["person_id"], order).to_pylist()
+        same = [False] + [p is not None and p == q for p, q in zip(persons[1:], persons[:-1])]
+    start = 0
+    while start < n:
+        end = min(n, start + SELECT_CHUNK_ROWS)
+        while end < n and same[end]:
+            end += 1
+        yield order[start:end]
+        start = end
 
 
 def balance(selected: pa.Table, by: str, max_seconds: float | None = None, seed: int = 0) -> pa.Table:
@@ -172,13 +220,13 @@ def _drop_reason(row: dict, t: Thresholds, intensity: float | None) -> str | Non
     if t.require_lip_sync and row.get("lip_sync_status") is not None:
         if row["lip_sync_status"] != "ok":
             return f"lip_sync {row['lip_sync_status']}"
-        rule = t.lip_sync_rules.get(row.get("lip_sync_backend") or "")
-        if rule is None:
-            raise SelectionError(f"no lip-sync keep rule for backend {row.get('lip_sync_backend')!r}")
-        if abs(row.get("lip_sync_offset_frames") or 0) > rule["max_abs_offset_frames"]:
-            return "out of sync"
-        if (row.get("lip_sync_confidence") or 0) < rule["min_confidence"]:
-            return "low sync confidence"
+        reason = lip_sync_verdict(row.get("lip_sync_backend"), row.get("lip_sync_offset_frames"),
+                                  row.get("lip_sync_confidence"), t.lip_sync_rules)
+        if reason is not None:
+            return reason
+    if (t.expression_backend is not None and row.get("expression_status") == "ok"
+            and row.get("expression_backend") != t.expression_backend):
+        return f"expression from {row.get('expression_backend')}, not {t.expression_backend}"
     if t.emotions and row.get("emotion_label") not in t.emotions:
         return "emotion not selected"
     if t.min_intensity is not None and (intensity is None or intensity < t.min_intensity):
@@ -188,34 +236,61 @@ def _drop_reason(row: dict, t: Thresholds, intensity: float | None) -> str | Non
     return None
 
 
-def _check_expression_backends(rows: list[dict], t: Thresholds) -> None:
-    kinds = {
-        (r.get("expression_backend"), r.get("expression_dim"))
-        for r in rows
-        if r.get("expression_status") == "ok"
-    }
+def lip_sync_verdict(backend: str | None, offset_frames: int | None, confidence: float | None,
+                     rules: dict | None = None) -> str | None:
+    """The drop reason of one measured track under the keep rule of its lip-sync `backend`
+    (|offset| <= max_abs_offset_frames and confidence >= min_confidence), or None when kept.
+    An unmeasured offset or confidence counts as 0. Raises SelectionError for a backend
+    without a rule."""
+    rule = (LIP_SYNC_RULES if rules is None else rules).get(backend or "")
+    if rule is None:
+        raise SelectionError(f"no lip-sync keep rule for backend {backend!r}")
+    if abs(offset_frames or 0) > rule["max_abs_offset_frames"]:
+        return "out of sync"
+    if (confidence or 0) < rule["min_confidence"]:
+        return "low sync confidence"
+    return None
+
+
+def _check_expression_backends(tracks: pa.Table, t: Thresholds) -> None:
+    """Refuse thresholds that would compare expression vectors of different kinds: several
+    (backend, dim) among ok rows when intensity is used and no backend is chosen, or several
+    dimensions of the chosen backend."""
+    cols = ("expression_status", "expression_backend", "expression_dim")
+    if not _uses_intensity(t) or any(c not in tracks.column_names for c in cols):
+        return
+    ok = tracks.select(list(cols)).filter(pc.fill_null(pc.equal(tracks["expression_status"], "ok"), False))
     if t.expression_backend is not None:
-        kinds = {k for k in kinds if k[0] == t.expression_backend}
-    uses_expression = (t.min_intensity is not None or t.max_intensity is not None
-                       or t.balance_by == "intensity")
-    if uses_expression and len(kinds) > 1:
+        ok = ok.filter(pc.fill_null(pc.equal(ok["expression_backend"], t.expression_backend), False))
+    kinds = ok.group_by(["expression_backend", "expression_dim"]).aggregate([]).to_pylist()
+    kinds = sorted((k["expression_backend"], k["expression_dim"]) for k in kinds)
+    if len(kinds) > 1 and t.expression_backend is None:
         raise SelectionError(
-            f"tracks carry expression vectors from several backends/dimensions {sorted(map(str, kinds))}; "
+            f"tracks carry expression vectors from several backends/dimensions {[str(k) for k in kinds]}; "
             "set expression_backend to choose one"
         )
+    if len(kinds) > 1:
+        raise SelectionError(f"expression backend {t.expression_backend!r} has several dimensions "
+                             f"{[k[1] for k in kinds]}; re-run the expression stage so they agree")
 
 
-def person_intensity(rows: list[dict]) -> dict[str, float]:
-    """track_id -> intensity: ||mean expression - person's neutral|| / person's median distance.
+def person_intensity(rows: list[dict], backend: str | None = None) -> dict[str, float]:
+    """track_id -> intensity: ||mean expression - person's neutral|| / person's median distance,
+    per person and expression (backend, dim): vectors of different kinds are never compared.
 
     The person's neutral is the mean expression of their tracks labelled neutral, or of their
-    lowest-magnitude track when none is. Tracks without person_id form one group per track."""
+    lowest-magnitude track when none is. Tracks without person_id form one group per track.
+    `backend`: only rows of this expression backend get an intensity."""
     import numpy as np
 
-    groups: dict[str, list[dict]] = {}
+    groups: dict[tuple, list[dict]] = {}
     for row in rows:
         if row.get("expression_status") == "ok" and row.get("expression_mean"):
-            groups.setdefault(row.get("person_id") or row["track_id"], []).append(row)
+            if backend is not None and row.get("expression_backend") != backend:
+                continue
+            key = (row.get("person_id") or row["track_id"], row.get("expression_backend"),
+                   len(row["expression_mean"]))
+            groups.setdefault(key, []).append(row)
     out: dict[str, float] = {}
     for members in groups.values():
         vectors = np.array([m["expression_mean"] for m in members], dtype=np.float64)

@@ -1,13 +1,12 @@
 """The curation report's numbers: funnel, statuses and errors, distributions, timings, models.
 
 Reads only the columns it needs and aggregates with pyarrow.compute and numpy, so a catalog of a
-million tracks fits in a few hundred MB. Thresholds are applied by `catalog.select` itself, in
-chunks that never split a person (intensity is per person), so the funnel is select's verdict.
+million tracks fits in a few hundred MB. Thresholds are applied by `catalog.select` itself (which
+works in chunks that never split a person), so the funnel is select's verdict.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
 import tomllib
@@ -24,7 +23,6 @@ from catalog.select import TRACK_COLUMNS, SelectionError, Thresholds, balance, s
 
 log = logging.getLogger(__name__)
 
-SELECT_CHUNK_ROWS = 16384
 HOURS = 3600.0
 # track columns the report reads besides select's (distributions, samples)
 EXTRA_TRACK_COLUMNS = ["pitch_mean", "roll_mean", "head_speed_deg_s", "faces_error",
@@ -87,65 +85,17 @@ def read_tracks(root: Path) -> pa.Table:
 
 
 def select_verdicts(tracks: pa.Table, thresholds: Thresholds) -> tuple[pa.Array, pa.Array]:
-    """(keep: bool[N], drop_reason: string[N]) in `tracks` order, computed by catalog.select over
-    chunks of about SELECT_CHUNK_ROWS rows that never split a person_id."""
-    n = tracks.num_rows
-    if n == 0:
+    """(keep: bool[N], drop_reason: string[N]) in `tracks` order: `catalog.select` (which works in
+    chunks that never split a person), then `balance` over the whole catalog when asked."""
+    if tracks.num_rows == 0:
         return pa.array([], pa.bool_()), pa.array([], pa.string())
-    _check_backends(tracks, thresholds)
     needed = tracks.select([c for c in TRACK_COLUMNS if c in tracks.column_names])
-    if (thresholds.min_intensity is None and thresholds.max_intensity is None
-            and thresholds.balance_by != "intensity"):
-        # intensity (2/3 of select's time) only decides keep through these thresholds
-        needed = needed.drop_columns([c for c in ("expression_mean",) if c in needed.column_names])
-    order = pc.sort_indices(needed, sort_keys=[("person_id", "ascending")])  # nulls last
-    codes = pc.dictionary_encode(pc.take(needed["person_id"], order)).combine_chunks().indices
-    codes = codes.fill_null(-1).to_numpy(zero_copy_only=False)
-    reasons = np.empty(n, dtype=object)
-    intensity = np.full(n, np.nan)
-    start = 0
-    while start < n:
-        end = min(n, start + SELECT_CHUNK_ROWS)
-        while end < n and codes[end] != -1 and codes[end] == codes[end - 1]:
-            end += 1
-        idx = order[start:end]
-        chunk = select(None, thresholds, tracks=pc.take(needed, idx))
-        reasons[idx.to_numpy()] = np.array(chunk["drop_reason"].to_pylist(), dtype=object)
-        intensity[idx.to_numpy()] = chunk["intensity"].to_numpy(zero_copy_only=False)
-        start = end
-    drop = pa.array(reasons.tolist(), pa.string())
+    selected = select(None, thresholds, tracks=needed, with_intensity=False)
     if thresholds.balance_by is not None:  # balancing is corpus-wide: after all the chunks
-        verdicts = needed.select([c for c in ("track_id", "start_s", "end_s", "emotion_label")
-                                  if c in needed.column_names])
-        verdicts = verdicts.append_column("intensity", pa.array(intensity, from_pandas=True))
-        verdicts = verdicts.append_column("drop_reason", drop)
-        verdicts = verdicts.append_column("keep", pc.is_null(drop))
-        drop = balance(verdicts, thresholds.balance_by, thresholds.balance_max_seconds,
-                       thresholds.balance_seed)["drop_reason"].combine_chunks()
+        selected = balance(selected, thresholds.balance_by, thresholds.balance_max_seconds,
+                           thresholds.balance_seed)
+    drop = selected["drop_reason"].combine_chunks()
     return pc.is_null(drop), drop
-
-
-def _check_backends(tracks: pa.Table, thresholds: Thresholds) -> None:
-    """Run select on one row per (expression backend, dim) and per lip-sync backend, so a
-    catalog that select refuses as a whole is refused here too, not chunk by chunk."""
-    cols = [c for c in ("expression_status", "expression_backend", "expression_dim",
-                        "lip_sync_backend") if c in tracks.column_names]
-    if not cols:
-        return
-    keys = tracks.select(cols).group_by(cols).aggregate([])
-    reps = []
-    for row in keys.to_pylist():
-        mask = functools.reduce(pc.and_, [_eq(tracks[c], row[c]) for c in cols])
-        reps.append(int(pc.index(mask, True).as_py()))
-    if reps:
-        select(None, thresholds, tracks=pc.take(tracks.select(
-            [c for c in TRACK_COLUMNS if c in tracks.column_names]), pa.array(reps)))
-
-
-def _eq(column: pa.ChunkedArray, value) -> pa.ChunkedArray:
-    if value is None:
-        return pc.is_null(column)
-    return pc.fill_null(pc.equal(column, value), False)
 
 
 # ---------------------------------------------------------------------------------------------

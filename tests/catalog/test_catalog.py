@@ -144,3 +144,39 @@ def test_training_index_balances_when_asked(tmp_path):
     assert len(dropped) == 6 - index.num_rows and len(rows) == 8
     # greedy in a seeded order: no dropped track would have fitted under the cap
     assert all(sum(seconds) + r["end_s"] - r["start_s"] > 8.0 for r in dropped)
+
+
+def test_every_reader_refuses_an_old_catalog_with_the_migrate_hint(tmp_path):
+    root = tmp_path / "old"
+    shutil.copytree(DATA / "catalog_v0", root)
+    readers = [lambda: catalog.read_table(root, "videos"), lambda: catalog.select(root),
+               lambda: catalog.training_index(root), lambda: catalog.stats(root),
+               lambda: catalog.to_duckdb(root), lambda: catalog.to_pandas(root, "clips")]
+    for read in readers:
+        with pytest.raises(SchemaVersionError, match="emoforge catalog migrate"):
+            read()
+    assert catalog.validate(root) and "catalog migrate" in catalog.validate(root)[0]
+    catalog.migrate(root)
+    assert catalog.read_table(root, "videos").num_rows == 2
+
+
+def test_a_newer_catalog_asks_for_a_newer_emoforge(tmp_path):
+    root = _write_catalog(tmp_path / "cat")
+    manifest = json.loads((root / "_manifest.json").read_text())
+    manifest["schema_version"] = f"{int(schema.SCHEMA_VERSION.split('.')[0]) + 1}.0"
+    (root / "_manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SchemaVersionError, match="newer"):
+        catalog.read_table(root, "tracks")
+
+
+@pytest.mark.parametrize("root", ["s3://bucket/catalog", "gs://bucket/catalog"])
+def test_unsupported_roots_are_refused_not_read_as_empty(root):
+    from catalog.layout import UnsupportedRootError
+
+    readers = [lambda: catalog.read_table(root, "tracks"), lambda: catalog.select(root),
+               lambda: catalog.training_index(root), lambda: catalog.describe(root),
+               lambda: catalog.stats(root), lambda: catalog.validate(root),
+               lambda: catalog.to_duckdb(root), lambda: catalog.read_manifest(root)]
+    for read in readers:
+        with pytest.raises(UnsupportedRootError, match="not supported"):
+            read()

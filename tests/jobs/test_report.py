@@ -3,6 +3,7 @@ and the page in a real headless Chromium (no console errors, not blank, numbers 
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import shutil
@@ -16,11 +17,13 @@ import pytest
 
 import catalog
 from catalog.select import LIP_SYNC_RULES, SelectionError, Thresholds
+from jobs.media.sources import MediaSourceError
+from jobs.media.synthetic_catalog import generate_catalog
 from jobs.report import data as report_data
 from jobs.report import sheets as report_sheets
-from jobs.media.sources import MediaSourceError
 from jobs.report.page import write_report
-from jobs.media.synthetic_catalog import generate_catalog
+
+select_module = importlib.import_module("catalog.select")  # `catalog.select` is the function
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Debian package chromium not installed")
@@ -128,7 +131,7 @@ def test_compare_equals_select_over_whole_catalog(larger, monkeypatch):
     """Chunked select (tiny chunks, never splitting a person) equals catalog.select on everything,
     including per-person intensity thresholds."""
     root, _ = larger
-    monkeypatch.setattr(report_data, "SELECT_CHUNK_ROWS", 7)
+    monkeypatch.setattr(select_module, "SELECT_CHUNK_ROWS", 7)
     overrides = ["min_face_px=128", "min_intensity=0.8", "emotions=['happy', 'neutral', 'sad']",
                  "lip_sync_rules.av_corr.min_confidence=0.8"]
     data = report_data.collect(root, overrides)
@@ -147,7 +150,7 @@ def test_compare_equals_select_over_whole_catalog(larger, monkeypatch):
 @pytest.mark.parametrize("by", ["emotion", "intensity"])
 def test_chunked_verdicts_balance_like_the_whole_catalog(larger, monkeypatch, by):
     root, _ = larger
-    monkeypatch.setattr(report_data, "SELECT_CHUNK_ROWS", 7)
+    monkeypatch.setattr(select_module, "SELECT_CHUNK_ROWS", 7)
     thresholds = Thresholds(balance_by=by, min_face_px=64)
     tracks = report_data.read_tracks(root)
     keep, drop = report_data.select_verdicts(tracks, thresholds)
@@ -171,7 +174,7 @@ def test_parse_overrides():
 
 
 def test_mixed_expression_backends_refused_like_select(monkeypatch):
-    monkeypatch.setattr(report_data, "SELECT_CHUNK_ROWS", 1)
+    monkeypatch.setattr(select_module, "SELECT_CHUNK_ROWS", 1)
     rows = [{"track_id": f"t{i}", "person_id": f"p{i}", "faces_status": "ok", "face_px_median": 200.0,
              "start_s": 0.0, "end_s": 3.0, "expression_status": "ok", "expression_backend": b,
              "expression_dim": d, "expression_mean": [0.5] * d, "emotion_label": "happy"}
