@@ -68,7 +68,6 @@ class Worker:
 def train(spec: TrainSpec, resume: str | None = None, worker: Worker | None = None) -> dict:
     """Train per `spec`; resume from `resume` (a run or checkpoint folder), else from the newest
     checkpoint in spec.train.out when there is one. Returns a summary (steps, losses, seconds)."""
-    from training.data import collate
     from training.models import build_model
 
     worker = worker or Worker()
@@ -125,14 +124,14 @@ def train(spec: TrainSpec, resume: str | None = None, worker: Worker | None = No
     loader = None
     while step < t_cfg.max_steps:
         if loader is None:
-            loader = iter(make_loader(train_set, epoch, batch_in_epoch, b, worker, collate,
+            loader = iter(make_loader(train_set, epoch, batch_in_epoch, b, worker,
                                       t_cfg.loader_workers))
         step_loss = 0.0
         for micro in range(accum):
             batch = next(loader, None)
             if batch is None:  # epoch done: the next one starts at batch 0
                 epoch, batch_in_epoch = epoch + 1, 0
-                loader = iter(make_loader(train_set, epoch, 0, b, worker, collate, t_cfg.loader_workers))
+                loader = iter(make_loader(train_set, epoch, 0, b, worker, t_cfg.loader_workers))
                 batch = next(loader)
             batch_in_epoch += 1
             batch = {k: v.to(worker.device) if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -224,13 +223,11 @@ def encode_frames(codec, frames: torch.Tensor) -> torch.Tensor:
 def validation_loss(model, scheduler, dataset, spec: TrainSpec, worker: Worker) -> float | None:
     """Mean loss over the first val_batches batches of the validation split with fixed noise
     (the same draws at every validation, so values are comparable over training)."""
-    from training.data import collate
-
     if dataset is None or dataset.num_batches(spec.train.batch_size, 1) == 0:
         return None
     model.eval()
     values = []
-    loader = make_loader(dataset, 0, 0, spec.train.batch_size, Worker(device=worker.device), collate, 0)
+    loader = make_loader(dataset, 0, 0, spec.train.batch_size, Worker(device=worker.device))
     for i, batch in enumerate(loader):
         if i == spec.train.val_batches:
             break
@@ -245,7 +242,6 @@ def write_sample(model, dataset, spec: TrainSpec, path: Path) -> None:
     """A sample video from the EMA weights: the first validation window, generated from its
     reference, audio and expression, next to the real frames (left: real, right: generated)."""
     from pipeline.media import write_video
-    from training.data import collate
     from training.models import Conditions
     from training.sampling import denoise_window, to_uint8
 
@@ -253,7 +249,7 @@ def write_sample(model, dataset, spec: TrainSpec, path: Path) -> None:
         return
     model.eval()
     device = next(model.parameters()).device
-    batch = next(iter(make_loader(dataset, 0, 0, 1, Worker(device=device), collate, 0)))
+    batch = next(iter(make_loader(dataset, 0, 0, 1, Worker(device=device))))
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
     with torch.no_grad():
         latents = encode_frames(model.codec, batch["frames"])
@@ -309,13 +305,10 @@ def build_datasets(spec: TrainSpec) -> dict:
     return out
 
 
-def make_loader(dataset, epoch: int, start: int, batch_size: int, worker: Worker, collate,
-                num_workers: int):
+def make_loader(dataset, epoch: int, start: int, batch_size: int, worker: Worker,
+                num_workers: int = 0):
     """This rank's batches of `epoch` from batch index `start` on (a torch DataLoader)."""
-    from torch.utils.data import DataLoader
-
-    batches = dataset.batches(epoch, batch_size, worker.rank, worker.world_size)[start:]
-    return DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=num_workers)
+    return dataset.loader(epoch, batch_size, worker.rank, worker.world_size, start, num_workers)
 
 
 def load_weights(model, source: Path, ema: bool) -> None:
