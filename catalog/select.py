@@ -16,7 +16,7 @@ kinds. `balance` then evens out the kept seconds per emotion or per intensity ba
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import pyarrow as pa
@@ -70,6 +70,24 @@ class Thresholds:
         if values.get("balance_by") not in (None, *BALANCE_BY):
             raise SelectionError(f"balance_by must be one of {BALANCE_BY}, got {values['balance_by']!r}")
         return cls(**values)
+
+
+def thresholds_with(base: Thresholds, overrides: dict) -> Thresholds:
+    """`base` with `overrides` applied; nested dicts (lip_sync_rules) are merged rule by rule, so
+    {"lip_sync_rules": {"av_corr": {"min_confidence": 0.7}}} keeps av_corr's offset and syncnet."""
+    values = asdict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(values.get(key), dict):
+            merged = {k: dict(v) if isinstance(v, dict) else v for k, v in values[key].items()}
+            for sub, subvalue in value.items():
+                if isinstance(subvalue, dict) and isinstance(merged.get(sub), dict):
+                    merged[sub].update(subvalue)
+                else:
+                    merged[sub] = subvalue
+            values[key] = merged
+        else:
+            values[key] = value
+    return Thresholds.from_dict(values)
 
 
 BALANCE_BY = ("emotion", "intensity")

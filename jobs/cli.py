@@ -1,5 +1,9 @@
 """The `emoforge` command: thin handlers over the library. Exit codes: 0 ok, 1 runtime failure,
-2 usage or config error."""
+2 usage or config error.
+
+Each subcommand is a pair: `add_<name>(sub)` declares its arguments (SUBCOMMANDS lists them in
+`--help` order) and `cmd_<name>(args)` runs it; a new command adds one pair and one entry.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +31,21 @@ class UsageError(Exception):
     """Bad arguments or configuration (exit code 2)."""
 
 
+def usage_errors() -> tuple[type[Exception], ...]:
+    """Exceptions that mean "the command or its configuration is wrong" (exit 2). Anything else,
+    KeyError included, is a runtime failure (exit 1)."""
+    from catalog.layout import UnsupportedRootError
+    from catalog.select import SelectionError
+    from jobs.spec import SpecError
+    from pipeline.plan import FingerprintError
+    from pipeline.runner import LicenseError
+    from training.checkpoint import CheckpointError
+    from training.config import TrainSpecError
+
+    return (UsageError, SpecError, FingerprintError, SelectionError, LicenseError,
+            UnsupportedRootError, TrainSpecError, CheckpointError)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -35,18 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "handler"):
         parser.print_help()
         return 2
-    from catalog.select import SelectionError
-    from jobs.spec import SpecError
-    from pipeline.plan import FingerprintError
-    from pipeline.runner import LicenseError
-    from training.checkpoint import CheckpointError
-    from training.config import TrainSpecError
-
-    usage_errors = (UsageError, SpecError, FingerprintError, SelectionError, LicenseError, KeyError,
-                    TrainSpecError, CheckpointError)
     try:
         return int(args.handler(args) or 0)
-    except usage_errors as exc:
+    except usage_errors() as exc:
         print(f"emoforge: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - the CLI boundary: say what failed, exit 1
@@ -56,10 +66,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="emoforge", description=__doc__)
+    parser = argparse.ArgumentParser(prog="emoforge", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
 
+
+def add_curate(sub) -> None:
     curate = sub.add_parser("curate", help="curate videos into a catalog (local Ray by default)")
     curate.add_argument("job", nargs="?", help="a job spec TOML (see jobs/*.toml)")
     curate.add_argument("--input", nargs="+", action="extend", default=[],
@@ -72,8 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     curate.add_argument("--ray-address", help="attach to a Ray cluster (default: local Ray)")
     curate.add_argument("--commercial-only", action="store_true",
                         help="refuse research-only / non-commercial weights")
+    curate.add_argument("--no-persons", action="store_true",
+                        help="skip the persons post-pass (run later: emoforge catalog persons)")
     curate.set_defaults(handler=cmd_curate)
 
+
+def add_catalog(sub) -> None:
     cat = sub.add_parser("catalog", help="inspect and post-process a catalog")
     cat_sub = cat.add_subparsers(metavar="ACTION")
     for action, helptext in (("describe", "tables, columns, docs"), ("validate", "check the contract"),
@@ -94,16 +113,22 @@ def build_parser() -> argparse.ArgumentParser:
                            help="a second set of select thresholds to compare")
         p.set_defaults(handler=cmd_catalog, action=action)
 
+
+def add_models(sub) -> None:
     models = sub.add_parser("models", help="model backends and their weights")
     models_sub = models.add_subparsers(metavar="ACTION")
     ml = models_sub.add_parser("list", help="every backend with files present or missing and its license")
     ml.set_defaults(handler=cmd_models_list)
 
+
+def add_demo(sub) -> None:
     demo = sub.add_parser("demo", help="build the demo corpus from registry packages and curate it")
     demo.add_argument("--out", default="out/demo", help="folder for inputs and the catalog")
     demo.add_argument("--stages", help="comma-separated stages (default: all available)")
     demo.set_defaults(handler=cmd_demo)
 
+
+def add_train(sub) -> None:
     train = sub.add_parser("train", help="train the EMO model from a catalog selection")
     train.add_argument("job", help="a training spec TOML (jobs/train_tiny.toml, jobs/train_base.toml)")
     train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
@@ -112,12 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--workers", type=int, help="Ray Train workers (default 1: no Ray)")
     train.set_defaults(handler=cmd_train)
 
+
+def add_bench(sub) -> None:
     bench = sub.add_parser("bench", help="benchmarks against peer tools, recorded as JSON")
     bench.add_argument("which", choices=sorted(BENCHES))
     bench.add_argument("files", nargs="*")
     bench.add_argument("--out", help="write the results as JSON here")
     bench.set_defaults(handler=cmd_bench)
-    return parser
+
+
+SUBCOMMANDS = [add_curate, add_catalog, add_models, add_demo, add_train, add_bench]
 
 
 def cmd_curate(args) -> int:
@@ -142,27 +171,42 @@ def cmd_curate(args) -> int:
     if not job.get("inputs"):
         raise UsageError("no inputs: give --input FILES_OR_DIRS or a job spec with [job] inputs")
     spec = specs.build(data, args.set)
-    inputs = specs.expand_inputs(spec.inputs)
+    inputs, ignored = specs.scan_inputs(spec.inputs)
+    if ignored:
+        log.warning("ignored %d files that are neither video nor audio containers: %s",
+                    sum(ignored.values()), ", ".join(f"{k} {v}" for k, v in ignored.items()))
     if not inputs:
-        raise UsageError(f"no video files found in {list(spec.inputs)}")
+        raise UsageError(f"no video files found in {list(spec.inputs)}"
+                         + (f" (ignored: {ignored})" if ignored else ""))
     result = runner.run(inputs, spec.out, list(spec.stages), spec.configs, spec.runner,
                         set(args.recompute), spec.resolved(), args.commercial_only)
-    print_summary(result)
+    print_summary(result, ignored)
+    if "faces" in spec.stages and not args.no_persons:
+        from pipeline.persons_pass import assign_persons
+
+        persons = assign_persons(spec.out)
+        print(f"  persons: {persons['persons']} over {persons['tracks_with_person']} tracks "
+              "(--no-persons skips this post-pass)")
     return 0
 
 
-def print_summary(result) -> None:
+def print_summary(result, ignored: dict[str, int] | None = None) -> None:
     print(f"catalog {result.catalog} version {result.version}: {result.shards_committed} shards "
           f"committed, {result.shards_up_to_date} up to date, {result.seconds:.1f} s")
     for summary in result.stages.values():
         print("  " + summary.line())
+    if ignored:
+        print(f"  ignored inputs (not video or audio): {sum(ignored.values())} files: "
+              + ", ".join(f"{ext} {n}" for ext, n in ignored.items()))
 
 
 def cmd_catalog(args) -> int:
     import catalog
 
+    from catalog.layout import local_root
+
     root = args.catalog
-    if not Path(root).is_dir():
+    if not local_root(root).is_dir():
         raise UsageError(f"catalog {root} does not exist")
     if args.action == "validate":
         problems = catalog.validate(root)

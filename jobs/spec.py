@@ -8,22 +8,30 @@
     num_shards = 64
     [scenes]                      # each stage's Config dataclass
     detector = "adaptive"
+    [select]                      # catalog.Thresholds: what the report (and training) select
+    min_face_px = 128
+    lip_sync_rules.av_corr.min_confidence = 0.7
 
-Unknown sections or keys are an error that lists the valid ones.
+Unknown sections or keys are an error that lists the valid ones. `--set select.x=y` works like
+any other override (dotted keys reach nested rules).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from catalog.select import SelectionError, Thresholds, thresholds_with
 from pipeline.runner import STAGE_CLASSES, RunnerConfig, load_stage_class
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv"}
+# audio-only containers are inputs too: they become failed rows ("no video stream"), not silence
+AUDIO_SUFFIXES = {".m4a", ".wav", ".mp3", ".aac", ".flac", ".ogg", ".opus", ".wma"}
 DEFAULT_STAGES = ("ingest", "scenes", "faces", "analyze")
 
 
@@ -38,13 +46,15 @@ class JobSpec:
     stages: tuple[str, ...] = DEFAULT_STAGES
     runner: RunnerConfig = RunnerConfig()
     configs: dict[str, Any] = field(default_factory=dict)
+    select: Thresholds = field(default_factory=Thresholds)
 
     def resolved(self) -> dict:
-        """The spec as plain data (recorded in the manifest)."""
+        """The spec as plain data (recorded in the manifest; the report reads [select] here)."""
         return {
             "job": {"inputs": list(self.inputs), "out": self.out, "stages": list(self.stages)},
             "runner": dataclasses.asdict(self.runner),
             **{name: dataclasses.asdict(cfg) for name, cfg in self.configs.items()},
+            "select": _plain(dataclasses.asdict(self.select)),
         }
 
 
@@ -60,7 +70,12 @@ def build(data: dict, overrides: list[str] = ()) -> JobSpec:
             raise SpecError(f"override {item!r} is not section.key=value")
         dotted, raw = item.split("=", 1)
         section, key = dotted.split(".", 1)
-        data.setdefault(section, {})[key] = _parse_value(raw)
+        node = data.setdefault(section, {})
+        if section == "select":  # nested rules: select.lip_sync_rules.av_corr.min_confidence=0.7
+            *parents, key = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+        node[key] = _parse_value(raw)
     job = data.pop("job", {})
     unknown = set(job) - {"inputs", "out", "stages"}
     if unknown:
@@ -71,10 +86,15 @@ def build(data: dict, overrides: list[str] = ()) -> JobSpec:
         raise SpecError(f"unknown stages {bad}; valid: {list(STAGE_CLASSES)}")
     stages = tuple(s for s in STAGE_CLASSES if s in stages)  # pipeline order
     runner = _dataclass_from(RunnerConfig, data.pop("runner", {}), "runner")
+    try:
+        select = thresholds_with(Thresholds(), data.pop("select", {}))
+    except (SelectionError, TypeError) as exc:
+        raise SpecError(f"[select]: {exc}") from None
     configs = {}
     for section, values in data.items():
         if section not in STAGE_CLASSES:
-            raise SpecError(f"unknown section [{section}]; valid: job, runner, {', '.join(STAGE_CLASSES)}")
+            raise SpecError(f"unknown section [{section}]; valid: job, runner, select, "
+                            f"{', '.join(STAGE_CLASSES)}")
         if section in stages:
             configs[section] = _dataclass_from(load_stage_class(section).Config, values, section)
     classes = config_classes(stages)
@@ -82,7 +102,8 @@ def build(data: dict, overrides: list[str] = ()) -> JobSpec:
         configs.setdefault(name, classes[name]())
     inputs = tuple(str(p) for p in job.get("inputs", []))
     return JobSpec(inputs=inputs, out=str(job.get("out", "out/catalog")), stages=stages,
-                   runner=runner, configs={k: v for k, v in configs.items() if k in stages})
+                   runner=runner, configs={k: v for k, v in configs.items() if k in stages},
+                   select=select)
 
 
 def load(path: str | Path, overrides: list[str] = ()) -> JobSpec:
@@ -90,19 +111,38 @@ def load(path: str | Path, overrides: list[str] = ()) -> JobSpec:
         return build(tomllib.load(f), overrides)
 
 
-def expand_inputs(inputs: tuple[str, ...]) -> list[str]:
-    """Files as given; folders searched recursively for video files (sorted). Broken links and
-    unreadable files are kept: they become failed rows, never silently dropped."""
-    out: list[str] = []
+def expand_inputs(inputs: tuple[str, ...] | list[str]) -> list[str]:
+    """The input files (see `scan_inputs`), without the count of ignored ones."""
+    return scan_inputs(inputs)[0]
+
+
+def scan_inputs(inputs: tuple[str, ...] | list[str]) -> tuple[list[str], dict[str, int]]:
+    """(files, ignored): files as given and, from folders (searched recursively, sorted), every
+    video or audio-only container (VIDEO_SUFFIXES, AUDIO_SUFFIXES); local paths made absolute,
+    object-store URIs kept as given. `ignored` counts the other files found in folders by
+    extension ("(none)" for names without one). Broken links and unreadable files are kept:
+    they become failed rows, never silently dropped. A missing input is a SpecError."""
+    files: list[str] = []
+    ignored: dict[str, int] = {}
     for item in inputs:
-        path = Path(item)
+        if "://" in str(item) and not str(item).startswith("file://"):
+            files.append(str(item))
+            continue
+        path = Path(str(item).removeprefix("file://"))
         if path.is_dir():
-            out += sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and (p.is_file() or p.is_symlink()))
+            for p in sorted(path.rglob("*")):
+                if not (p.is_file() or p.is_symlink()) or p.is_dir():
+                    continue
+                suffix = p.suffix.lower()
+                if suffix in VIDEO_SUFFIXES or suffix in AUDIO_SUFFIXES:
+                    files.append(os.path.abspath(p))
+                else:
+                    ignored[suffix or "(none)"] = ignored.get(suffix or "(none)", 0) + 1
         elif path.exists() or path.is_symlink():
-            out.append(str(path))
+            files.append(os.path.abspath(path))
         else:
             raise SpecError(f"input {item} does not exist")
-    return out
+    return files, dict(sorted(ignored.items()))
 
 
 def _dataclass_from(cls: type, values: dict, section: str):
@@ -115,6 +155,11 @@ def _dataclass_from(cls: type, values: dict, section: str):
     for key, value in values.items():
         converted[key] = tuple(value) if isinstance(value, list) and "tuple" in str(hints.get(key)) else value
     return cls(**converted)
+
+
+def _plain(values: dict) -> dict:
+    """Tuples as lists (TOML and JSON have arrays)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
 
 def _parse_value(raw: str):

@@ -1,8 +1,9 @@
 """Corpus-wide identity post-pass (`emoforge catalog persons`) and person-disjoint splits.
 
-Clusters every ok track's identity embedding (per embedding backend, never mixed), names each
-cluster by a hash of its smallest track_id (stable across re-runs), writes `person_id` into
-tracks and the `persons` table, and commits each shard anew through the commit protocol.
+Clusters every ok track's identity embedding (per embedding backend, never mixed; tracks that
+share frames of a clip never in one cluster), names each cluster by a hash of its smallest
+track_id (stable across re-runs), writes `person_id` into tracks and the `persons` table, and
+commits each shard anew through the commit protocol.
 """
 
 from __future__ import annotations
@@ -23,11 +24,35 @@ from catalog.split import person_split
 from pipeline.persons import THRESHOLDS, cluster_identities
 
 log = logging.getLogger(__name__)
-VERSION = "1"
+VERSION = "2"  # 2: tracks sharing frames of a clip are never one person
+MIN_OVERLAP_S = 0.02  # half a frame of the 25 fps grid
+
+
+def co_occurring(tracks: pa.Table, min_overlap_s: float = MIN_OVERLAP_S) -> list[tuple[int, int]]:
+    """Row index pairs (i < j) of tracks in the same clip whose spans [start_s, end_s) overlap by
+    more than `min_overlap_s` (half a 25 fps frame by default): two faces on screen at once."""
+    clips = tracks["clip_id"].to_pylist()
+    starts = tracks["start_s"].to_pylist()
+    ends = tracks["end_s"].to_pylist()
+    by_clip: dict[str, list[int]] = {}
+    for i, clip in enumerate(clips):
+        if clip is not None and starts[i] is not None and ends[i] is not None:
+            by_clip.setdefault(clip, []).append(i)
+    pairs = []
+    for rows in by_clip.values():
+        rows.sort(key=lambda i: starts[i])
+        for k, i in enumerate(rows):
+            for j in rows[k + 1:]:
+                if starts[j] >= ends[i] - min_overlap_s:
+                    break  # sorted by start: no later track overlaps i either
+                if min(ends[i], ends[j]) - max(starts[i], starts[j]) > min_overlap_s:
+                    pairs.append((min(i, j), max(i, j)))
+    return pairs
 
 
 def cluster_tracks(tracks: pa.Table) -> tuple[dict[str, str], list[dict]]:
-    """track_id -> person_id, and one persons row per cluster."""
+    """track_id -> person_id, and one persons row per cluster. `tracks` needs track_id, video_id,
+    clip_id, start_s, end_s, shard, identity_embedding, identity_backend and faces_status."""
     ok = tracks.filter(pc.and_(pc.equal(tracks["faces_status"], "ok"), pc.is_valid(tracks["identity_embedding"])))
     ok = ok.sort_by("track_id")
     person_of: dict[str, str] = {}
@@ -36,7 +61,7 @@ def cluster_tracks(tracks: pa.Table) -> tuple[dict[str, str], list[dict]]:
         group = ok.filter(pc.equal(ok["identity_backend"], backend))
         ids = group["track_id"].to_pylist()
         vectors = np.array(group["identity_embedding"].to_pylist(), np.float32)
-        labels = np.asarray(cluster_identities(vectors, backend))
+        labels = np.asarray(cluster_identities(vectors, backend, cannot_link=co_occurring(group)))
         for label in sorted(set(labels.tolist())):
             members = [ids[i] for i in np.flatnonzero(labels == label)]
             pid = hashlib.sha256(f"person:{min(members)}".encode()).hexdigest()[:32]
@@ -54,7 +79,8 @@ def assign_persons(root: str | Path) -> dict:
     """Run the post-pass on a catalog; returns counts."""
     root = layout.local_root(root)
     with Lease(root):
-        columns = ["track_id", "video_id", "shard", "identity_embedding", "identity_backend", "faces_status"]
+        columns = ["track_id", "video_id", "clip_id", "start_s", "end_s", "shard", "identity_embedding",
+                   "identity_backend", "faces_status"]
         person_of, persons = cluster_tracks(read_table(root, "tracks", columns=columns))
         fingerprint = hashlib.sha256(repr((VERSION, sorted(THRESHOLDS.items()))).encode()).hexdigest()[:16]
         for shard, record in sorted(read_commits(root).items()):

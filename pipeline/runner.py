@@ -153,7 +153,7 @@ def run(
         keys = [StageKey(n, st.covers(), st.fingerprints()) for n, st in zip(stages, driver_stages)]
         init_ray(runner)
         commits = read_commits(root)
-        hashed = _hash_inputs(root, sorted(set(map(str, inputs))))
+        hashed = _hash_inputs(root, sorted({absolute_uri(u) for u in inputs}))
         committed_videos = read_table(root, "videos", columns=["video_id", "shard", "uri", "content_sha256", "duplicate_of"])
         canonical = {r["content_sha256"]: r["uri"] for r in committed_videos.to_pylist()
                      if r["content_sha256"] and not r["duplicate_of"]}
@@ -178,6 +178,15 @@ def run(
     for summary in summaries.values():
         log.info(summary.line())
     return result
+
+
+def absolute_uri(uri: str | os.PathLike) -> str:
+    """Local paths absolute (symbolic links kept, so a dangling one still fails as itself),
+    object-store URIs as given: a catalog's uris read the same from any working directory."""
+    text = str(uri)
+    if "://" in text:
+        return text
+    return os.path.abspath(text)
 
 
 def _hash_inputs(root: Path, uris: list[str]) -> list[dict]:

@@ -7,8 +7,9 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-from jobs.media.synthetic import make_video, tone
 
+from catalog.contract import AUDIO_RATE
+from jobs.media.synthetic import make_video, tone
 from pipeline.media import encode_audio
 
 
@@ -70,18 +71,20 @@ def late_audio_video(path: Path, delay_s: float = 0.5) -> Path:
     return path
 
 
-def audio_only(path: Path) -> Path:
+def audio_only(path: Path, seconds: float = 1.0) -> Path:
+    """An AAC-only container (no video stream) of a `seconds` tone."""
     import av
 
     with av.open(str(path), "w", format="mp4") as out:
-        aud = out.add_stream("aac", rate=16000)
+        aud = out.add_stream("aac", rate=AUDIO_RATE)
         aud.layout = "mono"
-        encode_audio(out, aud, tone(1.0), 16000)
+        encode_audio(out, aud, tone(seconds), AUDIO_RATE)
     return path
 
 
 def build_ingest_corpus(folder: Path) -> tuple[dict[str, dict], dict[str, str]]:
-    """Writes the files; returns (valid name -> expected metadata, broken name -> error fragment)."""
+    """Writes the files; returns (valid name -> expected metadata, broken name -> error fragment).
+    It also writes notes.txt, which is not an input (scan_inputs counts it as ignored)."""
     folder.mkdir(parents=True, exist_ok=True)
     plain = make_video(folder / "plain.mp4", _gray, 25, fps=25, size=(64, 48), audio=tone(1.0))
     make_video(folder / "rotated.mp4", _gray, 10, fps=25, size=(64, 48), rotation=90)
@@ -97,6 +100,8 @@ def build_ingest_corpus(folder: Path) -> tuple[dict[str, dict], dict[str, str]]:
     (folder / "random.mp4").write_bytes(np.random.default_rng(0).bytes(20000))
     (folder / "text.mp4").write_text("this is not a video\n" * 50)
     audio_only(folder / "audio_only.mp4")
+    audio_only(folder / "voice.m4a", 1.5)  # an audio-only container among the videos: a failed row
+    (folder / "notes.txt").write_text("not an input\n")  # ignored, and counted as ignored
     os.symlink(folder / "does-not-exist.mp4", folder / "dangling.mp4")
     valid = {
         "plain.mp4": {"width": 64, "height": 48, "frame_count": 25, "has_audio": True, "fps": 25.0,
@@ -115,6 +120,7 @@ def build_ingest_corpus(folder: Path) -> tuple[dict[str, dict], dict[str, str]]:
         "random.mp4": "Invalid data",
         "text.mp4": "Invalid data",
         "audio_only.mp4": "no video stream",
+        "voice.m4a": "no video stream",
         "dangling.mp4": "dangling symbolic link",
     }
     return valid, broken

@@ -19,7 +19,14 @@ import pyarrow.compute as pc
 
 from catalog.manifest import read_manifest
 from catalog.read import read_table
-from catalog.select import TRACK_COLUMNS, SelectionError, Thresholds, balance, select
+from catalog.select import (
+    TRACK_COLUMNS,
+    SelectionError,
+    Thresholds,
+    balance,
+    select,
+    thresholds_with,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,23 +59,6 @@ def parse_overrides(items: list[str]) -> dict:
             node = node.setdefault(part, {})
         node[parts[-1]] = value
     return out
-
-
-def thresholds_with(base: Thresholds, overrides: dict) -> Thresholds:
-    """`base` with `overrides` applied (nested dicts such as lip_sync_rules are merged)."""
-    values = asdict(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(values.get(key), dict):
-            merged = {k: dict(v) if isinstance(v, dict) else v for k, v in values[key].items()}
-            for sub, subvalue in value.items():
-                if isinstance(subvalue, dict) and isinstance(merged.get(sub), dict):
-                    merged[sub].update(subvalue)
-                else:
-                    merged[sub] = subvalue
-            values[key] = merged
-        else:
-            values[key] = value
-    return Thresholds.from_dict(values)
 
 
 def current_thresholds(manifest: dict) -> Thresholds:

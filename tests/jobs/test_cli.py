@@ -79,3 +79,35 @@ def test_bench_writes_the_result_with_the_machine(tmp_path, monkeypatch, capsys)
 def test_input_is_repeatable_and_takes_several_files():
     args = cli.build_parser().parse_args(["curate", "--input", "a.mp4", "b.mp4", "--input", "c.mp4"])
     assert args.input == ["a.mp4", "b.mp4", "c.mp4"]
+
+
+def test_a_key_error_inside_the_library_is_a_runtime_failure(monkeypatch, capsys):
+    def broken(args):
+        return {}["missing"]
+
+    monkeypatch.setattr(cli, "cmd_models_list", broken)
+    assert cli.main(["models", "list"]) == 1  # not 2: the user's command was fine
+    assert "KeyError" in capsys.readouterr().err
+
+
+def test_select_section_and_overrides_in_a_spec():
+    spec = build({"job": {"inputs": ["x"]}, "select": {"min_face_px": 128, "emotions": ["happy"]}},
+                 ["select.lip_sync_rules.av_corr.min_confidence=0.8", "select.balance_by=\"emotion\""])
+    assert spec.select.min_face_px == 128 and spec.select.emotions == ("happy",)
+    assert spec.select.lip_sync_rules["av_corr"] == {"max_abs_offset_frames": 1, "min_confidence": 0.8}
+    assert spec.select.balance_by == "emotion"
+    assert spec.resolved()["select"]["emotions"] == ["happy"]
+    with pytest.raises(SpecError, match=r"\[select\].*unknown thresholds"):
+        build({"job": {"inputs": ["x"]}, "select": {"min_face": 3}})
+
+
+def test_scan_inputs_counts_what_it_ignores(tmp_path):
+    from jobs.spec import scan_inputs
+
+    for name in ("b.mp4", "a.MOV", "voice.m4a", "talk.wav", "notes.txt", "x.txt", "README"):
+        (tmp_path / "in" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "in" / name).write_bytes(b"\0")
+    files, ignored = scan_inputs([str(tmp_path / "in")])
+    assert [f.rsplit("/", 1)[-1] for f in files] == ["a.MOV", "b.mp4", "talk.wav", "voice.m4a"]
+    assert ignored == {"(none)": 1, ".txt": 2}
+    assert scan_inputs(["s3://bucket/v.mp4"]) == (["s3://bucket/v.mp4"], {})

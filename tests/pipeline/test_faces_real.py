@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from faces_support import probe, run_faces, write_clip
 
 from jobs.media.sources import MediaSourceError, media_file
 from pipeline.persons import cluster_identities
+from pipeline.persons_pass import cluster_tracks
 from pipeline.stages.faces import FacesConfig
 
 
@@ -54,6 +56,14 @@ def test_multi_face_photo_as_a_one_frame_video(tmp_path):
     assert len({t["track_id"] for t in result["tracks"]}) == 5
     emb = np.array([t["identity_embedding"] for t in result["tracks"]])
     assert emb.shape == (5, 128) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-4)
+    # five different people in one photo: five persons (they share the frame: cannot-link)
+    tracks = pa.Table.from_pylist([
+        {"track_id": t["track_id"], "video_id": "v", "clip_id": "clip0", "shard": 0,
+         "start_s": t["start_s"], "end_s": t["end_s"], "faces_status": t["faces_status"],
+         "identity_backend": "dlib", "identity_embedding": t["identity_embedding"]}
+        for t in result["tracks"]])
+    person_of, persons = cluster_tracks(tracks)
+    assert len(set(person_of.values())) == 5 and len(persons) == 5
 
 
 def test_clip_without_faces_is_a_row_with_a_reason(tmp_path):

@@ -4,12 +4,16 @@ ok with correct metadata, duplicates are skipped, all in one job."""
 from __future__ import annotations
 
 import math
+import os
 import shutil
 
+import numpy as np
 import pytest
-from jobs.media.ingest_cases import build_ingest_corpus
 
 import catalog
+from jobs.media.ingest_cases import build_ingest_corpus
+from jobs.media.synthetic import make_video
+from jobs.spec import expand_inputs, scan_inputs
 from pipeline import runner
 from pipeline.stages.ingest import IngestConfig
 
@@ -22,9 +26,9 @@ def ingested(tmp_path_factory, ray_local):
     valid, broken = build_ingest_corpus(folder)
     shutil.copy(folder / "plain.mp4", folder / "plain_copy.mp4")
     out = tmp_path_factory.mktemp("cat") / "catalog"
-    from jobs.spec import expand_inputs
-
-    result = runner.run(expand_inputs((str(folder),)), str(out), ["ingest"], {"ingest": IngestConfig()})
+    files, ignored = scan_inputs((str(folder),))
+    assert ignored == {".txt": 1}  # notes.txt: counted, not silently dropped
+    result = runner.run(files, str(out), ["ingest"], {"ingest": IngestConfig()})
     rows = {r["uri"].rsplit("/", 1)[-1]: r for r in catalog.read_table(out, "videos").to_pylist()}
     return out, rows, valid, broken, result
 
@@ -32,7 +36,20 @@ def ingested(tmp_path_factory, ray_local):
 def test_every_input_is_a_row(ingested):
     out, rows, valid, broken, result = ingested
     assert set(rows) == set(valid) | set(broken) | {"plain_copy.mp4"}
+    assert "voice.m4a" in broken and "notes.txt" not in rows
+    assert all(os.path.isabs(r["uri"]) for r in rows.values())
     assert catalog.validate(out) == []
+
+
+def test_relative_inputs_give_absolute_uris(tmp_path, monkeypatch, ray_local):
+    make_video(tmp_path / "in" / "a.mp4", lambda i: np.full((48, 64, 3), 9 * i, np.uint8), 5,
+               size=(64, 48))
+    monkeypatch.chdir(tmp_path)
+    assert scan_inputs(("in",)) == ([str(tmp_path / "in" / "a.mp4")], {})
+    runner.run(["in/a.mp4"], "cat", ["ingest"], {"ingest": IngestConfig()})
+    monkeypatch.chdir("/")  # the catalog reads the same from anywhere
+    (row,) = catalog.read_table(tmp_path / "cat", "videos").to_pylist()
+    assert row["uri"] == str(tmp_path / "in" / "a.mp4") and row["ingest_status"] == "ok"
 
 
 def test_broken_inputs_fail_with_reason(ingested):
@@ -72,8 +89,6 @@ def test_duplicate_is_skipped_and_points_to_original(ingested):
 
 def test_rerun_reuses_everything(ingested):
     out, rows, _, _, _ = ingested
-    from jobs.spec import expand_inputs
-
     files = [r["uri"] for r in rows.values()]
     result = runner.run(expand_inputs(tuple(files)), str(out), ["ingest"], {"ingest": IngestConfig()})
     assert result.shards_committed == 0 and result.shards_up_to_date > 0
