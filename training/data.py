@@ -30,15 +30,19 @@ import pyarrow.compute as pc
 import torch
 
 import catalog
-from catalog.schema import EMOTION_CLASSES, EMOTION_CLASSES_FER
+from catalog.schema import EMOTION_CLASSES_FER
 from training import windows as geo
-from training.batching import WindowBatches, draw_windows, windows_per_track
+from training.frame_table import read_frame_arrays
+from training.batching import (  # noqa: F401 - loader_throughput re-exported
+    WindowBatches,
+    draw_windows,
+    loader_throughput,
+    windows_per_track,
+)
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "all")
-FRAME_COLUMNS = ["track_id", "frame", "box", "crop_affine", "yaw", "pitch", "roll", "expression",
-                 "jaw_pose", "emotion_probs"]
 TRACK_COLUMNS = ["track_id", "video_id", "person_id", "crop_path", "crop_size", "frame_count",
                  "audio_features_path", "emotion_backend", "emotion_label"]
 
@@ -128,7 +132,8 @@ class WindowDataset(torch.utils.data.Dataset):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self.root, self.config, self.split = str(Path(root).resolve()), config or DataConfig(), split
-        self.excluded: dict[str, int] = {}
+        self.excluded: dict[str, int] = {}  # reason -> tracks left out when built
+        self.decode_failures: dict[str, int] = {}  # track_id -> failed decodes (this process)
         self.tracks: list[Track] = []
         self._readers: OrderedDict = OrderedDict()
         self._reader_pid = os.getpid()
@@ -158,7 +163,8 @@ class WindowDataset(torch.utils.data.Dataset):
         videos = catalog.read_table(self.root, "videos", columns=["video_id", "width", "height"])
         sizes = {v["video_id"]: (v["width"], v["height"]) for v in videos.to_pylist()}
         rows = sorted(tracks.to_pylist(), key=lambda r: r["track_id"])
-        frames = self._frame_arrays([r["track_id"] for r in rows], rows)
+        frames = read_frame_arrays(self.root, {r["track_id"]: r["emotion_backend"] for r in rows},
+                                   cfg.expression_dim, cfg.emotion_classes)
         self._arrays: dict[str, np.ndarray] = {}
         parts: dict[str, list[np.ndarray]] = {}
         need = geo.min_track_frames(cfg.frames, cfg.motion_frames, cfg.reference_margin_frames)
@@ -238,43 +244,6 @@ class WindowDataset(torch.utils.data.Dataset):
                 length = min(length, table.shape[0])
         return None, length, crop, feats
 
-    def _frame_arrays(self, ids: list[str], rows: list[dict]) -> dict[str, dict[str, np.ndarray]]:
-        """Per track: dense per-frame arrays on its 25 fps grid (NaN where a value is missing)."""
-        if not ids:
-            return {}
-        table = catalog.read_table(self.root, "frames", columns=FRAME_COLUMNS,
-                                   filters=pc.field("track_id").isin(ids))
-        table = table.sort_by([("track_id", "ascending"), ("frame", "ascending")])
-        tid = np.asarray(table["track_id"].to_pylist(), dtype=object)
-        frame = table["frame"].to_numpy(zero_copy_only=False).astype(np.int64)
-        backend = {r["track_id"]: r["emotion_backend"] for r in rows}
-        columns = {
-            "box": _matrix(table["box"], 4), "crop_affine": _matrix(table["crop_affine"], 6),
-            "expression": _matrix(table["expression"], self.config.expression_dim),
-            "jaw_pose": _matrix(table["jaw_pose"], 3),
-            "emotion_probs": _emotions(table["emotion_probs"], [backend.get(t) for t in tid],
-                                       self.config.emotion_classes),
-            "pose": np.stack([_vector(table[c]) for c in ("yaw", "pitch", "roll")], 1),
-        }
-        out: dict[str, dict[str, np.ndarray]] = {}
-        if not len(tid):
-            return out
-        starts = np.flatnonzero(np.r_[True, tid[1:] != tid[:-1]])
-        ends = np.r_[starts[1:], len(tid)]
-        for a, b in zip(starts, ends):
-            idx = frame[a:b]
-            n = int(idx.max()) + 1
-            track = {"frame_present": np.zeros(n, bool)}
-            track["frame_present"][idx] = True
-            for name, values in columns.items():
-                dense = np.full((n,) + values.shape[1:], np.nan, np.float32)
-                dense[idx] = values[a:b]
-                track[name] = dense
-            pose = track.pop("pose")
-            track["head_speed"] = geo.head_speed(pose[:, 0], pose[:, 1], pose[:, 2])
-            out[str(tid[a])] = track
-        return out
-
     # ---------------------------------------------------------------- windows and batches
     def windows(self, epoch: int) -> np.ndarray:
         """int64[N, 3] (track, start, reference) of an epoch, in its shuffled order."""
@@ -333,12 +302,34 @@ class WindowDataset(torch.utils.data.Dataset):
         return raw[inverse.reshape(-1)]
 
     def __getitem__(self, window: Window | tuple[int, int, int]) -> dict[str, np.ndarray]:
-        """One sample as numpy arrays (collate's keys, without the batch axis)."""
+        """One sample as numpy arrays (collate's keys, without the batch axis). A clip that
+        fails to decode now (damaged after the dataset was built) is logged and the sample is
+        taken from the next track instead (its first window), so training goes on."""
         track_index, start, reference = (int(v) for v in window)
-        cfg, t = self.config, self.tracks[track_index]
-        window_idx = np.arange(start, start + cfg.frames)
-        motion_idx = np.arange(start - cfg.motion_frames, start)
-        pixels = self.decode(track_index, np.concatenate([motion_idx, window_idx, [reference]]))
+        cfg = self.config
+        for _ in range(len(self.tracks)):
+            window_idx = np.arange(start, start + cfg.frames)
+            motion_idx = np.arange(start - cfg.motion_frames, start)
+            try:
+                pixels = self.decode(track_index,
+                                     np.concatenate([motion_idx, window_idx, [reference]]))
+                break
+            except Exception as exc:  # noqa: BLE001 - decord raises its own and RuntimeErrors
+                log.error("data: decoding %s failed (%s: %s); using the next track's window",
+                          self.tracks[track_index].crop_path, type(exc).__name__, exc)
+                self.decode_failures[self.tracks[track_index].track_id] = (
+                    self.decode_failures.get(self.tracks[track_index].track_id, 0) + 1)
+                track_index = (track_index + 1) % len(self.tracks)
+                length = self.tracks[track_index].length
+                start = int(geo.valid_starts(length, cfg.frames, cfg.motion_frames,
+                                             cfg.reference_margin_frames)[0])
+                reference = geo.draw_reference(np.random.default_rng(start), length, start,
+                                               cfg.frames, cfg.motion_frames,
+                                               cfg.reference_margin_frames)
+        else:
+            raise RuntimeError(f"no track of {self.root} decodes any more; last tried "
+                               f"{self.tracks[track_index].crop_path}")
+        t = self.tracks[track_index]
         pixels = pixels.astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1.0
         m = cfg.motion_frames
         rows = t.offset + window_idx
@@ -397,44 +388,4 @@ def collate(samples: list[dict]) -> dict[str, torch.Tensor]:
         out[key] = torch.tensor([bool(s[key]) for s in samples], dtype=torch.bool)
     for key in LONG_KEYS:
         out[key] = torch.tensor([int(s[key]) for s in samples], dtype=torch.int64)
-    return out
-
-
-def _vector(column: pa.ChunkedArray) -> np.ndarray:
-    return np.asarray(column.to_numpy(zero_copy_only=False), np.float64).astype(np.float32)
-
-
-def _matrix(column: pa.ChunkedArray, dim: int) -> np.ndarray:
-    """float32[N, dim] of a list column; NaN rows where the value is null or of another length."""
-    array = column.combine_chunks()
-    out = np.full((len(array), dim), np.nan, np.float32)
-    if isinstance(array.type, pa.FixedSizeListType):
-        array = array.cast(pa.list_(array.type.value_type))
-    lengths = pc.fill_null(pc.list_value_length(array), -1).to_numpy()
-    good = np.flatnonzero(lengths == dim)
-    if len(good):
-        values = pc.list_flatten(array.take(pa.array(good))).to_numpy(zero_copy_only=False)
-        out[good] = np.asarray(values, np.float32).reshape(len(good), dim)
-    return out
-
-
-def _emotions(column: pa.ChunkedArray, backends: list[str | None],
-              classes: tuple[str, ...]) -> np.ndarray:
-    """float32[N, K] emotion probabilities reordered from each row's backend classes to
-    `classes` (0 for a class the backend lacks; NaN rows where unknown)."""
-    out = np.full((len(column), len(classes)), np.nan, np.float32)
-    backends_arr = np.asarray(backends, dtype=object)
-    for backend in {b for b in backends if b is not None}:
-        names = EMOTION_CLASSES.get(backend)
-        if names is None:
-            log.warning("data: unknown emotion backend %r; its probabilities are left out", backend)
-            continue
-        rows = np.flatnonzero(backends_arr == backend)
-        values = _matrix(column.take(pa.array(rows)), len(names))
-        mapped = np.zeros((len(rows), len(classes)), np.float32)
-        for k, name in enumerate(classes):
-            if name in names:
-                mapped[:, k] = values[:, names.index(name)]
-        mapped[~np.all(np.isfinite(values), axis=1)] = np.nan
-        out[rows] = mapped
     return out
