@@ -264,10 +264,6 @@ def table_schema(table: str, stages: tuple[str, ...] | None = None) -> pa.Schema
     return pa.schema(fields, metadata={"emoforge_table": table, "schema_version": SCHEMA_VERSION})
 
 
-def stage_columns(stage: str, table: str) -> list[pa.Field]:
-    return list(COLUMNS.get((stage, table), []))
-
-
 def stage_output(stages: tuple[str, ...], level: str) -> pa.Schema:
     """What a stage (or analyzer group) returns for rows of `level`: its columns there, plus a
     list<struct> column per child table it writes (recursively), e.g. videos -> clips -> ..."""

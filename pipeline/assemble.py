@@ -19,7 +19,6 @@ import pyarrow.parquet as pq
 from catalog import schema
 from catalog.read import conform
 
-CHILD_OF = {v: k for k, v in schema.CHILDREN.items()}  # child table -> parent table
 
 
 def key_strings(table: pa.Table, name: str) -> pa.Array:

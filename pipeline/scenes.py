@@ -39,7 +39,7 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import TypeVar
 
@@ -411,7 +411,3 @@ def cut_times(path: str, config: ScenesConfig | None = None) -> list[float]:
     config = config or ScenesConfig()
     result = scan(str(path), config)
     return [float(result.pts[j]) for _, _, j in boundaries(result, config) if j < result.frames]
-
-
-def config_json(config: ScenesConfig) -> str:
-    return json.dumps(asdict(config), sort_keys=True)

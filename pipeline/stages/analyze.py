@@ -112,6 +112,7 @@ class AnalyzeStage(Stage):
                 log.debug("%s failed on %s", analyzer.name, row["track_id"], exc_info=True)
                 result = AnalyzerResult({f"{analyzer.name}_status": FAILED,
                                          f"{analyzer.name}_error": f"{type(exc).__name__}: {exc}"})
+            result = _checked_frames(analyzer.name, result, track.num_frames, row["track_id"])
             results[analyzer.name] = result
             out.update(result.track)
         out["frames"] = _frame_rows(results, track.num_frames)
@@ -136,11 +137,26 @@ def decode_track(row: dict, crop_file: str) -> DecodedTrack:
                         row=row, has_audio=bool(row.get("has_audio")))
 
 
+def _checked_frames(name: str, result: AnalyzerResult, count: int, track_id: str) -> AnalyzerResult:
+    """The result, or, when a per-frame column does not have one value per frame, the analyzer
+    marked failed with the column named (its frame values are dropped, loudly)."""
+    wrong = {col: len(values) for col, values in (result.frames or {}).items()
+             if values is not None and len(values) != count}
+    if not wrong:
+        return result
+    why = ", ".join(f"{col} has {n} values" for col, n in sorted(wrong.items()))
+    error = f"per-frame output does not match the track's {count} frames ({why}); frames dropped"
+    log.warning("%s on track %s: %s", name, track_id, error)
+    return AnalyzerResult({**result.track, f"{name}_status": FAILED, f"{name}_error": error})
+
+
 def _frame_rows(results: dict[str, AnalyzerResult], count: int) -> list[dict]:
+    """One row per frame with every analyzer's per-frame columns (each checked to have `count`
+    values by _checked_frames)."""
     columns: dict[str, Any] = {}
     for result in results.values():
         for name, values in (result.frames or {}).items():
-            if values is not None and len(values) == count:
+            if values is not None:
                 columns[name] = values
     rows = []
     for i in range(count):
