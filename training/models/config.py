@@ -1,0 +1,124 @@
+"""ModelConfig: the EMO model's sizes and UNet layout as one flat, JSON-serialisable dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+CODECS = ("pixel", "vae")
+INITS = ("scratch", "sd15")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Sizes of the denoiser, ReferenceNet and condition layers.
+
+    The UNet layout fields carry diffusers' `UNet2DConditionModel` names and meanings
+    (`attention_head_dim` is the number of heads per attention layer, as in SD 1.5's config).
+    """
+
+    # data geometry
+    image_size: int = 64  # S: square crops, pixels
+    frames: int = 4  # F: window frames per sample
+    motion_frames: int = 2  # M: frames before the window, through the ReferenceNet
+    # codec and initialisation
+    codec: str = "pixel"  # "pixel" (identity, c=3) or "vae" (AutoencoderKL latents)
+    init: str = "scratch"  # "scratch" or "sd15" (VAE, UNet, ReferenceNet from models_root)
+    models_root: str = ""  # the model root holding diffusion/sd15/{vae,unet,scheduler}
+    latent_channels: int = 3  # c: 3 for pixels, 4 for the SD VAE
+    # UNet layout (denoiser and ReferenceNet share it)
+    block_out_channels: tuple[int, ...] = (16, 32, 64)
+    layers_per_block: int = 1
+    down_block_types: tuple[str, ...] = ("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D")
+    up_block_types: tuple[str, ...] = ("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D")
+    cross_attention_dim: int = 32
+    attention_head_dim: int = 4
+    norm_num_groups: int = 8
+    # conditions
+    audio_dim: int = 512  # Da: whisper base encoder width
+    audio_context: int = 5  # A: audio rows per frame (frame-2 .. frame+2)
+    expression_dim: int = 10  # De: expression vector length (3dmm backend)
+    jaw_dim: int = 3
+    expression_tokens: int = 2  # context tokens made from expression + jaw pose
+    reference_tokens: int = 1  # learned context tokens of the ReferenceNet's cross-attention
+    num_emotions: int = 7  # K: emotion classes (the catalog's default fer+facex classes)
+    emotion_dim: int = 64
+    speed_buckets: tuple[float, ...] = (0.0, 5.0, 10.0, 20.0, 40.0, 80.0)  # deg/s centres
+    speed_dim: int = 64
+    face_locator_channels: tuple[int, ...] = (16, 32)
+    # temporal layers
+    temporal_heads: int = 4
+    temporal_max_frames: int = 32  # positional embeddings: motion + window frames
+
+    def __post_init__(self) -> None:
+        if self.codec not in CODECS:
+            raise ValueError(f"ModelConfig.codec must be one of {CODECS}, got {self.codec!r}")
+        if self.init not in INITS:
+            raise ValueError(f"ModelConfig.init must be one of {INITS}, got {self.init!r}")
+        if self.init == "sd15" and not self.models_root:
+            raise ValueError("ModelConfig.init='sd15' needs models_root (the model root folder)")
+        if self.codec == "pixel" and self.latent_channels != 3:
+            raise ValueError(f"pixel codec has 3 channels, latent_channels={self.latent_channels}")
+        if "CrossAttnUpBlock2D" not in self.up_block_types:
+            raise ValueError(
+                f"up_block_types {self.up_block_types} need a CrossAttnUpBlock2D: the ReferenceNet's "
+                "last attention is expected in the up path"
+            )
+        if self.frames < 1 or self.motion_frames < 0:
+            raise ValueError(f"frames >= 1 and motion_frames >= 0, got {self.frames}, "
+                             f"{self.motion_frames}")
+        if self.frames + self.motion_frames > self.temporal_max_frames:
+            raise ValueError(
+                f"frames + motion_frames = {self.frames + self.motion_frames} exceeds "
+                f"temporal_max_frames = {self.temporal_max_frames}"
+            )
+        if len(self.speed_buckets) < 2 or list(self.speed_buckets) != sorted(self.speed_buckets):
+            raise ValueError(f"speed_buckets must be >= 2 increasing centres, got "
+                             f"{self.speed_buckets}")
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> ModelConfig:
+        """Pixel space, 64 px, F=4, M=2, attention only at 16x16: a CPU-sized model."""
+        return cls.from_dict(overrides)
+
+    @classmethod
+    def base(cls, models_root: str | Path, **overrides: Any) -> ModelConfig:
+        """SD 1.5 layout at 512 px, F=12, M=4, VAE latents; weights from `models_root`."""
+        values: dict[str, Any] = dict(
+            image_size=512, frames=12, motion_frames=4, codec="vae", init="sd15",
+            models_root=str(models_root), latent_channels=4,
+            block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32,
+            audio_dim=512, expression_tokens=4, reference_tokens=1, emotion_dim=256,
+            speed_dim=256, face_locator_channels=(16, 32, 64, 128), temporal_heads=8,
+        )
+        values.update(overrides)
+        return cls.from_dict(values)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        """Build from a dict (e.g. `json.loads` of `dataclasses.asdict(cfg)`); lists -> tuples."""
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(set(d) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown ModelConfig keys {unknown}; valid keys: {valid}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """`dataclasses.asdict(self)`: JSON-serialisable (tuples become lists in JSON)."""
+        return dataclasses.asdict(self)
+
+    def unet_kwargs(self, sample_size: int) -> dict[str, Any]:
+        """Keyword arguments of diffusers' `UNet2DConditionModel` for this layout."""
+        return dict(
+            sample_size=sample_size, in_channels=self.latent_channels,
+            out_channels=self.latent_channels, block_out_channels=self.block_out_channels,
+            layers_per_block=self.layers_per_block, down_block_types=self.down_block_types,
+            up_block_types=self.up_block_types, cross_attention_dim=self.cross_attention_dim,
+            attention_head_dim=self.attention_head_dim, norm_num_groups=self.norm_num_groups,
+        )

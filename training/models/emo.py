@@ -1,0 +1,232 @@
+"""EmoModel: EMO's denoiser (a diffusers UNet2DConditionModel run on B*F frames) with reference
+attention, audio + expression cross-attention, an emotion embedding, temporal, motion and speed
+layers and the face locator; `build_model` assembles it from a ModelConfig.
+
+How the layers hook into the UNet (its forward is diffusers' own, unchanged):
+- reference attention: attention processors (reference.py) on attn1; the ReferenceNet's captured
+  self-attention inputs reach them through `cross_attention_kwargs={"emo": DenoiseContext}`;
+- audio/expression: the per-frame context tokens are attn2's `encoder_hidden_states`;
+- emotion: `class_embedding` is an `nn.Identity`, `class_labels` the emotion embedding [B*F, temb],
+  which the UNet adds to the time embedding;
+- temporal, motion and speed layers: a forward hook on every `Transformer2DModel` applies the
+  matching temporal layer to its output; the hook reads the same `DenoiseContext` from the
+  transformer's `cross_attention_kwargs` keyword argument, so no state lives on the modules;
+- face locator: its output is added to the noisy input (EMO's placement).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import torch
+from diffusers import UNet2DConditionModel
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from training.models.codec import PixelCodec, VaeCodec
+from training.models.conditions import ContextTokens, EmotionEmbedding, FaceLocator, SpeedLayers
+from training.models.config import ModelConfig
+from training.models.reference import (
+    ReferenceAttnProcessor, ReferenceNet, set_processors, transformer_paths)
+from training.models.sd15 import load_unet, load_vae
+from training.models.temporal import MotionLayer, TemporalLayer, to_tokens
+
+log = logging.getLogger(__name__)
+
+DROPPABLE = ("audio", "reference", "expression", "emotion", "motion")
+# top-level submodules trained per stage; stage 2 also trains the denoiser's attn2 (the layers
+# that attend to the audio and expression tokens)
+STAGES = {
+    1: ("denoiser", "reference_net", "face_locator"),
+    2: ("temporal", "motion", "context", "emotion"),
+    3: ("temporal", "speed"),
+}
+
+
+@dataclass
+class Conditions:
+    """Conditions of a batch (see the data/model contract). None means absent for every sample
+    (the null condition is used); training passes every tensor and drops through `drop`.
+
+    reference_latent [B,c,h,w]; motion_latents [B,M,c,h,w] (M may be 0); audio [B,F,A,Da];
+    expression [B,F,De]; jaw_pose [B,F,3]; emotion int64 [B] (-1 unknown); intensity [B];
+    face_mask [B,F,1,S,S] (pixel resolution); head_speed [B,F] deg/s;
+    drop: name -> bool [B] for names in DROPPABLE (True = use the null for that sample).
+    """
+
+    reference_latent: torch.Tensor
+    motion_latents: torch.Tensor | None = None
+    audio: torch.Tensor | None = None
+    expression: torch.Tensor | None = None
+    jaw_pose: torch.Tensor | None = None
+    emotion: torch.Tensor | None = None
+    intensity: torch.Tensor | None = None
+    face_mask: torch.Tensor | None = None
+    head_speed: torch.Tensor | None = None
+    drop: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class DenoiseContext:
+    """Per-call state of the denoiser's processors and temporal hooks.
+
+    features: attn1 path -> reference features [B,L,C]; reference_keep bool [B];
+    motion: per temporal layer, ReferenceNet outputs of the motion frames [B*M,C,H,W], or None;
+    motion_keep bool [B]; speed: per temporal layer [B,F,C], or None.
+    """
+
+    frames: int
+    features: dict[str, torch.Tensor]
+    reference_keep: torch.Tensor
+    motion: list[torch.Tensor] | None
+    motion_keep: torch.Tensor
+    speed: list[torch.Tensor] | None
+
+
+class EmoModel(nn.Module):
+    """forward(noisy [B,F,c,h,w], timesteps int64 [B], cond) -> v-prediction [B,F,c,h,w]."""
+
+    def __init__(self, cfg: ModelConfig, codec: nn.Module, unet: UNet2DConditionModel) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.codec = codec.requires_grad_(False)
+        self.reference_net = ReferenceNet(copy.deepcopy(unet), cfg.reference_tokens)
+        self.denoiser = unet
+        set_processors(unet, ReferenceAttnProcessor)
+        unet.class_embedding = nn.Identity()  # class_labels = the emotion embedding
+        paths = transformer_paths(unet)
+        modules = dict(unet.named_modules())
+        channels = [modules[p].in_channels for p in paths]
+        self.temporal = nn.ModuleList(
+            TemporalLayer(ch, cfg.temporal_heads, cfg.temporal_max_frames) for ch in channels)
+        self.motion = nn.ModuleList(MotionLayer(ch) for ch in channels)
+        self.context = ContextTokens(cfg.audio_dim, cfg.audio_context, cfg.expression_dim,
+                                     cfg.jaw_dim, cfg.expression_tokens, cfg.cross_attention_dim)
+        temb_dim = unet.time_embedding.linear_2.out_features
+        self.emotion = EmotionEmbedding(cfg.num_emotions, cfg.emotion_dim, temb_dim)
+        self.speed = SpeedLayers(cfg.speed_buckets, cfg.speed_dim, channels)
+        self.face_locator = FaceLocator(cfg.face_locator_channels, cfg.latent_channels)
+        for i, path in enumerate(paths):
+            modules[path].register_forward_hook(partial(self._temporal_hook, i), with_kwargs=True)
+        self.gradient_checkpointing = False
+
+    def _temporal_hook(self, index: int, module: nn.Module, args: tuple, kwargs: dict,
+                       output: Any) -> Any:
+        ctx = (kwargs.get("cross_attention_kwargs") or {}).get("emo")
+        if not isinstance(ctx, DenoiseContext):
+            return None
+        x = output[0] if isinstance(output, tuple) else output.sample
+        motion = None
+        if ctx.motion is not None:
+            feats = ctx.motion[index]
+            motion = self.motion[index](to_tokens(feats, feats.shape[0] // ctx.motion_keep.shape[0]))
+        speed = None if ctx.speed is None else ctx.speed[index]
+        layer = self.temporal[index]
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            x = checkpoint(layer, x, ctx.frames, motion, ctx.motion_keep, speed,
+                           use_reentrant=False)
+        else:
+            x = layer(x, ctx.frames, motion, ctx.motion_keep, speed)
+        return (x, *output[1:]) if isinstance(output, tuple) else Transformer2DModelOutput(x)
+
+    def _keep(self, drop: dict[str, torch.Tensor], batch: int,
+              device: torch.device) -> dict[str, torch.Tensor]:
+        unknown = sorted(set(drop) - set(DROPPABLE))
+        if unknown:
+            raise ValueError(f"unknown drop keys {unknown}; droppable: {list(DROPPABLE)}")
+        keep = {}
+        for name in DROPPABLE:
+            d = drop.get(name)
+            if d is not None and tuple(d.shape) != (batch,):
+                raise ValueError(f"drop[{name!r}] has shape {tuple(d.shape)}, expected ({batch},)")
+            keep[name] = (torch.ones(batch, dtype=torch.bool, device=device) if d is None
+                          else ~d.to(device=device, dtype=torch.bool))
+        return keep
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor,
+                cond: Conditions) -> torch.Tensor:
+        b, f, _, h, w = noisy.shape
+        keep = self._keep(cond.drop, b, noisy.device)
+        ref = cond.reference_latent.to(noisy.dtype)[:, None]
+        m = 0 if cond.motion_latents is None else cond.motion_latents.shape[1]
+        if m:
+            ref = torch.cat([ref, cond.motion_latents.to(noisy.dtype)], dim=1)
+        bank = self.reference_net(ref.flatten(0, 1))  # [B*(1+M), ...]
+        features = {k: v.unflatten(0, (b, 1 + m))[:, 0] for k, v in bank.features.items()}
+        motion = None
+        if m:
+            motion = [o.unflatten(0, (b, 1 + m))[:, 1:].flatten(0, 1) for o in bank.outputs]
+        context = self.context(b, f, cond.audio, cond.expression, cond.jaw_pose,
+                               keep["audio"], keep["expression"])
+        emotion = cond.emotion if cond.emotion is not None else torch.full(
+            (b,), -1, dtype=torch.long, device=noisy.device)
+        intensity = cond.intensity if cond.intensity is not None else torch.ones(
+            b, device=noisy.device)
+        emo = self.emotion(emotion, intensity.to(noisy.dtype), keep["emotion"])
+        speed = None if cond.head_speed is None else self.speed(cond.head_speed)
+        sample = noisy.flatten(0, 1)
+        if cond.face_mask is not None:
+            sample = sample + self.face_locator(cond.face_mask.flatten(0, 1), (h, w))
+        ctx = DenoiseContext(frames=f, features=features, reference_keep=keep["reference"],
+                             motion=motion, motion_keep=keep["motion"], speed=speed)
+        timesteps = timesteps.expand(b) if timesteps.ndim == 0 else timesteps
+        out = self.denoiser(
+            sample, timesteps.repeat_interleave(f), encoder_hidden_states=context.flatten(0, 1),
+            class_labels=emo.repeat_interleave(f, dim=0), cross_attention_kwargs={"emo": ctx},
+            return_dict=False)[0]
+        return out.unflatten(0, (b, f))
+
+    def trainable_parameters(self, stage: int) -> list[nn.Parameter]:
+        """Set requires_grad for `stage` (1 images, 2 video, 3 speed; see STAGES) and return the
+        trainable parameters; everything else (the codec, the ReferenceNet's unused tail) is
+        frozen."""
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {sorted(STAGES)}, got {stage!r}")
+        unused = {f"reference_net.{n}" for n in self.reference_net.unused_by_reference_attention()}
+        chosen = []
+        for name, p in self.named_parameters():
+            top = name.split(".")[0]
+            on = top in STAGES[stage] or (stage == 2 and top == "denoiser" and ".attn2." in name)
+            on = on and name not in unused
+            p.requires_grad_(on)
+            if on:
+                chosen.append(p)
+        return chosen
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Recompute the UNets' resnets/transformer blocks and the temporal layers in backward."""
+        for unet in (self.denoiser, self.reference_net.unet):
+            if enabled:
+                unet.enable_gradient_checkpointing()
+            else:
+                unet.disable_gradient_checkpointing()
+        self.gradient_checkpointing = enabled
+
+
+def build_model(cfg: ModelConfig) -> EmoModel:
+    """The EmoModel of `cfg`: pixel or VAE codec; UNet from scratch or SD 1.5 (`cfg.models_root`),
+    the ReferenceNet starting as a copy of the denoiser's UNet."""
+    if cfg.codec == "vae":
+        if cfg.init != "sd15":
+            raise ValueError("codec='vae' loads the SD 1.5 VAE: it needs init='sd15'")
+        codec: nn.Module = VaeCodec(load_vae(cfg))
+    else:
+        codec = PixelCodec()
+    levels = len(cfg.block_out_channels)
+    unit = codec.downsample * 2 ** (levels - 1)
+    if cfg.image_size % unit:
+        raise ValueError(f"image_size {cfg.image_size} must be a multiple of {unit} (codec "
+                         f"downsampling x {levels - 1} UNet downsamplings)")
+    if cfg.init == "sd15":
+        unet = load_unet(cfg)
+    else:
+        unet = UNet2DConditionModel(**cfg.unet_kwargs(cfg.image_size // codec.downsample))
+    model = EmoModel(cfg, codec, unet)
+    log.info("EmoModel: %.2fM parameters (%s)",
+             sum(p.numel() for p in model.parameters()) / 1e6, cfg.init)
+    return model
