@@ -40,3 +40,20 @@ def test_split_edge_cases():
     assert len(val) == 1 and len(train) == 1  # at least one validation person when n > 1
     with pytest.raises(ValueError, match="person_id"):
         person_split(pa.table({"track_id": ["x"]}))
+
+
+def test_split_by_person_writes_what_person_split_returns(tmp_path):
+    from catalog import schema
+    from catalog.commits import commit_shard
+    from catalog.manifest import write_manifest
+    from pipeline.persons_pass import split_by_person
+
+    tracks = _tracks().append_column("shard", pa.array([0] * 12, pa.int32()))
+    full = pa.Table.from_pylist(tracks.to_pylist(), schema=schema.table_schema("tracks"))
+    commit_shard(tmp_path, 0, {"tracks": full}, {}, {"faces": "x"})
+    write_manifest(tmp_path, {}, {"faces": {"fingerprint": "x", "models": []}}, "test")
+    summary = split_by_person(tmp_path, 0.3, 5, str(tmp_path / "lists"))
+    train, val = person_split(_tracks(), 0.3, 5)
+    assert (tmp_path / "lists" / "train.txt").read_text().split() == train
+    assert (tmp_path / "lists" / "val.txt").read_text().split() == val
+    assert summary["persons"] == 7 and summary["val_persons"] == 2  # round(7 * 0.3) = 2
