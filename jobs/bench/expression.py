@@ -21,14 +21,15 @@ def _real_track(name: str = "single_face.mp4", repeat: int = 4):
     import cv2
     import dlib
 
+    from catalog.contract import CROP_FPS
     from jobs.media.sources import media_file
     from pipeline.analysis.base import DecodedTrack
     from pipeline.media import iter_frames
 
     decoded = [(f.pts_s, f.image) for f in iter_frames(str(media_file(name)))]
     grid, j = [], 0
-    for k in range(int(decoded[-1][0] * 25) + 1):
-        while j + 1 < len(decoded) and decoded[j + 1][0] <= k / 25 + 1e-6:
+    for k in range(int(decoded[-1][0] * CROP_FPS) + 1):
+        while j + 1 < len(decoded) and decoded[j + 1][0] <= k / CROP_FPS + 1e-6:
             j += 1
         grid.append(decoded[j][1])
     base = next(iter(importlib.util.find_spec("face_recognition_models").submodule_search_locations))

@@ -60,14 +60,14 @@ def late_audio_video(path: Path, delay_s: float = 0.5) -> Path:
     with av.open(str(path), "w") as out:
         vs = out.add_stream("libx264", rate=25)
         vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv420p"
-        aud = out.add_stream("aac", rate=16000)
+        aud = out.add_stream("aac", rate=AUDIO_RATE)
         aud.layout = "mono"
         for i in range(25):
             for packet in vs.encode(av.VideoFrame.from_ndarray(_gray(i), format="rgb24")):
                 out.mux(packet)
         for packet in vs.encode():
             out.mux(packet)
-        encode_audio(out, aud, tone(0.5), 16000, start_s=delay_s)
+        encode_audio(out, aud, tone(0.5), AUDIO_RATE, start_s=delay_s)
     return path
 
 
