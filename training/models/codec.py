@@ -1,4 +1,4 @@
-"""Frozen codecs between pixels in [-1, 1] and the denoiser's space: identity or SD's AutoencoderKL."""
+"""Frozen codecs between pixels in [-1, 1] and the denoiser's space: identity or AutoencoderKL."""
 
 from __future__ import annotations
 

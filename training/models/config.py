@@ -29,13 +29,15 @@ class ModelConfig:
     models_root: str = ""  # the model root holding diffusion/sd15/{vae,unet,scheduler}
     latent_channels: int = 3  # c: 3 for pixels, 4 for the SD VAE
     # UNet layout (denoiser and ReferenceNet share it)
-    block_out_channels: tuple[int, ...] = (16, 32, 64)
+    # (the tiny default: 64, 32, 16, 8 px levels, attention only at 8x8: attention over more
+    # tokens dominates a CPU step)
+    block_out_channels: tuple[int, ...] = (8, 16, 32, 64)
     layers_per_block: int = 1
-    down_block_types: tuple[str, ...] = ("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D")
-    up_block_types: tuple[str, ...] = ("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D")
+    down_block_types: tuple[str, ...] = ("DownBlock2D",) * 3 + ("CrossAttnDownBlock2D",)
+    up_block_types: tuple[str, ...] = ("CrossAttnUpBlock2D",) + ("UpBlock2D",) * 3
     cross_attention_dim: int = 32
     attention_head_dim: int = 4
-    norm_num_groups: int = 8
+    norm_num_groups: int = 4
     # conditions
     audio_dim: int = 512  # Da: whisper base encoder width
     audio_context: int = 5  # A: audio rows per frame (frame-2 .. frame+2)
@@ -63,8 +65,8 @@ class ModelConfig:
             raise ValueError(f"pixel codec has 3 channels, latent_channels={self.latent_channels}")
         if "CrossAttnUpBlock2D" not in self.up_block_types:
             raise ValueError(
-                f"up_block_types {self.up_block_types} need a CrossAttnUpBlock2D: the ReferenceNet's "
-                "last attention is expected in the up path"
+                f"up_block_types {self.up_block_types} need a CrossAttnUpBlock2D: the "
+                "ReferenceNet's last attention is expected in the up path"
             )
         if self.frames < 1 or self.motion_frames < 0:
             raise ValueError(f"frames >= 1 and motion_frames >= 0, got {self.frames}, "
@@ -80,7 +82,7 @@ class ModelConfig:
 
     @classmethod
     def tiny(cls, **overrides: Any) -> ModelConfig:
-        """Pixel space, 64 px, F=4, M=2, attention only at 16x16: a CPU-sized model."""
+        """Pixel space, 64 px, F=4, M=2, attention only at 8x8: a CPU-sized model."""
         return cls.from_dict(overrides)
 
     @classmethod

@@ -123,8 +123,9 @@ class EmoModel(nn.Module):
         x = output[0] if isinstance(output, tuple) else output.sample
         motion = None
         if ctx.motion is not None:
-            feats = ctx.motion[index]
-            motion = self.motion[index](to_tokens(feats, feats.shape[0] // ctx.motion_keep.shape[0]))
+            feats = ctx.motion[index]  # [B*M,C,H,W]
+            n_motion = feats.shape[0] // ctx.motion_keep.shape[0]
+            motion = self.motion[index](to_tokens(feats, n_motion))
         speed = None if ctx.speed is None else ctx.speed[index]
         layer = self.temporal[index]
         if self.gradient_checkpointing and torch.is_grad_enabled():

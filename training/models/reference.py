@@ -23,14 +23,11 @@ from torch import nn
 
 def transformer_paths(unet: UNet2DConditionModel) -> list[str]:
     """Module paths of the UNet's `Transformer2DModel`s in execution order (down, mid, up)."""
-    paths = []
-    for i, block in enumerate(unet.down_blocks):
-        paths += [f"down_blocks.{i}.attentions.{j}" for j in range(len(getattr(block, "attentions", [])))]
-    if unet.mid_block is not None:
-        paths += [f"mid_block.attentions.{j}" for j in range(len(getattr(unet.mid_block, "attentions", [])))]
-    for i, block in enumerate(unet.up_blocks):
-        paths += [f"up_blocks.{i}.attentions.{j}" for j in range(len(getattr(block, "attentions", [])))]
-    return paths
+    blocks = [(f"down_blocks.{i}", b) for i, b in enumerate(unet.down_blocks)]
+    blocks += [("mid_block", unet.mid_block)] if unet.mid_block is not None else []
+    blocks += [(f"up_blocks.{i}", b) for i, b in enumerate(unet.up_blocks)]
+    return [f"{name}.attentions.{j}" for name, block in blocks
+            for j in range(len(getattr(block, "attentions", None) or []))]
 
 
 def _attend(attn: Attention, hidden_states: torch.Tensor, context: torch.Tensor,
@@ -185,7 +182,7 @@ class ReferenceNet(nn.Module):
         the last transformer's last block after its norm1 and its proj_out (used only by motion
         features, i.e. not in stage 1, where the ReferenceNet trains) and everything after that
         transformer (never run). They stay frozen in every stage."""
-        last = self.paths[-1]  # "up_blocks.{b}.attentions.{j}" (the config asks for an up attention)
+        last = self.paths[-1]  # "up_blocks.{b}.attentions.{j}" (ModelConfig asks for one)
         block, attn = int(last.split(".")[1]), int(last.split(".")[3])
         n_blocks = len(self.unet.get_submodule(f"{last}.transformer_blocks"))
         n_resnets = len(self.unet.up_blocks[block].resnets)

@@ -14,9 +14,9 @@ log = logging.getLogger(__name__)
 
 SUBFOLDERS = ("unet", "vae", "scheduler")
 SOURCE = (
-    "Stable Diffusion 1.5 weights are not shipped and nothing is downloaded: put a diffusers-format "
-    "copy of runwayml/stable-diffusion-v1-5 (folders unet/, vae/, scheduler/ with config.json and "
-    "weights) there"
+    "Stable Diffusion 1.5 weights are not shipped and nothing is downloaded: put a "
+    "diffusers-format copy of runwayml/stable-diffusion-v1-5 (folders unet/, vae/, scheduler/ "
+    "with their config and weights) there"
 )
 LAYOUT_KEYS = ("block_out_channels", "layers_per_block", "down_block_types", "up_block_types",
                "cross_attention_dim", "attention_head_dim", "norm_num_groups")
