@@ -75,17 +75,25 @@ class Conditions:
 class DenoiseContext:
     """Per-call state of the denoiser's processors and temporal hooks.
 
-    features: attn1 path -> reference features [B,L,C]; reference_keep bool [B];
-    motion: per temporal layer, ReferenceNet outputs of the motion frames [B*M,C,H,W], or None;
-    motion_keep bool [B]; speed: per temporal layer [B,F,C], or None.
+    features: attn1 path -> reference features [B,L,C]; reference_keep bool [B], None when every
+    sample keeps its reference; motion: per temporal layer, ReferenceNet outputs of the motion
+    frames [B*M,C,H,W], or None; motion_keep bool [B] or None (all kept); speed: per temporal
+    layer [B,F,C], or None.
     """
 
+    batch: int
     frames: int
     features: dict[str, torch.Tensor]
-    reference_keep: torch.Tensor
+    reference_keep: torch.Tensor | None
     motion: list[torch.Tensor] | None
-    motion_keep: torch.Tensor
+    motion_keep: torch.Tensor | None
     speed: list[torch.Tensor] | None
+
+
+def _unless_all(keep: torch.Tensor) -> torch.Tensor | None:
+    """None when every sample keeps the condition (no mask needed: one device sync per call
+    instead of one per layer)."""
+    return None if bool(keep.all()) else keep
 
 
 class EmoModel(nn.Module):
@@ -124,8 +132,7 @@ class EmoModel(nn.Module):
         motion = None
         if ctx.motion is not None:
             feats = ctx.motion[index]  # [B*M,C,H,W]
-            n_motion = feats.shape[0] // ctx.motion_keep.shape[0]
-            motion = self.motion[index](to_tokens(feats, n_motion))
+            motion = self.motion[index](to_tokens(feats, feats.shape[0] // ctx.batch))
         speed = None if ctx.speed is None else ctx.speed[index]
         layer = self.temporal[index]
         if self.gradient_checkpointing and torch.is_grad_enabled():
@@ -173,8 +180,9 @@ class EmoModel(nn.Module):
         sample = noisy.flatten(0, 1)
         if cond.face_mask is not None:
             sample = sample + self.face_locator(cond.face_mask.flatten(0, 1), (h, w))
-        ctx = DenoiseContext(frames=f, features=features, reference_keep=keep["reference"],
-                             motion=motion, motion_keep=keep["motion"], speed=speed)
+        ctx = DenoiseContext(batch=b, frames=f, features=features,
+                             reference_keep=_unless_all(keep["reference"]), motion=motion,
+                             motion_keep=_unless_all(keep["motion"]), speed=speed)
         timesteps = timesteps.expand(b) if timesteps.ndim == 0 else timesteps
         out = self.denoiser(
             sample, timesteps.repeat_interleave(f), encoder_hidden_states=context.flatten(0, 1),

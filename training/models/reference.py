@@ -82,8 +82,8 @@ class ReferenceAttnProcessor:
     """Denoiser self-attention over [frame tokens ; reference tokens].
 
     hidden [B*F,L,C] (sample-major); `emo.features[name]` [B,Lr,C] is repeated per frame;
-    `emo.reference_keep` bool [B] masks the reference keys of dropped samples (exactly plain
-    self-attention for them, while the ReferenceNet stays in the autograd graph).
+    `emo.reference_keep` bool [B] (None: all kept) masks the reference keys of dropped samples
+    (exactly plain self-attention for them, while the ReferenceNet stays in the autograd graph).
     """
 
     def __init__(self, name: str) -> None:
@@ -101,7 +101,7 @@ class ReferenceAttnProcessor:
         context = torch.cat([hidden_states, ref], dim=1)
         mask = None
         keep = emo.reference_keep
-        if keep is not None and not bool(keep.all()):
+        if keep is not None:
             n, length = hidden_states.shape[:2]
             own = torch.ones(n, length, dtype=torch.bool, device=keep.device)
             other = keep.repeat_interleave(frames)[:, None].expand(n, ref.shape[1])

@@ -36,7 +36,8 @@ class TemporalLayer(nn.Module):
     at init.
 
     forward(x [B*F,C,H,W], frames=F, motion [B*H*W,M,C] or None (motion-frame tokens, see
-    `to_tokens` and `MotionLayer`), motion_keep bool [B] or None, speed [B,F,C] or None)
+    `to_tokens` and `MotionLayer`), motion_keep bool [B] or None (all kept), speed [B,F,C] or
+    None)
     -> [B*F,C,H,W]. Motion tokens precede the window's in each sequence; keys of dropped motion
     frames are masked out; only the window frames' outputs are kept.
     """
@@ -68,7 +69,7 @@ class TemporalLayer(nn.Module):
         mask = None
         if n_motion:
             hidden = torch.cat([self.proj_in(self.norm(motion)), hidden], dim=1)
-            if motion_keep is not None and not bool(motion_keep.all()):
+            if motion_keep is not None:
                 keep = motion_keep[:, None, None].expand(b, h * w, n_motion).reshape(-1, n_motion)
                 own = torch.ones(keep.shape[0], frames, dtype=torch.bool, device=keep.device)
                 mask = torch.cat([keep, own], dim=1)[:, None, :]  # [B*HW, 1, M+F]
