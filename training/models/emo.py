@@ -162,6 +162,9 @@ class EmoModel(nn.Module):
         keep = self._keep(cond.drop, b, noisy.device)
         ref = cond.reference_latent.to(noisy.dtype)[:, None]
         m = 0 if cond.motion_latents is None else cond.motion_latents.shape[1]
+        if f + m > self.cfg.temporal_max_frames:
+            raise ValueError(f"{f} frames + {m} motion frames exceed temporal_max_frames "
+                             f"{self.cfg.temporal_max_frames}")
         if m:
             ref = torch.cat([ref, cond.motion_latents.to(noisy.dtype)], dim=1)
         bank = self.reference_net(ref.flatten(0, 1))  # [B*(1+M), ...]

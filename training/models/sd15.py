@@ -52,7 +52,7 @@ def load_unet(cfg: ModelConfig) -> UNet2DConditionModel:
     differs from the config's layout."""
     folder = sd15_folder(cfg.models_root, "unet")
     _offline()
-    unet = UNet2DConditionModel.from_pretrained(folder)
+    unet = UNet2DConditionModel.from_pretrained(folder, local_files_only=True)
     differ = []
     for key, want in _expected(cfg).items():
         have = unet.config[key]
@@ -69,7 +69,7 @@ def load_vae(cfg: ModelConfig) -> AutoencoderKL:
     """The SD 1.5 VAE of `cfg.models_root` (latent channels checked against the config)."""
     folder = sd15_folder(cfg.models_root, "vae")
     _offline()
-    vae = AutoencoderKL.from_pretrained(folder)
+    vae = AutoencoderKL.from_pretrained(folder, local_files_only=True)
     if vae.config.latent_channels != cfg.latent_channels:
         raise ValueError(f"VAE at {folder} has {vae.config.latent_channels} latent channels, "
                          f"the model config {cfg.latent_channels}")
