@@ -93,6 +93,20 @@ def test_config_json_roundtrip_and_unknown_keys(tmp_path):
     assert base.block_out_channels == (320, 640, 1280, 1280) and base.cross_attention_dim == 768
 
 
+def test_speed_buckets_follow_emo_tanh_assignment():
+    from training.models.conditions import SpeedLayers
+
+    layers = SpeedLayers((0.0, 5.0, 10.0, 20.0, 40.0, 80.0), 8, [4])
+    # radii: half the distance to the nearest other centre = 2.5, 2.5, 2.5, 5, 10, 20
+    got = layers.buckets(torch.tensor([[7.5, 20.0]]))[0]
+    want = torch.tanh(torch.tensor([
+        [3 * 7.5 / 2.5, 3 * 2.5 / 2.5, 3 * -2.5 / 2.5, 3 * -12.5 / 5, 3 * -32.5 / 10, -3 * 72.5 / 20],
+        [3 * 20 / 2.5, 3 * 15 / 2.5, 3 * 10 / 2.5, 0.0, 3 * -20 / 10, 3 * -60 / 20]]))
+    torch.testing.assert_close(got, want)
+    out = layers(torch.tensor([[7.5, 20.0]]))
+    assert len(out) == 1 and out[0].shape == (1, 2, 4) and not out[0].any()  # zero-initialised
+
+
 # --- shapes --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("f,m", [(4, 2), (1, 0)])
