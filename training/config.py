@@ -65,7 +65,8 @@ class TrainConfig:
     out: str = "out/train"
     model: str = "tiny"  # preset: "tiny" or "base"
     models_root: str = ""  # model root for "base" (default $EMOFORGE_MODELS or ~/.emoforge/models)
-    stage: int = 2  # 1 images, 2 video (temporal, audio, expression, emotion), 3 speed
+    stage: int = 2  # 0 joint (every layer: a model from scratch), 1 images, 2 video (temporal,
+    #                 audio, expression, emotion), 3 speed (EMO's stages, each from the last)
     init_from: str = ""  # checkpoint of the previous stage to start from
     seed: int = 0
     batch_size: int = 2  # per worker
@@ -189,8 +190,8 @@ def models_root(train: TrainConfig) -> Path:
 
 def _check(spec: TrainSpec) -> None:
     t = spec.train
-    if t.stage not in (1, 2, 3):
-        raise TrainSpecError(f"[train] stage must be 1, 2 or 3, got {t.stage}")
+    if t.stage not in (0, 1, 2, 3):
+        raise TrainSpecError(f"[train] stage must be 0 (joint), 1, 2 or 3, got {t.stage}")
     for name in ("batch_size", "max_steps", "num_workers", "checkpoint_every", "keep_checkpoints"):
         if getattr(t, name) < 1:
             raise TrainSpecError(f"[train] {name} must be at least 1, got {getattr(t, name)}")

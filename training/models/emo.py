@@ -40,8 +40,12 @@ log = logging.getLogger(__name__)
 
 DROPPABLE = ("audio", "reference", "expression", "emotion", "motion")
 # top-level submodules trained per stage; stage 2 also trains the denoiser's attn2 (the layers
-# that attend to the audio and expression tokens)
+# that attend to the audio and expression tokens). Stage 0 ("joint") trains every layer at once:
+# for a small model from scratch (the tiny config), where there is no pretrained image backbone
+# for stage 1 to adapt and the three stages would only cost time.
 STAGES = {
+    0: ("denoiser", "reference_net", "face_locator", "temporal", "motion", "context", "emotion",
+        "speed"),
     1: ("denoiser", "reference_net", "face_locator"),
     2: ("temporal", "motion", "context", "emotion"),
     3: ("temporal", "speed"),
@@ -194,7 +198,7 @@ class EmoModel(nn.Module):
         return out.unflatten(0, (b, f))
 
     def trainable_parameters(self, stage: int) -> list[nn.Parameter]:
-        """Set requires_grad for `stage` (1 images, 2 video, 3 speed; see STAGES) and return the
+        """Set requires_grad for `stage` (0 joint, 1 images, 2 video, 3 speed; see STAGES) and return the
         trainable parameters; everything else (the codec, the ReferenceNet's unused tail) is
         frozen."""
         if stage not in STAGES:
