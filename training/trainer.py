@@ -182,7 +182,7 @@ def train(spec: TrainSpec, resume: str | None = None, worker: Worker | None = No
     if writer is not None:
         writer.close()
     return {"steps": step, "losses": losses, "seconds": time.monotonic() - started,
-            "excluded": dict(train_set.excluded), "tracks": len(train_set.tracks),
+            "excluded": datasets["excluded"], "tracks": len(train_set.tracks),
             "checkpoint": str(ckpt.latest(out)) if worker.rank == 0 else None}
 
 
@@ -273,7 +273,8 @@ def write_sample(model, dataset, spec: TrainSpec, path: Path) -> None:
 
 
 def build_datasets(spec: TrainSpec) -> dict:
-    """Train and validation datasets over the selection; a clear error when nothing is kept."""
+    """{"train", "val" (None when empty), "excluded": reason -> tracks left out} over the
+    selection; a clear error when nothing is kept."""
     import catalog
     from training.data import WindowDataset
 
@@ -293,9 +294,12 @@ def build_datasets(spec: TrainSpec) -> dict:
         raise TrainingError(f"the selection keeps no track of {selected.num_rows} in {root} "
                             f"({listing or 'the catalog has no tracks'}); loosen [select]")
     out = {split: WindowDataset(root, kept, spec.data, split=split) for split in ("train", "val")}
+    excluded: dict[str, int] = {}
     for split, ds in out.items():
         for reason, count in ds.excluded.items():
             log.warning("%s split: %d tracks left out: %s", split, count, reason)
+            excluded[reason] = excluded.get(reason, 0) + count
+    out["excluded"] = excluded
     if len(out["train"].tracks) == 0:
         raise TrainingError(f"no usable training track among {kept.num_rows} selected "
                             f"(left out: {dict(out['train'].excluded)})")
