@@ -178,15 +178,21 @@ def test_spec_errors_name_what_is_valid():
 def test_two_ray_workers_match_one_worker_with_twice_the_batch(curated_catalog, tmp_path, ray_local, tiny_spec):
     from training import launcher
     from training.models import build_model
-    from training.trainer import load_weights
+    from training.trainer import load_weights, seed_everything
 
     one = launcher.run(tiny_spec(curated_catalog, tmp_path / "one", batch_size=2, max_steps=2))
     two = launcher.run(tiny_spec(curated_catalog, tmp_path / "two", batch_size=1, max_steps=2,
                                  num_workers=2))
     assert one["steps"] == 2 and two["checkpoint"]
     a, b = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], atol=2e-5, rtol=1e-4)
     spec = tiny_spec(curated_catalog, tmp_path / "x")
+    seed_everything(spec.train.seed)
+    initial = build_model(spec.model).state_dict()
+    # DDP sums gradients in another order than one batch of 2b; Adam divides by sqrt(v), so
+    # elements with near-zero gradients can differ by a few percent of one step (lr 1e-3).
+    moved = max(float((a[n] - initial[n]).abs().max()) for n in a)
+    assert moved > 1e-3
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-4, rtol=1e-3)
     model = build_model(spec.model)
     load_weights(model, ckpt.resolve(tmp_path / "two"), ema=True)
