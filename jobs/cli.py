@@ -240,6 +240,7 @@ def cmd_catalog(args) -> int:
 
 def cmd_models_list(args) -> int:
     from pipeline.models.registry import all_specs, file_path, files_present
+    import training.models.weights  # noqa: F401 - registers the diffusion weights
 
     rows = []
     for spec in all_specs():
