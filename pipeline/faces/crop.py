@@ -28,7 +28,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from catalog.contract import AUDIO_RATE, CROP_FPS
-from pipeline.models.geometry import apply_affine, eye_angle, invert_affine, square_affine
+from pipeline.models.geometry import (
+    apply_affine,
+    eye_angle,
+    invert_affine,
+    laplacian_variance,
+    square_affine,
+)
 from pipeline.faces.tracking import FaceTrack, Observation
 from pipeline.media import VideoFrame, VideoWriter
 
@@ -243,13 +249,6 @@ def cut_crop(loose: LooseCrop, affine: np.ndarray, size: int) -> np.ndarray:
     inv_loose = np.vstack([invert_affine(loose.affine).astype(np.float64), [0, 0, 1]])
     return cv2.warpAffine(loose.image, (full @ inv_loose)[:2], (size, size),
                           flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-
-
-def laplacian_variance(image: np.ndarray) -> float:
-    """Sharpness of one RGB crop: variance of the Laplacian of its gray image."""
-    import cv2
-
-    return float(cv2.Laplacian(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.CV_32F).var())
 
 
 class CropStream:

@@ -11,7 +11,7 @@ import numpy as np
 from catalog.contract import CROP_FPS
 from pipeline.faces.crop import CropGeometry
 from pipeline.models.geometry import mouth_open
-from pipeline.faces.pose import head_pose, rotation_speed
+from pipeline.models.pose import head_pose, rotation_speed
 from pipeline.faces.tracking import FaceTrack
 
 

@@ -96,3 +96,11 @@ def mouth_open(points68: np.ndarray) -> float:
     gap = float(np.linalg.norm(points68[66] - points68[62]))
     width = float(np.linalg.norm(points68[54] - points68[48]))
     return gap / width if width > 1e-6 else float("nan")
+
+
+def laplacian_variance(image: np.ndarray) -> float:
+    """Sharpness of one RGB crop uint8[H,W,3]: variance of the Laplacian of its gray image
+    (the faces stage's `sharpness` of each crop)."""
+    import cv2
+
+    return float(cv2.Laplacian(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.CV_32F).var())

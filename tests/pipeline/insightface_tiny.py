@@ -90,7 +90,7 @@ def landmark_constants(dim: int, count: int) -> np.ndarray:
     """The constant prediction float32[count, dim] in [-1, 1] crop units: for 68 points a real
     mean face (insightface's meanshape_68) fitted into [-0.6, 0.6]; otherwise a spiral."""
     if count == 1103:
-        from pipeline.faces.pose import generic_face
+        from pipeline.models.pose import generic_face
 
         face = generic_face()[:, :2].copy()
         face[:, 1] *= -1 if face[17:27, 1].mean() > face[8, 1] else 1  # brows above the chin
