@@ -1,0 +1,294 @@
+"""Generation inputs, checked before any denoising: the reference face crop (the catalog's face
+backend and crop geometry), the speech audio and its features (the catalog's speech backend),
+and an expression trajectory measured on a driving video (the catalog's expression backend).
+
+What the checkpoint's catalog used is read from its config.json ("catalog" -> "stages" -> name ->
+"config"): faces (backend, crop_size, crop_scale, portrait, min_face_px), audio (speech_backend,
+VAD settings), expression (backend and its fit settings).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from catalog.contract import AUDIO_RATE, CROP_FPS
+
+log = logging.getLogger(__name__)
+
+SAMPLES_PER_FRAME = AUDIO_RATE // CROP_FPS  # 640 audio samples per 25 fps frame
+
+
+class GenerationInputError(ValueError):
+    """A generation input that cannot be used (exit code 2): the message names the file and
+    what was expected."""
+
+
+@dataclass(frozen=True)
+class CatalogSettings:
+    """The curation settings generation must repeat (from the checkpoint's catalog stages)."""
+
+    face_backend: str = "mediapipe"
+    crop_size: int = 256  # face-crop side of the catalog's clips (px)
+    crop_scale: float = 1.8  # crop side over the face box side
+    min_face_px: int = 64  # smallest face box side the catalog kept (px)
+    speech_backend: str = "whisper-base"
+    vad: tuple[float, float, float] = (0.5, 0.25, 0.1)  # threshold, min speech s, min silence s
+    expression_backend: str = "3dmm"
+    expression_options: tuple[tuple[str, object], ...] = ()
+
+    @classmethod
+    def from_checkpoint(cls, config: dict) -> CatalogSettings:
+        """From a checkpoint's config.json dict; a stage the catalog did not record keeps the
+        pipeline's default (logged)."""
+        stages = (config.get("catalog") or {}).get("stages") or {}
+
+        def stage(name: str) -> dict:
+            if name not in stages:
+                log.warning("the checkpoint's catalog records no %r stage: using the pipeline's "
+                            "default settings for it", name)
+            return (stages.get(name) or {}).get("config") or {}
+
+        faces, audio, expression = stage("faces"), stage("audio"), stage("expression")
+        portrait = bool(faces.get("portrait", False))  # the faces stage's portrait crop
+        exp_keys = ("fit_iterations", "landmark_noise", "contour_weight", "batch_size", "device")
+        return cls(
+            face_backend=faces.get("backend", "mediapipe"),
+            crop_size=512 if portrait else int(faces.get("crop_size", 256)),
+            crop_scale=3.0 if portrait else float(faces.get("crop_scale", 1.8)),
+            min_face_px=int(faces.get("min_face_px", 64)),
+            speech_backend=audio.get("speech_backend", "whisper-base"),
+            vad=(float(audio.get("vad_threshold", 0.5)), float(audio.get("min_speech_s", 0.25)),
+                 float(audio.get("min_silence_s", 0.1))),
+            expression_backend=expression.get("backend", "3dmm"),
+            expression_options=tuple((k, expression[k]) for k in exp_keys if k in expression))
+
+
+@dataclass
+class ReferenceFace:
+    """The reference photo's face: crop uint8[crop_size,crop_size,3], affine float32[2,3]
+    (source px -> crop px), box float32[4] and points68 float32[68,2] in source px."""
+
+    crop: np.ndarray
+    affine: np.ndarray
+    box: np.ndarray
+    points68: np.ndarray
+
+
+@dataclass
+class Speech:
+    """Audio float32[N] mono at 16 kHz, frames = ceil(N / 640) (the video lasts at least as long
+    as the audio, less than one frame longer), speech segments [(start_s, end_s)] from the VAD."""
+
+    audio: np.ndarray
+    frames: int
+    segments: list
+
+
+@dataclass
+class Trajectory:
+    """Per 25 fps frame of a driving video: expression float32[T,De], jaw_pose float32[T,3],
+    yaw/pitch/roll float32[T] degrees; T = the video's grid frames."""
+
+    expression: np.ndarray
+    jaw_pose: np.ndarray
+    yaw: np.ndarray
+    pitch: np.ndarray
+    roll: np.ndarray
+
+
+@functools.lru_cache(maxsize=2)
+def face_backend(name: str):
+    """The pipeline's face backend, loaded once per process (batch requests share it)."""
+    from pipeline.models.faces import load_face_backend
+
+    return load_face_backend(name, "dlib", threads=1)
+
+
+@functools.lru_cache(maxsize=2)
+def speech_model(backend: str, device: str):
+    from pipeline.models.speech import load_speech
+
+    return load_speech(backend, device)
+
+
+@functools.lru_cache(maxsize=2)
+def vad_model(vad: tuple[float, float, float]):
+    from pipeline.models.speech import load_vad
+
+    return load_vad(*vad)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """uint8[H,W,3] RGB of an image file; GenerationInputError when missing or undecodable."""
+    import cv2
+
+    if not Path(path).is_file():
+        raise GenerationInputError(f"reference image {path} does not exist")
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise GenerationInputError(f"reference image {path} cannot be decoded (expected a JPEG, "
+                                   "PNG or another format OpenCV reads)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def detect_face(image: np.ndarray, settings: CatalogSettings, where: str):
+    """(points68 float32[68,2], box float32[4]) of the largest face found in `image`, or None."""
+    from pipeline.models.geometry import face_box_from_68
+
+    backend = face_backend(settings.face_backend)
+    found = backend.detector.detect(image)
+    if not found:
+        return None
+    best = max(found, key=lambda d: (d.box[2] - d.box[0]) * (d.box[3] - d.box[1]))
+    marks = backend.landmarker.landmarks(image, best.box, keypoints=best.keypoints)
+    points = np.asarray(marks.points68, np.float32)
+    if not np.all(np.isfinite(points)):
+        log.debug("%s: landmarks not found for the detected face", where)
+        return None
+    return points, face_box_from_68(points)
+
+
+def reference_face(path: str | Path, settings: CatalogSettings) -> ReferenceFace:
+    """Find and crop the reference photo's face (the largest one) as the catalog cropped its
+    clips; a clear error without a face or with a face smaller than the catalog's min_face_px."""
+    from pipeline.models.geometry import crop_face
+
+    image = read_image(path)
+    found = detect_face(image, settings, str(path))
+    if found is None:
+        raise GenerationInputError(
+            f"no face found in the reference image {path} ({image.shape[1]}x{image.shape[0]} px, "
+            f"{settings.face_backend} detector): use a photo with one clearly visible face")
+    points, box = found
+    side = float(max(box[2] - box[0], box[3] - box[1]))
+    if side < settings.min_face_px:
+        raise GenerationInputError(
+            f"the face in {path} is {side:.0f} px, smaller than the {settings.min_face_px} px the "
+            "model's training crops needed (the catalog's faces min_face_px): use a larger or "
+            "closer photo")
+    crop, affine, box = crop_face(image, points, settings.crop_size, settings.crop_scale)
+    if side * settings.crop_scale < settings.crop_size:
+        log.warning("the reference face is %.0f px: its %d px crop is upsampled %.1fx", side,
+                    settings.crop_size, settings.crop_size / (side * settings.crop_scale))
+    return ReferenceFace(crop, affine, box, points)
+
+
+def read_speech(path: str | Path, settings: CatalogSettings) -> Speech:
+    """The audio at 16 kHz mono and its speech segments; a clear error when it cannot be decoded
+    or holds no sample; a warning (and generation goes on) when the VAD finds no speech."""
+    from pipeline.media import MediaError, read_audio
+
+    if not Path(path).is_file():
+        raise GenerationInputError(f"audio file {path} does not exist")
+    try:
+        audio = read_audio(str(path), AUDIO_RATE, relative_to_video=False)
+    except MediaError as exc:
+        raise GenerationInputError(f"audio file {path} cannot be decoded: {exc}") from exc
+    if len(audio) < SAMPLES_PER_FRAME:
+        raise GenerationInputError(f"audio file {path} holds {len(audio)} samples at 16 kHz "
+                                   "(no audio stream, or shorter than one 40 ms frame)")
+    segments = vad_model(settings.vad).segments(audio)
+    if not segments:
+        log.warning("no speech found in %s (Silero VAD, threshold %.2f): generating anyway; "
+                    "expect a closed or idle mouth", path, settings.vad[0])
+    return Speech(audio, math.ceil(len(audio) / SAMPLES_PER_FRAME), segments)
+
+
+def audio_features(speech: Speech, settings: CatalogSettings, device: str,
+                   expected_dim: int) -> np.ndarray:
+    """float32[frames, D]: the speech backend's encoder features on the 25 fps grid, as the
+    catalog's audio stage computed them."""
+    from pipeline.models.speech import encoder_features
+
+    model = speech_model(settings.speech_backend, device)
+    feats = encoder_features(model, speech.audio, speech.frames).astype(np.float32)
+    if feats.shape[1] != expected_dim:
+        raise GenerationInputError(
+            f"speech backend {settings.speech_backend} gives {feats.shape[1]}-d features, the "
+            f"checkpoint's model expects audio_dim={expected_dim}")
+    return feats
+
+
+def expression_trajectory(path: str | Path, settings: CatalogSettings,
+                          expected_dim: int) -> Trajectory:
+    """Expression, jaw pose and head angles per 25 fps frame of a driving video, measured as the
+    catalog measured its tracks: the largest face per frame, the catalog's crop, then the
+    catalog's expression backend on the crops and their landmarks. Frames without a face take
+    their values from the nearest frames that have one (linear interpolation)."""
+    from pipeline.media import MediaError, iter_frames
+    from pipeline.models.expression import load_expression
+    from pipeline.models.geometry import apply_affine, crop_face
+    from pipeline.models.pose import head_pose
+
+    if not Path(path).is_file():
+        raise GenerationInputError(f"expression video {path} does not exist")
+    crops, marks, angles = [], [], []
+    next_t = 0.0
+    try:
+        for frame in iter_frames(str(path)):
+            if frame.pts_s + 0.5 / CROP_FPS < next_t:  # the grid frame's nearest source frame
+                continue
+            next_t = (len(crops) + 1) / CROP_FPS
+            found = detect_face(frame.image, settings, str(path))
+            if found is None:
+                crops.append(np.zeros((settings.crop_size, settings.crop_size, 3), np.uint8))
+                marks.append(np.full((68, 2), np.nan, np.float32))
+                angles.append((np.nan, np.nan, np.nan))
+                continue
+            points, _ = found
+            crop, affine, _ = crop_face(frame.image, points, settings.crop_size,
+                                        settings.crop_scale)
+            crops.append(crop)
+            marks.append(apply_affine(affine, points))
+            angles.append(head_pose(points, (frame.image.shape[1], frame.image.shape[0])))
+    except MediaError as exc:
+        raise GenerationInputError(f"expression video {path} cannot be decoded: {exc}") from exc
+    if not crops or all(np.isnan(m).all() for m in marks):
+        raise GenerationInputError(f"no face found in any frame of the expression video {path}")
+    model = load_expression(settings.expression_backend, **dict(settings.expression_options))
+    if model.dim != expected_dim:
+        raise GenerationInputError(
+            f"expression backend {settings.expression_backend} gives {model.dim}-d vectors, the "
+            f"checkpoint's model expects expression_dim={expected_dim}")
+    out = model(np.stack(crops), np.stack(marks).astype(np.float32))
+    angles = np.asarray(angles, np.float64)
+    filled = [_fill(np.asarray(v, np.float64)) for v in
+              (out.expression, out.jaw_pose, angles[:, :1], angles[:, 1:2], angles[:, 2:])]
+    log.info("expression from %s: %d frames, %d without a face", path, len(crops),
+             int(sum(np.isnan(m).all() for m in marks)))
+    return Trajectory(*(v.astype(np.float32) for v in filled[:2]),
+                      *(v[:, 0].astype(np.float32) for v in filled[2:]))
+
+
+def _fill(values: np.ndarray) -> np.ndarray:
+    """float[T,D] with NaN rows -> each column interpolated over the finite rows."""
+    values = values.reshape(len(values), -1).copy()
+    t = np.arange(len(values))
+    good = np.isfinite(values).all(1)
+    if not good.any():
+        return np.zeros_like(values)
+    for j in range(values.shape[1]):
+        values[:, j] = np.interp(t, t[good], values[good, j])
+    return values
+
+
+def neutral_of(expression: np.ndarray, fraction: float = 0.1) -> np.ndarray:
+    """The trajectory's neutral: mean of its `fraction` least expressive frames (smallest L2
+    norm; a 3DMM expression of 0 is the mean face's), float[De]. The catalog's intensity uses the
+    same fallback (a person's lowest-magnitude track) when no track is labelled neutral."""
+    norms = np.linalg.norm(expression, axis=1)
+    count = max(1, int(round(fraction * len(expression))))
+    return expression[np.argsort(norms)[:count]].mean(0)
+
+
+def scale_expression(expression: np.ndarray, intensity: float) -> np.ndarray:
+    """e'_t = n + intensity * (e_t - n), n = neutral_of(e): intensity scales the trajectory's
+    departure from its neutral (1 leaves it as measured, 0 holds the neutral)."""
+    neutral = neutral_of(expression)
+    return (neutral + intensity * (expression - neutral)).astype(np.float32)
