@@ -30,9 +30,10 @@ import numpy as np
 from catalog.contract import AUDIO_RATE, CROP_FPS
 from pipeline.models.geometry import (
     apply_affine,
-    eye_angle,
+    crop_squares,
     invert_affine,
     laplacian_variance,
+    reduced_region,
     square_affine,
 )
 from pipeline.faces.tracking import FaceTrack, Observation
@@ -119,37 +120,6 @@ class LooseCropper:
         self.streams.clear()
 
 
-def reduced_region(image: np.ndarray, center: tuple[float, float], side: float,
-                   reduction: float) -> tuple[np.ndarray, np.ndarray]:
-    """For sampling the square (`side` px around `center`) of `image` at `reduction` source px
-    per output px: the part of the image around it, halved by 2x2 averaging until at most a 2x
-    reduction is left, and float64[3,3] mapping its pixels to source pixels. Where no halving is
-    needed, the whole image and the identity."""
-    import cv2
-
-    halvings = max(0, math.floor(math.log2(max(reduction, 1.0))))
-    if halvings == 0:
-        return image, np.eye(3)
-    step = 2 ** halvings
-    h, w = image.shape[:2]
-    margin = 2 * step  # bilinear taps beyond the square's edge, in source px
-    x0, y0 = (max(0, math.floor(c - side / 2) - margin) for c in center)
-    x1 = min(w, math.ceil(center[0] + side / 2) + margin)
-    y1 = min(h, math.ceil(center[1] + side / 2) + margin)
-    x1 -= (x1 - x0) % step  # whole 2x2 blocks at every level
-    y1 -= (y1 - y0) % step
-    if x1 <= x0 or y1 <= y0:  # the square lies outside the image: nothing to average
-        return image, np.eye(3)
-    region = image[y0:y1, x0:x1]
-    for _ in range(halvings):
-        region = cv2.resize(region, (region.shape[1] // 2, region.shape[0] // 2),
-                            interpolation=cv2.INTER_AREA)
-    # reduced pixel i averages source pixels step*i .. step*i + step-1: its centre is at
-    # step*i + (step-1)/2, offset by the region's corner
-    offset = (step - 1) / 2
-    return region, np.array([[step, 0, x0 + offset], [0, step, y0 + offset], [0, 0, 1]], np.float64)
-
-
 @dataclass
 class CropGeometry:
     """A track on the 25 fps grid (K frames), without the pixels.
@@ -219,10 +189,8 @@ def crop_geometry(track: FaceTrack, spec: CropSpec, source_fps: float) -> CropGe
     det = {o.index: o.det_score for o in obs}
     det_score = np.array([det.get(int(i), np.nan) for i in source_index], np.float32)
     # crop geometry, smoothed over the grid
-    centers = (boxes[:, :2] + boxes[:, 2:]) / 2
-    sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) * spec.scale
-    angles = np.unwrap(np.array([eye_angle(p) for p in points68]))
-    centers = _gauss_smooth(centers.astype(np.float64), spec.smooth_sigma)
+    centers, sides, angles = crop_squares(boxes, points68, spec.scale)
+    centers = _gauss_smooth(centers, spec.smooth_sigma)
     sides = _gauss_smooth(sides.astype(np.float64), spec.smooth_sigma)
     angles = _gauss_smooth(angles, spec.smooth_sigma)
     affines = np.stack([square_affine(tuple(c), float(s), float(a), spec.size)

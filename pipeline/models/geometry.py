@@ -104,3 +104,66 @@ def laplacian_variance(image: np.ndarray) -> float:
     import cv2
 
     return float(cv2.Laplacian(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.CV_32F).var())
+
+
+def crop_squares(boxes: np.ndarray, points68: np.ndarray,
+                 scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The face-crop square of each frame: boxes float[K,4] and points68 float[K,68,2] (source
+    px) -> centres float64[K,2] (box centre), sides float64[K] (the box's longer side x `scale`,
+    source px) and angles float64[K] (eye-line roll, radians, unwrapped over K). The faces stage
+    smooths these over time before `square_affine`; one photo uses them as they are."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) * scale
+    angles = np.unwrap(np.array([eye_angle(p) for p in np.asarray(points68)], np.float64))
+    return centres, sides, angles
+
+
+def reduced_region(image: np.ndarray, center: tuple[float, float], side: float,
+                   reduction: float) -> tuple[np.ndarray, np.ndarray]:
+    """For sampling the square (`side` px around `center`) of `image` at `reduction` source px
+    per output px: the part of the image around it, halved by 2x2 averaging until at most a 2x
+    reduction is left, and float64[3,3] mapping its pixels to source pixels. Where no halving is
+    needed, the whole image and the identity."""
+    import cv2
+
+    halvings = max(0, math.floor(math.log2(max(reduction, 1.0))))
+    if halvings == 0:
+        return image, np.eye(3)
+    step = 2 ** halvings
+    h, w = image.shape[:2]
+    margin = 2 * step  # bilinear taps beyond the square's edge, in source px
+    x0, y0 = (max(0, math.floor(c - side / 2) - margin) for c in center)
+    x1 = min(w, math.ceil(center[0] + side / 2) + margin)
+    y1 = min(h, math.ceil(center[1] + side / 2) + margin)
+    x1 -= (x1 - x0) % step  # whole 2x2 blocks at every level
+    y1 -= (y1 - y0) % step
+    if x1 <= x0 or y1 <= y0:  # the square lies outside the image: nothing to average
+        return image, np.eye(3)
+    region = image[y0:y1, x0:x1]
+    for _ in range(halvings):
+        region = cv2.resize(region, (region.shape[1] // 2, region.shape[0] // 2),
+                            interpolation=cv2.INTER_AREA)
+    # reduced pixel i averages source pixels step*i .. step*i + step-1: its centre is at
+    # step*i + (step-1)/2, offset by the region's corner
+    offset = (step - 1) / 2
+    return region, np.array([[step, 0, x0 + offset], [0, step, y0 + offset], [0, 0, 1]], np.float64)
+
+
+def crop_face(image: np.ndarray, points68: np.ndarray, size: int,
+              scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image's face crop with the faces stage's geometry (no temporal smoothing): image
+    uint8[H,W,3], points68 float[68,2] source px -> (crop uint8[size,size,3], affine
+    float32[2,3] source px -> crop px, face box float32[4] source px). Large faces are halved
+    first (reduced_region) so the crop does not alias; borders repeat the edge pixels."""
+    import cv2
+
+    box = face_box_from_68(points68)
+    centres, sides, angles = crop_squares(box[None], np.asarray(points68)[None], scale)
+    center, side = (float(centres[0, 0]), float(centres[0, 1])), float(sides[0])
+    affine = square_affine(center, side, float(angles[0]), size)
+    source, to_source = reduced_region(image, center, side, side / size)
+    matrix = (np.vstack([affine.astype(np.float64), [0, 0, 1]]) @ to_source)[:2]
+    crop = cv2.warpAffine(source, matrix, (size, size), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE)
+    return crop, affine, box
