@@ -24,6 +24,7 @@ BENCHES = {
     "expression": "jobs.bench.expression",
     "report": "jobs.bench.report",
     "train": "jobs.bench.train",
+    "generate": "jobs.bench.generate",
 }
 
 
@@ -41,9 +42,10 @@ def usage_errors() -> tuple[type[Exception], ...]:
     from pipeline.runner import LicenseError
     from training.checkpoint import CheckpointError
     from training.config import TrainSpecError
+    from training.generate_inputs import GenerationInputError
 
     return (UsageError, SpecError, FingerprintError, SelectionError, LicenseError,
-            UnsupportedRootError, TrainSpecError, CheckpointError)
+            UnsupportedRootError, TrainSpecError, CheckpointError, GenerationInputError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,6 +140,31 @@ def add_train(sub) -> None:
     train.set_defaults(handler=cmd_train)
 
 
+def add_generate(sub) -> None:
+    gen = sub.add_parser("generate", help="a talking-face video from a portrait and speech")
+    gen.add_argument("--checkpoint", metavar="DIR", help="a training run or checkpoint folder")
+    gen.add_argument("--reference", metavar="FACE", help="portrait photo (its largest face)")
+    gen.add_argument("--audio", metavar="SPEECH", help="speech audio (any format FFmpeg reads)")
+    gen.add_argument("--out", metavar="OUT.mp4", help="output video (H.264 + AAC, 25 fps)")
+    gen.add_argument("--emotion", help="one of the checkpoint's emotion classes")
+    gen.add_argument("--intensity", type=float, help="departure from the person's neutral "
+                     "(1 = their usual, 0 = neutral; default 1)")
+    gen.add_argument("--expression-from", metavar="VIDEO",
+                     help="drive expression with the trajectory measured on this video")
+    gen.add_argument("--seed", type=int, help="noise seed (default 0): same seed, same video")
+    gen.add_argument("--steps", type=int, help="DDIM steps per window (default 25)")
+    gen.add_argument("--guidance-audio", type=float, help="guidance weight of audio, "
+                     "expression and emotion (default 3.5; 1 = no guidance)")
+    gen.add_argument("--guidance-reference", type=float,
+                     help="guidance weight of the reference (default 1.5)")
+    gen.add_argument("--head-speed", type=float, metavar="DEG_S", help="head rotation speed "
+                     "(default: the expression video's, else 0)")
+    gen.add_argument("--device", help="torch device (default cuda when available, else cpu)")
+    gen.add_argument("--batch", metavar="REQUESTS.toml", help="generate a TOML list of requests "
+                     "([[request]] tables; top-level keys are defaults)")
+    gen.set_defaults(handler=cmd_generate)
+
+
 def add_bench(sub) -> None:
     bench = sub.add_parser("bench", help="benchmarks against peer tools, recorded as JSON")
     bench.add_argument("which", choices=sorted(BENCHES))
@@ -146,7 +173,8 @@ def add_bench(sub) -> None:
     bench.set_defaults(handler=cmd_bench)
 
 
-SUBCOMMANDS = [add_curate, add_catalog, add_models, add_demo, add_train, add_bench]
+SUBCOMMANDS = [add_curate, add_catalog, add_models, add_demo, add_train, add_generate,
+               add_bench]
 
 
 def cmd_curate(args) -> int:
@@ -254,6 +282,30 @@ def cmd_models_list(args) -> int:
     restricted = [s.key for s in all_specs() if not s.commercial_ok]
     if restricted:
         print(f"\nresearch-only / non-commercial weights: {', '.join(restricted)}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from training.generate import REQUEST_KEYS, Request, generate_batch, load_requests
+
+    options = {k: getattr(args, k) for k in REQUEST_KEYS if getattr(args, k, None) is not None}
+    checkpoint = args.checkpoint
+    if args.batch:
+        if any(options.get(k) for k in ("reference", "audio", "out")):
+            raise UsageError("--batch takes the inputs from its TOML: drop --reference, --audio "
+                             "and --out")
+        from_file, requests = load_requests(args.batch, options)
+        checkpoint = checkpoint or from_file
+    else:
+        missing = [f"--{k}" for k in ("reference", "audio", "out") if k not in options]
+        if missing:
+            raise UsageError(f"generate needs {', '.join(missing)} (or --batch REQUESTS.toml)")
+        requests = [Request(**options)]
+    if not checkpoint:
+        raise UsageError("generate needs --checkpoint DIR (or checkpoint = ... in the batch file)")
+    for result in generate_batch(checkpoint, requests, args.device):
+        print(f"{result.out}: {result.frames} frames ({result.audio_seconds:.2f} s of audio) in "
+              f"{result.seconds:.1f} s")
     return 0
 
 
