@@ -1,0 +1,1 @@
+"""Evaluation metrics of generated talking-face videos (see training/evaluate.py)."""
