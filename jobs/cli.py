@@ -165,6 +165,22 @@ def add_generate(sub) -> None:
     gen.set_defaults(handler=cmd_generate)
 
 
+def add_evaluate(sub) -> None:
+    ev = sub.add_parser("evaluate", help="metrics of generated videos: lip sync, identity, "
+                        "emotion, sharpness, jitter, head motion, E-FID/FID/FVD")
+    ev.add_argument("generated", nargs="+", metavar="GENERATED", help="generated videos")
+    ev.add_argument("--reference", metavar="FACE", help="the reference photo (identity)")
+    ev.add_argument("--audio", metavar="SPEECH", help="the driving speech (default: each "
+                    "video's own audio track)")
+    ev.add_argument("--real", nargs="+", default=[], metavar="VIDEOS",
+                    help="real videos for E-FID, FID and FVD")
+    ev.add_argument("--emotion", metavar="LABEL", help="the requested emotion (accuracy)")
+    ev.add_argument("--max-seconds", type=float, default=60.0, help="evaluate at most this "
+                    "much of each video")
+    ev.add_argument("--out", metavar="metrics.json", help="write the results as JSON here")
+    ev.set_defaults(handler=cmd_evaluate)
+
+
 def add_bench(sub) -> None:
     bench = sub.add_parser("bench", help="benchmarks against peer tools, recorded as JSON")
     bench.add_argument("which", choices=sorted(BENCHES))
@@ -174,7 +190,7 @@ def add_bench(sub) -> None:
 
 
 SUBCOMMANDS = [add_curate, add_catalog, add_models, add_demo, add_train, add_generate,
-               add_bench]
+               add_evaluate, add_bench]
 
 
 def cmd_curate(args) -> int:
@@ -322,6 +338,24 @@ def cmd_demo(args) -> int:
     from jobs.demo import run_demo
 
     run_demo(args.out, args.stages.split(",") if args.stages else None)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from training.evaluate import EvaluationInputError, Evaluator, evaluate, markdown_table
+
+    for path in [*args.generated, *args.real, args.reference, args.audio]:
+        if path and not Path(path).is_file():
+            raise UsageError(f"evaluate: no such file: {path}")
+    try:
+        result = evaluate(args.generated, args.reference, args.audio, args.real, args.emotion,
+                          Evaluator(max_seconds=args.max_seconds))
+    except EvaluationInputError as exc:
+        raise UsageError(f"evaluate: {exc}") from exc
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1, default=_json_value))
+    print(markdown_table(result))
     return 0
 
 

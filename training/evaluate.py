@@ -31,6 +31,11 @@ from training.metrics.frechet import frechet_between
 log = logging.getLogger(__name__)
 
 
+class EvaluationInputError(ValueError):
+    """A bad input to the whole evaluation (reference without a face, undecodable audio, an
+    emotion the classifier does not know): raised before any clip is measured."""
+
+
 def read_speech(audio: str | Path | np.ndarray) -> np.ndarray:
     """A path (any format the media layer decodes) or float32[N] 16 kHz samples -> float32[N]."""
     if isinstance(audio, np.ndarray):
@@ -190,12 +195,14 @@ def evaluate(generated: list[str | Path], reference: str | Path | None = None,
     ev = evaluator or Evaluator()
     refs = None
     result: dict[str, Any] = {"clips": [], "real": [], "set": {}, "unavailable": ev.unavailable}
-    if reference is not None:
-        try:
+    try:
+        if reference is not None:
             refs = ev.references(reference)
-        except NoFaceError as exc:
-            raise NoFaceError(f"{reference}: {exc}") from exc
-    speech = read_speech(audio) if audio is not None else None
+        speech = read_speech(audio) if audio is not None else None
+        if emotion is not None:
+            clip_metrics.emotion_label(emotion, tuple(ev.emotion.classes))
+    except (NoFaceError, ValueError, FileNotFoundError) as exc:
+        raise EvaluationInputError(f"{exc} (reference {reference}, audio {audio})") from exc
     gen_clips = []
     for video in generated:
         row = ev.evaluate_clip(video, refs, speech, emotion=emotion, keep=True)
