@@ -72,6 +72,7 @@ class DataConfig:
     max_open_readers: int = 16  # decord readers kept open per worker
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "emotion_classes", tuple(self.emotion_classes))  # TOML lists
         checks = {"size": self.size >= 8, "frames": self.frames >= 1,
                   "motion_frames": self.motion_frames >= 0,
                   "reference_margin_frames": self.reference_margin_frames >= 0,
@@ -83,7 +84,8 @@ class DataConfig:
                   "max_open_readers": self.max_open_readers >= 1}
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
-            raise ValueError(f"DataConfig: invalid {', '.join(f'{b}={getattr(self, b)!r}' for b in bad)}")
+            listing = ", ".join(f"{b}={getattr(self, b)!r}" for b in bad)
+            raise ValueError(f"DataConfig: invalid {listing}")
 
     @classmethod
     def from_dict(cls, values: dict) -> DataConfig:
@@ -131,7 +133,8 @@ class WindowDataset(torch.utils.data.Dataset):
                  split: str = "train") -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        self.root, self.config, self.split = str(Path(root).resolve()), config or DataConfig(), split
+        self.root, self.split = str(Path(root).resolve()), split
+        self.config = config or DataConfig()
         self.excluded: dict[str, int] = {}  # reason -> tracks left out when built
         self.decode_failures: dict[str, int] = {}  # track_id -> failed decodes (this process)
         self.tracks: list[Track] = []
@@ -154,7 +157,7 @@ class WindowDataset(torch.utils.data.Dataset):
         intensity = dict(zip(ids, selection["intensity"].to_pylist())) if (
             "intensity" in selection.column_names) else {}
         tracks = catalog.read_table(self.root, "tracks", columns=TRACK_COLUMNS,
-                                    filters=pc.field("track_id").isin(ids))
+                                    filters=pc.field("track_id").isin(_strings(ids)))
         found = set(tracks["track_id"].to_pylist())
         for tid in ids:
             if tid not in found:
@@ -211,9 +214,10 @@ class WindowDataset(torch.utils.data.Dataset):
         train, val = catalog.person_split(tracks.select(["track_id", "person_id"]),
                                           self.config.val_fraction, self.config.split_seed)
         keep = train if self.split == "train" else val
-        return tracks.filter(pc.field("track_id").isin(keep))
+        return tracks.filter(pc.field("track_id").isin(_strings(keep)))
 
-    def _check_files(self, row: dict, arrays: dict | None) -> tuple[str | None, int, str, str | None]:
+    def _check_files(self, row: dict,
+                     arrays: dict | None) -> tuple[str | None, int, str, str | None]:
         """(reason to leave the track out or None, usable length, crop path, features path)."""
         if arrays is None:
             return "no frames rows", 0, "", None
@@ -271,7 +275,11 @@ class WindowDataset(torch.utils.data.Dataset):
         """A DataLoader over `batches(...)` that yields `collate`d batches."""
         return torch.utils.data.DataLoader(
             self, batch_sampler=self.batches(epoch, batch_size, rank, world_size, start_batch),
-            collate_fn=collate, num_workers=num_workers)
+            collate_fn=collate, num_workers=num_workers,
+            # spawned workers: a forked child of a process that has decoded (FFmpeg's and
+            # decord's threads hold locks) can hang in its first decode
+            multiprocessing_context="spawn" if num_workers > 0 else None,
+            persistent_workers=num_workers > 0)
 
     # ---------------------------------------------------------------- samples
     def __len__(self) -> int:
@@ -283,7 +291,7 @@ class WindowDataset(torch.utils.data.Dataset):
         return state
 
     def _reader(self, path: str):
-        if self._reader_pid != os.getpid():  # a forked worker: never share the parent's readers
+        if self._reader_pid != os.getpid():  # a forked process: never share the parent's readers
             self._readers, self._reader_pid = OrderedDict(), os.getpid()
         reader = self._readers.pop(path, None) or decord.VideoReader(path, num_threads=1)
         self._readers[path] = reader
@@ -350,7 +358,7 @@ class WindowDataset(torch.utils.data.Dataset):
         return {
             "frames": pixels[m: m + cfg.frames], "motion": pixels[:m], "reference": pixels[-1],
             "audio": audio, "audio_valid": t.features_path is not None,
-            "expression": np.nan_to_num(expression) if expression_valid else np.zeros_like(expression),
+            "expression": expression if expression_valid else np.zeros_like(expression),
             "jaw_pose": np.nan_to_num(arrays["jaw_pose"][rows]),
             "expression_valid": expression_valid,
             "emotion_probs": np.nan_to_num(arrays["emotion_probs"][rows]),
@@ -370,6 +378,11 @@ FLOAT_KEYS = ("frames", "motion", "reference", "audio", "expression", "jaw_pose"
               "intensity", "face_mask", "valid_mask", "head_speed")
 BOOL_KEYS = ("audio_valid", "expression_valid")
 LONG_KEYS = ("emotion", "track_index", "start")
+
+
+def _strings(values: list[str]) -> pa.Array:
+    """A string array for `isin` filters (an empty Python list would be typed null)."""
+    return pa.array(values, pa.string())
 
 
 def collate(samples: list[dict]) -> dict[str, torch.Tensor]:

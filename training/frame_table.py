@@ -34,7 +34,7 @@ def read_frame_arrays(root: str, backends: dict[str, str | None], expression_dim
     if not ids:
         return {}
     table = catalog.read_table(root, "frames", columns=FRAME_COLUMNS,
-                               filters=pc.field("track_id").isin(ids))
+                               filters=pc.field("track_id").isin(pa.array(ids, pa.string())))
     table = table.sort_by([("track_id", "ascending"), ("frame", "ascending")])
     tid = np.asarray(table["track_id"].to_pylist(), dtype=object)
     frame = table["frame"].to_numpy(zero_copy_only=False).astype(np.int64)

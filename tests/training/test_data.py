@@ -358,7 +358,7 @@ def test_missing_or_broken_files_are_left_out_and_counted(curated_catalog, curat
 @pytest.mark.ray
 def test_empty_results_raise_with_the_reasons(curated_catalog, curated_index):
     long_margin = DataConfig(**{**CFG.__dict__, "reference_margin_frames": 500})
-    with pytest.raises(EmptyDatasetError, match=r"too short for a window \(< 507 frames\)"):
+    with pytest.raises(EmptyDatasetError, match=r"too short for a window \(< 506 frames\)"):
         WindowDataset(curated_catalog, curated_index, long_margin, split="train")
     none = curated_index.filter(pc.equal(curated_index["track_id"], "no such track"))
     with pytest.raises(EmptyDatasetError, match="no usable track"):
