@@ -229,24 +229,43 @@ def expression_trajectory(path: str | Path, settings: CatalogSettings,
     if not Path(path).is_file():
         raise GenerationInputError(f"expression video {path} does not exist")
     crops, marks, angles = [], [], []
-    next_t = 0.0
-    try:
-        for frame in iter_frames(str(path)):
-            if frame.pts_s + 0.5 / CROP_FPS < next_t:  # the grid frame's nearest source frame
-                continue
-            next_t = (len(crops) + 1) / CROP_FPS
+    measured: dict[int, tuple] = {}
+
+    def measure(frame) -> tuple:
+        if frame.index not in measured:
+            measured.clear()  # only the current and the previous frame are ever asked for
             found = detect_face(frame.image, settings, str(path))
             if found is None:
-                crops.append(np.zeros((settings.crop_size, settings.crop_size, 3), np.uint8))
-                marks.append(np.full((68, 2), np.nan, np.float32))
-                angles.append((np.nan, np.nan, np.nan))
-                continue
-            points, _ = found
-            crop, affine, _ = crop_face(frame.image, points, settings.crop_size,
-                                        settings.crop_scale)
-            crops.append(crop)
-            marks.append(apply_affine(affine, points))
-            angles.append(head_pose(points, (frame.image.shape[1], frame.image.shape[0])))
+                measured[frame.index] = (
+                    np.zeros((settings.crop_size, settings.crop_size, 3), np.uint8),
+                    np.full((68, 2), np.nan, np.float32), (np.nan, np.nan, np.nan))
+            else:
+                points, _ = found
+                crop, affine, _ = crop_face(frame.image, points, settings.crop_size,
+                                            settings.crop_scale)
+                measured[frame.index] = (crop, apply_affine(affine, points), head_pose(
+                    points, (frame.image.shape[1], frame.image.shape[0])))
+        return measured[frame.index]
+
+    def add(values: tuple) -> None:
+        crops.append(values[0])
+        marks.append(values[1])
+        angles.append(values[2])
+
+    prev = None
+    try:
+        for frame in iter_frames(str(path)):
+            # each grid time takes the source frame nearest to it (a frame may serve several)
+            while len(crops) / CROP_FPS <= frame.pts_s:
+                t = len(crops) / CROP_FPS
+                near = prev if prev is not None and t - prev.pts_s < frame.pts_s - t else frame
+                add(measure(near))
+            prev_pts = prev.pts_s if prev is not None else None
+            prev = frame
+        if prev is not None:  # the last frame lasts as long as the one before it
+            end = prev.pts_s + (prev.pts_s - prev_pts if prev_pts is not None else 1 / CROP_FPS)
+            while len(crops) / CROP_FPS < end - 1e-6:
+                add(measure(prev))
     except MediaError as exc:
         raise GenerationInputError(f"expression video {path} cannot be decoded: {exc}") from exc
     if not crops or all(np.isnan(m).all() for m in marks):

