@@ -67,12 +67,13 @@ class Evaluator:
     faces: the face backend (detection + landmarks); identity: "dlib" (+ "arcface" when
     arcface="auto" and its weights are present, or arcface=True to require them); syncnet:
     likewise for SyncNet; emotion and expression: the pipeline's backend names; max_seconds:
-    evaluate at most this much of each video."""
+    evaluate at most this much of each video; min_face_fraction: a clip whose face is found in
+    fewer of its frames fails ("no face")."""
 
     def __init__(self, faces: str = "mediapipe", emotion: str = "fer+facex",
                  expression: str = "3dmm", syncnet: bool | str = "auto",
                  arcface: bool | str = "auto", max_seconds: float | None = 60.0,
-                 max_offset_frames: int = 15) -> None:
+                 max_offset_frames: int = 15, min_face_fraction: float = 0.5) -> None:
         from pipeline.models.faces import load_face_backend
         from pipeline.models.lip_sync import load_lip_sync
 
@@ -89,6 +90,7 @@ class Evaluator:
         self.emotion_name, self.expression_name = emotion, expression
         self._emotion = self._expression = None
         self.max_seconds = max_seconds
+        self.min_face_fraction = min_face_fraction
 
     def _load_arcface(self) -> None:
         from pipeline.models.faces import load_identity
@@ -151,6 +153,11 @@ class Evaluator:
             log.debug("loading %s failed", video, exc_info=True)
             return {**row, "status": "failed", "reasons": [f"{type(exc).__name__}: {exc}"]}
         row.update(frames=clip.num_frames, face_frames=int(clip.face_frames.sum()))
+        if row["face_frames"] < self.min_face_fraction * clip.num_frames:
+            missing = clip.num_frames - row["face_frames"]
+            return {**row, "status": "failed", "reasons": [
+                f"no face in {missing} of {clip.num_frames} frames (a face must be found in at "
+                f"least {self.min_face_fraction:.0%}; what was found is likely spurious)"]}
         row["lip_sync"] = {n: clip_metrics.lip_sync(clip, s) for n, s in self.scorers.items()}
         if mismatched_audio is not None:
             other = read_speech(mismatched_audio)
