@@ -293,17 +293,20 @@ def build_datasets(spec: TrainSpec) -> dict:
         listing = ", ".join(f"{r}: {n}" for r, n in sorted(reasons.items(), key=lambda x: -x[1]))
         raise TrainingError(f"the selection keeps no track of {selected.num_rows} in {root} "
                             f"({listing or 'the catalog has no tracks'}); loosen [select]")
-    out = {split: WindowDataset(root, kept, spec.data, split=split) for split in ("train", "val")}
+    if spec.data.val_fraction > 0:
+        out = {split: WindowDataset(root, kept, spec.data, split=split) for split in ("train", "val")}
+    else:  # no validation: every person trains
+        out = {"train": WindowDataset(root, kept, spec.data, split="all"), "val": None}
     excluded: dict[str, int] = {}
     for split, ds in out.items():
-        for reason, count in ds.excluded.items():
+        for reason, count in (ds.excluded if ds is not None else {}).items():
             log.warning("%s split: %d tracks left out: %s", split, count, reason)
             excluded[reason] = excluded.get(reason, 0) + count
     out["excluded"] = excluded
     if len(out["train"].tracks) == 0:
         raise TrainingError(f"no usable training track among {kept.num_rows} selected "
                             f"(left out: {dict(out['train'].excluded)})")
-    if len(out["val"].tracks) == 0:
+    if out["val"] is not None and len(out["val"].tracks) == 0:
         log.warning("the validation split is empty (one person?): validation uses none")
         out["val"] = None
     return out
