@@ -144,12 +144,18 @@ def test_cli_bad_inputs_exit_2_before_any_work(inputs, tmp_path, capsys, monkeyp
     out = tmp_path / "out.mp4"
     blank = tmp_path / "blank.png"
     import skimage.io
+    import skimage.transform
 
     skimage.io.imsave(blank, np.tile(np.linspace(0, 255, 320, dtype=np.uint8)[None, :, None],
                                       (240, 1, 3)))  # a gradient: no face
     base = ["generate", "--checkpoint", str(folder), "--out", str(out)]
     assert main(base + ["--reference", str(blank), "--audio", str(speech)]) == 2
     assert "no face found in the reference image" in capsys.readouterr().err
+    small = tmp_path / "small.png"  # the astronaut at 160 px: a 31 px face, under 64
+    shrunk = skimage.transform.resize(skimage.io.imread(reference), (160, 160), anti_aliasing=True)
+    skimage.io.imsave(small, (shrunk * 255).round().astype(np.uint8))
+    assert main(base + ["--reference", str(small), "--audio", str(speech)]) == 2
+    assert "smaller than the 64 px" in capsys.readouterr().err
     bad_audio = tmp_path / "speech.wav"
     bad_audio.write_text("not audio")
     assert main(base + ["--reference", str(reference), "--audio", str(bad_audio)]) == 2
