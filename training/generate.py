@@ -258,6 +258,12 @@ def generate_batch(checkpoint: str | Path, requests: list[Request], device: str 
                    progress: bool = True) -> list[Result]:
     """Every request's inputs are checked first (an error names the request), then each is
     generated in turn with one loaded model."""
+    for i, request in enumerate(requests):  # missing files: before the model loads
+        for what, value in (("reference image", request.reference), ("audio file", request.audio),
+                            ("expression video", request.expression_from)):
+            if value is not None and not Path(value).is_file():
+                raise GenerationInputError(f"request {i + 1} ({request.out}): {what} {value} "
+                                           "does not exist")
     gen = Generator(checkpoint, device)
     prepared = []
     for i, request in enumerate(requests):
