@@ -194,9 +194,11 @@ def evaluate(generated: list[str | Path], reference: str | Path | None = None,
              audio: str | Path | None = None, real: list[str | Path] | None = None,
              emotion: str | None = None, evaluator: Evaluator | None = None,
              fid: bool | str = "auto", fvd: bool | str = "auto",
-             fid_frames: int = 16, fvd_frames: int = 16) -> dict[str, Any]:
+             fid_frames: int = 16, fvd_frames: int = 16, fvd_windows: int = 2,
+             device: str = "cpu") -> dict[str, Any]:
     """Rows for every generated video (and every real one, marked "real"), plus the set metrics:
-    E-FID (needs `real`), FID and FVD ("auto": when their weights are in the model root).
+    E-FID (needs `real`), FID and FVD ("auto": when their weights are in the model root) on up to
+    `fid_frames` crops and `fvd_windows` windows of `fvd_frames` frames per video, on `device`.
     Returns {"clips": [...], "real": [...], "set": {...}, "summary": {...}, "machine", ...}."""
     start = time.time()
     ev = evaluator or Evaluator()
@@ -222,7 +224,8 @@ def evaluate(generated: list[str | Path], reference: str | Path | None = None,
         result["real"].append(row)
     gen_clips = [c for c in gen_clips if c is not None]
     real_clips = [c for c in real_clips if c is not None]
-    result["set"] = set_metrics(ev, gen_clips, real_clips, fid, fvd, fid_frames, fvd_frames)
+    result["set"] = set_metrics(ev, gen_clips, real_clips, fid, fvd, fid_frames, fvd_frames,
+                                fvd_windows, device)
     result["summary"] = summary(result["clips"])
     result["seconds"] = round(time.time() - start, 2)
     result["machine"] = {"platform": platform.platform(), "processor": platform.processor()}
@@ -230,7 +233,8 @@ def evaluate(generated: list[str | Path], reference: str | Path | None = None,
 
 
 def set_metrics(ev: Evaluator, gen: list[FaceClip], real: list[FaceClip], fid: bool | str,
-                fvd: bool | str, fid_frames: int, fvd_frames: int) -> dict[str, Any]:
+                fvd: bool | str, fid_frames: int = 16, fvd_frames: int = 16, fvd_windows: int = 2,
+                device: str = "cpu") -> dict[str, Any]:
     """E-FID, FID and FVD between the generated and the real clips (each a dict with "value" and
     "backend", or "reason")."""
     out: dict[str, Any] = {}
@@ -244,8 +248,9 @@ def set_metrics(ev: Evaluator, gen: list[FaceClip], real: list[FaceClip], fid: b
     else:
         out["e_fid"] = {"backend": ev.expression_name, "value": frechet_between(g, r),
                         "generated_frames": len(g), "real_frames": len(r)}
-    out["fid"] = _network_metric("fid", fid, lambda: _fid(gen, real, fid_frames))
-    out["fvd"] = _network_metric("fvd", fvd, lambda: _fvd(gen, real, fvd_frames))
+    out["fid"] = _network_metric("fid", fid, lambda: _fid(gen, real, fid_frames, device))
+    out["fvd"] = _network_metric("fvd", fvd,
+                                 lambda: _fvd(gen, real, fvd_frames, fvd_windows, device))
     return out
 
 
@@ -260,34 +265,35 @@ def _network_metric(name: str, wanted: bool | str, run) -> dict[str, Any]:
         return {"reason": str(exc)}
 
 
-def _fid(gen: list[FaceClip], real: list[FaceClip], frames: int) -> dict[str, Any]:
+def _fid(gen: list[FaceClip], real: list[FaceClip], frames: int, device: str) -> dict[str, Any]:
     from training.metrics.inception import inception_features, load_inception
 
-    model = load_inception()
+    model = load_inception(device=device)
 
     def feats(clips: list[FaceClip]) -> np.ndarray:
         picks = []
         for c in clips:
             idx = np.flatnonzero(c.face_frames)
             picks.append(c.crops[idx[np.linspace(0, len(idx) - 1, min(frames, len(idx))).astype(int)]])
-        return inception_features(model, np.concatenate(picks))
+        return inception_features(model, np.concatenate(picks), device=device)
 
     g, r = feats(gen), feats(real)
     return {"backend": "inception_v3 pool3" + ("" if model.Mixed_7c.pool == "max" else " (torchvision)"),
             "value": frechet_between(g, r), "generated_frames": len(g), "real_frames": len(r)}
 
 
-def _fvd(gen: list[FaceClip], real: list[FaceClip], frames: int) -> dict[str, Any]:
+def _fvd(gen: list[FaceClip], real: list[FaceClip], frames: int, windows: int,
+         device: str) -> dict[str, Any]:
     from training.metrics.i3d import i3d_features, load_i3d
 
-    model = load_i3d()
+    model = load_i3d(device=device)
 
     def feats(clips: list[FaceClip]) -> np.ndarray:
         windows = [c.crops[s:s + frames] for c in clips
-                   for s in range(0, c.num_frames - frames + 1, frames)]
+                   for s in range(0, c.num_frames - frames + 1, frames)[:windows]]
         if not windows:
             raise ValueError(f"FVD needs clips of at least {frames} frames")
-        return i3d_features(model, np.stack(windows))
+        return i3d_features(model, np.stack(windows), device=device)
 
     g, r = feats(gen), feats(real)
     return {"backend": "i3d kinetics-400 logits", "value": frechet_between(g, r),
