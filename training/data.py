@@ -338,17 +338,19 @@ class WindowDataset(torch.utils.data.Dataset):
             raise RuntimeError(f"no track of {self.root} decodes any more; last tried "
                                f"{self.tracks[track_index].crop_path}")
         t = self.tracks[track_index]
-        pixels = pixels.astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1.0
+        pixels = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2), dtype=np.float32)
+        pixels *= 1 / 127.5
+        pixels -= 1.0
         m = cfg.motion_frames
         rows = t.offset + window_idx
         arrays = self._arrays
         expression = arrays["expression"][rows]
         expression_valid = bool(np.all(np.isfinite(expression)))
         crop_size = t.crop_size or pixels.shape[-1]
-        face = np.stack([geo.face_mask(arrays["crop_affine"][r], arrays["box"][r], crop_size,
-                                       cfg.size) for r in rows])
-        valid = np.stack([geo.valid_mask(arrays["crop_affine"][r], t.width, t.height, crop_size,
-                                         cfg.size) for r in rows])
+        masks = [geo.frame_masks(arrays["crop_affine"][r], arrays["box"][r], t.width, t.height,
+                                 crop_size, cfg.size) for r in rows]
+        face = np.stack([f for f, _ in masks])
+        valid = np.stack([v for _, v in masks])
         audio_dim, a = cfg.audio_dim, 2 * cfg.audio_context + 1
         if t.features_path is not None:
             features = np.load(t.features_path, mmap_mode="r")[: t.length]

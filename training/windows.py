@@ -82,44 +82,55 @@ def head_speed(yaw: np.ndarray, pitch: np.ndarray, roll: np.ndarray, fps: float 
 
 
 def crop_to_source(affine: np.ndarray, crop_size: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Source-pixel coordinates (x, y), each float64[size, size], of the centres of the pixels of
+    """Source-pixel coordinates (x, y), each float32[size, size], of the centres of the pixels of
     the crop resized from `crop_size` to `size`; `affine` float[6] or [2,3] maps source px to
-    crop px at crop_size."""
+    crop px at crop_size. (Affine, so each is a sum of a row and a column term.)"""
     m = np.asarray(affine, np.float64).reshape(2, 3)
-    scale = crop_size / size
-    c = (np.arange(size) + 0.5) * scale - 0.5  # resized pixel centre -> crop px
-    cx, cy = np.meshgrid(c, c)
-    a, b = m[:, :2], m[:, 2]
-    inv = np.linalg.inv(a)
-    dx, dy = cx - b[0], cy - b[1]
-    return inv[0, 0] * dx + inv[0, 1] * dy, inv[1, 0] * dx + inv[1, 1] * dy
+    c = (np.arange(size) + 0.5) * (crop_size / size) - 0.5  # resized pixel centre -> crop px
+    inv = np.linalg.inv(m[:, :2])
+    cols, rows = c - m[0, 2], c - m[1, 2]  # along x (columns) and y (rows)
+    f32 = np.float32
+    x = (inv[0, 0] * cols).astype(f32)[None, :] + (inv[0, 1] * rows).astype(f32)[:, None]
+    y = (inv[1, 0] * cols).astype(f32)[None, :] + (inv[1, 1] * rows).astype(f32)[:, None]
+    return x, y
 
 
-def face_mask(affine: np.ndarray, box: np.ndarray, crop_size: int, size: int) -> np.ndarray:
+def frame_masks(affine: np.ndarray, box: np.ndarray, width: int, height: int, crop_size: int,
+                size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(face_mask, valid_mask) of one frame, each float32[size, size] (see those functions),
+    from one evaluation of the pixel grid's source coordinates."""
+    xy = crop_to_source(affine, crop_size, size)
+    return (face_mask(affine, box, crop_size, size, xy),
+            valid_mask(affine, width, height, crop_size, size, xy))
+
+
+def face_mask(affine: np.ndarray, box: np.ndarray, crop_size: int, size: int,
+              xy: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """float32[size, size]: 1 where the pixel centre's source position lies inside the face box
     (x0, y0, x1, y1, source px), i.e. the box mapped into crop pixels (a rotated rectangle when
-    the crop is rolled). A missing box (NaN) gives zeros."""
+    the crop is rolled). A missing box (NaN) gives zeros. `xy`: crop_to_source's output."""
     box = np.asarray(box, np.float64)
     if box.shape != (4,) or not np.all(np.isfinite(box)):
         return np.zeros((size, size), np.float32)
-    x, y = crop_to_source(affine, crop_size, size)
+    x, y = xy if xy is not None else crop_to_source(affine, crop_size, size)
     inside = (x >= box[0]) & (x <= box[2]) & (y >= box[1]) & (y <= box[3])
     return inside.astype(np.float32)
 
 
-def valid_mask(affine: np.ndarray, width: int, height: int, crop_size: int,
-               size: int) -> np.ndarray:
+def valid_mask(affine: np.ndarray, width: int, height: int, crop_size: int, size: int,
+               xy: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """float32[size, size]: 1 where the whole footprint of the resized crop pixel maps inside
     the source frame's pixel centres (x in [0, width-1], y in [0, height-1]: every bilinear tap
     is a real pixel), 0 where any of it maps outside: those pixels are the face-crop's border
     padding (repeated edge rows), which the loss must ignore. The footprint is the pixel's square
-    in source px (half-extent along x and y from the affine's scale and rotation)."""
+    in source px (half-extent along x and y from the affine's scale and rotation). `xy`:
+    crop_to_source's output."""
     m = np.asarray(affine, np.float64).reshape(2, 3)
-    x, y = crop_to_source(m, crop_size, size)
+    x, y = xy if xy is not None else crop_to_source(m, crop_size, size)
     inv = np.linalg.inv(m[:, :2]) * (crop_size / size)  # one resized pixel step in source px
     half_x = 0.5 * (abs(inv[0, 0]) + abs(inv[0, 1]))
     half_y = 0.5 * (abs(inv[1, 0]) + abs(inv[1, 1]))
-    eps = 1e-6
-    inside = ((x - half_x >= -eps) & (x + half_x <= width - 1 + eps)
-              & (y - half_y >= -eps) & (y + half_y <= height - 1 + eps))
+    eps = 1e-4
+    inside = ((x >= half_x - eps) & (x <= width - 1 - half_x + eps)
+              & (y >= half_y - eps) & (y <= height - 1 - half_y + eps))
     return inside.astype(np.float32)
