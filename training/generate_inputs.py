@@ -55,6 +55,9 @@ class CatalogSettings:
             return (stages.get(name) or {}).get("config") or {}
 
         faces, audio, expression = stage("faces"), stage("audio"), stage("expression")
+        if audio and not audio.get("features", True):
+            log.warning("the checkpoint's catalog wrote no audio features (audio features = "
+                        "false): its model never saw audio; generation computes them anyway")
         portrait = bool(faces.get("portrait", False))  # the faces stage's portrait crop
         exp_keys = ("fit_iterations", "landmark_noise", "contour_weight", "batch_size", "device")
         return cls(

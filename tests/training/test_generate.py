@@ -220,3 +220,20 @@ def test_expression_from_video_and_intensity(inputs):
     assert prepared.expression.shape == (n, 10) and prepared.jaw_pose.shape == (n, 3)
     assert np.allclose(prepared.expression, traj.expression[np.arange(n) % 60], atol=1e-5)
     assert prepared.head_speed.shape == (n,) and np.isfinite(prepared.head_speed).all()
+
+
+def test_catalog_settings_follow_the_checkpoint():
+    """The crop, speech and expression settings come from the checkpoint's catalog stages; a
+    portrait catalog's crops are 512 px at 3x the face (the faces stage's portrait rule)."""
+    stages = {"faces": {"config": {"backend": "mtcnn", "crop_size": 256, "crop_scale": 2.0,
+                                   "min_face_px": 80, "portrait": False}},
+              "audio": {"config": {"speech_backend": "whisper-tiny-official",
+                                   "vad_threshold": 0.4}},
+              "expression": {"config": {"backend": "deca", "batch_size": 8}}}
+    s = generate_inputs.CatalogSettings.from_checkpoint({"catalog": {"stages": stages}})
+    assert (s.face_backend, s.crop_size, s.crop_scale, s.min_face_px) == ("mtcnn", 256, 2.0, 80)
+    assert s.speech_backend == "whisper-tiny-official" and s.vad[0] == 0.4
+    assert s.expression_backend == "deca" and dict(s.expression_options) == {"batch_size": 8}
+    stages["faces"]["config"]["portrait"] = True
+    s = generate_inputs.CatalogSettings.from_checkpoint({"catalog": {"stages": stages}})
+    assert (s.crop_size, s.crop_scale) == (512, 3.0)
