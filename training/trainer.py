@@ -274,7 +274,8 @@ def write_sample(model, dataset, spec: TrainSpec, path: Path) -> None:
 
 def build_datasets(spec: TrainSpec) -> dict:
     """{"train", "val" (None when empty), "excluded": reason -> tracks left out} over the
-    selection; a clear error when nothing is kept."""
+    selection; a clear error when nothing is kept (here, or data.EmptyDatasetError when every
+    kept track is left out, with the count per reason)."""
     import catalog
     from training.data import WindowDataset
 
@@ -303,9 +304,6 @@ def build_datasets(spec: TrainSpec) -> dict:
             log.warning("%s split: %d tracks left out: %s", split, count, reason)
             excluded[reason] = excluded.get(reason, 0) + count
     out["excluded"] = excluded
-    if len(out["train"].tracks) == 0:
-        raise TrainingError(f"no usable training track among {kept.num_rows} selected "
-                            f"(left out: {dict(out['train'].excluded)})")
     if out["val"] is not None and len(out["val"].tracks) == 0:
         log.warning("the validation split is empty (one person?): validation uses none")
         out["val"] = None
