@@ -25,6 +25,7 @@ BENCHES = {
     "report": "jobs.bench.report",
     "train": "jobs.bench.train",
     "generate": "jobs.bench.generate",
+    "learn": "jobs.bench.learn",
 }
 
 
