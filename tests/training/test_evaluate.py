@@ -180,13 +180,17 @@ I3D_KEYS = {
 
 
 def _random_state(model: torch.nn.Module, seed: int) -> dict:
+    """Random weights that keep activations at unit scale (He-scaled convolutions, BatchNorm
+    statistics near identity), so features depend on the input through every block."""
     g = torch.Generator().manual_seed(seed)
     state = {}
     for k, v in model.state_dict().items():
         if k.endswith("running_var"):
-            state[k] = torch.rand(v.shape, generator=g) + 0.5
+            state[k] = torch.rand(v.shape, generator=g) * 0.2 + 0.9
+        elif k.endswith("weight") and v.dim() >= 4:
+            state[k] = torch.randn(v.shape, generator=g) * (2.0 / v[0].numel()) ** 0.5
         elif v.is_floating_point():
-            state[k] = torch.randn(v.shape, generator=g) * 0.05
+            state[k] = torch.randn(v.shape, generator=g) * 0.05 + (1.0 if k.endswith("bn.weight") else 0)
         else:
             state[k] = v
     return state
@@ -208,9 +212,11 @@ def test_inception_loader_on_files_of_both_layouts(tmp_path, monkeypatch):
     torch.save(state, folder / "pt_inception-2015-12-05.pth")
     fid_net = load_inception()
     assert fid_net.Mixed_7c.pool == "max"  # the TF graph's last pool branch
-    image = np.random.default_rng(0).integers(0, 256, (1, 96, 96, 3), dtype=np.uint8)
+    image = np.random.default_rng(0).integers(0, 256, (2, 96, 96, 3), dtype=np.uint8)
+    image[1] = 255 - image[0]
     a = inception_features(fid_net, image)
-    assert a.shape == (1, 2048) and np.isfinite(a).all()
+    assert a.shape == (2, 2048) and np.isfinite(a).all()
+    assert np.abs(a[0] - a[1]).mean() > 1e-3 * np.abs(a).mean()  # the input reaches pool3
     # torchvision's layout: fc of 1000 and AuxLogits tensors, which the loader ignores
     tv = {k: v for k, v in state.items() if not k.startswith("fc.")}
     tv.update({"fc.weight": torch.zeros(1000, 2048), "fc.bias": torch.zeros(1000),
@@ -245,9 +251,11 @@ def test_i3d_loader_and_same_padding(tmp_path, monkeypatch):
     path.parent.mkdir(parents=True)
     torch.save(state, path)
     model = load_i3d()
-    clips = np.random.default_rng(0).integers(0, 256, (1, 10, 48, 48, 3), dtype=np.uint8)
+    clips = np.random.default_rng(0).integers(0, 256, (2, 10, 48, 48, 3), dtype=np.uint8)
+    clips[1] = 255 - clips[0]
     f = i3d_features(model, clips, size=64)
-    assert f.shape == (1, 400) and np.isfinite(f).all()
+    assert f.shape == (2, 400) and np.isfinite(f).all()
+    assert np.abs(f[0] - f[1]).mean() > 1e-3 * np.abs(f).mean()
     state["logits.conv3d.weight"] = state["logits.conv3d.weight"][:, :512]
     torch.save(state, path)
     with pytest.raises(ValueError, match="wrong shapes.*logits.conv3d.weight"):

@@ -9,6 +9,9 @@ Two weight files share one layout (torchvision's module names, BatchNorm eps 0.0
 The format is told from fc.weight's row count. Input: uint8 RGB, resized bilinearly to 299x299 and
 scaled to [-1, 1] (what both networks expect: torchvision's transform_input maps ImageNet
 normalization to exactly this).
+Checked once against torchvision 0.28's Inception3 (tf=False) and pytorch-fid 0.3.0's FID blocks
+(tf=True) with the same random weights: identical pool3 features (6e-6 apart end to end, from
+resizing before rather than after the [-1, 1] scaling); neither package is a dependency.
 """
 
 from __future__ import annotations
