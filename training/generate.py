@@ -104,6 +104,7 @@ class Generator:
         from training.models import build_model
         from training.trainer import load_weights
 
+        torch.set_flush_denormal(True)  # denormal floats slow CPU arithmetic many times over
         self.path = ckpt.resolve(checkpoint)
         try:
             self.config = ckpt.read_config(self.path)
