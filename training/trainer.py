@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from training import checkpoint as ckpt
-from training.config import TrainSpec
+from training.config import CONDITIONS, TrainSpec
 from training.diffusion import (
     add_noise,
     draw_noise,
@@ -184,31 +184,38 @@ def train(spec: TrainSpec, resume: str | None = None, worker: Worker | None = No
     if writer is not None:
         writer.close()
     return {"steps": step, "losses": losses, "seconds": time.monotonic() - started,
+            "last_metrics": metrics if losses else {},
             "excluded": datasets["excluded"], "tracks": len(train_set.tracks),
             "checkpoint": str(ckpt.latest(out)) if worker.rank == 0 else None}
 
 
 def diffusion_loss(ddp, core, scheduler, batch: dict, generators, spec: TrainSpec) -> torch.Tensor:
     """The masked, min-SNR-weighted v-prediction loss of one micro-batch."""
-    from training.models import Conditions
-
     with torch.no_grad():
         latents = encode_frames(core.codec, batch["frames"])
         reference = core.codec.encode(batch["reference"])
         motion = encode_frames(core.codec, batch["motion"])
     noise, t, drop = draw_noise(latents, generators, spec.diffusion, spec.dropout)
-    drop["audio"] |= ~batch["audio_valid"]
-    drop["expression"] |= ~batch["expression_valid"]
-    drop["emotion"] |= batch["emotion"] < 0
     noisy, target = add_noise(scheduler, latents, noise, t)
-    cond = Conditions(reference_latent=reference, motion_latents=motion, audio=batch["audio"],
-                      expression=batch["expression"], jaw_pose=batch["jaw_pose"],
-                      emotion=batch["emotion"], intensity=batch["intensity"],
-                      face_mask=batch["face_mask"], head_speed=batch["head_speed"], drop=drop)
-    prediction = ddp(noisy, t, cond)
+    prediction = ddp(noisy, t, batch_conditions(batch, reference, motion, drop))
     weights = min_snr_weights(scheduler, t, spec.diffusion.min_snr_gamma)
     mask = latent_mask(batch["valid_mask"], tuple(latents.shape[-2:]))
     return masked_loss(prediction, target, mask, weights)
+
+
+def batch_conditions(batch: dict, reference: torch.Tensor, motion: torch.Tensor,
+                     drop: dict[str, torch.Tensor]):
+    """models.Conditions of a collated batch with encoded reference/motion latents; conditions
+    a sample lacks (no audio features, no expression, unknown emotion) are dropped for it."""
+    from training.models import Conditions
+
+    drop = {**drop, "audio": drop["audio"] | ~batch["audio_valid"],
+            "expression": drop["expression"] | ~batch["expression_valid"],
+            "emotion": drop["emotion"] | (batch["emotion"] < 0)}
+    return Conditions(reference_latent=reference, motion_latents=motion, audio=batch["audio"],
+                      expression=batch["expression"], jaw_pose=batch["jaw_pose"],
+                      emotion=batch["emotion"], intensity=batch["intensity"],
+                      face_mask=batch["face_mask"], head_speed=batch["head_speed"], drop=drop)
 
 
 def encode_frames(codec, frames: torch.Tensor) -> torch.Tensor:
@@ -244,7 +251,6 @@ def write_sample(model, dataset, spec: TrainSpec, path: Path) -> None:
     """A sample video from the EMA weights: the first validation window, generated from its
     reference, audio and expression, next to the real frames (left: real, right: generated)."""
     from pipeline.media import write_video
-    from training.models import Conditions
     from training.sampling import denoise_window, to_uint8
 
     if dataset is None or len(dataset.tracks) == 0:
@@ -255,15 +261,9 @@ def write_sample(model, dataset, spec: TrainSpec, path: Path) -> None:
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
     with torch.no_grad():
         latents = encode_frames(model.codec, batch["frames"])
-        drop = {"audio": ~batch["audio_valid"], "expression": ~batch["expression_valid"],
-                "emotion": batch["emotion"] < 0, "reference": torch.zeros(1, dtype=torch.bool, device=device),
-                "motion": torch.zeros(1, dtype=torch.bool, device=device)}
-        cond = Conditions(reference_latent=model.codec.encode(batch["reference"]),
-                          motion_latents=encode_frames(model.codec, batch["motion"]),
-                          audio=batch["audio"], expression=batch["expression"],
-                          jaw_pose=batch["jaw_pose"], emotion=batch["emotion"],
-                          intensity=batch["intensity"], face_mask=batch["face_mask"],
-                          head_speed=batch["head_speed"], drop=drop)
+        keep_all = {name: torch.zeros(1, dtype=torch.bool, device=device) for name in CONDITIONS}
+        cond = batch_conditions(batch, model.codec.encode(batch["reference"]),
+                                encode_frames(model.codec, batch["motion"]), keep_all)
         out = denoise_window(model, make_scheduler(spec.diffusion, "ddim"), cond, tuple(latents.shape),
                              steps=spec.train.sample_steps, generator=torch.Generator().manual_seed(0))
         frames = model.codec.decode(out.flatten(0, 1))

@@ -134,6 +134,19 @@ def test_interrupted_save_keeps_the_previous_checkpoint(curated_catalog, tmp_pat
     assert not list((out / "checkpoints").glob(".tmp-*"))
 
 
+def test_validation_sample_video_and_logs(curated_catalog, tmp_path, tiny_spec):
+    import av
+
+    out = tmp_path / "run"
+    summary = train(tiny_spec(curated_catalog, out, max_steps=1, validate_every=1,
+                              sample_every=1, sample_steps=2))
+    assert summary["last_metrics"]["val_loss"] > 0
+    with av.open(str(out / "samples" / "step-00000001.mp4")) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(frames) == 4 and frames[0].shape == (64, 128, 3)  # real | generated
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+
 def test_resume_refuses_another_model_config(curated_catalog, tmp_path, tiny_spec):
     train(tiny_spec(curated_catalog, tmp_path, max_steps=1))
     other = tiny_spec(curated_catalog, tmp_path, max_steps=2, model={"emotion_dim": 32})
