@@ -173,6 +173,17 @@ def test_a_track_with_a_missing_crop_is_left_out_and_counted(curated_catalog, tm
     assert any("crop" in reason for reason in summary["excluded"])
 
 
+def test_a_catalog_of_another_schema_version_gets_the_migrate_hint(tmp_path, tiny_spec):
+    from pathlib import Path
+
+    from catalog.migrate import SchemaVersionError
+
+    old = tmp_path / "catalog_v0"
+    shutil.copytree(Path(__file__).parents[1] / "data" / "catalog_v0", old)
+    with pytest.raises(SchemaVersionError, match="emoforge catalog migrate"):
+        train(tiny_spec(old, tmp_path / "run"))
+
+
 def test_spec_errors_name_what_is_valid():
     with pytest.raises(config.TrainSpecError, match="valid:.*batch_size"):
         config.build({"train": {"batch_sise": 2}})
