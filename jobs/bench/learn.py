@@ -113,7 +113,7 @@ def generate_and_evaluate(checkpoint: str, names: tuple[str, ...], folder: Path,
                                             out=str(video), steps=steps), progress=False)
         row = evaluator.evaluate_clip(video, str(photo), str(held_out), mismatched_audio=str(mismatched))
         row["generate_seconds_per_frame"] = result.seconds / max(result.frames, 1)
-        rows.append({"identity": name, **row})
+        rows.append({"speaker": name, **row})
     return rows
 
 
@@ -125,9 +125,9 @@ def verdict(rows: list[dict]) -> dict:
     out = []
     for row in rows:
         driving, other = sync(row, "lip_sync"), sync(row, "lip_sync_mismatched")
-        ident = (row.get("identity") or {}) if isinstance(row.get("identity"), dict) else {}
+        ident = row.get("identity") or {}
         out.append({
-            "identity": row["identity"] if isinstance(row["identity"], str) else None,
+            "speaker": row["speaker"],
             "offset_within_1": driving.get("offset_frames") is not None
             and abs(driving["offset_frames"]) <= 1,
             "confidence": driving.get("confidence"), "mismatched_confidence": other.get("confidence"),
