@@ -55,11 +55,26 @@ class FaceClip:
         return np.isfinite(self.landmarks).all((1, 2))
 
 
+MIN_SIDE = 192  # smaller videos (the tiny model's 64 px output) are enlarged for the detectors
+
+
 def grid_frames(path: str | Path, max_seconds: float | None = None) -> list[np.ndarray]:
-    """The frames on screen at each 25 fps grid time (uint8[H,W,3] RGB each)."""
+    """The frames on screen at each 25 fps grid time (uint8[H,W,3] RGB each). A video whose
+    shorter side is under MIN_SIDE px is enlarged (bicubic) to it: MediaPipe's detector does not
+    find faces in a 64 px frame, and every measurement is made on 256 px crops anyway."""
+    import cv2
+
     from pipeline.media import iter_frames
 
-    decoded = [(f.pts_s, f.image) for f in iter_frames(str(path), 0.0, max_seconds)]
+    def sized(image: np.ndarray) -> np.ndarray:
+        short = min(image.shape[:2])
+        if short >= MIN_SIDE:
+            return image
+        scale = MIN_SIDE / short
+        size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
+        return cv2.resize(image, size, interpolation=cv2.INTER_CUBIC)
+
+    decoded = [(f.pts_s, sized(f.image)) for f in iter_frames(str(path), 0.0, max_seconds)]
     if not decoded:
         return []
     times = np.array([t for t, _ in decoded])
