@@ -46,8 +46,7 @@ def run_on_ray(spec: TrainSpec, resume: str | None) -> dict:
     from ray.train.torch import TorchTrainer
 
     if not ray.is_initialized():
-        ray.init(address=spec.train.ray_address or None, include_dashboard=False,
-                 log_to_driver=False)
+        ray.init(address=spec.train.ray_address or None, include_dashboard=False)
     use_gpu = torch.cuda.is_available() or bool(ray.cluster_resources().get("GPU"))
     out = Path(spec.train.out)
     trainer = TorchTrainer(
