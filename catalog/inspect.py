@@ -6,9 +6,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
-
-from catalog import layout, schema
+from catalog import fs, layout, schema
 from catalog.commits import read_commits
 from catalog.manifest import read_manifest
 from catalog.migrate import check_readable
@@ -17,10 +15,10 @@ from catalog.read import read_table
 STATUSES = {"ok", "skipped", "failed"}
 
 
-def validate(root: str | Path) -> list[str]:
+def validate(root: str | Path | fs.Root) -> list[str]:
     """Every problem found (empty list = valid): manifest, commits and their files, declared
     types, unique keys, foreign keys, status values, listed media present."""
-    root = layout.local_root(root)
+    root = fs.resolve(root)
     problems: list[str] = []
     try:
         manifest = read_manifest(root)
@@ -31,15 +29,17 @@ def validate(root: str | Path) -> list[str]:
     listed = {layout.commit_file(c.shard, c.seq) for c in commits.values()}
     if set(manifest.get("commits", [])) != listed:
         problems.append("manifest commit list differs from _commits/ (a run did not finish)")
+    present = set()
+    for top in (*schema.TABLES, layout.MEDIA):  # one listing per folder, not a request per file
+        present.update(root.list_files(top))
     for record in commits.values():
         for name, rels in record.files.items():
             for rel in rels:
-                path = root / rel
-                if not path.is_file():
+                if rel not in present:
                     problems.append(f"{rel}: listed by commit of shard {record.shard} but missing")
                     continue
                 declared = schema.table_schema(name)
-                for field in pq.read_schema(path):
+                for field in root.parquet_schema(rel):
                     if field.name not in declared.names:
                         problems.append(f"{rel}: undeclared column {field.name}")
                     elif field.type != declared.field(field.name).type:
@@ -48,7 +48,7 @@ def validate(root: str | Path) -> list[str]:
                             f"{declared.field(field.name).type}"
                         )
         for rel in record.media:
-            if not (root / rel).is_file():
+            if rel not in present:
                 problems.append(f"{rel}: media listed by shard {record.shard} but missing")
     if problems:  # row checks need every listed file
         return problems
@@ -78,9 +78,9 @@ def validate(root: str | Path) -> list[str]:
     return problems
 
 
-def describe(root: str | Path) -> dict:
+def describe(root: str | Path | fs.Root) -> dict:
     """Tables with row counts and their columns (type, stage, unit, doc), plus the manifest head."""
-    root = layout.local_root(root)
+    root = fs.resolve(root)
     manifest = read_manifest(root)
     rows = manifest.get("rows", {})
     tables = {}
@@ -97,7 +97,7 @@ def describe(root: str | Path) -> dict:
             })
         tables[table] = {"rows": rows.get(table, 0), "columns": columns}
     return {
-        "catalog": str(root),
+        "catalog": root.uri,
         "version": manifest["version"],
         "schema_version": manifest["schema_version"],
         "stages": {k: {"fingerprint": v.get("fingerprint")} for k, v in manifest["stages"].items()},
@@ -106,9 +106,9 @@ def describe(root: str | Path) -> dict:
     }
 
 
-def stats(root: str | Path) -> dict:
+def stats(root: str | Path | fs.Root) -> dict:
     """Counts by status per stage, hours of video and clips, and errors by reason."""
-    root = layout.local_root(root)
+    root = fs.resolve(root)
     out: dict = {"counts": read_manifest(root).get("counts", {})}
     videos = read_table(root, "videos", columns=["duration_s", "ingest_status", "ingest_error"])
     clips = read_table(root, "clips", columns=["duration_s"])

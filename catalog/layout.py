@@ -8,9 +8,9 @@
     _cache/                                   derived lookups (content-hash cache)
     _lease                                    the single writer's lease
 
-Catalogs are local folders (or mounted file systems shared by a cluster's nodes). Object-store
-roots (`s3://`) are refused with a clear error: the commit protocol does not rely on renames, but
-its I/O goes through local paths for now.
+A catalog root is a local folder (or a mounted file system shared by a cluster's nodes) or an
+object-store prefix (`s3://bucket/prefix`); catalog/fs.py resolves either to a pyarrow filesystem
+and does every read and write. The commit protocol never relies on renames.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import json
 import os
 import tempfile
 from pathlib import Path
+
+from catalog.fs import UnsupportedRootError, is_store_uri, split_uri  # noqa: F401 - re-exported
 
 COMMITS = "_commits"
 MANIFEST = "_manifest.json"
@@ -37,19 +39,13 @@ def commit_file(shard: int, seq: int) -> str:
     return f"{COMMITS}/shard-{shard:05d}-{seq:04d}.json"
 
 
-class UnsupportedRootError(ValueError):
-    """A catalog root this code cannot read or write (an object store such as s3://)."""
-
-
 def local_root(root: str | os.PathLike) -> Path:
-    """The local folder of `root` (a path or a file:// URI). Raises UnsupportedRootError for
-    other URI schemes."""
+    """The local folder of `root` (a path or a file:// URI), for operations that need one.
+    Raises UnsupportedRootError for object-store roots and other URI schemes."""
     text = str(root)
-    if "://" in text and not text.startswith("file://"):
-        raise UnsupportedRootError(
-            f"catalog {text}: {text.split('://')[0]}:// roots are not supported yet; use a local "
-            "or mounted path"
-        )
+    if is_store_uri(text):
+        split_uri(text)  # unknown schemes: UnsupportedRootError naming the scheme
+        raise UnsupportedRootError(f"catalog {text}: this operation needs a local or mounted path")
     return Path(text.removeprefix("file://")).resolve()
 
 

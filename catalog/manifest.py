@@ -11,17 +11,18 @@ import json
 import time
 from pathlib import Path
 
-from catalog import layout, schema
+from catalog import fs, layout, schema
 from catalog.commits import read_commits
+from catalog.fs import Root
 
 
-def catalog_version(root: Path) -> str:
+def catalog_version(root: str | Path | Root) -> str:
     commits = read_commits(root)
     listing = [(c.shard, c.seq, c.committed_at) for c in sorted(commits.values(), key=lambda c: c.shard)]
     return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
 
 
-def status_counts(root: Path) -> dict[str, dict[str, dict[str, int]]]:
+def status_counts(root: str | Path | Root) -> dict[str, dict[str, dict[str, int]]]:
     """{table: {stage: {status: count}}} over committed files."""
     import pyarrow.compute as pc
 
@@ -45,7 +46,7 @@ def status_counts(root: Path) -> dict[str, dict[str, dict[str, int]]]:
 
 
 def write_manifest(
-    root: Path,
+    root: str | Path | Root,
     job_spec: dict,
     stages: dict[str, dict],
     code_version: str,
@@ -55,6 +56,7 @@ def write_manifest(
 
     stages: {stage: {fingerprint, backends: [{key, version, weights, license}], config}}
     timings: {runner stage: {rows_in, ok, skipped, failed, seconds}} of the last run"""
+    root = fs.resolve(root)
     commits = read_commits(root)
     licenses = sorted({m["license"] for s in stages.values() for m in s.get("models", [])})
     restricted = sorted(
@@ -73,15 +75,16 @@ def write_manifest(
         "rows": {t: sum(c.counts.get(t, 0) for c in commits.values()) for t in schema.TABLES},
         "timings": timings or {},
     }
-    layout.write_json_atomic(root / layout.MANIFESTS / f"{manifest['version']}.json", manifest)
-    layout.write_json_atomic(root / layout.MANIFEST, manifest)
+    root.write_json(f"{layout.MANIFESTS}/{manifest['version']}.json", manifest)
+    root.write_json(layout.MANIFEST, manifest)
     return manifest
 
 
-def read_manifest(root: str | Path) -> dict:
-    """The catalog's current manifest (raises layout.UnsupportedRootError for roots this code
+def read_manifest(root: str | Path | Root) -> dict:
+    """The catalog's current manifest (raises fs.UnsupportedRootError for roots this code
     cannot read, FileNotFoundError when `root` is not a catalog)."""
-    path = layout.local_root(root) / layout.MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"{root} is not an emoforge catalog (no {layout.MANIFEST})")
-    return layout.read_json(path)
+    root = fs.resolve(root)
+    try:
+        return root.read_json(layout.MANIFEST)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{root} is not an emoforge catalog (no {layout.MANIFEST})") from None

@@ -1,7 +1,7 @@
 """Reading committed tables with the full declared schema (older files read with new columns null).
 
-Every reader goes through `readable_root`: a root this code cannot read (an object store) and a
-catalog whose schema version needs `emoforge catalog migrate` (or a newer emoforge) are refused
+Every reader goes through `readable_root` (local folders and s3:// prefixes, catalog/fs.py): a
+root this code cannot read (another URI scheme) and a catalog whose schema version needs `emoforge catalog migrate` (or a newer emoforge) are refused
 with an error that says so, never read as empty or half-null tables.
 """
 
@@ -12,49 +12,52 @@ import os
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.fs as pafs
 
-from catalog import layout, schema
+from catalog import fs, layout, schema
 from catalog.commits import read_commits
+from catalog.fs import Root
 from catalog.migrate import check_readable
 
 
-def readable_root(root: str | os.PathLike) -> Path:
-    """The local folder of a catalog this code can read. Raises layout.UnsupportedRootError for
-    roots it cannot read and migrate.SchemaVersionError when the manifest's schema version needs
-    a migration (or a newer emoforge). A folder without a manifest has no committed rows."""
-    path = layout.local_root(root)
-    manifest = path / layout.MANIFEST
-    try:
-        stat = manifest.stat()
-    except FileNotFoundError:
-        return path
-    _check_version(str(manifest), stat.st_mtime_ns, stat.st_size)
-    return path
+def readable_root(root: str | os.PathLike | Root) -> Root:
+    """The Root of a catalog this code can read. Raises fs.UnsupportedRootError for roots it
+    cannot read and migrate.SchemaVersionError when the manifest's schema version needs a
+    migration (or a newer emoforge). A folder without a manifest has no committed rows."""
+    root = fs.resolve(root)
+    info = root.info(layout.MANIFEST)
+    if info.type == pafs.FileType.NotFound:
+        return root
+    _check_version(root, root.uri_of(layout.MANIFEST), info.mtime_ns, info.size)
+    return root
 
 
 @functools.lru_cache(maxsize=64)
-def _check_version(manifest: str, mtime_ns: int, size: int) -> None:
-    """Checked once per manifest version (its path, mtime and size)."""
-    version = layout.read_json(Path(manifest)).get("schema_version")
+def _check_version(root: Root, manifest: str, mtime_ns: int | None, size: int | None) -> None:
+    """Checked once per manifest version (its location, mtime and size)."""
+    version = root.read_json(layout.MANIFEST).get("schema_version")
     if version is None:
         raise ValueError(f"{manifest}: no schema_version (not an emoforge catalog manifest)")
     try:
         check_readable(version)
     except Exception as exc:
-        raise type(exc)(f"{Path(manifest).parent}: {exc}") from None
+        raise type(exc)(f"{root}: {exc}") from None
 
 
-def committed_files(root: str | os.PathLike, table: str, shards: set[int] | None = None) -> list[Path]:
-    """The committed Parquet files of `table` (optionally only `shards`), in shard order."""
-    root = readable_root(root)
-    commits = read_commits(root)
-    return [
-        root / rel
-        for shard, record in sorted(commits.items())
-        if shards is None or shard in shards
-        for rel in record.files.get(table, [])
-    ]
+def committed_rels(root: str | os.PathLike | Root, table: str,
+                   shards: set[int] | None = None) -> list[str]:
+    """Catalog-relative names of the committed Parquet files of `table`, in shard order."""
+    commits = read_commits(readable_root(root))
+    return [rel for shard, record in sorted(commits.items())
+            if shards is None or shard in shards for rel in record.files.get(table, [])]
+
+
+def committed_files(root: str | os.PathLike | Root, table: str,
+                    shards: set[int] | None = None) -> list[str]:
+    """The committed Parquet files of `table` (optionally only `shards`), in shard order, as
+    local paths or s3:// URIs."""
+    root = fs.resolve(root)
+    return [root.uri_of(rel) for rel in committed_rels(root, table, shards)]
 
 
 def conform(table: pa.Table, target: pa.Schema) -> pa.Table:
@@ -69,7 +72,7 @@ def conform(table: pa.Table, target: pa.Schema) -> pa.Table:
 
 
 def read_table(
-    root: str | Path,
+    root: str | Path | Root,
     table: str,
     columns: list[str] | None = None,
     shards: set[int] | None = None,
@@ -78,11 +81,12 @@ def read_table(
     """All committed rows of `table` (optionally some shards, columns, pyarrow filters)."""
     full = schema.table_schema(table)
     target = full if columns is None else pa.schema([full.field(c) for c in columns])
+    root = fs.resolve(root)
     parts = []
-    for path in committed_files(root, table, shards):
-        present = set(pq.read_schema(path).names)
+    for rel in committed_rels(root, table, shards):
+        present = set(root.parquet_schema(rel).names)
         cols = [c for c in target.names if c in present]
-        parts.append(conform(pq.read_table(path, columns=cols, filters=filters), target))
+        parts.append(conform(root.read_parquet(rel, columns=cols, filters=filters), target))
     if not parts:
         return target.empty_table()
     return pa.concat_tables(parts)
