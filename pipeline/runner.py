@@ -24,7 +24,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from catalog import layout, schema
+from catalog import fs, layout, schema
 from catalog.commits import Lease, clean_orphans, read_commits
 from catalog.manifest import write_manifest
 from catalog.read import read_table
@@ -32,6 +32,8 @@ from pipeline import hashing
 from pipeline.plan import StageKey, plan, waves
 from pipeline.stage import FAILED, SKIPPED, Stage, StageContext, config_dict
 from pipeline.staging import (
+    remove_staging,
+    staging_root,
     WaveStaging,
     blocked_reason,
     fill_keys,
@@ -140,11 +142,12 @@ def run(
     """Curate `inputs` into the catalog at `out` with the named stages (in pipeline order).
     `commercial_only` refuses backends whose weights are research-only or non-commercial."""
     started = time.time()
-    root = layout.local_root(out)
-    root.mkdir(parents=True, exist_ok=True)
+    root = fs.resolve(out)  # a local folder or an s3:// prefix (catalog/fs.py)
+    root.check_access(create=True)  # a missing bucket or refused credentials: exit 2, before work
     with Lease(root):
         clean_orphans(root)
-        staging = root / layout.STAGING / f"run-{uuid.uuid4().hex[:12]}"
+        remove_staging(root)
+        staging = staging_root(root) / f"run-{uuid.uuid4().hex[:12]}"
         context = StageContext(catalog=str(root), staging=str(staging))
         classes = [load_stage_class(n) for n in stages]
         driver_stages = [cls(configs.get(n, cls.Config()), context) for n, cls in zip(stages, classes)]
@@ -168,10 +171,10 @@ def run(
         for number, wave in enumerate(groups, 1):
             log.info("wave %d/%d: shards %s", number, len(groups), wave)
             _run_wave(root, context, wave, work, input_rows, stages, driver_stages, keys, runner, summaries)
-        shutil.rmtree(root / layout.STAGING, ignore_errors=True)
+        remove_staging(root)
         timings = {n: dataclasses.asdict(s) for n, s in summaries.items()}
-        if not work and (root / layout.MANIFEST).is_file():  # a no-op run keeps the last timings
-            timings = layout.read_json(root / layout.MANIFEST).get("timings", timings)
+        if not work and root.is_file(layout.MANIFEST):  # a no-op run keeps the last timings
+            timings = root.read_json(layout.MANIFEST).get("timings", timings)
         manifest = write_manifest(root, job_spec or {}, _stage_manifest(stages, driver_stages), _code_version(), timings)
     result = RunResult(str(root), manifest["version"], len(work), len(set(commits) - set(work)),
                        time.time() - started, summaries)
@@ -203,7 +206,7 @@ def _hash_inputs(root: Path, uris: list[str]) -> list[dict]:
         else:
             todo.append(uri)
     if todo:
-        hash_remote = ray.remote(num_cpus=0.5)(hashing.hash_file)
+        hash_remote = ray.remote(num_cpus=0.5, **fs.worker_options())(hashing.hash_file)
         fresh = ray.get([hash_remote.remote(u) for u in todo])
         hashing.save_cache(root, fresh)
         rows.extend(fresh)
@@ -403,11 +406,11 @@ def _run_chain_on_ray(names: list[str], stages: list[Stage], batch: pa.Table, co
     if head.uses_models:
         ds = ds.map_batches(StageWorker, fn_constructor_kwargs=args, batch_size=runner.batch_rows,
                             batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=pool),
-                            num_cpus=cpus)
+                            num_cpus=cpus, **fs.worker_options())
     else:
         ds = ds.map_batches(run_chain_task, fn_kwargs=args, batch_size=runner.batch_rows,
                             batch_format="pyarrow", compute=ray.data.TaskPoolStrategy(size=pool),
-                            num_cpus=cpus)
+                            num_cpus=cpus, **fs.worker_options())
     sink = staging_sink(head.level, Path(context.staging))
     ds.write_datasink(sink)
     return sink.busy
