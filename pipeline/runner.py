@@ -15,7 +15,6 @@ import dataclasses
 import importlib
 import logging
 import os
-import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
