@@ -112,6 +112,15 @@ def configure(storage: dict) -> None:
     _store.cache_clear()
 
 
+def worker_options() -> dict:
+    """Ray remote options that give workers this process's store settings (its AWS_* and
+    EMOFORGE_S3_* variables, e.g. from `[storage]`), whatever environment Ray was started with.
+    Empty when none is set, so local runs start no extra runtime environment."""
+    env = {k: v for k, v in os.environ.items()
+           if k in STORAGE_KEYS.values() or k in ("AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION")}
+    return {"runtime_env": {"env_vars": env}} if env else {}
+
+
 def is_store_uri(uri: str | os.PathLike) -> bool:
     text = str(uri)
     return "://" in text and not text.startswith("file://")
@@ -448,12 +457,14 @@ def open_input(uri: str):
 
 
 def stat_input(uri: str) -> tuple[int, int] | None:
-    """(size in bytes, mtime in ns) of an input file, or None when it is not a readable file."""
+    """(size in bytes, mtime in ns) of an input file, or None when it is not a readable file.
+    On a store, refused access raises StoreAccessError and an unreachable one
+    StoreUnavailableError: those stop a job, a missing file does not."""
     filesystem, path = input_filesystem(uri)
     try:
         info = (with_retries(f"stat {uri}", lambda: filesystem.get_file_info(path))
                 if is_store_uri(uri) else filesystem.get_file_info(path))
-    except (OSError, RootError):
+    except OSError:
         return None
     if info.type != pafs.FileType.File:
         return None

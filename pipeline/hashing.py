@@ -1,7 +1,7 @@
 """Content hashes of input files (video_id), streamed, cached by (uri, size, mtime).
 
 The cache is `<catalog>/_cache/content_hashes.parquet`, so re-runs over terabytes re-read only
-files that changed. An unreadable file gets no content hash and its error.
+files that changed (inputs and catalog may be local or on an object store, catalog/fs.py). An unreadable file gets no content hash and its error.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import os
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
+
+from catalog import fs
 
 CACHE_FILE = "_cache/content_hashes.parquet"
 CACHE_SCHEMA = pa.schema([
@@ -22,8 +23,11 @@ CHUNK = 4 << 20
 
 
 def hash_file(uri: str) -> dict:
-    """{uri, size_bytes, mtime_ns, content_sha256, hash_error} for one file, streaming its bytes."""
+    """{uri, size_bytes, mtime_ns, content_sha256, hash_error} for one file (a local path or an
+    s3:// URI), streaming its bytes."""
     row = {"uri": uri, "size_bytes": None, "mtime_ns": None, "content_sha256": None, "hash_error": None}
+    if fs.is_store_uri(uri):
+        return _hash_object(row)
     try:
         st = os.stat(uri)
         row["size_bytes"], row["mtime_ns"] = st.st_size, st.st_mtime_ns
@@ -42,7 +46,27 @@ def hash_file(uri: str) -> dict:
     return row
 
 
+def _hash_object(row: dict) -> dict:
+    """hash_file for an object-store URI. A missing object is the row's error; a store that
+    stays unreachable or refuses access raises (the job stops, it is not the file's fault)."""
+    uri = row["uri"]
+    key = fs.stat_input(uri)
+    if key is None:
+        row["hash_error"] = f"cannot read {uri}: no such object"
+        return row
+    row["size_bytes"], row["mtime_ns"] = key
+    h = hashlib.sha256()
+    with fs.open_input(uri) as f:
+        while block := f.read(CHUNK):
+            h.update(block)
+    row["content_sha256"] = h.hexdigest()
+    return row
+
+
 def stat_key(uri: str) -> tuple[int, int] | None:
+    """(size, mtime_ns) of a local file or an object, None when unreadable."""
+    if fs.is_store_uri(uri):
+        return fs.stat_input(uri)
     try:
         st = os.stat(uri)
     except OSError:
@@ -50,17 +74,19 @@ def stat_key(uri: str) -> tuple[int, int] | None:
     return st.st_size, st.st_mtime_ns
 
 
-def load_cache(root: Path) -> dict[str, tuple[int, int, str]]:
-    path = root / CACHE_FILE
-    if not path.is_file():
+def load_cache(root: str | Path | fs.Root) -> dict[str, tuple[int, int, str]]:
+    root = fs.resolve(root)
+    try:
+        table = root.read_parquet(CACHE_FILE)
+    except FileNotFoundError:
         return {}
-    table = pq.read_table(path)
     return {
         r["uri"]: (r["size_bytes"], r["mtime_ns"], r["content_sha256"]) for r in table.to_pylist()
     }
 
 
-def save_cache(root: Path, rows: list[dict]) -> None:
+def save_cache(root: str | Path | fs.Root, rows: list[dict]) -> None:
+    root = fs.resolve(root)
     cache = load_cache(root)
     for r in rows:
         if r.get("content_sha256"):
@@ -69,11 +95,7 @@ def save_cache(root: Path, rows: list[dict]) -> None:
         [{"uri": u, "size_bytes": s, "mtime_ns": m, "content_sha256": h} for u, (s, m, h) in sorted(cache.items())],
         schema=CACHE_SCHEMA,
     )
-    path = root / CACHE_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".tmp-" + path.name)
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    root.write_parquet(CACHE_FILE, table)
 
 
 def assign_ids(rows: list[dict], committed: dict[str, str], num_shards: int) -> list[dict]:

@@ -1,21 +1,25 @@
 """A wave's staging area (pyarrow only): what stages read, what they wrote, what gets committed.
 
 Layout: `_staging/<run>/shard-SSSSS/<table>/<stage>-<uuid>.parquet` and
-`_staging/<run>/shard-SSSSS/media/...`. A stage's input and a shard's commit are both built by
+`_staging/<run>/shard-SSSSS/media/...`, inside a local catalog; for an object-store catalog the
+same tree lives in a local folder (`staging_root`), and the commit uploads from it. A stage's input and a shard's commit are both built by
 `WaveStaging.table`, which upserts the committed rows with this run's parts (pipeline/assemble.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import shutil
+import tempfile
 from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from catalog import layout, schema
+from catalog import fs, layout, schema
 from catalog.commits import commit_shard, read_commits
 from catalog.read import read_table
 from pipeline import assemble
@@ -23,6 +27,23 @@ from pipeline.stage import SKIPPED, Stage, rows_to_table
 
 log = logging.getLogger(__name__)
 ROW_TABLES = ("videos", "clips", "tracks", "frames")
+
+
+def staging_root(root: str | Path | fs.Root) -> Path:
+    """Where a catalog's runs stage their work: `<catalog>/_staging` for a local catalog; for an
+    object store a local folder, `$EMOFORGE_STAGING/<hash of the catalog uri>` (default: the
+    system temp folder). On a multi-node cluster with a store catalog, EMOFORGE_STAGING must be
+    a folder every node shares (workers write parts there, the driver commits them)."""
+    root = fs.resolve(root)
+    if root.local:
+        return root.local_path() / layout.STAGING
+    base = os.environ.get("EMOFORGE_STAGING") or os.path.join(tempfile.gettempdir(), "emoforge-staging")
+    return Path(base) / hashlib.sha256(root.uri.encode()).hexdigest()[:16]
+
+
+def remove_staging(root: str | Path | fs.Root) -> None:
+    """Delete every run's staging area of the catalog (the lease holder only)."""
+    shutil.rmtree(staging_root(root), ignore_errors=True)
 
 
 def shard_folder(staging: Path, shard: int) -> Path:
@@ -99,8 +120,9 @@ def split_by_after(stage: Stage, batch: pa.Table) -> tuple[pa.Table, pa.Table]:
 class WaveStaging:
     """The committed rows of a wave's shards plus what this run's stages have staged so far."""
 
-    def __init__(self, root: Path, staging: Path, wave: list[int], stage_names: list[str]):
-        self.root, self.staging, self.wave = root, Path(staging), wave
+    def __init__(self, root: str | Path | fs.Root, staging: Path, wave: list[int],
+                 stage_names: list[str]):
+        self.root, self.staging, self.wave = fs.resolve(root), Path(staging), wave
         self.stage_names = stage_names  # staged parts are named by the stage's own name
         self.committed = {t: {s: read_table(root, t, shards={s}) for s in wave} for t in ROW_TABLES}
         self.redone: dict[str, set[str]] = {}  # table -> videos its creating stage redid
