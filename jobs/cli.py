@@ -36,7 +36,7 @@ class UsageError(Exception):
 def usage_errors() -> tuple[type[Exception], ...]:
     """Exceptions that mean "the command or its configuration is wrong" (exit 2). Anything else,
     KeyError included, is a runtime failure (exit 1)."""
-    from catalog.layout import UnsupportedRootError
+    from catalog.fs import RootError
     from catalog.select import SelectionError
     from jobs.spec import SpecError
     from pipeline.plan import FingerprintError
@@ -46,7 +46,7 @@ def usage_errors() -> tuple[type[Exception], ...]:
     from training.generate_inputs import GenerationInputError
 
     return (UsageError, SpecError, FingerprintError, SelectionError, LicenseError,
-            UnsupportedRootError, TrainSpecError, CheckpointError, GenerationInputError)
+            RootError, TrainSpecError, CheckpointError, GenerationInputError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,10 +253,10 @@ def print_summary(result, ignored: dict[str, int] | None = None) -> None:
 def cmd_catalog(args) -> int:
     import catalog
 
-    from catalog.layout import local_root
+    from catalog import fs
 
     root = args.catalog
-    if not local_root(root).is_dir():
+    if not fs.resolve(root).is_dir():  # a store root: its access is checked here (exit 2)
         raise UsageError(f"catalog {root} does not exist")
     if args.action == "validate":
         problems = catalog.validate(root)
