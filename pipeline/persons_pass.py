@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from catalog import layout, schema
+from catalog import fs, schema
 from catalog.commits import Lease, commit_shard, read_commits
 from catalog.manifest import read_manifest, write_manifest
 from catalog.read import conform, read_table
@@ -75,9 +75,10 @@ def cluster_tracks(tracks: pa.Table) -> tuple[dict[str, str], list[dict]]:
     return person_of, persons
 
 
-def assign_persons(root: str | Path) -> dict:
-    """Run the post-pass on a catalog; returns counts."""
-    root = layout.local_root(root)
+def assign_persons(root: str | Path | fs.Root) -> dict:
+    """Run the post-pass on a catalog (a local folder or an s3:// prefix); returns counts."""
+    root = fs.resolve(root)
+    root.check_access()
     with Lease(root):
         columns = ["track_id", "video_id", "clip_id", "start_s", "end_s", "shard", "identity_embedding",
                    "identity_backend", "faces_status"]
@@ -106,7 +107,7 @@ def assign_persons(root: str | Path) -> dict:
     return summary
 
 
-def split_by_person(root: str | Path, val_fraction: float = 0.1, seed: int = 0, out: str | None = None) -> dict:
+def split_by_person(root: str | Path | fs.Root, val_fraction: float = 0.1, seed: int = 0, out: str | None = None) -> dict:
     """Person-disjoint train/val lists of ok track ids (train.txt, val.txt) by
     `catalog.person_split` (tracks without a person_id count as their own person)."""
     tracks = read_table(root, "tracks", columns=["track_id", "person_id", "faces_status"])
@@ -116,9 +117,8 @@ def split_by_person(root: str | Path, val_fraction: float = 0.1, seed: int = 0, 
     val_ids = set(val)
     val_persons = {p or f"track:{t}" for t, p in zip(ok["track_id"].to_pylist(), ok["person_id"].to_pylist())
                    if t in val_ids}
-    folder = Path(out or root)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "train.txt").write_text("".join(t + "\n" for t in train))
-    (folder / "val.txt").write_text("".join(t + "\n" for t in val))
+    folder = fs.resolve(out or root)  # the catalog itself may be on a store
+    folder.write_bytes("train.txt", "".join(t + "\n" for t in train).encode())
+    folder.write_bytes("val.txt", "".join(t + "\n" for t in val).encode())
     return {"train_tracks": len(train), "val_tracks": len(val), "persons": len(persons),
-            "val_persons": len(val_persons), "folder": str(folder)}
+            "val_persons": len(val_persons), "folder": folder.uri}
