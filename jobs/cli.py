@@ -201,7 +201,7 @@ SUBCOMMANDS = [add_curate, add_catalog, add_models, add_demo, add_train, add_gen
 
 def cmd_curate(args) -> int:
     from jobs import spec as specs
-    from pipeline import runner
+    from jobs.curate import curate
 
     data: dict = {}
     if args.job:
@@ -228,13 +228,10 @@ def cmd_curate(args) -> int:
     if not inputs:
         raise UsageError(f"no video files found in {list(spec.inputs)}"
                          + (f" (ignored: {ignored})" if ignored else ""))
-    result = runner.run(inputs, spec.out, list(spec.stages), spec.configs, spec.runner,
-                        set(args.recompute), spec.resolved(), args.commercial_only)
+    result, persons = curate(spec, inputs, set(args.recompute), args.commercial_only,
+                             persons=not args.no_persons)
     print_summary(result, ignored)
-    if "faces" in spec.stages and not args.no_persons:
-        from pipeline.persons_pass import assign_persons
-
-        persons = assign_persons(spec.out)
+    if persons is not None:
         print(f"  persons: {persons['persons']} over {persons['tracks_with_person']} tracks "
               "(--no-persons skips this post-pass)")
     return 0

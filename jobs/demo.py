@@ -16,8 +16,8 @@ from pathlib import Path
 
 import catalog
 from jobs.media.demo_corpus import build_demo_inputs
+from jobs.curate import curate
 from jobs.spec import DEFAULT_STAGES, build
-from pipeline import runner
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +45,7 @@ def run_demo(out: str | Path, stages: list[str] | None = None, train_minutes: fl
     inputs = demo_inputs(out / "inputs")
     spec = build({"job": {"inputs": [str(p) for p in inputs], "out": str(out / "catalog"),
                           "stages": list(stages or DEFAULT_STAGES)}})
-    result = runner.run([str(p) for p in inputs], spec.out, list(spec.stages), spec.configs,
-                        spec.runner, job_spec=spec.resolved())
-    if "faces" in spec.stages:
-        from pipeline.persons_pass import assign_persons
-
-        assign_persons(spec.out)
+    result, _ = curate(spec)
     summary = summarize(spec.out, result)
     problems = catalog.validate(spec.out)
     print(format_summary(summary))

@@ -63,14 +63,10 @@ def run(files: list[str] | None = None, minutes: float = 15.0, identities: int =
 
 def curate(inputs: list[str], root: Path) -> None:
     """Every stage and the persons pass (committed shards are skipped on a re-run)."""
+    from jobs.curate import curate as curate_spec
     from jobs.spec import build
-    from pipeline import runner
-    from pipeline.persons_pass import assign_persons
 
-    spec = build({"job": {"inputs": inputs, "out": str(root)}})
-    runner.run(inputs, spec.out, list(spec.stages), spec.configs, spec.runner,
-               job_spec=spec.resolved())
-    assign_persons(spec.out)
+    curate_spec(build({"job": {"inputs": inputs, "out": str(root)}}))
 
 
 def train_tiny(root: Path, run_dir: Path, minutes: float, fresh: bool) -> dict:

@@ -136,15 +136,11 @@ def write_fixture_clip(clip: FixtureClip, folder: Path) -> Path:
 
 def curate(inputs: list[Path], out: Path) -> None:
     """The real pipeline (every stage, bundled models) and the persons pass into `out`."""
+    from jobs.curate import curate as curate_spec
     from jobs.spec import build
-    from pipeline import runner
-    from pipeline.persons_pass import assign_persons
 
-    spec = build({"job": {"inputs": [str(p) for p in inputs], "out": str(out)},
-                  "runner": {"num_shards": 4}})
-    runner.run([str(p) for p in inputs], str(out), list(spec.stages), spec.configs, spec.runner,
-               job_spec=spec.resolved())
-    assign_persons(out)
+    curate_spec(build({"job": {"inputs": [str(p) for p in inputs], "out": str(out)},
+                       "runner": {"num_shards": 4}}))
 
 
 def _code_key() -> str:
@@ -154,7 +150,7 @@ def _code_key() -> str:
     files = [Path(__file__), REPO / "pyproject.toml"]
     for folder in ("catalog", "pipeline", "jobs/media"):
         files += sorted((REPO / folder).rglob("*.py"))
-    files += [REPO / "jobs" / "spec.py"]
+    files += [REPO / "jobs" / "spec.py", REPO / "jobs" / "curate.py"]
     for path in files:
         digest.update(str(path.relative_to(REPO)).encode())
         digest.update(path.read_bytes())

@@ -1,0 +1,27 @@
+"""Curation as one call: the job's stages over its inputs through the runner, then the persons
+post-pass (identity clusters over the whole catalog) when faces ran. Used by `emoforge curate`,
+the demo, `bench learn` and the test fixtures, so they all build catalogs the same way."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jobs.spec import JobSpec
+
+
+def curate(spec: JobSpec, inputs: list[str] | None = None, recompute: set[str] | None = None,
+           commercial_only: bool = False, persons: bool = True) -> tuple[Any, dict | None]:
+    """Run `spec` over `inputs` (default: the spec's inputs as given) into `spec.out`.
+
+    Returns the runner's RunResult and the persons pass summary (None when it did not run:
+    `persons` false or no faces stage)."""
+    from pipeline import runner
+
+    files = [str(p) for p in (inputs if inputs is not None else spec.inputs)]
+    result = runner.run(files, spec.out, list(spec.stages), spec.configs, spec.runner,
+                        set(recompute or ()), spec.resolved(), commercial_only)
+    if not persons or "faces" not in spec.stages:
+        return result, None
+    from pipeline.persons_pass import assign_persons
+
+    return result, assign_persons(spec.out)
