@@ -469,3 +469,17 @@ def stat_input(uri: str) -> tuple[int, int] | None:
     if info.type != pafs.FileType.File:
         return None
     return int(info.size), int(info.mtime_ns or 0)
+
+
+def list_input(uri: str) -> list[str]:
+    """An object-store input as files: [uri] when it names an object, else the URIs of every
+    object under it as a prefix ("folder"), sorted; [] when there is neither."""
+    scheme, path = split_uri(uri)
+    filesystem = store_filesystem()
+    info = with_retries(f"stat {uri}", lambda: filesystem.get_file_info(path))
+    if info.type == pafs.FileType.File:
+        return [uri]
+    selector = pafs.FileSelector(path, recursive=True, allow_not_found=True)
+    infos = with_retries(f"list {uri}", lambda: filesystem.get_file_info(selector))
+    return sorted(f"{scheme}://{i.path}" for i in infos if i.type == pafs.FileType.File)
+
