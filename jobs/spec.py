@@ -126,7 +126,20 @@ def scan_inputs(inputs: tuple[str, ...] | list[str]) -> tuple[list[str], dict[st
     ignored: dict[str, int] = {}
     for item in inputs:
         if "://" in str(item) and not str(item).startswith("file://"):
-            files.append(str(item))
+            from catalog import fs
+
+            found = fs.list_input(str(item))  # an object, or the objects under a prefix
+            if not found:
+                raise SpecError(f"input {item} does not exist (no object, no objects under it)")
+            if found == [str(item)]:
+                files.append(str(item))
+                continue
+            for uri in found:
+                suffix = os.path.splitext(uri.rsplit("/", 1)[-1])[1].lower()
+                if suffix in VIDEO_SUFFIXES or suffix in AUDIO_SUFFIXES:
+                    files.append(uri)
+                else:
+                    ignored[suffix or "(none)"] = ignored.get(suffix or "(none)", 0) + 1
             continue
         path = Path(str(item).removeprefix("file://"))
         if path.is_dir():
