@@ -126,9 +126,13 @@ def scan_inputs(inputs: tuple[str, ...] | list[str]) -> tuple[list[str], dict[st
     ignored: dict[str, int] = {}
     for item in inputs:
         if "://" in str(item) and not str(item).startswith("file://"):
+            suffix = os.path.splitext(str(item).rstrip("/").rsplit("/", 1)[-1])[1].lower()
+            if suffix in VIDEO_SUFFIXES or suffix in AUDIO_SUFFIXES:  # an object, as given
+                files.append(str(item))
+                continue
             from catalog import fs
 
-            found = fs.list_input(str(item))  # an object, or the objects under a prefix
+            found = fs.list_input(str(item))  # the objects under a prefix (a "folder")
             if not found:
                 raise SpecError(f"input {item} does not exist (no object, no objects under it)")
             if found == [str(item)]:
