@@ -26,6 +26,7 @@ BENCHES = {
     "train": "jobs.bench.train",
     "generate": "jobs.bench.generate",
     "learn": "jobs.bench.learn",
+    "pipeline": "jobs.bench.pipeline",
 }
 
 
@@ -192,6 +193,8 @@ def add_bench(sub) -> None:
     bench.add_argument("which", choices=sorted(BENCHES))
     bench.add_argument("files", nargs="*")
     bench.add_argument("--out", help="write the results as JSON here")
+    bench.add_argument("--seconds", type=float, default=None,
+                       help="length of a generated input (bench pipeline; default 20)")
     bench.set_defaults(handler=cmd_bench)
 
 
@@ -367,12 +370,15 @@ def cmd_bench(args) -> int:
     import inspect
 
     module = importlib.import_module(BENCHES[args.which])
+    extra = {"seconds": args.seconds} if args.seconds is not None else {}
+    if extra and "seconds" not in inspect.signature(module.run).parameters:
+        raise UsageError(f"bench {args.which} takes no --seconds")
     if "files" in inspect.signature(module.run).parameters:
-        result = module.run(files=args.files or None)
+        result = module.run(files=args.files or None, **extra)
     elif args.files:
         raise UsageError(f"bench {args.which} generates its own inputs and takes no files")
     else:
-        result = module.run()
+        result = module.run(**extra)
     result["machine"] = machine_info()
     text = json.dumps(result, indent=1, default=_json_value)
     if args.out:

