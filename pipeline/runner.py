@@ -15,6 +15,7 @@ import dataclasses
 import importlib
 import logging
 import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -28,7 +29,17 @@ from catalog.commits import Lease, clean_orphans, read_commits
 from catalog.manifest import write_manifest
 from catalog.read import read_table
 from pipeline import hashing
-from pipeline.plan import StageKey, plan, waves
+from pipeline.plan import (
+    StageKey,
+    chains,  # noqa: F401 - part of the runner's interface (tests, simulation)
+    in_flight,
+    plan,
+    pool_size,
+    wave_groups,
+    wave_order,
+    wave_size,
+    waves,
+)
 from pipeline.stage import FAILED, SKIPPED, Stage, StageContext, config_dict
 from pipeline.staging import (
     remove_staging,
@@ -67,6 +78,11 @@ class RunnerConfig:
     ray_address: str | None = None  # None: a local Ray on this machine
     num_cpus: int | None = None  # CPUs of the local Ray (None: all)
     batch_rows: int = 1  # rows per map_batches call
+    waves_in_flight: int = 0  # waves run at once (0: 1 + one per 32 cluster CPUs; 1: one by one)
+    videos_per_cpu: float = 0.0  # > 0: waves of at least cluster CPUs x this many videos
+    rows_per_actor: int = 16  # beyond its fair share, an actor pool gets one actor per this many rows
+    # per runner stage: Ray resources of its workers, e.g. {faces = {num_gpus = 1, num_cpus = 2}}
+    stage_resources: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -117,15 +133,31 @@ def init_ray(config: RunnerConfig) -> None:
 
     if ray.is_initialized():
         return
-    if config.ray_address:
-        ray.init(address=config.ray_address, log_to_driver=False)
+    # `ray job submit` sets RAY_ADDRESS for the job's driver: attach to that cluster
+    address = config.ray_address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
     else:
         ray.init(num_cpus=config.num_cpus, include_dashboard=False, log_to_driver=False)
+
+
+def configure_data(config: RunnerConfig) -> None:
+    """Ray Data settings of this driver: progress bars, no per-operator reservations, and
+    retries of exceptions that escape the per-row boundary (a model that fails to load, a
+    staging write that fails), at most `max_attempts - 1` times."""
+    import ray.data
+
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = os.environ.get("EMOFORGE_PROGRESS", "1") == "1"
     # Each stage is map -> write; reserving CPUs per operator would leave a 2-CPU machine
     # running one map task at a time while the (nearly free) write waits for its share.
     ctx.op_resource_reservation_enabled = False
+    retries = max(0, config.max_attempts - 1)
+    ctx.retried_map_errors = True
+    ctx.max_map_retries = retries
+    ctx.actor_init_retry_on_errors = True
+    ctx.actor_init_max_retries = retries
+    ctx.max_consecutive_actor_init_deaths = config.max_attempts
 
 
 def run(
@@ -154,6 +186,7 @@ def run(
             check_commercial(driver_stages)
         keys = [StageKey(n, st.covers(), st.fingerprints()) for n, st in zip(stages, driver_stages)]
         init_ray(runner)
+        configure_data(runner)
         commits = read_commits(root)
         hashed = _hash_inputs(root, sorted({absolute_uri(u) for u in inputs}))
         committed_videos = read_table(root, "videos", columns=["video_id", "shard", "uri", "content_sha256", "duplicate_of"])
@@ -164,12 +197,22 @@ def run(
         work = plan(rows, video_shard, commits, keys, set(recompute))
         input_rows = {r["video_id"]: r for r in rows}
         summaries = {n: StageSummary(n) for n in stages}
-        groups = waves(work, runner.wave_videos)
-        log.info("%d inputs; %d shards need work in %d waves; %d committed shards up to date",
-                 len(rows), len(work), len(groups), len(set(commits) - set(work)))
-        for number, wave in enumerate(groups, 1):
+        cpus = cluster_cpus()
+        groups = wave_order(waves(work, wave_size(runner.wave_videos, cpus, runner.videos_per_cpu)),
+                            work, {r["video_id"]: float(r.get("size_bytes") or 0) for r in rows})
+        flight = max(1, min(in_flight(runner.waves_in_flight, cpus), len(groups)))
+        log.info("%d inputs; %d shards need work in %d waves (%d at a time on %g CPUs); %d "
+                 "committed shards up to date", len(rows), len(work), len(groups), flight, cpus,
+                 len(set(commits) - set(work)))
+
+        def run_one(number: int, wave: list[int]) -> None:
             log.info("wave %d/%d: shards %s", number, len(groups), wave)
-            _run_wave(root, context, wave, work, input_rows, stages, driver_stages, keys, runner, summaries)
+            # each wave stages in its own folder: its commit removes only that
+            wave_context = dataclasses.replace(context, staging=str(staging / f"wave-{number:05d}"))
+            _run_wave(root, wave_context, wave, work, input_rows, stages, driver_stages, keys,
+                      runner, summaries, Schedule(cpus, flight))
+
+        run_waves(groups, flight, run_one)
         remove_staging(root)
         timings = {n: dataclasses.asdict(s) for n, s in summaries.items()}
         if not work and root.is_file(layout.MANIFEST):  # a no-op run keeps the last timings
@@ -180,6 +223,50 @@ def run(
     for summary in summaries.values():
         log.info(summary.line())
     return result
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """What a wave's pools are sized by: the cluster's CPUs and the waves in flight."""
+
+    cluster_cpus: float
+    waves_in_flight: int
+
+
+def cluster_cpus() -> float:
+    """CPUs of the Ray cluster this driver is attached to (at least 1)."""
+    import ray
+
+    return max(1.0, float(ray.cluster_resources().get("CPU", 1.0)))
+
+
+def cluster_gpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def run_waves(groups: list[list[int]], flight: int, run_one) -> None:
+    """Run `run_one(number, wave)` for every wave in order, `flight` at a time (threads: each
+    wave's stage groups are Ray Data datasets, so a wave waiting on a straggler or a stage
+    barrier leaves the cluster to the others). The first error stops the waves not yet started
+    and is raised once the running ones end (their shards commit or not, as in a killed run)."""
+    if flight <= 1:
+        for number, wave in enumerate(groups, 1):
+            run_one(number, wave)
+        return
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+    pool = ThreadPoolExecutor(flight, thread_name_prefix="wave")
+    try:
+        futures = [pool.submit(run_one, n, w) for n, w in enumerate(groups, 1)]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        for future in done:
+            if future.exception() is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise future.exception()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def absolute_uri(uri: str | os.PathLike) -> str:
@@ -212,37 +299,10 @@ def _hash_inputs(root: Path, uris: list[str]) -> list[dict]:
     return rows
 
 
-def chains(stages: list[Stage]) -> list[list[int]]:
-    """Group stage indices into chains run as one Ray task per row: consecutive stages at the same
-    level with the same compute kind, after a first stage with no prerequisites (ingest, then
-    scenes): one dataset instead of several, and the file is read while it is in the page cache."""
-    groups: list[list[int]] = []
-    for index, stage in enumerate(stages):
-        head = stages[groups[-1][0]] if groups else None
-        if (head is not None and not head.after and stage.level == head.level
-                and stage.uses_models == head.uses_models and not getattr(stage, "requires_children", ())):
-            groups[-1].append(index)
-        else:
-            groups.append([index])
-    return groups
-
-
-def _run_wave(root, context, wave, work, input_rows, names, driver_stages, keys, runner, summaries) -> None:
+def _run_wave(root, context, wave, work, input_rows, names, driver_stages, keys, runner, summaries,
+              schedule: Schedule) -> None:
     area = WaveStaging(root, Path(context.staging), wave, [st.name for st in driver_stages])
-
-    def videos_for(index: int) -> set[str]:
-        return {v for s in wave for v, first in work[s].items() if first <= index}
-
-    groups = []
-    for group in chains(driver_stages):  # a chain runs together only over the same videos
-        if len({frozenset(videos_for(i)) for i in group}) > 1:
-            groups += [[i] for i in group]
-        else:
-            groups.append(group)
-    for group in groups:
-        videos = videos_for(group[0])
-        if not videos:
-            continue
+    for group, videos in wave_groups(driver_stages, work, wave):
         started = time.time()
         stages = [driver_stages[i] for i in group]
         for stage in stages:
@@ -255,20 +315,55 @@ def _run_wave(root, context, wave, work, input_rows, names, driver_stages, keys,
         eligible, blocked = split_by_after(head, batch)
         if blocked.num_rows:
             area.write_blocked(head, blocked)
-        busy = _run_chain_on_ray([names[i] for i in group], stages, eligible, context, runner) if eligible.num_rows else {}
+        eligible = longest_first(eligible, head.level)
+        busy = (_run_chain_on_ray([names[i] for i in group], stages, eligible, context, runner, schedule)
+                if eligible.num_rows else {})
         wall = time.time() - started
         total_busy = sum(busy.values()) or 1.0
-        for i, stage in zip(group, stages):
-            statuses, children = area.outcome(stage)
-            summary = summaries[names[i]]
-            summary.rows_in += batch.num_rows
-            summary.children += children
-            for status in ("ok", "skipped", "failed"):
-                setattr(summary, status, getattr(summary, status) + statuses.get(status, 0))
-            # a chain's wall time is shared out by each stage's busy time in the workers
-            summary.seconds += wall * (busy.get(stage.name, 0.0) / total_busy if len(group) > 1 else 1.0)
-            log.info(summary.line())
+        with _SUMMARY_LOCK:
+            _add_outcome(area, group, stages, names, batch, busy, wall, total_busy, summaries)
     area.commit({k: v for key in keys for k, v in key.fingerprints.items()})
+
+
+_SUMMARY_LOCK = threading.Lock()
+
+
+def longest_first(batch: pa.Table, level: str) -> pa.Table:
+    """Rows ordered by their expected work, biggest first (a long video that starts last is the
+    wave's straggler): videos by duration or file size, clips by span, tracks by nested frames."""
+    import pyarrow.compute as pc
+
+    if batch.num_rows < 2:
+        return batch
+    names = batch.column_names
+    if level == "videos":
+        column = "duration_s" if "duration_s" in names else "size_bytes" if "size_bytes" in names else None
+        proxy = pc.fill_null(batch[column].cast(pa.float64()), 0.0) if column else None
+    elif level == "clips" and "start_s" in names and "end_s" in names:
+        proxy = pc.fill_null(pc.subtract(batch["end_s"], batch["start_s"]), 0.0)
+    elif schema.CHILDREN.get(level) in names:
+        proxy = pc.fill_null(pc.list_value_length(batch[schema.CHILDREN[level]]), 0)
+    else:
+        proxy = None
+    if proxy is None:
+        return batch
+    order = pc.sort_indices(pa.table({"p": proxy, "k": batch[schema.KEYS[level][0]]}),
+                            sort_keys=[("p", "descending"), ("k", "ascending")])
+    return batch.take(order)
+
+
+def _add_outcome(area, group, stages, names, batch, busy, wall, total_busy, summaries) -> None:
+    """Add a stage group's statuses, children and time share to the run's summaries."""
+    for i, stage in zip(group, stages):
+        statuses, children = area.outcome(stage)
+        summary = summaries[names[i]]
+        summary.rows_in += batch.num_rows
+        summary.children += children
+        for status in ("ok", "skipped", "failed"):
+            setattr(summary, status, getattr(summary, status) + statuses.get(status, 0))
+        # a chain's wall time is shared out by each stage's busy time in the workers
+        summary.seconds += wall * (busy.get(stage.name, 0.0) / total_busy if len(group) > 1 else 1.0)
+        log.info(summary.line())
 
 
 def pack(outputs: dict[str, list[pa.Table]], busy: dict[str, float]) -> pa.Table:
@@ -381,23 +476,50 @@ def run_chain_task(batch: pa.Table, names: list[str], configs: list[Any], contex
     stages are built once per process and run."""
     key = (tuple(names), context.staging, repr(configs))
     if key not in _WORKERS:
-        _WORKERS.clear()
+        while len(_WORKERS) >= 8:  # waves in flight share worker processes: keep a few
+            _WORKERS.pop(next(iter(_WORKERS)))
         _WORKERS[key] = StageWorker(names, configs, context, max_attempts)
     return _WORKERS[key](batch)
 
 
+def stage_resources(names: list[str], stages: list[Stage], runner: RunnerConfig) -> dict[str, float]:
+    """Ray resources of one worker of a stage group: each stage's `num_cpus` (and no GPU) unless
+    `[runner] stage_resources.<stage>` sets `num_cpus`, `num_gpus` or `memory` (bytes); the
+    group takes the largest of its stages'."""
+    valid = {"num_cpus", "num_gpus", "memory"}
+    out: dict[str, float] = {"num_cpus": 0.0}
+    for name, stage in zip(names, stages):
+        wanted = dict(runner.stage_resources.get(stage.name, runner.stage_resources.get(name, {})))
+        unknown = set(wanted) - valid
+        if unknown:
+            raise ValueError(f"[runner] stage_resources.{stage.name} has unknown keys {sorted(unknown)}; "
+                             f"valid: {sorted(valid)}")
+        wanted.setdefault("num_cpus", stage.num_cpus)
+        for key, value in wanted.items():
+            out[key] = max(out.get(key, 0.0), float(value))
+    return out
+
+
 def _run_chain_on_ray(names: list[str], stages: list[Stage], batch: pa.Table, context: StageContext,
-                      runner: RunnerConfig) -> dict[str, float]:
+                      runner: RunnerConfig, schedule: Schedule) -> dict[str, float]:
     """Model stages: a fixed actor pool (set up once per actor). Others: tasks. Either way Ray
-    retries work on a dead worker, and the attempt markers end the loop for a poison row.
+    retries work on a dead worker or node, and the attempt markers end the loop for a poison
+    row; an exception that escapes the per-row boundary (a model that fails to load, a
+    staging write that fails) is retried up to `max_attempts` times before the run stops.
     Returns each stage's busy seconds in the workers."""
-    import ray
     import ray.data
 
     head = stages[0]
-    cpus = max(s.num_cpus for s in stages)
-    available = max(1.0, float(ray.cluster_resources().get("CPU", 1.0)))
-    pool = max(1, min(int(available / cpus), batch.num_rows))
+    resources = stage_resources(names, stages, runner)
+    cpus = resources["num_cpus"]
+    pool = pool_size(max(cpus, 1e-3), schedule.cluster_cpus, batch.num_rows, runner.rows_per_actor,
+                     head.uses_models, schedule.waves_in_flight)
+    if resources.get("num_gpus"):  # a GPU pool: no more workers than the cluster's GPUs hold
+        gpus = cluster_gpus()
+        if gpus <= 0:
+            raise ValueError(f"[runner] stage_resources.{head.name} asks for GPUs; the Ray cluster has none")
+        pool = max(1, min(pool, int(gpus / resources["num_gpus"])))
+    remote = {**resources, **fs.worker_options()}
     blocks = [batch.slice(i, runner.batch_rows) for i in range(0, batch.num_rows, runner.batch_rows)]
     args = {"names": names, "configs": [s.config for s in stages], "context": context,
             "max_attempts": runner.max_attempts}
@@ -405,11 +527,11 @@ def _run_chain_on_ray(names: list[str], stages: list[Stage], batch: pa.Table, co
     if head.uses_models:
         ds = ds.map_batches(StageWorker, fn_constructor_kwargs=args, batch_size=runner.batch_rows,
                             batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=pool),
-                            num_cpus=cpus, **fs.worker_options())
+                            **remote)
     else:
         ds = ds.map_batches(run_chain_task, fn_kwargs=args, batch_size=runner.batch_rows,
                             batch_format="pyarrow", compute=ray.data.TaskPoolStrategy(size=pool),
-                            num_cpus=cpus, **fs.worker_options())
+                            **remote)
     sink = staging_sink(head.level, Path(context.staging))
     ds.write_datasink(sink)
     return sink.busy
