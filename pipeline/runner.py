@@ -110,6 +110,9 @@ class RunResult:
     shards_up_to_date: int
     seconds: float
     stages: dict[str, StageSummary] = field(default_factory=dict)
+    # driver seconds by phase: setup (Ray, stages), hash, plan, inputs (assembling each stage's
+    # input rows), ray (stage datasets, summed over waves in flight), commit, manifest
+    phases: dict[str, float] = field(default_factory=dict)
 
 
 def check_commercial(stages: list[Stage]) -> None:
@@ -187,8 +190,12 @@ def run(
         keys = [StageKey(n, st.covers(), st.fingerprints()) for n, st in zip(stages, driver_stages)]
         init_ray(runner)
         configure_data(runner)
+        phases = {"setup": time.time() - started}
+        mark = time.time()
         commits = read_commits(root)
         hashed = _hash_inputs(root, sorted({absolute_uri(u) for u in inputs}))
+        phases["hash"] = time.time() - mark
+        mark = time.time()
         committed_videos = read_table(root, "videos", columns=["video_id", "shard", "uri", "content_sha256", "duplicate_of"])
         canonical = {r["content_sha256"]: r["uri"] for r in committed_videos.to_pylist()
                      if r["content_sha256"] and not r["duplicate_of"]}
@@ -201,6 +208,8 @@ def run(
         groups = wave_order(waves(work, wave_size(runner.wave_videos, cpus, runner.videos_per_cpu)),
                             work, {r["video_id"]: float(r.get("size_bytes") or 0) for r in rows})
         flight = max(1, min(in_flight(runner.waves_in_flight, cpus), len(groups)))
+        phases["plan"] = time.time() - mark
+        phases.update(inputs=0.0, ray=0.0, commit=0.0)
         log.info("%d inputs; %d shards need work in %d waves (%d at a time on %g CPUs); %d "
                  "committed shards up to date", len(rows), len(work), len(groups), flight, cpus,
                  len(set(commits) - set(work)))
@@ -210,16 +219,20 @@ def run(
             # each wave stages in its own folder: its commit removes only that
             wave_context = dataclasses.replace(context, staging=str(staging / f"wave-{number:05d}"))
             _run_wave(root, wave_context, wave, work, input_rows, stages, driver_stages, keys,
-                      runner, summaries, Schedule(cpus, flight))
+                      runner, summaries, Schedule(cpus, flight), phases)
 
+        mark = time.time()
         run_waves(groups, flight, run_one)
+        phases["waves"] = time.time() - mark
+        mark = time.time()
         remove_staging(root)
         timings = {n: dataclasses.asdict(s) for n, s in summaries.items()}
         if not work and root.is_file(layout.MANIFEST):  # a no-op run keeps the last timings
             timings = root.read_json(layout.MANIFEST).get("timings", timings)
         manifest = write_manifest(root, job_spec or {}, _stage_manifest(stages, driver_stages), _code_version(), timings)
+        phases["manifest"] = time.time() - mark
     result = RunResult(str(root), manifest["version"], len(work), len(set(commits) - set(work)),
-                       time.time() - started, summaries)
+                       time.time() - started, summaries, phases)
     for summary in summaries.values():
         log.info(summary.line())
     return result
@@ -300,7 +313,7 @@ def _hash_inputs(root: Path, uris: list[str]) -> list[dict]:
 
 
 def _run_wave(root, context, wave, work, input_rows, names, driver_stages, keys, runner, summaries,
-              schedule: Schedule) -> None:
+              schedule: Schedule, phases: dict[str, float]) -> None:
     area = WaveStaging(root, Path(context.staging), wave, [st.name for st in driver_stages])
     for group, videos in wave_groups(driver_stages, work, wave):
         started = time.time()
@@ -316,13 +329,19 @@ def _run_wave(root, context, wave, work, input_rows, names, driver_stages, keys,
         if blocked.num_rows:
             area.write_blocked(head, blocked)
         eligible = longest_first(eligible, head.level)
+        assembled = time.time()
         busy = (_run_chain_on_ray([names[i] for i in group], stages, eligible, context, runner, schedule)
                 if eligible.num_rows else {})
         wall = time.time() - started
         total_busy = sum(busy.values()) or 1.0
         with _SUMMARY_LOCK:
             _add_outcome(area, group, stages, names, batch, busy, wall, total_busy, summaries)
+            phases["inputs"] += assembled - started
+            phases["ray"] += time.time() - assembled
+    mark = time.time()
     area.commit({k: v for key in keys for k, v in key.fingerprints.items()})
+    with _SUMMARY_LOCK:
+        phases["commit"] += time.time() - mark
 
 
 _SUMMARY_LOCK = threading.Lock()

@@ -1,0 +1,220 @@
+"""`emoforge bench scale`: the full pipeline with 1 and 2 workers on this machine, per-stage costs,
+where the serial time goes, a 100-node simulation with those costs, and a cost model.
+
+1. Inputs: FILES, or a synthetic talking-face corpus (jobs.media.talking_corpus: four real face
+   photos speaking two espeak-ng sentences each, 256 px, 40 s in all), cached.
+2. Curated twice in this process with every stage (ingest, scenes, faces, analyze), on a local
+   Ray of 1 and then 2 CPUs; every stage is given 1 CPU per worker ([runner] stage_resources),
+   so "N workers" is N single-threaded worker processes (OMP_NUM_THREADS=1). Real-time factor
+   = seconds of video / wall seconds (Ray start excluded, reported apart); scaling efficiency
+   = (T1 / T2) / 2. A sampler reads every process's resident memory (RSS) each 0.2 s: the peak
+   of any one Ray worker process is "peak memory per worker".
+3. Per-stage costs from the 1-worker run: each stage's seconds (stage wall time on one CPU =
+   core-seconds) per second of its content (video for ingest and scenes, clips for faces, face
+   tracks for analyze), less the model set-up of its actors (measured apart, in this process).
+4. The driver's serial time by phase (RunResult.phases) and the Amdahl bound it implies.
+5. pipeline/simulate.py with those costs: 100 nodes x 16 CPUs, 10,000 videos of 1-10 minutes
+   and 10 of 1-2 hours, the runner as it is and as it was (one wave at a time, pools of one row
+   per actor); then a markdown cost model for 1,000 hours of video on N nodes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from pipeline.simulate import Cluster, StageCost, corpus, simulate
+
+log = logging.getLogger(__name__)
+
+STAGES = ("ingest", "scenes", "faces", "analyze")
+CONTENT = {"ingest": "video", "scenes": "video", "faces": "clips", "analyze": "tracks"}
+# Measured by `emoforge bench scale` on this 2-core machine (shared, 2026-11-30; 256 px talking
+# faces): core-seconds per content second and per actor set-up. The simulation test uses these.
+DEFAULT_COSTS = {
+    "ingest": StageCost(per_row_s=0.0, per_content_s=0.01, setup_s=0.0),
+    "scenes": StageCost(per_row_s=0.0, per_content_s=0.06, setup_s=0.0),
+    "faces": StageCost(per_row_s=0.0, per_content_s=0.25, setup_s=1.5),
+    "analyze": StageCost(per_row_s=0.0, per_content_s=1.0, setup_s=4.0),
+}
+MiB = 1 << 20
+
+
+def inputs(files: list[str] | None) -> list[str]:
+    if files:
+        return [os.path.abspath(f) for f in files]
+    from jobs.media.talking_corpus import build_talking_corpus
+    from pipeline.models.registry import cache_root
+
+    clips = build_talking_corpus(cache_root() / "bench" / "scale", ("astronaut", "happy", "surprise", "anger"),
+                                 2, size=256)
+    return [str(c.path) for c in clips]
+
+
+class WorkerPeak:
+    """Peak RSS (MiB) of any single Ray worker process under this process, and of all of them."""
+
+    def __init__(self, interval_s: float = 0.2):
+        import psutil
+
+        self.root = psutil.Process()
+        self.interval_s = interval_s
+        self.per_worker = 0.0
+        self.all_workers = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> WorkerPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        from jobs.bench.memory import role
+
+        while not self._stop.is_set():
+            total = 0.0
+            for proc in self.root.children(recursive=True):
+                try:
+                    if role(proc) != "workers":
+                        continue
+                    rss = proc.memory_info().rss / MiB
+                except Exception:  # noqa: BLE001 - the process exited while sampled
+                    continue
+                self.per_worker = max(self.per_worker, rss)
+                total += rss
+            self.all_workers = max(self.all_workers, total)
+            self._stop.wait(self.interval_s)
+
+
+def curate_with(files: list[str], out: Path, workers: int) -> dict:
+    """Curate `files` into `out` on a fresh local Ray of `workers` CPUs, 1 CPU per stage worker."""
+    import ray
+
+    from catalog.read import read_table
+    from jobs.spec import build
+    from pipeline import runner
+
+    os.environ["EMOFORGE_PROGRESS"] = "0"
+    spec = build({"job": {"inputs": files, "out": str(out)}})
+    config = runner.RunnerConfig(num_cpus=workers, wave_videos=10_000, waves_in_flight=1,
+                                 stage_resources={s: {"num_cpus": 1.0} for s in STAGES})
+    t0 = time.perf_counter()
+    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    ray_start = time.perf_counter() - t0
+    try:
+        with WorkerPeak() as peak:
+            result = runner.run(files, str(out), list(spec.stages), spec.configs, config)
+    finally:
+        ray.shutdown()
+    videos = read_table(out, "videos", columns=["duration_s"])
+    clips = read_table(out, "clips", columns=["duration_s"])
+    tracks = read_table(out, "tracks", columns=["frame_count"])
+    content = {"video": sum(v or 0.0 for v in videos["duration_s"].to_pylist()),
+               "clips": sum(v or 0.0 for v in clips["duration_s"].to_pylist()),
+               "tracks": sum(v or 0 for v in tracks["frame_count"].to_pylist()) / 25.0}
+    return {"workers": workers, "wall_s": result.seconds, "ray_start_s": ray_start,
+            "video_s": content["video"], "content_s": content,
+            "real_time_factor": content["video"] / result.seconds,
+            "stage_s": {n: s.seconds for n, s in result.stages.items()},
+            "stage_failed": {n: s.failed for n, s in result.stages.items()},
+            "phases_s": result.phases, "peak_worker_mib": peak.per_worker,
+            "peak_all_workers_mib": peak.all_workers}
+
+
+def setup_seconds() -> dict[str, float]:
+    """Model set-up of one actor of each model stage (default configs), in this process."""
+    from jobs.spec import build
+    from pipeline.runner import load_stage_class
+    from pipeline.stage import StageContext
+
+    spec = build({"job": {"inputs": ["x"]}})
+    context = StageContext(catalog=tempfile.gettempdir(), staging=tempfile.gettempdir())
+    out = {}
+    for name in STAGES:
+        stage = load_stage_class(name)(spec.configs[name], context)
+        t0 = time.perf_counter()
+        stage.setup()
+        out[name] = time.perf_counter() - t0 if stage.uses_models else 0.0
+    return out
+
+
+def stage_costs(one: dict, setup: dict[str, float]) -> dict[str, StageCost]:
+    """Core-seconds per content second from the 1-worker run (one actor per model stage)."""
+    costs = {}
+    for name in STAGES:
+        content = one["content_s"][CONTENT[name]] or 1.0
+        work = max(0.0, one["stage_s"][name] - setup[name])
+        costs[name] = StageCost(per_content_s=work / content, setup_s=setup[name])
+    return costs
+
+
+def simulate_cluster(costs: dict[str, StageCost], nodes: int = 100, cpus: float = 16.0,
+                     videos: int = 10_000, long_videos: int = 10) -> dict:
+    """The runner as it is and as it was, on `nodes` x `cpus` with a realistic corpus."""
+    from pipeline.runner import RunnerConfig
+
+    shape = corpus(videos, long_videos=long_videos, long_s=(3600.0, 7200.0))
+    hours = sum(v.duration_s for v in shape) / 3600
+    out = {"nodes": nodes, "cpus_per_node": cpus, "videos": len(shape), "video_hours": hours}
+    for label, config in (("now", RunnerConfig()),
+                          ("one_wave_at_a_time", RunnerConfig(waves_in_flight=1, rows_per_actor=1))):
+        t0 = time.perf_counter()
+        result = simulate(shape, costs, Cluster(nodes, cpus), config)
+        out[label] = {**result.summary(), "simulated_in_s": time.perf_counter() - t0}
+    return out
+
+
+def cost_model(costs: dict[str, StageCost], content_per_video_s: dict[str, float],
+               utilization: float, hours: float = 1000.0, cpus: float = 16.0,
+               nodes: tuple[int, ...] = (1, 10, 100)) -> str:
+    """Markdown: core-hours per stage for `hours` of video and wall hours on N nodes of `cpus`."""
+    per_video_s = {n: c.per_content_s * content_per_video_s[CONTENT[n]] for n, c in costs.items()}
+    total = sum(per_video_s.values()) * hours  # core-hours
+    lines = [f"### Cost model: {hours:,.0f} hours of video", "",
+             "| stage | core-s per video-s | core-hours |", "|---|---|---|"]
+    for name, value in per_video_s.items():
+        lines.append(f"| {name} | {value:.3f} | {value * hours:,.0f} |")
+    lines += [f"| **total** | {sum(per_video_s.values()):.3f} | **{total:,.0f}** |", "",
+              f"Wall time at {utilization:.0%} utilization (the 100-node simulation), "
+              f"{cpus:g} CPUs per node:", "", "| nodes | CPUs | wall hours |", "|---|---|---|"]
+    for n in nodes:
+        lines.append(f"| {n} | {n * cpus:g} | {total / (n * cpus * utilization):,.1f} |")
+    lines += ["", "Content ratios measured on the bench corpus: "
+              + ", ".join(f"{k} {v:.2f} s per video-s" for k, v in content_per_video_s.items())
+              + ". Scale the scenes and faces rows by the decode cost of your resolution "
+              "(scenes decodes at reduced width; faces tracks at full resolution)."]
+    return "\n".join(lines)
+
+
+def run(files: list[str] | None = None, out: str | Path | None = None) -> dict:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    paths = inputs(files)
+    work = Path(out or tempfile.mkdtemp(prefix="emoforge-bench-scale-"))
+    runs = [curate_with(paths, work / f"catalog-{n}", n) for n in (1, 2)]
+    one, two = runs
+    setup = setup_seconds()
+    costs = stage_costs(one, setup)
+    phases = one["phases_s"]
+    serial = sum(v for k, v in phases.items() if k not in ("ray", "waves"))
+    sim = simulate_cluster(costs)
+    per_video = {k: v / one["content_s"]["video"] for k, v in one["content_s"].items()}
+    model = cost_model(costs, per_video, sim["now"]["utilization"])
+    (work / "cost_model.md").write_text(model + "\n")
+    return {
+        "inputs": len(paths), "video_s": one["video_s"], "runs": runs,
+        "speedup_2_workers": one["wall_s"] / two["wall_s"],
+        "scaling_efficiency": one["wall_s"] / two["wall_s"] / 2, "goal_efficiency": 0.9,
+        "serial_s_1_worker": serial, "serial_fraction_1_worker": serial / one["wall_s"],
+        "amdahl_max_speedup": one["wall_s"] / max(serial, 1e-9),
+        "setup_s": setup, "costs": {k: vars(v) for k, v in costs.items()},
+        "simulation": sim, "cost_model_md": model, "cost_model_file": str(work / "cost_model.md"),
+    }
