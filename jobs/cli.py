@@ -27,6 +27,7 @@ BENCHES = {
     "generate": "jobs.bench.generate",
     "learn": "jobs.bench.learn",
     "pipeline": "jobs.bench.pipeline",
+    "scale": "jobs.bench.scale",
 }
 
 
