@@ -196,6 +196,8 @@ def add_bench(sub) -> None:
     bench.add_argument("--out", help="write the results as JSON here")
     bench.add_argument("--seconds", type=float, default=None,
                        help="length of a generated input (bench pipeline; default 20)")
+    bench.add_argument("--minutes", type=float, default=None,
+                       help="training time (bench learn; default 15)")
     bench.set_defaults(handler=cmd_bench)
 
 
@@ -371,9 +373,10 @@ def cmd_bench(args) -> int:
     import inspect
 
     module = importlib.import_module(BENCHES[args.which])
-    extra = {"seconds": args.seconds} if args.seconds is not None else {}
-    if extra and "seconds" not in inspect.signature(module.run).parameters:
-        raise UsageError(f"bench {args.which} takes no --seconds")
+    extra = {k: getattr(args, k) for k in ("seconds", "minutes") if getattr(args, k) is not None}
+    for key in extra:
+        if key not in inspect.signature(module.run).parameters:
+            raise UsageError(f"bench {args.which} takes no --{key}")
     if "files" in inspect.signature(module.run).parameters:
         result = module.run(files=args.files or None, **extra)
     elif args.files:
