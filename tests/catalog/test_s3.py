@@ -83,6 +83,19 @@ def test_commit_writes_final_names_then_the_record_and_orphans_are_cleaned(synth
     assert catalog.read_table(uri, "tracks").to_pylist() == before.to_pylist()
 
 
+def test_staged_media_are_uploaded_to_their_final_names(s3, tmp_path):
+    uri = f"s3://{s3.bucket}/media"
+    staged = tmp_path / "crop.mp4"
+    payload = bytes(range(256)) * 4000  # 1 MB: more than one ranged read is not needed here
+    staged.write_bytes(payload)
+    rel = "media/00003/t1/crop.mp4"
+    record = commit_shard(uri, 3, {}, {rel: staged}, {"faces": "x"})
+    assert record.media == [rel] and not staged.exists()  # moved: the staged copy is gone
+    body = s3.client().get_object(Bucket=s3.bucket, Key=f"media/{rel}")["Body"].read()
+    assert body == payload
+    assert fs.resolve(uri).read_json(layout.commit_file(3, 0))["media"] == [rel]
+
+
 def test_one_writer_per_store_catalog(s3, monkeypatch):
     uri = f"s3://{s3.bucket}/leased"
     with Lease(uri):
