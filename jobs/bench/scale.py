@@ -33,13 +33,15 @@ log = logging.getLogger(__name__)
 
 STAGES = ("ingest", "scenes", "faces", "analyze")
 CONTENT = {"ingest": "video", "scenes": "video", "faces": "clips", "analyze": "tracks"}
-# Measured by `emoforge bench scale` on this 2-core machine (shared, 2026-11-30; 256 px talking
-# faces): core-seconds per content second and per actor set-up. The simulation test uses these.
+# Measured by `emoforge bench scale` on this 2-core machine (2026-11-30, 256 px talking faces,
+# one worker, load average 18 from other work: absolute values are several times an idle
+# machine's, their ratios are what the simulation needs): core-seconds per content second and
+# per actor set-up. The simulation test uses these.
 DEFAULT_COSTS = {
-    "ingest": StageCost(per_row_s=0.0, per_content_s=0.01, setup_s=0.0),
-    "scenes": StageCost(per_row_s=0.0, per_content_s=0.06, setup_s=0.0),
-    "faces": StageCost(per_row_s=0.0, per_content_s=0.25, setup_s=1.5),
-    "analyze": StageCost(per_row_s=0.0, per_content_s=1.0, setup_s=4.0),
+    "ingest": StageCost(per_content_s=0.019),
+    "scenes": StageCost(per_content_s=0.35),
+    "faces": StageCost(per_content_s=1.15, setup_s=13.5),
+    "analyze": StageCost(per_content_s=2.87, setup_s=4.0),
 }
 MiB = 1 << 20
 

@@ -1,0 +1,143 @@
+"""A curate job on a real two-node Ray cluster started with `ray start` on 127.0.0.1 (a head and a
+worker node, 1 CPU each, from the test's own temporary Ray folder): submitted with `ray job
+submit --working-dir . -- emoforge curate JOB.toml`, and run with `emoforge curate --ray-address`.
+Only the processes the test started are stopped (their process groups, then any process that
+names its Ray folder)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+from catalog_compare import assert_same_catalog
+from jobs.media.synthetic import make_video
+
+import catalog
+from pipeline import runner
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(procs: list[subprocess.Popen], ray_dir: str) -> None:
+    """SIGTERM the `ray start --block` groups, then kill whatever still names our Ray folder."""
+    for proc in procs:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    mine = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if p.info["cmdline"] and any(ray_dir in part for part in p.info["cmdline"]):
+                mine.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    for p in mine:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(mine, timeout=10)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """(GCS address, dashboard URL, env): a head and a worker node on 127.0.0.1."""
+    ray_dir = tempfile.mkdtemp(prefix="efs", dir="/tmp")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "EMOFORGE_PROGRESS": "0", "RAY_TMPDIR": ray_dir,
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "OMP_NUM_THREADS": "1"}
+    port, dash = _free_port(), _free_port()
+    common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--disable-usage-stats", "--block",
+              "--dashboard-agent-listen-port", None, "--metrics-export-port", None]
+    procs: list[subprocess.Popen] = []
+
+    def start(args: list[str]) -> None:
+        filled = [a if a is not None else str(_free_port()) for a in common]
+        procs.append(subprocess.Popen([str(BIN / "ray"), "start", *args, *filled], env=env,
+                                      start_new_session=True, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL))
+
+    try:
+        start(["--head", "--port", str(port), "--temp-dir", ray_dir, "--include-dashboard", "true",
+               "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash)])
+        address = f"127.0.0.1:{port}"
+        _wait_nodes(address, 1, env)
+        start(["--address", address])
+        _wait_nodes(address, 2, env)
+        yield address, f"http://127.0.0.1:{dash}", env
+    finally:
+        _stop(procs, ray_dir)
+        shutil.rmtree(ray_dir, ignore_errors=True)
+
+
+def _wait_nodes(address: str, count: int, env: dict, timeout: float = 120) -> None:
+    probe = ("import ray; ray.init(address=%r, log_to_driver=False); "
+             "print(sum(n['Alive'] for n in ray.nodes()))" % address)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+        if done.returncode == 0 and done.stdout.strip().splitlines()[-1:] == [str(count)]:
+            return
+        time.sleep(1)
+    raise AssertionError(f"the cluster at {address} did not reach {count} nodes")
+
+
+def _inputs(folder: Path, n: int) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i in range(n):
+        path = folder / f"v{i:02d}.mp4"
+        make_video(path, lambda k, i=i: np.full((32, 32, 3), (i * 41 + 3 * k) % 255, np.uint8), 25, size=(32, 32))
+        files.append(str(path))
+    return files
+
+
+def test_job_submit_and_ray_address(ray_cluster, tmp_path, ray_local):
+    address, dashboard, env = ray_cluster
+    files = _inputs(tmp_path / "in", 4)
+    submitted = tmp_path / "submitted"
+    spec = tmp_path / "job.toml"
+    spec.write_text(f'[job]\ninputs = {files!r}\nout = "{submitted}"\nstages = ["ingest", "scenes"]\n'
+                    '[runner]\nwave_videos = 2\n'.replace("'", '"'))
+    done = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", dashboard, "--working-dir", ".",
+                           "--", "emoforge", "curate", str(spec), "--no-persons"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "succeeded" in done.stdout, (done.stdout + done.stderr)[-4000:]
+    attached = tmp_path / "attached"
+    done = subprocess.run([str(BIN / "emoforge"), "curate", "--input", *files, "--out", str(attached),
+                           "--stages", "ingest,scenes", "--ray-address", address, "--no-persons"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    reference = tmp_path / "reference"  # this machine's local Ray
+    runner.run(files, str(reference), ["ingest", "scenes"], {}, runner.RunnerConfig())
+    for out in (submitted, attached):
+        rows = catalog.read_table(out, "videos").to_pylist()
+        assert sorted(r["uri"] for r in rows) == sorted(files)
+        assert all(r["scenes_status"] == "ok" for r in rows)
+        assert catalog.validate(out) == []
+        assert_same_catalog(out, reference)
