@@ -16,7 +16,10 @@ Measured, in this order and in one process:
    from the runner's summaries, total wall, and the peak RSS of the whole process tree (driver,
    raylet, workers).
 Every time is also given as a real-time factor (seconds of video per second) and per core
-(divided by the cores the run may use), and as core-hours per 1,000 hours of video.
+(divided by the cores the run may use), and as core-hours per 1,000 hours of video. CPU seconds
+(user + system, all threads; for Ray the whole process tree) are given beside wall seconds: on a
+shared machine they move much less with the load. The floor is measured before and after the
+stages and averaged.
 """
 
 from __future__ import annotations
@@ -93,12 +96,13 @@ def decode_floor(paths: list[str]) -> dict:
     """Seconds to decode every input once: RGB at full size, YUV only, and audio at 16 kHz."""
     from pipeline.media import iter_frames, open_container, read_audio
 
-    out = {"rgb_s": 0.0, "yuv_s": 0.0, "audio_s": 0.0, "frames": 0}
+    out = {"rgb_s": 0.0, "yuv_s": 0.0, "audio_s": 0.0, "frames": 0, "rgb_cpu_s": 0.0}
     for path in paths:
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         for _ in iter_frames(path):
             out["frames"] += 1
         out["rgb_s"] += time.perf_counter() - t
+        out["rgb_cpu_s"] += time.process_time() - c
         t = time.perf_counter()
         container = open_container(path)
         try:
@@ -114,15 +118,19 @@ def decode_floor(paths: list[str]) -> dict:
         read_audio(path, AUDIO_RATE)
         out["audio_s"] += time.perf_counter() - t
     out["floor_s"] = out["rgb_s"] + out["audio_s"]
+    out["floor_cpu_s"] = out["rgb_cpu_s"] + out["audio_s"]
     return out
 
 
 class PeakRss:
-    """Samples the summed RSS of this process and its descendants every `every` s (MiB)."""
+    """Samples the summed RSS of this process and its descendants every `every` s (MiB), and
+    their CPU seconds (`cpu_s`: user + system of every process seen, from when it was first
+    seen or, for this process, from entry; a process's last sample counts after it exits)."""
 
     def __init__(self, every: float = 0.1, tree: bool = True):
         self.every, self.tree = every, tree
         self.peak = 0.0
+        self._cpu: dict[int, tuple[float, float]] = {}  # pid -> (first, last) cpu seconds
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -133,9 +141,17 @@ class PeakRss:
         for proc in procs:
             try:
                 total += proc.memory_info().rss
+                times = proc.cpu_times()
             except psutil.Error:
                 continue
+            used = times.user + times.system
+            first = self._cpu.get(proc.pid, (used if proc is me else 0.0, 0.0))[0]
+            self._cpu[proc.pid] = (first, used)
         return total / MiB
+
+    @property
+    def cpu_s(self) -> float:
+        return sum(last - first for first, last in self._cpu.values())
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -180,14 +196,15 @@ def run_direct(paths: list[str], spec, folder: str) -> dict:
     for name, stage in stages.items():
         t = time.perf_counter()
         stage.setup()
-        result[name] = {"setup_s": time.perf_counter() - t, "seconds": 0.0, "rows": 0,
-                        "peak_rss_mib": 0.0}
+        result[name] = {"setup_s": time.perf_counter() - t, "seconds": 0.0, "cpu_s": 0.0,
+                        "rows": 0, "peak_rss_mib": 0.0}
 
     def timed(name: str, row: dict) -> dict:
         with PeakRss(tree=False) as peak:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             out = stages[name].process_row(row)
             result[name]["seconds"] += time.perf_counter() - t
+            result[name]["cpu_s"] += time.process_time() - c
         result[name]["rows"] += 1
         result[name]["peak_rss_mib"] = max(result[name]["peak_rss_mib"], peak.peak)
         return out
@@ -227,7 +244,8 @@ def run_ray(paths: list[str], spec, folder: str) -> dict:
     ray.shutdown()
     stages = {n: {"seconds": s.seconds, "rows": s.rows_in, "ok": s.ok, "skipped": s.skipped,
                   "failed": s.failed, "children": s.children} for n, s in result.stages.items()}
-    return {"ray_init_s": init_s, "wall_s": wall, "stages": stages, "peak_rss_mib": peak.peak}
+    return {"ray_init_s": init_s, "wall_s": wall, "stages": stages, "peak_rss_mib": peak.peak,
+            "cpu_s": peak.cpu_s}
 
 
 def rates(seconds: float, video_s: float, cores: int) -> dict:
@@ -248,40 +266,50 @@ def run(files: list[str] | None = None, seconds: float = DEFAULT_SECONDS, ray: b
         paths = [str(talking_head(seconds))]
         log.info("input ready in %.1f s: %s", time.perf_counter() - t, paths[0])
     video_s = sum(duration_s(p) for p in paths)
-    floor = decode_floor(paths)
+    before = decode_floor(paths)
     report: dict = {"bench": "pipeline", "inputs": paths, "video_s": round(video_s, 2),
-                    "cores": cores, "overrides": list(overrides),
-                    "floor": {**{k: round(v, 2) if isinstance(v, float) else v
-                                 for k, v in floor.items()},
-                              **{f"{k}_rate": rates(floor[k], video_s, cores)
-                                 for k in ("rgb_s", "floor_s")}}}
+                    "cores": cores, "overrides": list(overrides)}
     work = tempfile.mkdtemp(prefix="bench-pipeline-")
     try:
         spec = default_spec(paths, os.path.join(work, "direct"), overrides)
         direct = run_direct(paths, spec, os.path.join(work, "direct"))
-        total = sum(d["seconds"] for d in direct.values())
-        report["direct"] = {
-            "stages": {n: {**rates(d["seconds"], video_s, cores),
-                           "setup_s": round(d["setup_s"], 2), "rows": d["rows"],
-                           "peak_rss_mib": round(d["peak_rss_mib"])} for n, d in direct.items()},
-            "total": rates(total, video_s, cores),
-            "over_floor": round(total / floor["floor_s"], 2),
-        }
+        got = None
         if ray:
             spec = default_spec(paths, os.path.join(work, "ray"), overrides)
             got = run_ray(paths, spec, os.path.join(work, "ray"))
-            stage_total = sum(s["seconds"] for s in got["stages"].values())
-            report["ray"] = {
-                "ray_init_s": round(got["ray_init_s"], 2),
-                "stages": {n: {**rates(s["seconds"], video_s, cores), **s}
-                           for n, s in got["stages"].items()},
-                "stage_total": rates(stage_total, video_s, cores),
-                "wall": rates(got["wall_s"], video_s, cores),
-                "over_floor": round(stage_total / floor["floor_s"], 2),
-                "peak_rss_mib": round(got["peak_rss_mib"]),
-            }
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    after = decode_floor(paths)
+    # the floor is measured before and after the stages: the machine's load drifts
+    floor = {k: (before[k] + after[k]) / 2 for k in before}
+    report["floor"] = {**{k: round(v, 2) for k, v in floor.items()},
+                       "floor_s_before_after": [round(before["floor_s"], 2),
+                                                round(after["floor_s"], 2)],
+                       "rate": rates(floor["floor_s"], video_s, cores),
+                       "cpu_rate": rates(floor["floor_cpu_s"], video_s, 1)}
+    total = sum(d["seconds"] for d in direct.values())
+    total_cpu = sum(d["cpu_s"] for d in direct.values())
+    report["direct"] = {
+        "stages": {n: {**rates(d["seconds"], video_s, cores), "cpu_s": round(d["cpu_s"], 2),
+                       "setup_s": round(d["setup_s"], 2), "rows": d["rows"],
+                       "peak_rss_mib": round(d["peak_rss_mib"])} for n, d in direct.items()},
+        "total": rates(total, video_s, cores),
+        "total_cpu": rates(total_cpu, video_s, 1),
+        "over_floor": round(total / floor["floor_s"], 2),
+        "cpu_over_floor_cpu": round(total_cpu / floor["floor_cpu_s"], 2),
+    }
+    if got is not None:
+        stage_total = sum(s["seconds"] for s in got["stages"].values())
+        report["ray"] = {
+            "ray_init_s": round(got["ray_init_s"], 2),
+            "stages": {n: {**rates(s["seconds"], video_s, cores), **s}
+                       for n, s in got["stages"].items()},
+            "stage_total": rates(stage_total, video_s, cores),
+            "wall": rates(got["wall_s"], video_s, cores),
+            "tree_cpu": rates(got["cpu_s"], video_s, 1),
+            "over_floor": round(stage_total / floor["floor_s"], 2),
+            "peak_rss_mib": round(got["peak_rss_mib"]),
+        }
     return report
 
 

