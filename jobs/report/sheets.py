@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from catalog import fs
 from pipeline.media import MediaError, iter_frames
 
 log = logging.getLogger(__name__)
@@ -114,8 +115,9 @@ def _samples(root: Path, tracks: pa.Table, drop: pa.Array, indices: list[int],
             caption.insert(1, extra[i])
         sample = Sample(row["track_id"], caption)
         if row.get("crop_path"):
-            path = Path(root) / row["crop_path"]
-            if not path.is_file():
+            store = fs.resolve(root)  # a local folder or an s3:// prefix
+            path = store.uri_of(row["crop_path"])
+            if not store.is_file(row["crop_path"]):
                 sample.note = f"face crop missing: {row['crop_path']}"
             else:
                 try:
