@@ -14,10 +14,11 @@ import datetime
 import html
 import json
 import logging
+import tempfile
 import time
 from pathlib import Path
 
-from catalog import layout
+from catalog import fs
 from jobs.report import data as report_data
 from jobs.report import plots as report_plots
 from jobs.report import sheets as report_sheets
@@ -47,8 +48,12 @@ def write_report(root: str | Path, out: str | Path | None = None, compare: list[
     compare: select thresholds as KEY=VALUE strings (TOML values; dotted keys for nested
     lip_sync_rules), shown as a second funnel. Returns the written path."""
     started = time.perf_counter()
-    root = layout.local_root(root)
-    out = Path(out) if out else root / "report.html"
+    root = fs.resolve(root)  # a local folder or an s3:// prefix
+    upload = out is None and not root.local  # a store catalog's report is uploaded next to it
+    if out is None:
+        out = root.local_path() if root.local else Path(tempfile.mkdtemp(prefix="emoforge-report-"))
+        out = out / "report.html"
+    out = Path(out)
     data = report_data.collect(root, compare)
     log.info("report: numbers for %d tracks in %.1f s", data["_tracks"].num_rows, time.perf_counter() - started)
     from catalog.select import Thresholds
@@ -64,6 +69,9 @@ def write_report(root: str | Path, out: str | Path | None = None, compare: list[
     tmp = out.with_name(f".tmp-{out.name}")
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(out)
+    if upload:
+        root.put_file(out, "report.html", move=True)
+        out = root.uri_of("report.html")
     log.info("report: wrote %s (%.1f MB) in %.1f s", out, len(page) / 1e6, time.perf_counter() - started)
     return out
 
