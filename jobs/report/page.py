@@ -42,7 +42,7 @@ code{font-size:12px;background:#eef1f5;padding:0 3px;border-radius:3px}.lost td{
 """
 
 
-def write_report(root: str | Path, out: str | Path | None = None, compare: list[str] | None = None) -> Path:
+def write_report(root: str | Path, out: str | Path | None = None, compare: list[str] | None = None) -> Path | str:
     """Write the HTML report of the catalog at `root` to `out` (default `<root>/report.html`).
 
     compare: select thresholds as KEY=VALUE strings (TOML values; dotted keys for nested
