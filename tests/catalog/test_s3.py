@@ -166,3 +166,17 @@ def test_s3_inputs_open_through_the_store(s3, tmp_path):
     row, ref = hashing.hash_file(uri), hashing.hash_file(str(local))
     assert row["content_sha256"] == ref["content_sha256"] and row["size_bytes"] == ref["size_bytes"]
     assert hashing.hash_file(f"s3://{s3.bucket}/in/missing.mp4")["hash_error"].endswith("no such object")
+
+
+def test_the_frozen_old_catalog_migrates_forward_on_the_store(s3, tmp_path):
+    from pathlib import Path
+
+    from catalog.migrate import SchemaVersionError
+
+    uri = upload(Path(__file__).parent.parent / "data" / "catalog_v0", s3, "old")
+    with pytest.raises(SchemaVersionError, match="catalog migrate"):
+        catalog.read_table(uri, "videos")
+    assert catalog.migrate(uri) == ["0.x -> 1.x"]
+    assert catalog.validate(uri) == []
+    videos = {r["video_id"][0]: r for r in catalog.read_table(uri, "videos").to_pylist()}
+    assert videos["a"]["uri"] == "/data/a.mp4" and videos["b"]["duration_s"] == pytest.approx(61.0)
