@@ -11,6 +11,9 @@
     [select]                      # catalog.Thresholds: what the report (and training) select
     min_face_px = 128
     lip_sync_rules.av_corr.min_confidence = 0.7
+    [storage]                     # s3:// inputs and catalogs (else the AWS_* variables)
+    endpoint_url = "http://minio:9000"
+    region = "us-east-1"
 
 Unknown sections or keys are an error that lists the valid ones. `--set select.x=y` works like
 any other override (dotted keys reach nested rules).
@@ -85,6 +88,14 @@ def build(data: dict, overrides: list[str] = ()) -> JobSpec:
     if bad:
         raise SpecError(f"unknown stages {bad}; valid: {list(STAGE_CLASSES)}")
     stages = tuple(s for s in STAGE_CLASSES if s in stages)  # pipeline order
+    storage = data.pop("storage", {})
+    if storage:  # object-store endpoint, region, credentials: set for this process (catalog/fs.py)
+        from catalog import fs
+
+        try:
+            fs.configure(storage)
+        except fs.RootError as exc:
+            raise SpecError(str(exc)) from None
     runner = _dataclass_from(RunnerConfig, data.pop("runner", {}), "runner")
     try:
         select = thresholds_with(Thresholds(), data.pop("select", {}))
@@ -93,7 +104,7 @@ def build(data: dict, overrides: list[str] = ()) -> JobSpec:
     configs = {}
     for section, values in data.items():
         if section not in STAGE_CLASSES:
-            raise SpecError(f"unknown section [{section}]; valid: job, runner, select, "
+            raise SpecError(f"unknown section [{section}]; valid: job, runner, select, storage, "
                             f"{', '.join(STAGE_CLASSES)}")
         if section in stages:
             configs[section] = _dataclass_from(load_stage_class(section).Config, values, section)
