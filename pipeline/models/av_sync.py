@@ -109,10 +109,16 @@ def correlate_offsets(mouth: np.ndarray, envelope: np.ndarray, vshift: int = 15)
     conf = float(corr[best] - np.median(corr))
     frame_conf = products[best] - np.nanmedian(products, axis=0)
     frame_conf = np.nan_to_num(frame_conf, nan=0.0)
-    from scipy.signal import medfilt
-
-    frame_conf = medfilt(frame_conf, kernel_size=9) if t >= 9 else frame_conf
+    frame_conf = median_filter(frame_conf, 9) if t >= 9 else frame_conf
     return CorrelationSync(-int(shifts[best]), conf, corr, frame_conf.astype(np.float32))
+
+
+def median_filter(x: np.ndarray, kernel: int) -> np.ndarray:
+    """scipy.signal.medfilt(x, kernel) for float[T] (odd kernel, zeros beyond the ends), in numpy:
+    importing scipy.signal costs seconds per worker process (its import parses docstrings)."""
+    half = kernel // 2
+    windows = np.lib.stride_tricks.sliding_window_view(np.pad(x, half), kernel)
+    return np.median(windows, axis=1)
 
 
 def av_sync(mouth_open: np.ndarray, audio: np.ndarray, vshift: int = 15) -> CorrelationSync:
