@@ -185,6 +185,9 @@ def add_evaluate(sub) -> None:
     ev.add_argument("--max-seconds", type=float, default=60.0, help="evaluate at most this "
                     "much of each video")
     ev.add_argument("--device", default="cpu", help="torch device of the FID/FVD networks")
+    ev.add_argument("--face-crop", action="store_true", help="the generated videos are face "
+                    "crops as `emoforge generate` writes them: where no face is detected, the "
+                    "landmarker is also tried on the central face box")
     ev.add_argument("--out", metavar="metrics.json", help="write the results as JSON here")
     ev.set_defaults(handler=cmd_evaluate)
 
@@ -359,7 +362,8 @@ def cmd_evaluate(args) -> int:
             raise UsageError(f"evaluate: no such file: {path}")
     try:
         result = evaluate(args.generated, args.reference, args.audio, args.real, args.emotion,
-                          Evaluator(max_seconds=args.max_seconds), device=args.device)
+                          Evaluator(max_seconds=args.max_seconds, face_crop=args.face_crop),
+                          device=args.device)
     except EvaluationInputError as exc:
         raise UsageError(f"evaluate: {exc}") from exc
     if args.out:

@@ -67,7 +67,7 @@ def train_and_generate(out: Path, minutes: float) -> dict:
     from jobs.media.sources import speak
     from jobs.media.talking_corpus import face_of
     from training import config, launcher
-    from training.evaluate import evaluate, markdown_table
+    from training.evaluate import Evaluator, evaluate, markdown_table
     from training.generate import Generator, Request
 
     repo = Path(__file__).resolve().parents[1]
@@ -86,7 +86,7 @@ def train_and_generate(out: Path, minutes: float) -> dict:
     Generator(trained["checkpoint"]).generate(Request(
         reference=str(photo), audio=str(speech), out=str(video), steps=10,
         guidance_audio=1.0, guidance_reference=1.0))
-    result = evaluate([video], reference=photo, audio=speech)
+    result = evaluate([video], reference=photo, audio=speech, evaluator=Evaluator(face_crop=True))
     (folder / "evaluation.json").write_text(json.dumps(result, indent=1, default=str))
     print(f"generated {video}\n" + markdown_table(result))
     return {"video": str(video), "train_steps": trained["steps"], "evaluation": str(folder / "evaluation.json")}

@@ -68,12 +68,15 @@ class Evaluator:
     arcface="auto" and its weights are present, or arcface=True to require them); syncnet:
     likewise for SyncNet; emotion and expression: the pipeline's backend names; max_seconds:
     evaluate at most this much of each video; min_face_fraction: a clip whose face is found in
-    fewer of its frames fails ("no face")."""
+    fewer of its frames fails ("no face"); face_crop: the videos are face crops as the generator
+    writes them (the landmarker is also tried on the central face box where nothing is
+    detected; its presence score still decides whether a face is there)."""
 
     def __init__(self, faces: str = "mediapipe", emotion: str = "fer+facex",
                  expression: str = "3dmm", syncnet: bool | str = "auto",
                  arcface: bool | str = "auto", max_seconds: float | None = 60.0,
-                 max_offset_frames: int = 15, min_face_fraction: float = 0.5) -> None:
+                 max_offset_frames: int = 15, min_face_fraction: float = 0.5,
+                 face_crop: bool = False) -> None:
         from pipeline.models.faces import load_face_backend
         from pipeline.models.lip_sync import load_lip_sync
 
@@ -91,6 +94,7 @@ class Evaluator:
         self._emotion = self._expression = None
         self.max_seconds = max_seconds
         self.min_face_fraction = min_face_fraction
+        self.face_crop = face_crop
 
     def _load_arcface(self) -> None:
         from pipeline.models.faces import load_identity
@@ -130,7 +134,7 @@ class Evaluator:
 
     def load(self, video: str | Path, audio: str | Path | np.ndarray | None = None) -> FaceClip:
         return load_face_clip(video, self.backend, None if audio is None else read_speech(audio),
-                              self.max_seconds)
+                              self.max_seconds, face_crop=self.face_crop)
 
     def evaluate_clip(self, video: str | Path, reference: str | Path | np.ndarray | dict | None = None,
                       audio: str | Path | np.ndarray | None = None,

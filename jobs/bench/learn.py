@@ -106,7 +106,7 @@ def generate_and_evaluate(checkpoint: str, names: tuple[str, ...], folder: Path,
     held_out = speak(HELD_OUT, folder / "held_out.wav")
     mismatched = speak(SENTENCES[0], folder / "mismatched.wav")
     generator = Generator(checkpoint)
-    evaluator = Evaluator()
+    evaluator = Evaluator(face_crop=True)
     rows = []
     for name in names:
         photo = folder / f"{name}.png"

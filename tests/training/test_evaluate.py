@@ -111,6 +111,32 @@ def test_identity_same_person_and_another(evaluator, wolfgang):
     assert same["similarity"] > other["similarity"]
 
 
+def test_noisy_face_crop_is_followed_from_the_crop_geometry(evaluator, talking, tmp_path):
+    """A 64 px face crop (the generator's geometry) under noise that defeats the detector: with
+    face_crop the landmarker, tried on the central face box, follows it and the lip-sync offset
+    of its own audio is still recovered; a noise-only crop stays faceless (presence decides)."""
+    import cv2
+
+    from jobs.media.talking_face import write_clip
+    from training.evaluate import Evaluator
+
+    path, audio = talking
+    crops = evaluator.load(path).crops  # 256 px crops of the catalog geometry, 8 s
+    rng = np.random.default_rng(0)
+    small = [cv2.resize(c, (64, 64), interpolation=cv2.INTER_AREA) for c in crops]
+    noisy = np.stack([np.clip(c + rng.normal(0, 30, c.shape), 0, 255) for c in small])
+    crop_video = write_clip(tmp_path / "noisy_crop.mp4", noisy.astype(np.uint8), audio, crf=18)
+    noise = rng.normal(128, 60, noisy.shape).clip(0, 255).astype(np.uint8)
+    noise_video = write_clip(tmp_path / "noise.mp4", noise, audio, crf=18)
+
+    assert evaluator.evaluate_clip(crop_video)["status"] == "failed"  # the detector alone
+    hinted = Evaluator(syncnet=False, arcface=False, max_seconds=8.0, face_crop=True)
+    row = hinted.evaluate_clip(crop_video)
+    assert row["face_frames"] >= 0.9 * row["frames"]
+    assert abs(row["lip_sync"]["av_corr"]["offset_frames"]) <= 1
+    assert hinted.evaluate_clip(noise_video)["status"] == "failed"
+
+
 def test_e_fid_of_a_set_against_itself_is_zero(evaluator, talking, wolfgang):
     from training.evaluate import set_metrics
 

@@ -87,10 +87,17 @@ def grid_frames(path: str | Path, max_seconds: float | None = None) -> list[np.n
 
 
 def face_points(backend: FaceBackend, image: np.ndarray, prev: Landmarks | None = None,
-                detect: bool = True) -> Landmarks | None:
+                detect: bool = True, hint: np.ndarray | None = None) -> Landmarks | None:
     """The most prominent face's landmarks in one image uint8[H,W,3], or None: followed from
     `prev` (the previous frame's) unless `detect` asks for a fresh detection; either falls back
-    to the other."""
+    to the other, and both to the landmarker on the `hint` box (x0, y0, x1, y1) when given. The
+    landmarker's presence score gates every result."""
+
+    def hinted() -> Landmarks | None:
+        if hint is None:
+            return None
+        lm = backend.landmarker.landmarks(image, hint)
+        return lm if lm.presence >= backend.presence_threshold else None
 
     def follow() -> Landmarks | None:
         if prev is None:
@@ -106,8 +113,16 @@ def face_points(backend: FaceBackend, image: np.ndarray, prev: Landmarks | None 
         return lm if lm.presence >= backend.presence_threshold else None
 
     if detect:
-        return detected() or follow()
-    return follow() or detected()
+        return detected() or follow() or hinted()
+    return follow() or detected() or hinted()
+
+
+def crop_face_box(width: int, height: int) -> np.ndarray:
+    """Where the face is in a frame that is itself a face crop of the catalog's geometry (what
+    `emoforge generate` writes): the central square of side min(width, height) / CROP_SCALE."""
+    side = min(width, height) / CROP_SCALE
+    cx, cy = width / 2, height / 2
+    return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], np.float32)
 
 
 def _smooth(x: np.ndarray, sigma: float) -> np.ndarray:
@@ -124,9 +139,12 @@ def _fill(x: np.ndarray, known: np.ndarray) -> np.ndarray:
 
 
 def load_face_clip(path: str | Path, backend: FaceBackend, audio: np.ndarray | None = None,
-                   max_seconds: float | None = None, detect_every: int = 10) -> FaceClip:
+                   max_seconds: float | None = None, detect_every: int = 10,
+                   face_crop: bool = False) -> FaceClip:
     """Decode `path` onto the grid, follow its face, cut aligned crops. `audio` float32 16 kHz
-    replaces the file's own track (cut or zero-padded to the video). NoFaceError when no frame
+    replaces the file's own track (cut or zero-padded to the video). `face_crop`: the video is a
+    face crop (a generated clip), so where the detector finds no face and none is followed, the
+    landmarker is tried on the crop's central face box (crop_face_box). NoFaceError when no frame
     has a face; a file without frames raises ValueError."""
     import cv2
 
@@ -139,8 +157,9 @@ def load_face_clip(path: str | Path, backend: FaceBackend, audio: np.ndarray | N
     h, w = frames[0].shape[:2]
     points = np.full((t, 68, 2), np.nan, np.float32)
     prev: Landmarks | None = None
+    hint = crop_face_box(w, h) if face_crop else None
     for i, image in enumerate(frames):
-        lm = face_points(backend, image, prev, detect=i % detect_every == 0)
+        lm = face_points(backend, image, prev, detect=i % detect_every == 0, hint=hint)
         prev = lm
         if lm is not None:
             points[i] = lm.points68
