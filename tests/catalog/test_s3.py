@@ -5,6 +5,8 @@ without renames; wrong credentials and a missing bucket are clear configuration 
 
 from __future__ import annotations
 
+import os
+
 import pandas as pd
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
@@ -180,3 +182,24 @@ def test_the_frozen_old_catalog_migrates_forward_on_the_store(s3, tmp_path):
     assert catalog.validate(uri) == []
     videos = {r["video_id"][0]: r for r in catalog.read_table(uri, "videos").to_pylist()}
     assert videos["a"]["uri"] == "/data/a.mp4" and videos["b"]["duration_s"] == pytest.approx(61.0)
+
+
+def test_a_job_specs_storage_section_reaches_the_store(s3, monkeypatch):
+    from jobs import spec as specs
+
+    for key in fs.STORAGE_KEYS.values():  # restored after the test: configure() sets them
+        if key.startswith("AWS_"):
+            monkeypatch.setenv(key, "unset")
+            monkeypatch.delenv(key)
+        else:
+            monkeypatch.setenv(key, os.environ[key])
+    monkeypatch.setenv("EMOFORGE_S3_RETRY_SECONDS", "1")
+    fs._store.cache_clear()
+    with pytest.raises((fs.RootError, fs.StoreUnavailableError)):  # AWS itself, not this server
+        fs.resolve(f"s3://{s3.bucket}/x").check_access()
+    storage = {"endpoint_url": s3.url, "region": "us-east-1", "access_key": s3.access_key,
+               "secret_key": s3.secret_key, "retry_seconds": 5}
+    specs.build({"job": {"inputs": ["a.mp4"], "out": f"s3://{s3.bucket}/x"}, "storage": storage})
+    fs.resolve(f"s3://{s3.bucket}/x").check_access(create=True)
+    with pytest.raises(specs.SpecError, match="valid: .*endpoint_url"):
+        specs.build({"job": {}, "storage": {"endpoint": "x"}})
