@@ -439,7 +439,10 @@ class _StoreRaw(io.RawIOBase):
         super().close()
 
 
-READ_BUFFER = 8 << 20  # bytes per ranged GET when decoding or hashing from a store
+# bytes per ranged GET when decoding or hashing from a store. Decoding a 3.3 MB 250-frame clip
+# from the loopback test server: 1.3 s this way, 1.6 s downloading to a temp file first, 3.7 s
+# with pyarrow's unbuffered file (a GET per PyAV read), 0.8 s from a local file (one run).
+READ_BUFFER = 8 << 20
 
 
 def open_input(uri: str):

@@ -121,13 +121,19 @@ def test_one_writer_per_store_catalog(s3, monkeypatch):
 
 
 def test_wrong_credentials_and_missing_bucket_are_configuration_errors(synthetic, s3, monkeypatch,
-                                                                       capsys):
+                                                                       capsys, tmp_path):
     from jobs import cli
 
     uri = upload(synthetic, s3, "access")
     with pytest.raises(fs.StoreAccessError, match="does not exist"):
         fs.resolve("s3://no-such-bucket/x").check_access(create=True)
     assert cli.main(["catalog", "stats", "s3://no-such-bucket/x"]) == 2
+    capsys.readouterr()
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"never read")
+    # curate refuses before any work: no lease, no Ray, nothing written
+    assert cli.main(["curate", "--input", str(clip), "--out", "s3://no-such-bucket/x"]) == 2
+    assert "bucket 'no-such-bucket' does not exist" in capsys.readouterr().err
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
     fs._store.cache_clear()
     with pytest.raises(fs.StoreAccessError, match="refused access"):
@@ -135,6 +141,10 @@ def test_wrong_credentials_and_missing_bucket_are_configuration_errors(synthetic
     assert cli.main(["catalog", "validate", uri]) == 2
     err = capsys.readouterr().err
     assert "refused access" in err and "AWS_SECRET_ACCESS_KEY" in err
+    fresh = f"s3://{s3.bucket}/fresh"
+    assert cli.main(["curate", "--input", str(clip), "--out", fresh]) == 2
+    assert "refused access" in capsys.readouterr().err
+    assert s3.client().list_objects_v2(Bucket=s3.bucket, Prefix="fresh/")["KeyCount"] == 0
 
 
 def test_an_unreachable_store_is_retried_then_a_clear_error(s3, monkeypatch):

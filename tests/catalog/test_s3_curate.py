@@ -107,6 +107,8 @@ def test_catalog_commands_on_the_store(curated, tmp_path, capsys):
     assert (tmp_path / "train.txt").exists()
     index = catalog.training_index(store)
     assert index.num_rows <= catalog.read_table(store, "tracks").num_rows
+    tracks = catalog.read_table(store, "tracks")
+    assert catalog.to_ray_dataset(store, "tracks").count() == tracks.num_rows
     assert cli.main(["catalog", "report", store]) == 0  # uploaded next to the catalog
     page = fs.resolve(store).read_bytes("report.html").decode()
     assert page.count("data:image/jpeg") >= 1  # a contact sheet decoded from the store's crop
