@@ -169,6 +169,16 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and any(m in text for m in TRANSIENT_MARKERS)
 
 
+_FAILURES = [0]  # StoreUnavailableErrors raised in this process
+
+
+def store_failures() -> int:
+    """How many store operations of this process gave up (StoreUnavailableError). A caller whose
+    work swallows exceptions per row (stages record them as failed rows) compares the count
+    before and after, so an outage stops the job instead of becoming a row's failure."""
+    return _FAILURES[0]
+
+
 def with_retries(what: str, call: Callable[[], T], settings: StoreSettings | None = None) -> T:
     """Run one store operation, retrying transient failures with exponential back-off (0.5 s
     doubling to 8 s) until `settings.retry_seconds` have passed; access failures raise
@@ -191,6 +201,7 @@ def with_retries(what: str, call: Callable[[], T], settings: StoreSettings | Non
                 raise
             waited = time.monotonic() - started
             if waited + delay > settings.retry_seconds:
+                _FAILURES[0] += 1
                 raise StoreUnavailableError(
                     f"{what}: object store unreachable for {waited:.0f} s ({attempt} attempts; "
                     f"EMOFORGE_S3_RETRY_SECONDS={settings.retry_seconds:g}): {exc}. Committed "
