@@ -444,8 +444,13 @@ class StageWorker:
             return rows_with_keys(stage, [crashed], row)
         marker.parent.mkdir(parents=True, exist_ok=True)  # staging is removed per wave
         marker.write_text(str(attempts + 1))
+        lost = fs.store_failures()
         result = self._process(stage, row)
         marker.unlink(missing_ok=True)
+        if fs.store_failures() != lost:  # not the row's fault: stop the job; a re-run redoes it
+            raise fs.StoreUnavailableError(
+                f"{stage.name}: the object store became unreachable while processing a row (not "
+                "recorded as the row's failure); run the same command again to finish")
         return result
 
     @staticmethod
