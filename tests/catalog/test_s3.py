@@ -213,3 +213,35 @@ def test_a_job_specs_storage_section_reaches_the_store(s3, monkeypatch):
     fs.resolve(f"s3://{s3.bucket}/x").check_access(create=True)
     with pytest.raises(specs.SpecError, match="valid: .*endpoint_url"):
         specs.build({"job": {}, "storage": {"endpoint": "x"}})
+
+
+def test_a_store_outage_while_decoding_stops_the_job_not_the_row(s3, tmp_path, monkeypatch):
+    """Ingest swallows decode errors as failed rows; one caused by the store must not be
+    recorded (a re-run would skip the row as done): the worker raises instead."""
+    import numpy as np
+    import pyarrow as pa
+
+    from jobs.media.synthetic import make_video
+    from pipeline.runner import StageWorker
+    from pipeline.stage import StageContext
+    from pipeline.stages.ingest import IngestConfig
+
+    local = tmp_path / "clip.mp4"
+    make_video(local, lambda i: np.full((64, 64, 3), i * 9 % 255, np.uint8), 10)
+    s3.client().upload_file(str(local), s3.bucket, "in/clip.mp4")
+    row = {"video_id": "v", "uri": f"s3://{s3.bucket}/in/clip.mp4", "shard": 0,
+           "content_sha256": "x", "size_bytes": local.stat().st_size, "mtime_ns": 1,
+           "duplicate_of": None, "hash_error": None}
+    context = StageContext(catalog=f"s3://{s3.bucket}/cat", staging=str(tmp_path / "staging"))
+    worker = StageWorker(["ingest"], [IngestConfig()], context, max_attempts=3)
+    monkeypatch.setenv("EMOFORGE_S3_RETRY_SECONDS", "1")
+    s3.pause()
+    try:
+        with pytest.raises(fs.StoreUnavailableError, match="not recorded as the row's failure"):
+            worker(pa.Table.from_pylist([row]))
+    finally:
+        s3.resume()
+    from pipeline.runner import unpack
+
+    packed = worker(pa.Table.from_pylist([row])).to_pylist()[0]  # the store is back: a real row
+    assert unpack(packed["ipc"]).to_pylist()[0]["ingest_status"] == "ok"
