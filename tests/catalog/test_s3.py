@@ -245,3 +245,39 @@ def test_a_store_outage_while_decoding_stops_the_job_not_the_row(s3, tmp_path, m
 
     packed = worker(pa.Table.from_pylist([row])).to_pylist()[0]  # the store is back: a real row
     assert unpack(packed["ipc"]).to_pylist()[0]["ingest_status"] == "ok"
+
+
+def test_store_lease_race_has_one_winner_and_renews(s3, monkeypatch):
+    import threading
+    import time
+
+    uri = f"s3://{s3.bucket}/race"
+    monkeypatch.setenv("EMOFORGE_LEASE_SETTLE_SECONDS", "1.0")
+    monkeypatch.setenv("EMOFORGE_LEASE_SECONDS", "1.5")  # renewed every 0.5 s
+    outcomes: list = []
+    leases = [Lease(uri) for _ in range(2)]
+    barrier = threading.Barrier(2)
+
+    def take(lease: Lease) -> None:
+        barrier.wait()
+        try:
+            lease.__enter__()
+            outcomes.append("held")
+        except LeaseError:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=take, args=(lease,)) for lease in leases]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["held", "refused"]
+    winner = next(lease for lease in leases if lease.held)
+    first = fs.resolve(uri).read_json(layout.LEASE)
+    assert first["token"] == winner.token
+    time.sleep(2.0)  # past the first expiry: the renewals keep it ahead
+    renewed = fs.resolve(uri).read_json(layout.LEASE)
+    assert renewed["token"] == winner.token and renewed["expires_at"] > first["expires_at"]
+    assert renewed["expires_at"] > time.time()
+    winner.__exit__(None, None, None)
+    assert not fs.resolve(uri).is_file(layout.LEASE)
