@@ -407,15 +407,8 @@ def resolve(root: str | os.PathLike | Root) -> Root:
     return Root(path, pafs.LocalFileSystem(), path, local=True)
 
 
-# reading inputs by URI lives in catalog/fs_inputs.py; re-exported here as part of the layer
-from catalog.fs_inputs import (  # noqa: E402 - after the names fs_inputs imports from here
-    input_filesystem,
-    list_input,
-    open_input,
-    stat_input,
-)
 
+# reading inputs by URI (open_input, stat_input, list_input): catalog/fs_inputs.py
 __all__ = ["Root", "RootError", "StoreAccessError", "StoreSettings", "StoreUnavailableError",
-           "UnsupportedRootError", "configure", "input_filesystem", "is_store_uri", "list_input",
-           "open_input", "resolve", "stat_input", "store_failures", "with_retries",
-           "worker_options"]
+           "UnsupportedRootError", "configure", "is_store_uri", "resolve", "store_failures",
+           "with_retries", "worker_options"]

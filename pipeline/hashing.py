@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from catalog import fs
+from catalog import fs, fs_inputs
 
 CACHE_FILE = "_cache/content_hashes.parquet"
 CACHE_SCHEMA = pa.schema([
@@ -50,13 +50,13 @@ def _hash_object(row: dict) -> dict:
     """hash_file for an object-store URI. A missing object is the row's error; a store that
     stays unreachable or refuses access raises (the job stops, it is not the file's fault)."""
     uri = row["uri"]
-    key = fs.stat_input(uri)
+    key = fs_inputs.stat_input(uri)
     if key is None:
         row["hash_error"] = f"cannot read {uri}: no such object"
         return row
     row["size_bytes"], row["mtime_ns"] = key
     h = hashlib.sha256()
-    with fs.open_input(uri) as f:
+    with fs_inputs.open_input(uri) as f:
         while block := f.read(CHUNK):
             h.update(block)
     row["content_sha256"] = h.hexdigest()
@@ -66,7 +66,7 @@ def _hash_object(row: dict) -> dict:
 def stat_key(uri: str) -> tuple[int, int] | None:
     """(size, mtime_ns) of a local file or an object, None when unreadable."""
     if fs.is_store_uri(uri):
-        return fs.stat_input(uri)
+        return fs_inputs.stat_input(uri)
     try:
         st = os.stat(uri)
     except OSError:
