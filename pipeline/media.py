@@ -29,14 +29,14 @@ class VideoFrame:
 
 def open_container(path: str):
     """A PyAV input container for a local path or an object-store URI (s3://; streamed through
-    catalog.fs.open_input in 8 MiB ranged reads, no local copy)."""
+    catalog.fs_inputs.open_input in 8 MiB ranged reads, no local copy)."""
     import av
 
-    from catalog import fs
+    from catalog import fs, fs_inputs
 
     try:
         if fs.is_store_uri(str(path)):
-            return av.open(fs.open_input(str(path)), mode="r")
+            return av.open(fs_inputs.open_input(str(path)), mode="r")
         return av.open(str(path))
     except Exception as exc:  # noqa: BLE001 - PyAV raises many types; re-raised with context
         raise MediaError(f"cannot open {path}: {type(exc).__name__}: {exc}") from exc
