@@ -141,9 +141,9 @@ def scan_inputs(inputs: tuple[str, ...] | list[str]) -> tuple[list[str], dict[st
             if suffix in VIDEO_SUFFIXES or suffix in AUDIO_SUFFIXES:  # an object, as given
                 files.append(str(item))
                 continue
-            from catalog import fs
+            from catalog import fs_inputs
 
-            found = fs.list_input(str(item))  # the objects under a prefix (a "folder")
+            found = fs_inputs.list_input(str(item))  # the objects under a prefix (a "folder")
             if not found:
                 raise SpecError(f"input {item} does not exist (no object, no objects under it)")
             if found == [str(item)]:
