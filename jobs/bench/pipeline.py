@@ -239,9 +239,6 @@ def run_ray(paths: list[str], spec, folder: str) -> dict:
         result = runner.run(paths, folder, list(spec.stages), spec.configs, spec.runner,
                             job_spec=spec.resolved())
         wall = time.perf_counter() - t
-    import ray
-
-    ray.shutdown()
     stages = {n: {"seconds": s.seconds, "rows": s.rows_in, "ok": s.ok, "skipped": s.skipped,
                   "failed": s.failed, "children": s.children} for n, s in result.stages.items()}
     return {"ray_init_s": init_s, "wall_s": wall, "stages": stages, "peak_rss_mib": peak.peak,
