@@ -42,6 +42,7 @@ def cluster():
         ray.shutdown()
     ray_dir = tempfile.mkdtemp(prefix="efc", dir="/tmp")  # short: Ray's socket paths are limited
     faults = Path(ray_dir) / "faults"
+    (Path(ray_dir) / "ray").mkdir()  # Ray writes the cluster's address under $RAY_TMPDIR/ray
     saved = {k: os.environ.get(k) for k in ("RAY_TMPDIR", "PYTHONPATH", "EMOFORGE_TEST_FAULTS",
                                             "RAY_AUTH_MODE", "EMOFORGE_PROGRESS")}
     os.environ.update(RAY_TMPDIR=ray_dir, EMOFORGE_TEST_FAULTS=str(faults), RAY_AUTH_MODE="disabled",
@@ -139,7 +140,7 @@ def test_driver_killed_then_rerun(cluster, tmp_path):
     reference = _reference(tmp_path, files)
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "jobs.cli", "curate", "--input", *files, "--out", str(out),
-           "--stages", ",".join(STAGES), "--ray-address", c.address, "--set",
+           "--stages", "ingest,scenes", "--ray-address", c.address, "--set",
            "runner.wave_videos=1", "--no-persons"]
     driver = subprocess.Popen(cmd, cwd=ROOT, env=os.environ.copy(), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
