@@ -318,9 +318,17 @@ class Root:
         self.write_bytes(rel, json.dumps(data, indent=1, sort_keys=True, default=str).encode())
 
     def write_parquet(self, rel: str, table: pa.Table, **options) -> None:
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, **options)
-        self.write_bytes(rel, sink.getvalue().to_pybytes())
+        """Write a Parquet file whole, streamed (no copy of the file in memory): locally to a
+        temp name then renamed; on a store as one upload, redone whole when retried."""
+        if self.local:
+            path = Path(self.path(rel))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
+            pq.write_table(table, tmp, **options)
+            os.replace(tmp, path)
+            return
+        self._call(f"write {rel}", lambda: pq.write_table(table, self.path(rel), filesystem=self.fs,
+                                                          **options))
 
     def put_file(self, src: str | os.PathLike, rel: str, move: bool = False) -> None:
         """Copy (or move, locally a rename) a local file to `rel`; a store gets it uploaded."""
