@@ -90,3 +90,26 @@ def read_table(
     if not parts:
         return target.empty_table()
     return pa.concat_tables(parts)
+
+
+def media_file(root: str | os.PathLike | Root, relpath: str, cache: str | os.PathLike | None = None) -> Path:
+    """A local path of a committed media file (`media/...`, e.g. a track's `crop_path`), for
+    readers that need one (decord, numpy). Local catalogs: the file itself. Object stores: a
+    copy downloaded once into `cache` (default `$EMOFORGE_CACHE/media`, else
+    ~/.cache/emoforge/media), under the catalog's hash and `relpath`; a copy whose size differs
+    from the object's is fetched again."""
+    import hashlib
+
+    root = fs.resolve(root)
+    if root.local:
+        return root.local_path() / relpath
+    base = Path(cache) if cache else Path(os.environ.get("EMOFORGE_CACHE")
+                                          or Path.home() / ".cache" / "emoforge") / "media"
+    local = base / hashlib.sha256(root.uri.encode()).hexdigest()[:16] / relpath
+    info = root.info(relpath)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"{root.uri_of(relpath)}: no such media file")
+    if not local.is_file() or local.stat().st_size != info.size:
+        root.get_file(relpath, local)
+    return local
+

@@ -281,3 +281,16 @@ def test_store_lease_race_has_one_winner_and_renews(s3, monkeypatch):
     assert renewed["expires_at"] > time.time()
     winner.__exit__(None, None, None)
     assert not fs.resolve(uri).is_file(layout.LEASE)
+
+
+def test_media_file_gives_a_local_copy_of_store_media(synthetic, s3, tmp_path):
+    uri = upload(synthetic, s3, "mediafile")
+    crop = next(t["crop_path"] for t in catalog.read_table(uri, "tracks").to_pylist() if t["crop_path"])
+    assert catalog.media_file(synthetic, crop) == synthetic.resolve() / crop  # local: the file itself
+    copy = catalog.media_file(uri, crop, cache=tmp_path / "cache")
+    assert copy.read_bytes() == (synthetic / crop).read_bytes()
+    fetched = copy.stat().st_mtime_ns
+    assert catalog.media_file(uri, crop, cache=tmp_path / "cache") == copy
+    assert copy.stat().st_mtime_ns == fetched  # fetched once
+    with pytest.raises(FileNotFoundError, match="no such media file"):
+        catalog.media_file(uri, "media/00000/none/crop.mp4", cache=tmp_path / "cache")
