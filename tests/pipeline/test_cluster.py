@@ -1,8 +1,9 @@
 """A curate job on a real two-node Ray cluster started with `ray start` on 127.0.0.1 (a head and a
-worker node, 1 CPU each, from the test's own temporary Ray folder): submitted with `ray job
-submit --working-dir . -- emoforge curate JOB.toml`, and run with `emoforge curate --ray-address`.
-Only the processes the test started are stopped (their process groups, then any process that
-names its Ray folder)."""
+worker node, 1 CPU each, from the test's own temporary Ray folder): run with `emoforge curate
+--ray-address`, with RAY_ADDRESS set (what a `ray job submit` driver sees), and submitted with
+`ray job submit --working-dir . -- emoforge curate JOB.toml` when Ray's dashboard packages
+(`ray[default]`, which runs the job server) are installed. Only the processes the test started
+are stopped (their process groups, then any process that names its Ray folder)."""
 
 from __future__ import annotations
 
@@ -65,6 +66,14 @@ def _stop(procs: list[subprocess.Popen], ray_dir: str) -> None:
     psutil.wait_procs(mine, timeout=10)
 
 
+def _dashboard_missing() -> str | None:
+    """Why this environment cannot run Ray's job server (None when it can)."""
+    from ray._private.utils import get_dashboard_dependency_error
+
+    error = get_dashboard_dependency_error()
+    return None if error is None else f"ray job submit needs ray[default] (the dashboard): {error}"
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
     """(GCS address, dashboard URL, env): a head and a worker node on 127.0.0.1."""
@@ -78,29 +87,39 @@ def ray_cluster():
 
     def start(args: list[str]) -> None:
         filled = [a if a is not None else str(_free_port()) for a in common]
+        log = open(Path(ray_dir) / f"start-{len(procs)}.log", "w")  # noqa: SIM115 - kept by the process
         procs.append(subprocess.Popen([str(BIN / "ray"), "start", *args, *filled], env=env,
-                                      start_new_session=True, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL))
+                                      start_new_session=True, stdout=log, stderr=subprocess.STDOUT))
 
     try:
-        start(["--head", "--port", str(port), "--temp-dir", ray_dir, "--include-dashboard", "true",
-               "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash)])
+        dashboard = ["--include-dashboard", "false"] if _dashboard_missing() else [
+            "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash)]
+        start(["--head", "--port", str(port), "--temp-dir", ray_dir, *dashboard])
         address = f"127.0.0.1:{port}"
-        _wait_nodes(address, 1, env)
+        _wait_nodes(address, 1, env, procs)
         start(["--address", address])
-        _wait_nodes(address, 2, env)
+        _wait_nodes(address, 2, env, procs)
         yield address, f"http://127.0.0.1:{dash}", env
     finally:
         _stop(procs, ray_dir)
         shutil.rmtree(ray_dir, ignore_errors=True)
 
 
-def _wait_nodes(address: str, count: int, env: dict, timeout: float = 120) -> None:
+def _wait_nodes(address: str, count: int, env: dict, procs: list[subprocess.Popen],
+                timeout: float = 120) -> None:
     probe = ("import ray; ray.init(address=%r, log_to_driver=False); "
              "print(sum(n['Alive'] for n in ray.nodes()))" % address)
     deadline = time.time() + timeout
     while time.time() < deadline:
-        done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+        dead = [p for p in procs if p.poll() is not None]
+        if dead:
+            log = Path(env["RAY_TMPDIR"]) / f"start-{procs.index(dead[0])}.log"
+            raise AssertionError(f"ray start exited: {log.read_text()[-3000:]}")
+        try:
+            done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
+                                  text=True, timeout=60)
+        except subprocess.TimeoutExpired:
+            continue
         if done.returncode == 0 and done.stdout.strip().splitlines()[-1:] == [str(count)]:
             return
         time.sleep(1)
@@ -117,27 +136,56 @@ def _inputs(folder: Path, n: int) -> list[str]:
     return files
 
 
-def test_job_submit_and_ray_address(ray_cluster, tmp_path, ray_local):
-    address, dashboard, env = ray_cluster
-    files = _inputs(tmp_path / "in", 4)
-    submitted = tmp_path / "submitted"
-    spec = tmp_path / "job.toml"
-    spec.write_text(f'[job]\ninputs = {files!r}\nout = "{submitted}"\nstages = ["ingest", "scenes"]\n'
+def _reference(tmp_path: Path, files: list[str]) -> Path:
+    reference = tmp_path / "reference"  # this machine's local Ray
+    runner.run(files, str(reference), ["ingest", "scenes"], {}, runner.RunnerConfig())
+    return reference
+
+
+def _check(out: Path, files: list[str], reference: Path) -> None:
+    rows = catalog.read_table(out, "videos").to_pylist()
+    assert sorted(r["uri"] for r in rows) == sorted(files)
+    assert all(r["scenes_status"] == "ok" for r in rows)
+    assert catalog.validate(out) == []
+    assert_same_catalog(out, reference)
+
+
+def _job_spec(tmp_path: Path, files: list[str], out: Path) -> Path:
+    spec = tmp_path / f"{out.name}.toml"
+    spec.write_text(f'[job]\ninputs = {files!r}\nout = "{out}"\nstages = ["ingest", "scenes"]\n'
                     '[runner]\nwave_videos = 2\n'.replace("'", '"'))
-    done = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", dashboard, "--working-dir", ".",
-                           "--", "emoforge", "curate", str(spec), "--no-persons"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0 and "succeeded" in done.stdout, (done.stdout + done.stderr)[-4000:]
+    return spec
+
+
+def test_curate_attaches_with_ray_address_and_RAY_ADDRESS(ray_cluster, tmp_path, ray_local):
+    address, _, env = ray_cluster
+    files = _inputs(tmp_path / "in", 4)
     attached = tmp_path / "attached"
     done = subprocess.run([str(BIN / "emoforge"), "curate", "--input", *files, "--out", str(attached),
                            "--stages", "ingest,scenes", "--ray-address", address, "--no-persons"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
-    reference = tmp_path / "reference"  # this machine's local Ray
-    runner.run(files, str(reference), ["ingest", "scenes"], {}, runner.RunnerConfig())
-    for out in (submitted, attached):
-        rows = catalog.read_table(out, "videos").to_pylist()
-        assert sorted(r["uri"] for r in rows) == sorted(files)
-        assert all(r["scenes_status"] == "ok" for r in rows)
-        assert catalog.validate(out) == []
-        assert_same_catalog(out, reference)
+    assert "Started a local Ray instance" not in done.stderr  # it attached to the cluster
+    from_env = tmp_path / "from_env"  # a submitted job's driver: RAY_ADDRESS, a job spec
+    done = subprocess.run([str(BIN / "emoforge"), "curate", str(_job_spec(tmp_path, files, from_env)),
+                           "--no-persons"], cwd=ROOT, env={**env, "RAY_ADDRESS": address},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "Started a local Ray instance" not in done.stderr
+    reference = _reference(tmp_path, files)
+    _check(attached, files, reference)
+    _check(from_env, files, reference)
+
+
+def test_ray_job_submit(ray_cluster, tmp_path, ray_local):
+    missing = _dashboard_missing()
+    if missing:
+        pytest.skip(missing)
+    _, dashboard, env = ray_cluster
+    files = _inputs(tmp_path / "in", 4)
+    submitted = tmp_path / "submitted"
+    done = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", dashboard, "--working-dir", ".",
+                           "--", "emoforge", "curate", str(_job_spec(tmp_path, files, submitted)),
+                           "--no-persons"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "succeeded" in done.stdout, (done.stdout + done.stderr)[-4000:]
+    _check(submitted, files, _reference(tmp_path, files))
