@@ -28,6 +28,7 @@ BENCHES = {
     "learn": "jobs.bench.learn",
     "pipeline": "jobs.bench.pipeline",
     "scale": "jobs.bench.scale",
+    "simulate": "jobs.bench.simulate",
 }
 
 
