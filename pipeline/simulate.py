@@ -66,8 +66,8 @@ class Result:
     work_s: float = 0.0  # rows being processed
     setup_s: float = 0.0  # actors loading models
     held_idle_s: float = 0.0  # actors idle, waiting for their pool's slowest rows
-    barrier_idle_s: float = 0.0  # free CPUs while waves remained to start
-    tail_idle_s: float = 0.0  # free CPUs after the last wave started
+    barrier_idle_s: float = 0.0  # free CPUs while stage groups waited to start (wave barriers)
+    tail_idle_s: float = 0.0  # free CPUs once every wave's last stage group had started
     waves: int = 0
     in_flight: int = 0
     wave_videos: int = 0
@@ -264,9 +264,14 @@ def simulate(videos: list[Video], costs: dict[str, StageCost], cluster: Cluster,
     plans = {w: planning.wave_groups(classes, work, wave) for w, wave in enumerate(waves)}
     progress = dict.fromkeys(plans, 0)
     upcoming = deque(sorted(plans))
+    groups_left = [sum(len(p) for p in plans.values())]
 
     def start_group(w: int) -> None:
         group, vids = plans[w][progress[w]]
+        groups_left[0] -= 1
+        if not groups_left[0]:  # every stage of every wave has started: the job's tail
+            sim.account_idle()
+            sim.all_started = True
         stage_rows = []
         for vid in sorted(vids):
             video = by_id[vid]
@@ -297,9 +302,6 @@ def simulate(videos: list[Video], costs: dict[str, StageCost], cluster: Cluster,
     def admit() -> None:
         if upcoming:
             start_group(upcoming.popleft())
-        if not upcoming and not sim.all_started:
-            sim.account_idle()
-            sim.all_started = True
 
     sim.on_group_done = finish
     for _ in range(min(flight, len(upcoming))):
