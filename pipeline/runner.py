@@ -144,6 +144,15 @@ def init_ray(config: RunnerConfig) -> None:
         ray.init(num_cpus=config.num_cpus, include_dashboard=False, log_to_driver=False)
 
 
+def stop_ray() -> None:
+    """Disconnect from Ray (and stop the local Ray this process started), e.g. between runs of
+    different sizes in one process."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 def configure_data(config: RunnerConfig) -> None:
     """Ray Data settings of this driver: progress bars, no per-operator reservations, and
     retries of exceptions that escape the per-row boundary (a model that fails to load, a

@@ -98,8 +98,6 @@ class WorkerPeak:
 
 def curate_with(files: list[str], out: Path, workers: int) -> dict:
     """Curate `files` into `out` on a fresh local Ray of `workers` CPUs, 1 CPU per stage worker."""
-    import ray
-
     from catalog.read import read_table
     from jobs.spec import build
     from pipeline import runner
@@ -108,15 +106,16 @@ def curate_with(files: list[str], out: Path, workers: int) -> dict:
     spec = build({"job": {"inputs": files, "out": str(out)}})
     config = runner.RunnerConfig(num_cpus=workers, wave_videos=10_000, waves_in_flight=1,
                                  stage_resources={s: {"num_cpus": 1.0} for s in STAGES})
+    os.environ["OMP_NUM_THREADS"] = "1"  # the local Ray's workers inherit it
+    runner.stop_ray()
     t0 = time.perf_counter()
-    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    runner.init_ray(config)
     ray_start = time.perf_counter() - t0
     try:
         with WorkerPeak() as peak:
             result = runner.run(files, str(out), list(spec.stages), spec.configs, config)
     finally:
-        ray.shutdown()
+        runner.stop_ray()
     videos = read_table(out, "videos", columns=["duration_s"])
     clips = read_table(out, "clips", columns=["duration_s"])
     tracks = read_table(out, "tracks", columns=["frame_count"])
