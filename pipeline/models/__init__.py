@@ -10,6 +10,8 @@ per task (heavy libraries load inside the factories):
     lip_sync.load_lip_sync(backend="av_corr", max_offset_frames=15, ...) -> LipSyncScorer
     speech.load_speech(backend="whisper-base", device="cpu"), speech.load_vad(...),
     speech.encoder_features(model, audio, frames) -> float16[frames, D]
+    speech.encoder_states(model, audio, frames) -> float32[W, 1500, D] (30 s windows), then
+    speech.pool_features(states, frames) and speech.load_transcriber().transcribe(states, n)
     thresholds.IDENTITY_DISTANCE: per identity backend
 """
 
