@@ -126,6 +126,16 @@ class Track:
     offset: int  # first row of this track in the dataset's per-frame arrays
 
 
+
+def local_media(root: str, relpath: str) -> str | None:
+    """A local path of a catalog media file: the file itself in a local catalog, a cached copy
+    of an object store's (catalog.media_file); None when the store has no such object."""
+    try:
+        return str(catalog.media_file(root, relpath))
+    except FileNotFoundError:
+        return None
+
+
 class WindowDataset(torch.utils.data.Dataset):
     """Map-style dataset indexed by Window (see `loader`/`batches` for the order)."""
 
@@ -133,7 +143,9 @@ class WindowDataset(torch.utils.data.Dataset):
                  split: str = "train") -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        self.root, self.split = str(Path(root).resolve()), split
+        root = str(root)
+        self.root = root if "://" in root else str(Path(root).resolve())
+        self.split = split
         self.config = config or DataConfig()
         self.excluded: dict[str, int] = {}  # reason -> tracks left out when built
         self.decode_failures: dict[str, int] = {}  # track_id -> failed decodes (this process)
@@ -224,13 +236,13 @@ class WindowDataset(torch.utils.data.Dataset):
         length = len(arrays["frame_present"])
         if not row["crop_path"]:
             return "no face-crop clip", 0, "", None
-        crop = os.path.join(self.root, row["crop_path"])
-        if not os.path.isfile(crop):
-            return "face-crop clip missing", 0, crop, None
+        crop = local_media(self.root, row["crop_path"])
+        if crop is None or not os.path.isfile(crop):
+            return "face-crop clip missing", 0, crop or row["crop_path"], None
         feats = None
         if row["audio_features_path"]:
-            feats = os.path.join(self.root, row["audio_features_path"])
-            if not os.path.isfile(feats):
+            feats = local_media(self.root, row["audio_features_path"])
+            if feats is None or not os.path.isfile(feats):
                 return "audio features missing", 0, crop, feats
         if self.config.check_media:
             try:

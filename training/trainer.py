@@ -282,7 +282,7 @@ def build_datasets(spec: TrainSpec) -> dict:
     from training.data import WindowDataset
 
     root = spec.train.catalog
-    if not Path(root).is_dir():
+    if not catalog.fs.resolve(root).is_dir():  # a local folder or a store prefix
         raise TrainingError(f"catalog {root} does not exist (curate one first: emoforge curate ...)")
     selected = catalog.select(root, spec.select)
     if spec.select.balance_by is not None:
@@ -346,12 +346,17 @@ def check_compatible(saved: dict, current: dict) -> None:
                                    "configuration: " + "; ".join(diffs))
 
 
+def catalog_uri(root: str) -> str:
+    """The catalog as recorded in checkpoints: an absolute path, or the store URI."""
+    return root if "://" in str(root) else str(Path(root).resolve())
+
+
 def checkpoint_config(spec: TrainSpec, resolved: dict, step: int) -> dict:
     import catalog
 
     manifest = catalog.read_manifest(spec.train.catalog)
     return {**_identity(resolved), "spec": resolved, "step": step,
-            "catalog": {"root": str(Path(spec.train.catalog).resolve()),
+            "catalog": {"root": catalog_uri(spec.train.catalog),
                         "version": manifest.get("version"),
                         "schema_version": manifest.get("schema_version"),
                         "stages": {name: {k: v for k, v in s.items() if k in ("backend", "config", "fingerprint")}

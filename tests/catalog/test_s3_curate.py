@@ -99,6 +99,25 @@ def test_face_crops_are_uploaded_and_decode_from_the_store(curated):
         assert len(frames) == track["frame_count"] and frames[0].shape == (256, 256, 3)
 
 
+def test_training_windows_decode_from_the_store(curated, inputs, tmp_path):
+    """The trainer's dataset over the store catalog: its track and the decoded window equal the
+    frames of the committed crop (downloaded once into the media cache)."""
+    from pipeline.media import iter_frames
+    from training.data import DataConfig, WindowDataset
+
+    selection = catalog.training_index(curated, catalog.Thresholds(
+        require_lip_sync=False, min_speech_ratio=0.0, min_face_px=0.0))
+    data = WindowDataset(curated, selection, DataConfig(size=64, frames=2, motion_frames=0),
+                         split="all")
+    assert len(data.tracks) == 1 and data.excluded == {}
+    track = data.tracks[0]
+    crop_path = [t for t in catalog.read_table(curated, "tracks").to_pylist()
+                 if t["track_id"] == track.track_id][0]["crop_path"]
+    first = next(iter(iter_frames(fs.resolve(curated).uri_of(crop_path)))).image
+    local = next(iter(iter_frames(track.crop_path))).image
+    assert np.array_equal(first, local)
+
+
 def test_catalog_commands_on_the_store(curated, tmp_path, capsys):
     store = curated
     assert cli.main(["catalog", "validate", store]) == 0
