@@ -239,10 +239,12 @@ def run_ray(paths: list[str], spec, folder: str) -> dict:
         result = runner.run(paths, folder, list(spec.stages), spec.configs, spec.runner,
                             job_spec=spec.resolved())
         wall = time.perf_counter() - t
+    runner.stop_ray()
     stages = {n: {"seconds": s.seconds, "rows": s.rows_in, "ok": s.ok, "skipped": s.skipped,
                   "failed": s.failed, "children": s.children} for n, s in result.stages.items()}
     return {"ray_init_s": init_s, "wall_s": wall, "stages": stages, "peak_rss_mib": peak.peak,
-            "cpu_s": peak.cpu_s}
+            "cpu_s": peak.cpu_s,
+            "driver_phases_s": {k: round(v, 2) for k, v in getattr(result, "phases", {}).items()}}
 
 
 def rates(seconds: float, video_s: float, cores: int) -> dict:
@@ -303,6 +305,7 @@ def run(files: list[str] | None = None, seconds: float = DEFAULT_SECONDS, ray: b
             "stage_total": rates(stage_total, video_s, cores),
             "wall": rates(got["wall_s"], video_s, cores),
             "tree_cpu": rates(got["cpu_s"], video_s, 1),
+            "driver_phases_s": got["driver_phases_s"],
             "over_floor": round(stage_total / floor["floor_s"], 2),
             "peak_rss_mib": round(got["peak_rss_mib"]),
         }
