@@ -48,15 +48,17 @@ def cluster():
     os.environ.update(RAY_TMPDIR=ray_dir, EMOFORGE_TEST_FAULTS=str(faults), RAY_AUTH_MODE="disabled",
                       EMOFORGE_PROGRESS="0",
                       PYTHONPATH=os.pathsep.join(p for p in (str(TESTS), saved["PYTHONPATH"]) if p))
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "temp_dir": ray_dir})
+    c = None
     try:
+        c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "temp_dir": ray_dir})
         workers = [c.add_node(num_cpus=1) for _ in range(2)]
         c.wait_for_nodes()
         ray.init(address=c.address, log_to_driver=False)
         yield c, workers
     finally:
         ray.shutdown()
-        c.shutdown()
+        if c is not None:
+            c.shutdown()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
