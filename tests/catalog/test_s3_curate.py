@@ -22,7 +22,8 @@ from jobs import cli
 from jobs.media.synthetic import make_video
 from jobs.media.talking_face import astronaut_face
 
-pytestmark = pytest.mark.ray
+# one curate with the faces stage sets the module up (1.5-2 minutes on 2 cores): slow
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 def _face_clip(path, shift: int) -> None:
@@ -61,7 +62,6 @@ def curated(inputs, ray_local):
     return store
 
 
-@pytest.mark.slow
 def test_store_catalog_equals_the_local_run(inputs, curated, s3_server, tmp_path):
     bucket, _ = inputs
     store, local = curated, tmp_path / "catalog"
@@ -166,7 +166,6 @@ def _curate_with_outage(bucket: str, folder, out: str, server, pause_s: float) -
         server.resume()
 
 
-@pytest.mark.slow
 def test_a_store_outage_mid_job(inputs, tmp_path, s3_server, monkeypatch, capsys, caplog,
                                 ray_local):
     bucket, folder = inputs

@@ -45,6 +45,7 @@ def test_speech_windows_cover_every_segment():
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # the whole default job on Ray: 1.5-3 minutes on 2 cores
 def test_default_job_transcribes_an_espeak_sentence(tmp_path, ray_local):
     clip = tmp_path / "in" / "talking.mp4"
     clip.parent.mkdir()
