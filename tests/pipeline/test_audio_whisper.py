@@ -23,8 +23,8 @@ from pipeline.stage import OK, StageContext
 SENTENCE = "Open the window, it is getting very warm in this little room today."
 
 
-def words(text: str) -> list[str]:
-    return re.sub(r"[^a-z' ]", " ", text.lower()).split()
+def words(text: str | None) -> list[str]:
+    return re.sub(r"[^a-z' ]", " ", (text or "").lower()).split()
 
 
 def word_errors(ref: list[str], hyp: list[str]) -> int:

@@ -6,10 +6,8 @@ from the same audio."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import catalog
@@ -18,23 +16,11 @@ from jobs.spec import load
 from pipeline import runner
 from pipeline.analysis.audio import speech_windows
 from pipeline.models.speech import encoder_states, load_transcriber
+from test_audio_whisper import word_errors, words
 
 SENTENCE = "Open the window, it is getting very warm in this little room today."
 DEFAULT_JOB = Path(__file__).resolve().parents[2] / "jobs" / "default.toml"
 
-
-def words(text: str) -> list[str]:
-    return re.sub(r"[^a-z' ]", " ", (text or "").lower()).split()
-
-
-def word_errors(ref: list[str], hyp: list[str]) -> int:
-    """Levenshtein distance over words."""
-    d = np.arange(len(hyp) + 1)
-    for i, r in enumerate(ref, 1):
-        prev, d[0] = d.copy(), i
-        for j, h in enumerate(hyp, 1):
-            d[j] = min(prev[j] + 1, d[j - 1] + 1, prev[j - 1] + (r != h))
-    return int(d[-1])
 
 
 def test_speech_windows_cover_every_segment():
