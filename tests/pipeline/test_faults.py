@@ -23,7 +23,7 @@ from jobs.media.synthetic import make_video
 import catalog
 from pipeline import runner
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.own_cluster]
 ROOT = Path(__file__).resolve().parents[2]
 TESTS = ROOT / "tests"
 STAGES = ["fault_stages:SlowIngest", "scenes"]
