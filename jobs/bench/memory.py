@@ -59,12 +59,14 @@ def role(proc) -> str:
 
 
 class TreeSampler:
-    """Samples the RSS of a process and all its descendants until stopped (peak per role, MiB)."""
+    """Samples the RSS of a process and all its descendants until stopped: MiB peaks per role of
+    the role's processes together (`peak`) and of its largest single process (`peak_process`)."""
 
     def __init__(self, pid: int, interval_s: float = 0.2):
         self.root = psutil.Process(pid)
         self.interval_s = interval_s
         self.peak: dict[str, float] = {}
+        self.peak_process: dict[str, float] = {}
         self.peak_total = 0.0
         self.shm_base = _shm_used()
         self.peak_shm = 0.0
@@ -100,6 +102,7 @@ class TreeSampler:
                 continue
             kind = "driver" if proc.pid == self.root.pid else role(proc)
             by_role[kind] = by_role.get(kind, 0.0) + rss
+            self.peak_process[kind] = max(self.peak_process.get(kind, 0.0), rss)
             total += rss
         for kind, value in by_role.items():
             self.peak[kind] = max(self.peak.get(kind, 0.0), value)

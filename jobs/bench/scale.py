@@ -23,10 +23,10 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-import threading
 import time
 from pathlib import Path
 
+from jobs.bench.memory import TreeSampler
 from pipeline.simulate import Cluster, StageCost, corpus, simulate
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,6 @@ DEFAULT_COSTS = {
     "faces": StageCost(per_content_s=1.15, setup_s=13.5),
     "analyze": StageCost(per_content_s=2.87, setup_s=4.0),
 }
-MiB = 1 << 20
 
 
 def inputs(files: list[str] | None) -> list[str]:
@@ -55,45 +54,6 @@ def inputs(files: list[str] | None) -> list[str]:
     clips = build_talking_corpus(cache_root() / "bench" / "scale", ("astronaut", "happy", "surprise", "anger"),
                                  2, size=256)
     return [str(c.path) for c in clips]
-
-
-class WorkerPeak:
-    """Peak RSS (MiB) of any single Ray worker process under this process, and of all of them."""
-
-    def __init__(self, interval_s: float = 0.2):
-        import psutil
-
-        self.root = psutil.Process()
-        self.interval_s = interval_s
-        self.per_worker = 0.0
-        self.all_workers = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def __enter__(self) -> WorkerPeak:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _loop(self) -> None:
-        from jobs.bench.memory import role
-
-        while not self._stop.is_set():
-            total = 0.0
-            for proc in self.root.children(recursive=True):
-                try:
-                    if role(proc) != "workers":
-                        continue
-                    rss = proc.memory_info().rss / MiB
-                except Exception:  # noqa: BLE001 - the process exited while sampled
-                    continue
-                self.per_worker = max(self.per_worker, rss)
-                total += rss
-            self.all_workers = max(self.all_workers, total)
-            self._stop.wait(self.interval_s)
 
 
 def curate_with(files: list[str], out: Path, workers: int) -> dict:
@@ -112,7 +72,7 @@ def curate_with(files: list[str], out: Path, workers: int) -> dict:
     runner.init_ray(config)
     ray_start = time.perf_counter() - t0
     try:
-        with WorkerPeak() as peak:
+        with TreeSampler(os.getpid()) as peak:  # Ray's workers are this process's children
             result = runner.run(files, str(out), list(spec.stages), spec.configs, config)
     finally:
         runner.stop_ray()
@@ -127,8 +87,9 @@ def curate_with(files: list[str], out: Path, workers: int) -> dict:
             "real_time_factor": content["video"] / result.seconds,
             "stage_s": {n: s.seconds for n, s in result.stages.items()},
             "stage_failed": {n: s.failed for n, s in result.stages.items()},
-            "phases_s": result.phases, "peak_worker_mib": peak.per_worker,
-            "peak_all_workers_mib": peak.all_workers}
+            "phases_s": result.phases,
+            "peak_worker_mib": peak.peak_process.get("workers", 0.0),
+            "peak_all_workers_mib": peak.peak.get("workers", 0.0)}
 
 
 def setup_seconds() -> dict[str, float]:

@@ -38,6 +38,20 @@ def test_tree_sampler_sees_memory_of_a_child_process():
     assert result["peak_mib_by_role"]["driver"] < 200
 
 
+def test_tree_sampler_peak_of_the_largest_single_process():
+    """Two children, 300 and 100 MiB at once: the role's peak is their sum, the single-process
+    peak the larger one (what bench scale reports per worker)."""
+    code = ("import subprocess, sys; big = 'import time; b = bytearray({} << 20); "
+            "b[::4096] = b\"x\" * len(b[::4096]); time.sleep(1.5)'; "
+            "ps = [subprocess.Popen([sys.executable, '-c', big.format(n)]) for n in (300, 100)]; "
+            "[p.wait() for p in ps]")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    with TreeSampler(proc.pid, interval_s=0.05) as sampler:
+        proc.wait()
+    assert sampler.peak["other"] >= 390, sampler.peak
+    assert 290 <= sampler.peak_process["other"] < 390, sampler.peak_process
+
+
 def test_tree_sampler_stops_cleanly_after_exit():
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     with TreeSampler(proc.pid, interval_s=0.05) as sampler:
