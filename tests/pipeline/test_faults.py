@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from catalog_compare import assert_same_catalog, catalog_rows
+from driver_kill import kill_after_first_commit
 from jobs.media.synthetic import make_video
 
 import catalog
@@ -144,20 +144,7 @@ def test_driver_killed_then_rerun(cluster, tmp_path):
     cmd = [sys.executable, "-m", "jobs.cli", "curate", "--input", *files, "--out", str(out),
            "--stages", "ingest,scenes", "--ray-address", c.address, "--set",
            "runner.wave_videos=1", "--no-persons"]
-    driver = subprocess.Popen(cmd, cwd=ROOT, env=os.environ.copy(), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and not list((out / "_commits").glob("*.json")):
-            time.sleep(0.1)
-        assert driver.poll() is None, "the run finished before it could be killed"
-        driver.send_signal(signal.SIGKILL)
-        driver.wait()
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-            driver.wait()
-    assert 1 <= len(list((out / "_commits").glob("*.json"))) < 6
+    assert 1 <= kill_after_first_commit(cmd, out, os.environ.copy()) < 6
     done = subprocess.run(cmd, cwd=ROOT, env=os.environ.copy(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     _accounted(out, files)

@@ -8,12 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from catalog_compare import assert_same_catalog
+from driver_kill import kill_after_first_commit
 from jobs.media.synthetic import make_video
 
 import catalog
@@ -132,15 +132,7 @@ def test_sigkill_mid_run_then_resume_gives_the_same_catalog(tmp_path):
         reference = tmp_path / "reference"
         _check_run([*cmd, "--out", str(reference)], env)
         out = tmp_path / "killed"
-        driver = subprocess.Popen([*cmd, "--out", str(out)], cwd=ROOT, env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 300
-        while time.time() < deadline and not list((out / "_commits").glob("*.json")):
-            time.sleep(0.2)
-        assert driver.poll() is None, "the run finished before it could be killed"
-        driver.send_signal(signal.SIGKILL)
-        driver.wait()
-        commits = len(list((out / "_commits").glob("*.json")))
+        commits = kill_after_first_commit([*cmd, "--out", str(out)], out, env)
         assert 1 <= commits < 6
         _check_run([*cmd, "--out", str(out)], env)
         assert_same_catalog(out, reference)
