@@ -59,7 +59,7 @@ class EmotionAnalyzer:
 
     name: ClassVar[str] = "emotion"
     Config: ClassVar[type] = EmotionConfig
-    version: ClassVar[str] = "2"
+    version: ClassVar[str] = "3"  # 3: facex runs dequantized to float32 (tflite_float)
 
     def __init__(self, config: EmotionConfig | None, context: StageContext | None) -> None:
         self.config = config or EmotionConfig()
