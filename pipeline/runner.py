@@ -40,7 +40,7 @@ from pipeline.plan import (
     wave_size,
     waves,
 )
-from pipeline.stage import FAILED, SKIPPED, Stage, StageContext, config_dict
+from pipeline.stage import FAILED, SKIPPED, Stage, StageContext, config_dict, rows_to_table
 from pipeline.staging import (
     remove_staging,
     staging_root,
@@ -420,12 +420,14 @@ class StageWorker:
     """Runs a chain of stages inside a Ray worker: set up once, then row by row, each stage on
     the row plus the previous stages' outputs, with attempt markers against poison inputs."""
 
-    def __init__(self, names: list[str], configs: list[Any], context: StageContext, max_attempts: int):
+    def __init__(self, names: list[str], configs: list[Any], context: StageContext, max_attempts: int,
+                 runner: RunnerConfig | None = None):
         self.stages = [load_stage_class(n)(c, context) for n, c in zip(names, configs)]
         for stage in self.stages:
             stage.setup()
         self.markers = Path(context.staging) / "attempts"
         self.max_attempts = max_attempts
+        self.runner = runner or RunnerConfig(max_attempts=max_attempts)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         outputs: dict[str, list[pa.Table]] = {s.name: [] for s in self.stages}
@@ -462,15 +464,60 @@ class StageWorker:
                 "recorded as the row's failure); run the same command again to finish")
         return result
 
-    @staticmethod
-    def _process(stage: Stage, row: pa.Table) -> pa.Table:
+    def _process(self, stage: Stage, row: pa.Table) -> pa.Table:
         try:
-            result = stage.process(row)
+            result = self._in_parts(stage, row)
+            if result is None:
+                result = stage.process(row)
         except Exception as exc:  # noqa: BLE001 - the per-row boundary for batch-level process()
-            return rows_with_keys(stage, [stage.failed_row(f"{type(exc).__name__}: {exc}")], row)
+            return rows_with_keys(stage, [stage.failed_row(self._reason(exc))], row)
         from catalog.read import conform
 
         return fill_keys(conform(result, stage.output_schema()), row, stage.level)
+
+    def _in_parts(self, stage: Stage, row: pa.Table) -> pa.Table | None:
+        """A row the stage splits into several parts (a long video's scene windows): each part
+        a Ray task (in parallel, anywhere in the cluster; this worker's CPU is lent out while
+        it waits), then `combine` here. None when the row is one piece."""
+        import ray
+
+        record = row.to_pylist()[0]
+        parts = stage.parts(record)
+        if len(parts) < 2:
+            return None
+        remote = ray.remote(run_part).options(
+            **stage_resources([stage.name], [stage], self.runner), **fs.worker_options(),
+            max_retries=max(0, self.max_attempts - 1))
+        where = f"{type(stage).__module__}:{type(stage).__qualname__}"
+        refs = [remote.remote(where, stage.config, stage.context, record, part) for part in parts]
+        results = ray.get(refs)
+        return rows_to_table([stage.combine(record, results)], stage.output_schema())
+
+    def _reason(self, exc: Exception) -> str:
+        """The row's error: a part's own exception as itself, a part whose worker died on every
+        attempt as the crash error."""
+        import ray.exceptions
+
+        if isinstance(exc, ray.exceptions.WorkerCrashedError):
+            return f"{CRASH_ERROR} ({self.max_attempts} attempts)"
+        cause = getattr(exc, "cause", None) if isinstance(exc, ray.exceptions.RayTaskError) else None
+        exc = cause or exc
+        return f"{type(exc).__name__}: {exc}"
+
+
+def run_part(stage_class: str, config: Any, context: StageContext, row: dict, part: Any) -> Any:
+    """A Ray task: one part of a row (Stage.parts), on a stage built and set up once per
+    worker process. `stage_class`: "module:Class"."""
+    key = (stage_class, context.staging, repr(config))
+    if key not in _PART_STAGES:
+        _PART_STAGES.clear()  # one stage per process: a run's parts share a configuration
+        stage = load_stage_class(stage_class)(config, context)
+        stage.setup()
+        _PART_STAGES[key] = stage
+    return _PART_STAGES[key].process_part(row, part)
+
+
+_PART_STAGES: dict[tuple, Stage] = {}
 
 
 def staging_sink(level: str, staging: Path):
@@ -504,14 +551,14 @@ _WORKERS: dict[tuple, StageWorker] = {}
 
 
 def run_chain_task(batch: pa.Table, names: list[str], configs: list[Any], context: StageContext,
-                   max_attempts: int) -> pa.Table:
+                   max_attempts: int, runner: RunnerConfig | None = None) -> pa.Table:
     """Task form of StageWorker for stages without models: Ray reuses worker processes, so the
     stages are built once per process and run."""
     key = (tuple(names), context.staging, repr(configs))
     if key not in _WORKERS:
         while len(_WORKERS) >= 8:  # waves in flight share worker processes: keep a few
             _WORKERS.pop(next(iter(_WORKERS)))
-        _WORKERS[key] = StageWorker(names, configs, context, max_attempts)
+        _WORKERS[key] = StageWorker(names, configs, context, max_attempts, runner)
     return _WORKERS[key](batch)
 
 
@@ -555,7 +602,7 @@ def _run_chain_on_ray(names: list[str], stages: list[Stage], batch: pa.Table, co
     remote = {**resources, **fs.worker_options()}
     blocks = [batch.slice(i, runner.batch_rows) for i in range(0, batch.num_rows, runner.batch_rows)]
     args = {"names": names, "configs": [s.config for s in stages], "context": context,
-            "max_attempts": runner.max_attempts}
+            "max_attempts": runner.max_attempts, "runner": runner}
     ds = ray.data.from_arrow(blocks)
     if head.uses_models:
         ds = ds.map_batches(StageWorker, fn_constructor_kwargs=args, batch_size=runner.batch_rows,

@@ -11,6 +11,8 @@ The algorithm, in order:
    each side; a window keeps only the raw cuts whose pts lies in its own nominal range
    [k * window_s, (k + 1) * window_s). Raw cuts depend only on a few neighbouring frames, so the
    stitched list equals the one-piece list whenever the overlap exceeds the detector's context.
+   The windows are independent: the scenes stage offers them to the runner as parts of the row,
+   which runs them as parallel tasks, so a multi-hour file is never one multi-hour task.
 3. The minimum scene length is applied to the stitched list, greedily from the first frame,
    exactly as AdaptiveDetector applies `min_scene_len` (a cut closer than `min_scene_s` to the
    previous accepted cut, or to the first frame, is dropped).
@@ -37,6 +39,7 @@ import logging
 import math
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -62,8 +65,11 @@ class ScenesConfig:
     min_scene_s: float = 0.6  # a cut closer than this to the previous one is dropped (s)
     trim_s: float = 0.08  # frames within this distance of a cut are left out of both clips (s)
     max_clip_s: float = 60.0  # longer shots are split into equal parts no longer than this (s)
-    window_s: float = 1200.0  # inputs longer than this are decoded in windows (s)
-    window_overlap_s: float = 5.0  # extra decode on each side of a window (s)
+    # Inputs longer than window_s are decoded in windows, each a task of its own that the runner
+    # runs in parallel (s); the overlap is extra decode on each side of a window (s). Neither
+    # changes the clips (tested), so neither is part of the stage's fingerprint.
+    window_s: float = field(default=120.0, metadata={"fingerprint": False})
+    window_overlap_s: float = field(default=2.0, metadata={"fingerprint": False})
     adaptive_threshold: float = 3.0  # AdaptiveDetector: score / mean neighbour score
     adaptive_window: int = 2  # AdaptiveDetector: frames on each side in the rolling mean
     min_content_val: float = 15.0  # AdaptiveDetector: minimum HSV content score for a cut
@@ -286,38 +292,102 @@ def _adaptive_tail_cuts(tail: list[tuple[int, float]], n: int, config: ScenesCon
     return out
 
 
-def scan(path: str, config: ScenesConfig, duration_s: float | None = None) -> SceneScan:
-    """Decode the video (in windows when longer than `config.window_s`) and find raw cuts."""
-    probed_duration, fps = probe_video(path)
-    duration = duration_s if duration_s and duration_s > 0 else probed_duration
-    n_windows = 1
-    if math.isfinite(duration) and duration > config.window_s + config.window_overlap_s:
-        n_windows = math.ceil(duration / config.window_s)
+@dataclass(frozen=True)
+class Window:
+    """One decode window of a video: frames with pts in [lo, hi) are kept; [start, end) is
+    decoded (the window plus `window_overlap_s` on each side; None: from the start / to the end)."""
+
+    number: int
+    lo: float
+    hi: float
+    start: float | None
+    end: float | None
+
+    @property
+    def decoded_s(self) -> float:
+        """Seconds decoded (finite windows only; the last one ends at the video's end)."""
+        return (self.end if self.end is not None else self.hi) - (self.start or 0.0)
+
+
+@dataclass
+class WindowScan:
+    """What one window's decode kept: its frames' pts, numbers and levels, the raw cuts as
+    positions into them, and the seconds it took."""
+
+    pts: list[float]
+    index: list[int]
+    level: list[float]
+    cuts: list[int]
+    fps: float  # the stream's average rate
+    seconds: float = 0.0
+
+
+def windows(duration_s: float, config: ScenesConfig) -> list[Window]:
+    """The decode windows of a video of `duration_s` seconds: one when it is not longer than
+    `window_s` plus the overlap (or its length is unknown), else ceil(duration / window_s)."""
+    count = 1
+    if math.isfinite(duration_s) and duration_s > config.window_s + config.window_overlap_s:
+        count = math.ceil(duration_s / config.window_s)
+    out = []
+    for k in range(count):
+        lo = k * config.window_s if k else -math.inf
+        hi = (k + 1) * config.window_s if k < count - 1 else math.inf
+        start = max(0.0, lo - config.window_overlap_s) if k else None
+        end = hi + config.window_overlap_s if math.isfinite(hi) else None
+        out.append(Window(k, lo, hi, start, end))
+    return out
+
+
+def window_seconds(duration_s: float, config: ScenesConfig) -> list[float]:
+    """Seconds each window decodes (the cluster simulation's cost of each scenes part)."""
+    parts = windows(duration_s, config)
+    return [min(w.end if w.end is not None else duration_s, duration_s) - (w.start or 0.0)
+            for w in parts]
+
+
+def scan_window(path: str, config: ScenesConfig, fps: float, window: Window) -> WindowScan:
+    """Decode one window and keep the frames (and raw cuts) in its nominal range."""
+    started = time.perf_counter()
+    pts, index, level, cuts = _scan_range(path, config, fps, window.start, window.end)
+    keep = [i for i, t in enumerate(pts) if window.lo - 1e-6 <= t < window.hi - 1e-6]
+    first = keep[0] if keep else 0
+    cut_set = set(cuts)
+    log.debug("%s: window %d [%s, %s): %d frames, %d raw cuts", path, window.number + 1,
+              window.lo, window.hi, len(keep), len(cuts))
+    return WindowScan(pts=[pts[i] for i in keep], index=[index[i] for i in keep],
+                      level=[level[i] for i in keep], cuts=[p - first for p in keep if p in cut_set],
+                      fps=fps, seconds=time.perf_counter() - started)
+
+
+def stitch(path: str, parts: list[WindowScan], fps: float) -> SceneScan:
+    """The windows' scans, in order, as one scan. Raw cuts depend only on a few neighbouring
+    frames, so this equals the one-piece scan whenever the overlap exceeds the detector's
+    context; a cut on a window's first frame counts, except on the video's first frame."""
     all_pts: list[float] = []
     all_index: list[int] = []
     all_level: list[float] = []
     raw: list[int] = []
-    for k in range(n_windows):
-        lo = k * config.window_s if k else -math.inf
-        hi = (k + 1) * config.window_s if k < n_windows - 1 else math.inf
-        start = max(0.0, lo - config.window_overlap_s) if k else None
-        end = hi + config.window_overlap_s if math.isfinite(hi) else None
-        pts, index, level, cuts = _scan_range(path, config, fps, start, end)
-        keep = [i for i, t in enumerate(pts) if lo - 1e-6 <= t < hi - 1e-6]
-        if not keep:
+    for part in parts:
+        if not part.pts:
             continue
-        offset = len(all_pts) - keep[0]
-        cut_set = set(cuts)
-        raw.extend(p + offset for p in keep if p in cut_set and (all_pts or p != keep[0]))
-        all_pts.extend(pts[i] for i in keep)
-        all_index.extend(index[i] for i in keep)
-        all_level.extend(level[i] for i in keep)
-        log.debug("%s: window %d/%d [%s, %s): %d frames, %d raw cuts", path, k + 1, n_windows,
-                  lo, hi, len(keep), len(cuts))
+        offset = len(all_pts)
+        raw.extend(c + offset for c in part.cuts if offset or c != 0)
+        all_pts.extend(part.pts)
+        all_index.extend(part.index)
+        all_level.extend(part.level)
     if not all_pts:
         raise MediaError(f"{path}: no decodable video frames")
     return SceneScan(pts=np.asarray(all_pts, np.float64), index=np.asarray(all_index, np.int64),
-                     level=np.asarray(all_level, np.float32), raw_cuts=sorted(set(raw)), frame_duration_s=1.0 / fps, windows=n_windows)
+                     level=np.asarray(all_level, np.float32), raw_cuts=sorted(set(raw)),
+                     frame_duration_s=1.0 / fps, windows=len(parts))
+
+
+def scan(path: str, config: ScenesConfig, duration_s: float | None = None) -> SceneScan:
+    """Decode the video (in windows when longer than `config.window_s`) and find raw cuts."""
+    probed_duration, fps = probe_video(path)
+    duration = duration_s if duration_s and duration_s > 0 else probed_duration
+    parts = [scan_window(path, config, fps, w) for w in windows(duration, config)]
+    return stitch(path, parts, fps)
 
 
 def dark_runs(result: SceneScan, black_level: float) -> list[tuple[int, int]]:

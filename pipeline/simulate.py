@@ -7,7 +7,9 @@ stage groups run one after another (a Ray Data dataset each, a barrier between t
 wave's shards commit. A task group runs each row as one task of `cpus` CPUs (released between
 rows, so waves interleave in Ray's queue); a model group starts a pool of actors that load their
 models (`setup_s`), take rows until none are left and hold their CPUs until the group's last row
-is done. Resource requests are served oldest first, on the node with the most free CPUs.
+is done. A row that its stage splits into parts (Stage.parts: a long video's scene windows)
+is one task per part, run in parallel. Resource requests are served oldest first, on the node
+with the most free CPUs.
 
 Costs are core-seconds per row plus per second of the row's content (video seconds for videos
 rows, clip seconds for clips, track seconds for tracks). Nothing here imports Ray.
@@ -234,11 +236,25 @@ class Simulation:
         self.result.makespan_s = self.now
 
 
+def scene_windows(duration_s: float) -> list[float]:
+    """Seconds each of a video's scene-window tasks decodes, with the default scenes config
+    (pipeline/scenes.py: the stage's own `windows`)."""
+    from pipeline.scenes import ScenesConfig, window_seconds
+
+    return window_seconds(duration_s, ScenesConfig())
+
+
 def simulate(videos: list[Video], costs: dict[str, StageCost], cluster: Cluster,
-             runner, stage_names: tuple[str, ...] = ("ingest", "scenes", "faces", "analyze")) -> Result:
+             runner, stage_names: tuple[str, ...] = ("ingest", "scenes", "faces", "analyze"),
+             parts=None) -> Result:
     """Run `videos` through `stage_names` on `cluster` as the runner would with RunnerConfig
-    `runner` (num_shards, wave_videos, videos_per_cpu, waves_in_flight, rows_per_actor)."""
+    `runner` (num_shards, wave_videos, videos_per_cpu, waves_in_flight, rows_per_actor).
+    `parts`: {stage: content seconds -> content seconds of each part} for stages that split a
+    row into parallel tasks (Stage.parts; default: scenes' windows); each part is a row of its
+    own, the rest of the chain's work on that row another (the chain waits for its parts)."""
     from pipeline.runner import load_stage_class
+
+    parts = {"scenes": scene_windows} if parts is None else parts
 
     classes = [load_stage_class(n) for n in stage_names]
     keys = [planning.StageKey(n, (n,), {n: "sim"}) for n in stage_names]  # no commits: a new catalog
@@ -258,8 +274,28 @@ def simulate(videos: list[Video], costs: dict[str, StageCost], cluster: Cluster,
         c = costs[stage_names[index]]
         return c.per_row_s + c.per_content_s * content
 
+    def pieces(index: int, content: float) -> list[float]:
+        split = parts.get(stage_names[index])
+        return split(content) if split else [content]
+
+    def task_costs(video: Video, group: list[int]) -> list[float]:
+        """The group's rows for one video: per level row, its unsplit stages' work as one task
+        and each part of a split stage as a task."""
+        out = []
+        for content in _rows(video, classes[group[0]].level):
+            whole = 0.0
+            for i in group:
+                split = pieces(i, content)
+                if len(split) > 1:
+                    out.extend(cost(video, i, p) for p in split)
+                else:
+                    whole += cost(video, i, content)
+            out.append(whole)
+        return out
+
     res.longest_chain_s = max(
-        (sum(max((cost(v, i, x) for x in _rows(v, classes[i].level)), default=0.0) for i in range(len(classes)))
+        (sum(max((cost(v, i, p) for x in _rows(v, classes[i].level) for p in pieces(i, x)), default=0.0)
+             for i in range(len(classes)))
          for v in videos), default=0.0)
     plans = {w: planning.wave_groups(classes, work, wave) for w, wave in enumerate(waves)}
     progress = dict.fromkeys(plans, 0)
@@ -275,10 +311,10 @@ def simulate(videos: list[Video], costs: dict[str, StageCost], cluster: Cluster,
         stage_rows = []
         for vid in sorted(vids):
             video = by_id[vid]
-            per_row = [sum(cost(video, i, x) for i in group) for x in _rows(video, classes[group[0]].level)]
             for i in group:
-                res.stage_work_s[stage_names[i]] += sum(cost(video, i, x) for x in _rows(video, classes[i].level))
-            stage_rows.extend(per_row)
+                res.stage_work_s[stage_names[i]] += sum(
+                    cost(video, i, p) for x in _rows(video, classes[i].level) for p in pieces(i, x))
+            stage_rows.extend(task_costs(video, group))
         stage_rows.sort(reverse=True)  # the runner orders rows longest first
         cpus = max(classes[i].num_cpus for i in group)
         actors = classes[group[0]].uses_models

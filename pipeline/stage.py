@@ -103,6 +103,20 @@ class Stage:
     def setup(self) -> None:
         """Load models. Called once per worker before the first batch."""
 
+    def parts(self, row: dict) -> list:
+        """Independent pieces of one row's work (picklable), for rows too big to be one task:
+        the runner runs them as parallel tasks anywhere in the cluster and hands their results,
+        in order, to `combine`. Empty (the default): the row is one task."""
+        return []
+
+    def process_part(self, row: dict, part: Any) -> Any:
+        """One of `parts(row)` (runs on any worker, after `setup`); returns a picklable result."""
+        raise NotImplementedError(f"{type(self).__name__} offers no parts")
+
+    def combine(self, row: dict, results: list) -> dict:
+        """The row's output from its parts' results (in the order of `parts`)."""
+        raise NotImplementedError(f"{type(self).__name__} offers no parts")
+
     def output_schema(self) -> pa.Schema:
         from catalog.schema import stage_output
 
@@ -145,7 +159,7 @@ class Stage:
         models = self.models_by_stage()
         for name in self.covers():
             payload = json.dumps({
-                "config": config_dict(self.config_for(name)),
+                "config": fingerprint_dict(self.config_for(name)),
                 "version": self.version_for(name),
                 "models": [{"key": s.key, "version": s.version, "weights": weights_checksum(s)}
                            for s in models.get(name, [])],
@@ -156,6 +170,17 @@ class Stage:
 
 def config_dict(config: Any) -> dict:
     return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config or {})
+
+
+def fingerprint_dict(config: Any) -> dict:
+    """The config fields that decide a stage's output: all but those declared with
+    `field(metadata={"fingerprint": False})` (how the work is split up, not what it computes)."""
+    out = config_dict(config)
+    if dataclasses.is_dataclass(config):
+        for item in dataclasses.fields(config):
+            if not item.metadata.get("fingerprint", True):
+                out.pop(item.name, None)
+    return out
 
 
 def rows_to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:

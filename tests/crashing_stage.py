@@ -21,3 +21,12 @@ class CrashingScenes(ScenesStage):
         if os.path.basename(row["uri"]).startswith("poison"):
             os._exit(1)
         return super().process_row(row)
+
+
+class CrashingWindows(ScenesStage):
+    """Scenes whose window tasks die on *poison* files (the row itself is split fine)."""
+
+    def process_part(self, row: dict, part):
+        if os.path.basename(row["uri"]).startswith("poison"):
+            os._exit(1)
+        return super().process_part(row, part)

@@ -5,7 +5,8 @@ where the serial time goes, a 100-node simulation with those costs, and a cost m
    photos speaking two espeak-ng sentences each, 256 px, 40 s in all), cached.
 2. Curated twice in this process with every stage (ingest, scenes, faces, analyze), on a local
    Ray of 1 and then 2 CPUs; every stage is given 1 CPU per worker ([runner] stage_resources),
-   so "N workers" is N single-threaded worker processes (OMP_NUM_THREADS=1). Real-time factor
+   so "N workers" is N single-threaded worker processes (OMP_NUM_THREADS=1), and the run is
+   pinned to N cores (CPU affinity, inherited by Ray's processes). Real-time factor
    = seconds of video / wall seconds (Ray start excluded, reported apart); scaling efficiency
    = (T1 / T2) / 2. A sampler reads every process's resident memory (RSS) each 0.2 s: the peak
    of any one Ray worker process is "peak memory per worker".
@@ -68,14 +69,19 @@ def curate_with(files: list[str], out: Path, workers: int) -> dict:
                                  stage_resources={s: {"num_cpus": 1.0} for s in STAGES})
     os.environ["OMP_NUM_THREADS"] = "1"  # the local Ray's workers inherit it
     runner.stop_ray()
+    # N workers get N cores: the driver, Ray's daemons and workers inherit this affinity, so
+    # decoder and inference threads cannot borrow the other core in the 1-worker run
+    cores = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, set(sorted(cores)[:workers]))
     t0 = time.perf_counter()
-    runner.init_ray(config)
-    ray_start = time.perf_counter() - t0
     try:
+        runner.init_ray(config)
+        ray_start = time.perf_counter() - t0
         with TreeSampler(os.getpid()) as peak:  # Ray's workers are this process's children
             result = runner.run(files, str(out), list(spec.stages), spec.configs, config)
     finally:
         runner.stop_ray()
+        os.sched_setaffinity(0, cores)
     videos = read_table(out, "videos", columns=["duration_s"])
     clips = read_table(out, "clips", columns=["duration_s"])
     tracks = read_table(out, "tracks", columns=["frame_count"])

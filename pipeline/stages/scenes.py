@@ -7,7 +7,8 @@ import logging
 import time
 from typing import ClassVar
 
-from pipeline.scenes import ClipSpan, ScenesConfig, scan, spans
+from pipeline.scenes import (ClipSpan, ScenesConfig, Window, WindowScan, probe_video, scan_window,
+                             spans, stitch, windows)
 from pipeline.stage import OK, Stage
 
 log = logging.getLogger(__name__)
@@ -42,16 +43,28 @@ class ScenesStage(Stage):
 
         make_detector(self.config)
 
-    def process_row(self, row: dict) -> dict:
+    def parts(self, row: dict) -> list[tuple[Window, float]]:
+        """The row's decode windows (pipeline/scenes.py `windows`), each with the stream's fps:
+        a video longer than `window_s` is scanned as parallel tasks."""
         for key in ("uri", "video_id"):
             if not row.get(key):
                 raise ValueError(f"scenes needs a non-empty {key!r} column; got row {row!r}")
+        probed, fps = probe_video(row["uri"])
+        duration = row.get("duration_s") or probed
+        return [(window, fps) for window in windows(duration, self.config)]
+
+    def process_part(self, row: dict, part: tuple[Window, float]) -> WindowScan:
+        window, fps = part
+        return scan_window(row["uri"], self.config, fps, window)
+
+    def combine(self, row: dict, results: list[WindowScan]) -> dict:
         started = time.perf_counter()
-        result = scan(row["uri"], self.config, duration_s=row.get("duration_s"))
+        result = stitch(row["uri"], results, results[0].fps)
         clip_spans = spans(result, self.config)
-        seconds = time.perf_counter() - started
-        log.debug("%s: %d frames in %.2f s (%.0f frames/s), %d clips", row["uri"], result.frames,
-                  seconds, result.frames / max(seconds, 1e-9), len(clip_spans))
+        seconds = sum(r.seconds for r in results) + time.perf_counter() - started
+        log.debug("%s: %d frames in %.2f s (%.0f frames/s), %d windows, %d clips", row["uri"],
+                  result.frames, seconds, result.frames / max(seconds, 1e-9), result.windows,
+                  len(clip_spans))
         detector = self.config.describe()
         clips = [self.clip_row(row, i, span, detector) for i, span in enumerate(clip_spans)]
         return {
@@ -61,6 +74,9 @@ class ScenesStage(Stage):
             "scenes_error": None,
             "clips": clips,
         }
+
+    def process_row(self, row: dict) -> dict:
+        return self.combine(row, [self.process_part(row, part) for part in self.parts(row)])
 
     @staticmethod
     def clip_row(row: dict, index: int, span: ClipSpan, detector: str) -> dict:

@@ -114,3 +114,18 @@ def test_hundred_nodes_keep_utilization_above_85_percent():
     assert now.work_s == pytest.approx(old.work_s)
     assert now.utilization > 0.85, now.summary()
     assert old.utilization < 0.5, old.summary()
+
+
+def test_a_long_videos_scene_windows_run_in_parallel():
+    """300 s through ingest+scenes (1 core-s per video second) on 4 CPUs: the default scene
+    windows (120 s, 2 s overlap) are [0, 122), [118, 242) and [238, 300): 122, 124 and 62 s of
+    decode as three parallel tasks, so the run takes 124 s instead of 300 s, for 8 s of overlap."""
+    videos = [_video(0, 300.0)]
+    costs = {"ingest": StageCost(), "scenes": StageCost(per_content_s=1.0)}
+    config = RunnerConfig(num_shards=1)
+    split = simulate(videos, costs, Cluster(1, 4.0), config, stage_names=("ingest", "scenes"))
+    whole = simulate(videos, costs, Cluster(1, 4.0), config, stage_names=("ingest", "scenes"), parts={})
+    assert whole.makespan_s == pytest.approx(300.0)
+    assert split.makespan_s == pytest.approx(124.0)
+    assert split.stage_work_s["scenes"] == pytest.approx(308.0)
+    assert split.longest_chain_s == pytest.approx(124.0)
