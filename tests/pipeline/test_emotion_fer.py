@@ -51,6 +51,35 @@ def test_torch_port_equals_tflite(fer):
     np.testing.assert_allclose(fer.predict_preprocessed(noise).sum(1), 1.0, atol=1e-5)
 
 
+def test_litert_engine_equals_the_torch_port(fer):
+    """The pipeline's engine (the hdf5's float weights in fer's tflite graph) computes the torch
+    port's network: equal to float rounding on a real face and on noise."""
+    rng = np.random.default_rng(1)
+    noise = rng.uniform(-1, 1, size=(4, 1, 64, 64)).astype(np.float32)
+    track = _photo("happy.jpg")
+    faces = emotion_fer.preprocess(crop_faces(track.frames[:1], track.landmarks[:1], 0.1))
+    torch_port = emotion_fer.FerEmotion(engine="torch")
+    assert fer.engine == "litert"
+    for x in (faces, noise):
+        np.testing.assert_allclose(fer.predict_preprocessed(x), torch_port.predict_preprocessed(x),
+                                   rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="engine"):
+        emotion_fer.FerEmotion(engine="tf")
+
+
+def test_conv_weights_that_are_not_the_graphs_are_refused():
+    from pipeline.models.registry import resolve
+    from pipeline.models.tflite_float import with_conv_weights
+
+    kernels = emotion_fer.folded_kernels(str(resolve(emotion_fer.SPEC, "data/emotion_model.hdf5")))
+    graph = resolve(emotion_fer.SPEC, "data/emotion_model_quantized.tflite")
+    doubled = [(2 * k, b) for k, b in kernels]
+    with pytest.raises(ValueError, match="matches no given kernel"):
+        with_conv_weights(graph, doubled)
+    with pytest.raises(ValueError, match="match no conv op"):
+        with_conv_weights(graph, kernels + [kernels[0]])
+
+
 @pytest.mark.parametrize("backend,min_right", [("fer+facex", 3), ("fer", 2), ("facex", 3)])
 def test_top_emotion_on_labelled_photos(backend, min_right):
     """Issue target: top emotion right on >= 3 of 4, met by the default (fer+facex: disgust ->
