@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from catalog.select import SelectionError, Thresholds, thresholds_with
-from pipeline.runner import STAGE_CLASSES, RunnerConfig, load_stage_class
+from pipeline.runner import RunnerConfig
+from pipeline.stage import STAGE_CLASSES, load_stage_class
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv"}
 # audio-only containers are inputs too: they become failed rows ("no video stream"), not silence

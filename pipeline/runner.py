@@ -1,5 +1,6 @@
-"""The Ray runner, the only module that knows Ray: hash inputs, plan, run stages in waves of
-shards with Ray Data, stage outputs per shard, commit per shard, write the manifest.
+"""The Ray runner (with pipeline/workers.py, what runs inside Ray, the only modules that know
+Ray): hash inputs, plan, run stages in waves of shards with Ray Data, stage outputs per shard,
+commit per shard, write the manifest.
 
 Each stage runs as `map_batches(batch_format="pyarrow")` over its input rows (an actor pool for
 model stages, tasks otherwise, fractional CPUs) and writes through StagingSink, which splits
@@ -12,7 +13,6 @@ becomes `failed: worker crashed while decoding` (attempt markers survive the ret
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
 import os
 import threading
@@ -40,28 +40,11 @@ from pipeline.plan import (
     wave_size,
     waves,
 )
-from pipeline.stage import FAILED, SKIPPED, Stage, StageContext, config_dict, rows_to_table
-from pipeline.staging import (
-    remove_staging,
-    staging_root,
-    WaveStaging,
-    blocked_reason,
-    fill_keys,
-    merge_columns,
-    rows_with_keys,
-    split_by_after,
-    write_output,
-)
+from pipeline.stage import Stage, StageContext, config_dict, load_stage_class
+from pipeline.staging import WaveStaging, remove_staging, split_by_after, staging_root
+from pipeline.workers import StageWorker, run_chain_task, stage_resources, staging_sink
 
 log = logging.getLogger(__name__)
-
-STAGE_CLASSES = {
-    "ingest": "pipeline.stages.ingest:IngestStage",
-    "scenes": "pipeline.stages.scenes:ScenesStage",
-    "faces": "pipeline.stages.faces:FacesStage",
-    "analyze": "pipeline.stages.analyze:AnalyzeStage",
-}
-CRASH_ERROR = "worker crashed while decoding"
 
 
 class LicenseError(ValueError):
@@ -124,11 +107,6 @@ def check_commercial(stages: list[Stage]) -> None:
             + ". Choose other backends or leave those stages out (e.g. --set "
             "analyze.enabled='[\"audio\", \"lip_sync\", \"emotion\"]')"
         )
-
-
-def load_stage_class(name: str) -> type[Stage]:
-    module, _, attr = STAGE_CLASSES.get(name, name).partition(":")
-    return getattr(importlib.import_module(module), attr)
 
 
 def init_ray(config: RunnerConfig) -> None:
@@ -394,192 +372,6 @@ def _add_outcome(area, group, stages, names, batch, busy, wall, total_busy, summ
         log.info(summary.line())
 
 
-def pack(outputs: dict[str, list[pa.Table]], busy: dict[str, float]) -> pa.Table:
-    """Stage outputs as one small table (stage, busy seconds, Arrow IPC bytes), so nested
-    list<struct> children travel to the sink untouched by Ray's block handling."""
-    names, seconds, payloads = [], [], []
-    for name, tables in outputs.items():
-        if not tables:
-            continue
-        table = pa.concat_tables(tables)
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, table.schema) as writer:
-            writer.write_table(table)
-        names.append(name)
-        seconds.append(busy.get(name, 0.0))
-        payloads.append(sink.getvalue().to_pybytes())
-    return pa.table({"stage": pa.array(names, pa.string()), "busy_s": pa.array(seconds, pa.float64()),
-                     "ipc": pa.array(payloads, pa.binary())})
-
-
-def unpack(payload: bytes) -> pa.Table:
-    return pa.ipc.open_stream(pa.BufferReader(payload)).read_all()
-
-
-class StageWorker:
-    """Runs a chain of stages inside a Ray worker: set up once, then row by row, each stage on
-    the row plus the previous stages' outputs, with attempt markers against poison inputs."""
-
-    def __init__(self, names: list[str], configs: list[Any], context: StageContext, max_attempts: int,
-                 runner: RunnerConfig | None = None):
-        self.stages = [load_stage_class(n)(c, context) for n, c in zip(names, configs)]
-        for stage in self.stages:
-            stage.setup()
-        self.markers = Path(context.staging) / "attempts"
-        self.max_attempts = max_attempts
-        self.runner = runner or RunnerConfig(max_attempts=max_attempts)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        outputs: dict[str, list[pa.Table]] = {s.name: [] for s in self.stages}
-        busy: dict[str, float] = dict.fromkeys(outputs, 0.0)
-        for i in range(batch.num_rows):
-            current = batch.slice(i, 1)
-            for index, stage in enumerate(self.stages):
-                began = time.time()
-                result = self._run_one(stage, current, check_after=index > 0)
-                busy[stage.name] += time.time() - began
-                outputs[stage.name].append(result)
-                current = merge_columns(current, result, stage.level)
-        return pack(outputs, busy)
-
-    def _run_one(self, stage: Stage, row: pa.Table, check_after: bool) -> pa.Table:
-        """One stage on one row: skipped if a prerequisite failed, failed if this row already
-        killed its worker `max_attempts` times, else processed under an attempt marker."""
-        reason = blocked_reason(stage, row.to_pylist()[0]) if check_after else None
-        if reason:
-            return rows_with_keys(stage, [stage.failed_row(reason, SKIPPED)], row)
-        marker = self.markers / stage.name / str(row[schema.KEYS[stage.level][0]][0].as_py())
-        attempts = int(marker.read_text()) if marker.exists() else 0
-        if attempts >= self.max_attempts:
-            crashed = stage.failed_row(f"{CRASH_ERROR} ({attempts} attempts)", FAILED)
-            return rows_with_keys(stage, [crashed], row)
-        marker.parent.mkdir(parents=True, exist_ok=True)  # staging is removed per wave
-        marker.write_text(str(attempts + 1))
-        lost = fs.store_failures()
-        result = self._process(stage, row)
-        marker.unlink(missing_ok=True)
-        if fs.store_failures() != lost:  # not the row's fault: stop the job; a re-run redoes it
-            raise fs.StoreUnavailableError(
-                f"{stage.name}: the object store became unreachable while processing a row (not "
-                "recorded as the row's failure); run the same command again to finish")
-        return result
-
-    def _process(self, stage: Stage, row: pa.Table) -> pa.Table:
-        try:
-            result = self._in_parts(stage, row)
-            if result is None:
-                result = stage.process(row)
-        except Exception as exc:  # noqa: BLE001 - the per-row boundary for batch-level process()
-            return rows_with_keys(stage, [stage.failed_row(self._reason(exc))], row)
-        from catalog.read import conform
-
-        return fill_keys(conform(result, stage.output_schema()), row, stage.level)
-
-    def _in_parts(self, stage: Stage, row: pa.Table) -> pa.Table | None:
-        """A row the stage splits into several parts (a long video's scene windows): each part
-        a Ray task (in parallel, anywhere in the cluster; this worker's CPU is lent out while
-        it waits), then `combine` here. None when the row is one piece."""
-        import ray
-
-        record = row.to_pylist()[0]
-        parts = stage.parts(record)
-        if len(parts) < 2:
-            return None
-        remote = ray.remote(run_part).options(
-            **stage_resources([stage.name], [stage], self.runner), **fs.worker_options(),
-            max_retries=max(0, self.max_attempts - 1))
-        where = f"{type(stage).__module__}:{type(stage).__qualname__}"
-        refs = [remote.remote(where, stage.config, stage.context, record, part) for part in parts]
-        results = ray.get(refs)
-        return rows_to_table([stage.combine(record, results)], stage.output_schema())
-
-    def _reason(self, exc: Exception) -> str:
-        """The row's error: a part's own exception as itself, a part whose worker died on every
-        attempt as the crash error."""
-        import ray.exceptions
-
-        if isinstance(exc, ray.exceptions.WorkerCrashedError):
-            return f"{CRASH_ERROR} ({self.max_attempts} attempts)"
-        cause = getattr(exc, "cause", None) if isinstance(exc, ray.exceptions.RayTaskError) else None
-        exc = cause or exc
-        return f"{type(exc).__name__}: {exc}"
-
-
-def run_part(stage_class: str, config: Any, context: StageContext, row: dict, part: Any) -> Any:
-    """A Ray task: one part of a row (Stage.parts), on a stage built and set up once per
-    worker process. `stage_class`: "module:Class"."""
-    key = (stage_class, context.staging, repr(config))
-    if key not in _PART_STAGES:
-        _PART_STAGES.clear()  # one stage per process: a run's parts share a configuration
-        stage = load_stage_class(stage_class)(config, context)
-        stage.setup()
-        _PART_STAGES[key] = stage
-    return _PART_STAGES[key].process_part(row, part)
-
-
-_PART_STAGES: dict[tuple, Stage] = {}
-
-
-def staging_sink(level: str, staging: Path):
-    """A Ray Data sink that writes each stage's packed outputs as Parquet parts under the staging
-    area; on the driver it keeps each stage's busy seconds (`busy`)."""
-    from ray.data import Datasink
-
-    class StagingSink(Datasink):
-        busy: dict[str, float] = {}
-
-        def write(self, blocks, ctx):  # noqa: ANN001 - Ray's signature
-            busy: dict[str, float] = {}
-            for block in blocks:
-                table = block if isinstance(block, pa.Table) else pa.Table.from_pandas(block)
-                for item in table.to_pylist():
-                    write_output(unpack(item["ipc"]), item["stage"], level, staging)
-                    busy[item["stage"]] = busy.get(item["stage"], 0.0) + item["busy_s"]
-            return busy
-
-        def on_write_complete(self, write_result):  # noqa: ANN001 - Ray's signature
-            totals: dict[str, float] = {}
-            for part in write_result.write_returns:
-                for name, seconds in part.items():
-                    totals[name] = totals.get(name, 0.0) + seconds
-            self.busy = totals
-
-    return StagingSink()
-
-
-_WORKERS: dict[tuple, StageWorker] = {}
-
-
-def run_chain_task(batch: pa.Table, names: list[str], configs: list[Any], context: StageContext,
-                   max_attempts: int, runner: RunnerConfig | None = None) -> pa.Table:
-    """Task form of StageWorker for stages without models: Ray reuses worker processes, so the
-    stages are built once per process and run."""
-    key = (tuple(names), context.staging, repr(configs))
-    if key not in _WORKERS:
-        while len(_WORKERS) >= 8:  # waves in flight share worker processes: keep a few
-            _WORKERS.pop(next(iter(_WORKERS)))
-        _WORKERS[key] = StageWorker(names, configs, context, max_attempts, runner)
-    return _WORKERS[key](batch)
-
-
-def stage_resources(names: list[str], stages: list[Stage], runner: RunnerConfig) -> dict[str, float]:
-    """Ray resources of one worker of a stage group: each stage's `num_cpus` (and no GPU) unless
-    `[runner] stage_resources.<stage>` sets `num_cpus`, `num_gpus` or `memory` (bytes); the
-    group takes the largest of its stages'."""
-    valid = {"num_cpus", "num_gpus", "memory"}
-    out: dict[str, float] = {"num_cpus": 0.0}
-    for name, stage in zip(names, stages):
-        wanted = dict(runner.stage_resources.get(stage.name, runner.stage_resources.get(name, {})))
-        unknown = set(wanted) - valid
-        if unknown:
-            raise ValueError(f"[runner] stage_resources.{stage.name} has unknown keys {sorted(unknown)}; "
-                             f"valid: {sorted(valid)}")
-        wanted.setdefault("num_cpus", stage.num_cpus)
-        for key, value in wanted.items():
-            out[key] = max(out.get(key, 0.0), float(value))
-    return out
-
-
 def _run_chain_on_ray(names: list[str], stages: list[Stage], batch: pa.Table, context: StageContext,
                       runner: RunnerConfig, schedule: Schedule) -> dict[str, float]:
     """Model stages: a fixed actor pool (set up once per actor). Others: tasks. Either way Ray
@@ -590,7 +382,7 @@ def _run_chain_on_ray(names: list[str], stages: list[Stage], batch: pa.Table, co
     import ray.data
 
     head = stages[0]
-    resources = stage_resources(names, stages, runner)
+    resources = stage_resources(names, stages, runner.stage_resources)
     cpus = resources["num_cpus"]
     pool = pool_size(max(cpus, 1e-3), schedule.cluster_cpus, batch.num_rows, runner.rows_per_actor,
                      head.uses_models, schedule.waves_in_flight)
@@ -602,7 +394,7 @@ def _run_chain_on_ray(names: list[str], stages: list[Stage], batch: pa.Table, co
     remote = {**resources, **fs.worker_options()}
     blocks = [batch.slice(i, runner.batch_rows) for i in range(0, batch.num_rows, runner.batch_rows)]
     args = {"names": names, "configs": [s.config for s in stages], "context": context,
-            "max_attempts": runner.max_attempts, "runner": runner}
+            "max_attempts": runner.max_attempts, "resources": runner.stage_resources}
     ds = ray.data.from_arrow(blocks)
     if head.uses_models:
         ds = ds.map_batches(StageWorker, fn_constructor_kwargs=args, batch_size=runner.batch_rows,

@@ -186,7 +186,8 @@ def run_direct(paths: list[str], spec, folder: str) -> dict:
     """Every stage of `spec` in this process, without Ray, on the rows the runner would give
     them: {stage: {"seconds", "rows", "peak_rss_mib"}} plus "setup_s" per stage."""
     from pipeline import hashing
-    from pipeline.runner import absolute_uri, load_stage_class
+    from pipeline.runner import absolute_uri
+    from pipeline.stage import load_stage_class
     from pipeline.stage import StageContext
 
     context = StageContext(catalog=folder, staging=os.path.join(folder, "_staging", "direct"))
@@ -355,7 +356,8 @@ def emotion_strides(files: list[str] | None = None,
 def _face_tracks(paths: list[str], spec, folder: str) -> list[tuple[dict, object]]:
     """(track row, DecodedTrack) of every kept face track of `paths` (stages run in-process)."""
     from pipeline import hashing
-    from pipeline.runner import absolute_uri, load_stage_class
+    from pipeline.runner import absolute_uri
+    from pipeline.stage import load_stage_class
     from pipeline.stage import StageContext
     from pipeline.stages.analyze import decode_track
 

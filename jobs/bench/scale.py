@@ -101,7 +101,7 @@ def curate_with(files: list[str], out: Path, workers: int) -> dict:
 def setup_seconds() -> dict[str, float]:
     """Model set-up of one actor of each model stage (default configs), in this process."""
     from jobs.spec import build
-    from pipeline.runner import load_stage_class
+    from pipeline.stage import load_stage_class
     from pipeline.stage import StageContext
 
     spec = build({"job": {"inputs": ["x"]}})

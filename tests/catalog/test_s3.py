@@ -222,7 +222,7 @@ def test_a_store_outage_while_decoding_stops_the_job_not_the_row(s3, tmp_path, m
     import pyarrow as pa
 
     from jobs.media.synthetic import make_video
-    from pipeline.runner import StageWorker
+    from pipeline.workers import StageWorker
     from pipeline.stage import StageContext
     from pipeline.stages.ingest import IngestConfig
 
@@ -241,7 +241,7 @@ def test_a_store_outage_while_decoding_stops_the_job_not_the_row(s3, tmp_path, m
             worker(pa.Table.from_pylist([row]))
     finally:
         s3.resume()
-    from pipeline.runner import unpack
+    from pipeline.workers import unpack
 
     packed = worker(pa.Table.from_pylist([row])).to_pylist()[0]  # the store is back: a real row
     assert unpack(packed["ipc"]).to_pylist()[0]["ingest_status"] == "ok"

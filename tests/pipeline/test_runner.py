@@ -20,6 +20,7 @@ import catalog
 import pipeline.staging as staging_module
 from pipeline import runner
 from pipeline.plan import FingerprintError
+from pipeline.stage import load_stage_class
 from pipeline.stages.ingest import IngestConfig
 
 pytestmark = pytest.mark.ray
@@ -152,7 +153,7 @@ def test_ingest_and_scenes_run_as_one_chain():
 
     spec = build({"job": {"inputs": ["x"]}})
     context = runner.StageContext(catalog="/tmp/x", staging="/tmp/x/_staging/r")
-    stages = [runner.load_stage_class(n)(spec.configs[n], context) for n in spec.stages]
+    stages = [load_stage_class(n)(spec.configs[n], context) for n in spec.stages]
     assert runner.chains(stages) == [[0, 1], [2], [3]]
 
 

@@ -13,6 +13,7 @@ from pipeline import runner
 from pipeline.scenes import ScenesConfig, detect_scenes
 from pipeline.stage import StageContext
 from pipeline.stages.scenes import ScenesStage
+from pipeline.workers import StageWorker
 
 pytestmark = pytest.mark.ray
 CUTS = [100, 249, 280, 499, 510, 620, 751, 900]  # at, before and after the 10 s window edges
@@ -30,7 +31,7 @@ def _long_video(folder: Path, name: str = "long.mp4", seed: int = 6) -> Path:
 def test_window_tasks_give_the_one_piece_clips(tmp_path, ray_local):
     path = _long_video(tmp_path)
     context = StageContext(catalog=str(tmp_path / "cat"), staging=str(tmp_path / "staging"))
-    worker = runner.StageWorker(["scenes"], [WINDOWED], context, max_attempts=2)
+    worker = StageWorker(["scenes"], [WINDOWED], context, max_attempts=2)
     stage = worker.stages[0]
     row = {"uri": str(path), "video_id": "v", "shard": 0, "duration_s": 40.0}
     assert len(stage.parts(row)) == 4
