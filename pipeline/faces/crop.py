@@ -12,10 +12,12 @@ newest observation) every `flush_frames` grid frames, and frees their loose crop
 come out the same as rendering the finished track at once (`emoforge bench memory`: the faces
 stage on a 60 s 720p face clip peaks at 842 MiB, 1,343 MiB with every crop kept to the end).
 
-Large faces are shrunk without aliasing: bilinear sampling (cv2.warpAffine has no area mode; its
-INTER_AREA flag samples bilinearly) only holds up to a 2x reduction, so the face region is first
-halved by 2x2 pixel averaging until at most 2x remains (a 1080p face of 500 px: two halvings,
-about 0.3 ms).
+Large faces are shrunk without aliasing: bilinear sampling only holds up to a 2x reduction, so
+the face region is first halved by 2x2 pixel averaging until at most 2x remains (a 1080p face of
+500 px: two halvings, about 0.3 ms). The loose crop needs no rotation, so where it shrinks it is
+cut with cv2.resize rather than cv2.warpAffine (`loose_crop`): the faces stage on the bench's 20 s
+720p talking head takes 0.88x the CPU, and the final crops stay within 0.5 dB PSNR of the warped
+ones' distance to a 4x-supersampled reference (42.2 -> 41.7 dB for a 495 px face at 720p).
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ from pipeline.models.geometry import (
     crop_squares,
     invert_affine,
     laplacian_variance,
-    reduced_region,
     square_affine,
 )
 from pipeline.faces.tracking import FaceTrack, Observation
@@ -55,6 +56,52 @@ class LooseCrop:
     affine: np.ndarray  # float32[2,3] source px -> loose px
 
 
+def loose_crop(image: np.ndarray, center: tuple[float, float], side: float,
+               size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The axis-aligned square of `side` source px around `center`, as uint8[size,size,3], and
+    float32[2,3] source px -> its px. Where it enlarges (side < size): a bilinear warp. Where it
+    shrinks: the in-frame part of the square, halved by 2x2 averaging until at most 2x is left,
+    resized bilinearly (cv2.resize: about a third of the cost of the same warp) and padded to
+    the square by repeating its edge pixels (as a warp's BORDER_REPLICATE does); the affine
+    gives the exact position and scale of what was resized (the square's edges are placed to
+    within half a px)."""
+    import cv2
+
+    h, w = image.shape[:2]
+    reduction = side / size
+    step = 2 ** max(0, math.floor(math.log2(max(reduction, 1.0))))
+    if reduction < 1 or w < step or h < step:
+        m = square_affine(center, side, 0.0, size)
+        return cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_REPLICATE), m
+    scale = size / side  # crop px per source px
+    spans = []
+    for c, extent in ((center[0], w), (center[1], h)):
+        lo = c - side / 2
+        a = min(max(math.floor(lo), 0), extent - step)
+        b = max(min(math.ceil(lo + side), extent), a + step)
+        b -= (b - a) % step  # whole 2x2 blocks at every halving
+        out = min(size, max(1, round((b - a) * scale)))
+        pad = min(max(round((a - lo) * scale), 0), size - out)
+        spans.append((a, b, out, pad))
+    (xa, xb, ow, pad_x), (ya, yb, oh, pad_y) = spans
+    region = image[ya:yb, xa:xb]
+    while region.shape[1] >= 2 * ow and region.shape[0] >= 2 * oh and step > 1:
+        region = cv2.resize(region, (region.shape[1] // 2, region.shape[0] // 2),
+                            interpolation=cv2.INTER_AREA)
+        step //= 2
+    if region.shape[:2] != (oh, ow):
+        region = cv2.resize(region, (ow, oh), interpolation=cv2.INTER_LINEAR)
+    if (ow, oh) != (size, size):
+        region = cv2.copyMakeBorder(region, pad_y, size - oh - pad_y, pad_x, size - ow - pad_x,
+                                    cv2.BORDER_REPLICATE)
+    # cv2.resize keeps pixel centres aligned: region px u samples source (u + 0.5) / a - 0.5
+    ax, ay = ow / (xb - xa), oh / (yb - ya)
+    m = np.array([[ax, 0, ax * (0.5 - xa) - 0.5 + pad_x], [0, ay, ay * (0.5 - ya) - 0.5 + pad_y]],
+                 np.float32)
+    return np.ascontiguousarray(region), m
+
+
 class LooseCropper:
     """Tracker callback: keeps a loose crop for each source frame nearest to a grid time. With a
     `partial_dir`, each track's crops stream into a CropStream there (one file per track,
@@ -74,19 +121,13 @@ class LooseCropper:
                    for j in (k - 1, k, k + 1) if j >= 0)
 
     def __call__(self, track: FaceTrack, frame: VideoFrame, ob: Observation | None) -> None:
-        import cv2
-
         start = track.obs[track.first_index].pts_s
         if frame.index in track.crops or not self.needed(start, frame.pts_s):
             return
         box = (ob or track.last).box
         side = float(max(box[2] - box[0], box[3] - box[1])) * self.spec.scale * LOOSE_MARGIN
         center = (float(box[0] + box[2]) / 2, float(box[1] + box[3]) / 2)
-        m = square_affine(center, side, 0.0, self.loose_px)
-        source, to_source = reduced_region(frame.image, center, side, side / self.loose_px)
-        image = cv2.warpAffine(source, (np.vstack([m, [0, 0, 1]]) @ to_source)[:2],
-                               (self.loose_px, self.loose_px), flags=cv2.INTER_LINEAR,
-                               borderMode=cv2.BORDER_REPLICATE)
+        image, m = loose_crop(frame.image, center, side, self.loose_px)
         track.crops[frame.index] = (frame.pts_s, LooseCrop(image, m))
         if self.partial_dir is not None:
             stream = self.stream(track)

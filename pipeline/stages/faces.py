@@ -56,7 +56,7 @@ class FacesStage(Stage):
                 "height", "rotation", "has_audio")
     after = ("scenes",)
     Config = FacesConfig
-    version = "1"
+    version = "2"  # 2: loose crops cut with cv2.resize (pipeline.faces.crop.loose_crop)
     uses_models = True
 
     def model_specs(self) -> list[ModelSpec]:

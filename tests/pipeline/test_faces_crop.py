@@ -27,7 +27,7 @@ def _direct(image: np.ndarray, affine: np.ndarray, size: int) -> np.ndarray:
                           borderMode=cv2.BORDER_REPLICATE)
 
 
-@pytest.mark.parametrize("face_px", [500, 900])
+@pytest.mark.parametrize("face_px", [170, 500, 900])
 def test_large_face_keeps_the_direct_warps_geometry(face_px):
     # A smooth pattern (period 160 px, slopes up to 3 levels a px): a half-pixel error in the
     # reduced path's coordinates would move it by 2-5 levels.
@@ -35,7 +35,7 @@ def test_large_face_keeps_the_direct_warps_geometry(face_px):
     pattern = 128 + 60 * np.sin(2 * np.pi * x / 160) + 60 * np.cos(2 * np.pi * (x + y) / 230)
     image = np.repeat(np.clip(pattern, 0, 255).astype(np.uint8)[..., None], 3, 2)
     box = np.array([900 - face_px / 2, 560 - face_px / 2, 900 + face_px / 2, 560 + face_px / 2])
-    loose = _loose_crop(image, box)  # a 500 px face: a 3.5x reduction, 900 px: 6.3x
+    loose = _loose_crop(image, box)  # 170 px: 1.2x (no halving), 500 px: 3.5x, 900 px: 6.3x
     direct = _direct(image, loose.affine, loose.image.shape[0])
     diff = np.abs(loose.image.astype(np.float64) - direct).max(2)
     # compare where the crop shows the frame, not where both pad it (the square is 1350 and
