@@ -177,15 +177,37 @@ def test_curate_attaches_with_ray_address_and_RAY_ADDRESS(ray_cluster, tmp_path,
     _check(from_env, files, reference)
 
 
+def _uploaded_packages(ray_dir: str) -> list[Path]:
+    """The working-dir packages Ray unpacked for jobs under the test's Ray folder."""
+    found = Path(ray_dir).glob("session_*/runtime_resources/working_dir_files/_ray_pkg_*")
+    return sorted(p for p in found if p.is_dir())  # not the .zip and .zip.lock beside them
+
+
 def test_ray_job_submit(ray_cluster, tmp_path, ray_local):
+    """`ray job submit --working-dir . -- emoforge curate jobs/default.toml ...` from the repository
+    root: the spec is a relative path read from the uploaded copy (the driver's working directory on
+    the head node), the upload leaves out .venv, .git (Ray's default excludes) and out/ (.gitignore),
+    and the catalog, written to an absolute path, equals a local run's."""
     missing = _dashboard_missing()
     if missing:
         pytest.skip(missing)
     _, dashboard, env = ray_cluster
     files = _inputs(tmp_path / "in", 4)
     submitted = tmp_path / "submitted"
-    done = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", dashboard, "--working-dir", ".",
-                           "--", "emoforge", "curate", str(_job_spec(tmp_path, files, submitted)),
-                           "--no-persons"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0 and "succeeded" in done.stdout, (done.stdout + done.stderr)[-4000:]
+    before = set(_uploaded_packages(env["RAY_TMPDIR"]))
+    done = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", dashboard,
+                           "--working-dir", ".", "--", "emoforge", "curate", "jobs/default.toml",
+                           "--input", *files, "--out", str(submitted), "--stages", "ingest,scenes",
+                           "--set", "runner.wave_videos=2", "--no-persons"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "succeeded" in done.stdout, (  # the job's log, then Ray's
+        done.stdout[-4000:] + "\n--- stderr:\n" + done.stderr[-1500:])
     _check(submitted, files, _reference(tmp_path, files))
+    new = [p for p in _uploaded_packages(env["RAY_TMPDIR"]) if p not in before]
+    assert new, "Ray unpacked no working-dir package for the job"
+    for package in new:
+        top = {p.name for p in package.iterdir()}
+        assert {"jobs", "pipeline", "catalog", "pyproject.toml"} <= top, sorted(top)
+        assert not top & {".venv", "out", ".git", "emoforge.egg-info"}, sorted(top)
+        spec = "jobs/default.toml"
+        assert (package / spec).read_bytes() == (ROOT / spec).read_bytes()
