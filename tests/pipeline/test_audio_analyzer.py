@@ -111,3 +111,23 @@ def test_whisper_features_sidecar_on_the_25fps_grid(analyzer, ctx, spoken):
         for k in lags
     ]
     assert list(lags)[int(np.argmax(sims))] == 10
+
+
+def test_vad_sequence_model_equals_the_torchscript_one():
+    """The sequence ONNX model (every 32 ms window in one call) gives the TorchScript model's
+    window-by-window probabilities and segments: two sentences with a pause, noise around,
+    a length that is not a whole number of windows."""
+    from pipeline.models.vad_silero import SileroVad
+
+    rng = np.random.default_rng(0)
+    audio = np.concatenate([speech(SENTENCES[0], pad_s=(0.7, 0.6)), speech(SENTENCES[1])])
+    audio = (audio + 0.003 * rng.standard_normal(len(audio)))[: len(audio) - 123]
+    onnx, torch_model = SileroVad(), SileroVad(engine="torch")
+    p_onnx, p_torch = onnx.probabilities(audio), torch_model.probabilities(audio)
+    assert p_onnx.shape == p_torch.shape == (-(-len(audio) // 512),)
+    assert p_torch.max() > 0.9 and p_torch.min() < 0.1  # speech and silence both present
+    np.testing.assert_allclose(p_onnx, p_torch, rtol=0, atol=1e-4)
+    segments = onnx.segments(audio)
+    assert segments == torch_model.segments(audio) and len(segments) >= 2
+    with pytest.raises(ValueError, match="engine"):
+        SileroVad(engine="jit")
