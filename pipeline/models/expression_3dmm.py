@@ -177,25 +177,44 @@ def _pose_step(X: np.ndarray, x: np.ndarray, w: np.ndarray):
     return R, s, t
 
 
-def _coefficient_step(basis: Basis68, R, s, t, x, w, lam: float):
-    """Solve alpha (shared) and beta_t (per frame), normalized units, given the poses."""
+def _grams(basis: Basis68, w: np.ndarray) -> dict[str, np.ndarray]:
+    """Landmark-weighted products of the bases, float[9,C,D] over (j,l) pairs of model axes:
+    SS[j,l] = sum_k w_k shape[k,j]^T shape[k,l], and likewise ES (expr, shape), EE (expr, expr).
+    With M = R2^T R2 (R2: a frame's first two rotation rows), a frame's normal-equation blocks
+    are M.ravel() @ gram: the [T,136,C] design matrices are never formed."""
+    def gram(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.einsum("k,kjc,kld->jlcd", w, a, b).reshape(9, a.shape[2], b.shape[2])
+
+    return {"SS": gram(basis.shape, basis.shape), "ES": gram(basis.expr, basis.shape),
+            "EE": gram(basis.expr, basis.expr)}
+
+
+def _coefficient_step(basis: Basis68, R, s, t, x, w, lam: float, grams=None):
+    """Solve alpha (shared) and beta_t (per frame), normalized units, given the poses.
+
+    Weighted least squares of the landmarks x float[T,68,2] against s R2 (mean + S alpha + E
+    beta_t) + t with a Gaussian prior, by block elimination of every beta_t (Schur complement).
+    The blocks come from the bases' weighted Gram products (`_grams`) and each frame's
+    M = R2^T R2 (3x3), and the right-hand sides from R2^T times the residual (68x3 a frame):
+    O(T) small products instead of T [136,50] design matrices (the same normal equations)."""
     T = x.shape[0]
-    sw = np.sqrt(w)[None, :, None]
-    R2 = R[:, None, :2]  # [T,1,2,3]
-    b = ((x - t[:, None]) / s[:, None, None] - (R2 @ basis.mean[None, :, :, None])[..., 0]) * sw
-    A = (R2 @ basis.shape[None]) * sw[..., None]  # [T,68,2,40]
-    B = (R2 @ basis.expr[None]) * sw[..., None]  # [T,68,2,10]
-    A, B, b = A.reshape(T, 136, -1), B.reshape(T, 136, -1), b.reshape(T, 136, 1)
-    Bt = B.transpose(0, 2, 1)
-    BtB_inv = np.linalg.inv(Bt @ B + np.diag(lam / basis.expr_std**2))  # [T,10,10]
-    BtA, Btb = Bt @ A, Bt @ b  # [T,10,40], [T,10,1]
-    # Schur complement: eliminate every beta_t, solve alpha, back-substitute
+    grams = grams or _grams(basis, w)
+    R2 = np.ascontiguousarray(R[:, :2])  # [T,2,3]
+    M = (R2.transpose(0, 2, 1) @ R2).reshape(T, 9)  # [T,9]: R2^T R2
+    # unweighted residual of the mean shape, then y[t,k] = w_k R2^T r[t,k] (model axes)
+    residual = (x - t[:, None]) / s[:, None, None] - (R2 @ basis.mean.T).transpose(0, 2, 1)
+    y = (residual @ R2) * w[None, :, None]  # [T,68,3]
+    E, S = basis.expr.reshape(204, -1), basis.shape.reshape(204, -1)
+    BtB = (M @ grams["EE"].reshape(9, -1)).reshape(T, EXPRESSION_DIM, EXPRESSION_DIM)
+    BtA = (M @ grams["ES"].reshape(9, -1)).reshape(T, EXPRESSION_DIM, SHAPE_DIM)
+    Btb = y.reshape(T, 204) @ E  # [T,10]
+    BtB_inv = np.linalg.inv(BtB + np.diag(lam / basis.expr_std**2))  # [T,10,10]
     G = BtA.transpose(0, 2, 1) @ BtB_inv  # [T,40,10]
-    At = A.transpose(0, 2, 1)
-    lhs = (At @ A - G @ BtA).sum(0) + np.diag(lam / basis.shape_std**2)
-    rhs = (At @ b - G @ Btb).sum(0)[:, 0]
+    AtA = (M.sum(0) @ grams["SS"].reshape(9, -1)).reshape(SHAPE_DIM, SHAPE_DIM)
+    lhs = AtA - (G @ BtA).sum(0) + np.diag(lam / basis.shape_std**2)
+    rhs = y.sum(0).reshape(204) @ S - (G @ Btb[..., None]).sum(0)[:, 0]
     alpha = np.linalg.solve(lhs, rhs)
-    beta = (BtB_inv @ (Btb[..., 0] - BtA @ alpha)[..., None])[..., 0]
+    beta = (BtB_inv @ (Btb - BtA @ alpha)[..., None])[..., 0]
     return alpha, beta
 
 
@@ -237,10 +256,11 @@ def fit_track(landmarks: np.ndarray, config: FitConfig | None = None,
     lam = config.landmark_noise**2
     alpha = np.zeros(SHAPE_DIM)
     beta = np.zeros((n, EXPRESSION_DIM))
+    grams = _grams(basis, w)
     for _ in range(config.iterations):
         X = basis.vertices(alpha, beta)
         R, s, t = _pose_step(X, x, w)
-        alpha, beta = _coefficient_step(basis, R, s, t, x, w, lam)
+        alpha, beta = _coefficient_step(basis, R, s, t, x, w, lam, grams)
     X = basis.vertices(alpha, beta)
     R, s, t = _pose_step(X, x, w)
     fitted = s[:, None, None] * np.einsum("tij,tkj->tki", R[:, :2], X) + t[:, None]

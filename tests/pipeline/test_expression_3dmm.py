@@ -96,3 +96,34 @@ def test_gaussian_smoothing_reduces_noise_and_keeps_gaps():
     err_smooth = np.sqrt(np.mean((smooth[known] - clean[known]) ** 2))
     assert err_smooth < 0.5 * err_raw
     assert np.array_equal(gaussian_smooth(noisy, 0), noisy, equal_nan=True)
+
+
+def test_coefficient_step_solves_the_stacked_least_squares(basis):
+    """The step's O(T) normal equations (Gram products of the bases) give the minimizer of the
+    full regularized problem, built here as one stacked design matrix [alpha, beta_1..beta_T]
+    and solved with lstsq: landmarks and prior rows weighted as the step's docstring says."""
+    rng = np.random.default_rng(3)
+    T, lam = 5, 0.03**2
+    R = m3.axis_angle_to_rotation(rng.normal(size=(T, 3)) * 0.3)
+    s, t = 60 + rng.normal(size=T), rng.normal(size=(T, 2)) * 5
+    x = rng.normal(size=(T, 68, 2)) * 40
+    w = np.ones(68)
+    w[:17] = 0.5
+    alpha, beta = m3._coefficient_step(basis, R, s, t, x, w, lam)
+    n = m3.SHAPE_DIM + T * m3.EXPRESSION_DIM
+    rows, rhs = [], []
+    for f in range(T):
+        for k in range(68):
+            for i in range(2):
+                row = np.zeros(n)
+                row[:m3.SHAPE_DIM] = R[f, i] @ basis.shape[k]
+                start = m3.SHAPE_DIM + f * m3.EXPRESSION_DIM
+                row[start:start + m3.EXPRESSION_DIM] = R[f, i] @ basis.expr[k]
+                rows.append(np.sqrt(w[k]) * row)
+                rhs.append(np.sqrt(w[k]) * ((x[f, k, i] - t[f, i]) / s[f] - R[f, i] @ basis.mean[k]))
+    prior = np.concatenate([np.sqrt(lam) / basis.shape_std, np.tile(np.sqrt(lam) / basis.expr_std, T)])
+    design = np.vstack([np.array(rows), np.diag(prior)])
+    target = np.concatenate([rhs, np.zeros(n)])
+    solution = np.linalg.lstsq(design, target, rcond=None)[0]
+    np.testing.assert_allclose(alpha, solution[:m3.SHAPE_DIM], rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(beta, solution[m3.SHAPE_DIM:].reshape(T, -1), rtol=1e-7, atol=1e-9)
