@@ -122,3 +122,17 @@ def test_streamed_crops_equal_the_whole_track_at_once(tmp_path):
     # memory: loose crops held at once (at 256 px, 0.44 MB each)
     assert kept_once == 109 and kept_stream <= 10 + 2 * 7 + 3, (kept_stream, kept_once)
     assert not list((tmp_path / "partial10").iterdir())  # the finished clip moved out
+
+
+def test_sharpness_is_the_variance_of_the_laplacian():
+    """laplacian_variance against the definition: the 4-neighbour Laplacian of the gray image
+    (OpenCV's BGR2GRAY weights on RGB input's reversed order, border reflected as OpenCV's
+    default BORDER_REFLECT_101), its population variance, in float64."""
+    from pipeline.models.geometry import laplacian_variance
+
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (64, 48, 3), dtype=np.uint8)
+    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float64)
+    p = np.pad(gray, 1, mode="reflect")  # numpy's "reflect" is OpenCV's REFLECT_101
+    lap = p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:] - 4 * gray
+    assert laplacian_variance(image) == pytest.approx(lap.var(), rel=1e-9)
