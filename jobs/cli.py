@@ -228,9 +228,10 @@ def cmd_curate(args) -> int:
         job["stages"] = [s.strip() for s in args.stages.split(",") if s.strip()]
     if args.ray_address:
         data.setdefault("runner", {})["ray_address"] = args.ray_address
-    if not job.get("inputs"):
-        raise UsageError("no inputs: give --input FILES_OR_DIRS or a job spec with [job] inputs")
-    spec = specs.build(data, args.set)
+    spec = specs.build(data, args.set)  # --set job.inputs=[...] counts as inputs too
+    if not spec.inputs:
+        raise UsageError("no inputs: give --input FILES_OR_DIRS, a job spec with [job] inputs or "
+                         "--set job.inputs='[\"...\"]'")
     inputs, ignored = specs.scan_inputs(spec.inputs)
     if ignored:
         log.warning("ignored %d files that are neither video nor audio containers: %s",

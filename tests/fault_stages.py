@@ -42,3 +42,19 @@ class FlakySetupIngest(IngestStage):
         except FileExistsError:
             return super().setup()
         raise OSError("transient: the model mount did not answer")
+
+
+class GpuIngest(IngestStage):
+    """Ingest run as a model stage (an actor pool) that writes `gpu-<node id>-<gpu ids>-<file>`:
+    where `[runner.stage_resources]` with `num_gpus` placed it."""
+
+    uses_models = True
+
+    def process_row(self, row: dict) -> dict:
+        import ray
+
+        context = ray.get_runtime_context()
+        ids = "_".join(str(i) for i in ray.get_gpu_ids()) or "none"
+        name = f"gpu-{context.get_node_id()}-{ids}-{os.path.basename(row['uri'])}"
+        (marker_dir(self.context.catalog) / name).touch()
+        return super().process_row(row)

@@ -35,6 +35,10 @@ def test_exit_codes(tmp_path, capsys):
     assert cli.main(["curate", "--out", str(tmp_path / "c")]) == 2  # no inputs
     assert "no inputs" in capsys.readouterr().err
     assert cli.main(["curate", "--input", str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "c")]) == 2
+    (tmp_path / "no_videos").mkdir()  # inputs given by --set (default.toml's own advice) count
+    assert cli.main(["curate", "jobs/default.toml", "--out", str(tmp_path / "c"), "--set",
+                     f'job.inputs=["{tmp_path / "no_videos"}"]']) == 2
+    assert "no video files found in" in capsys.readouterr().err
     assert cli.main(["catalog", "validate", str(tmp_path / "nothing")]) == 2
     (tmp_path / "empty").mkdir()
     assert cli.main(["catalog", "validate", str(tmp_path / "empty")]) == 1  # not a catalog

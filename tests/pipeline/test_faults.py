@@ -178,3 +178,31 @@ def test_file_that_kills_its_decoder(cluster, tmp_path):
     mine = catalog_rows(out)
     mine["videos"] = [r for r in mine["videos"] if r["uri"] != poison["uri"]]
     assert mine == catalog_rows(clean)
+
+
+def test_gpu_actor_pool_runs_on_the_gpu_node(cluster, tmp_path):
+    """`[runner.stage_resources]` with `num_gpus`: refused with a clear error on a cluster without
+    GPUs; with a (logical) 1-GPU node added, the stage's actors run there, each holding GPU 0,
+    and the catalog equals a CPU run's."""
+    c, _ = cluster
+    files = _inputs(tmp_path / "in", 3)
+    reference = _reference(tmp_path, files)
+    stages = ["fault_stages:GpuIngest", "scenes"]
+    config = runner.RunnerConfig(stage_resources={"ingest": {"num_gpus": 1, "num_cpus": 1}})
+    with pytest.raises(ValueError, match="asks for GPUs; the Ray cluster has none"):
+        runner.run(files, str(tmp_path / "refused"), stages, {}, config)
+    gpu_node = c.add_node(num_cpus=1, num_gpus=1)
+    try:
+        c.wait_for_nodes()
+        gpu_id = gpu_node.node_id
+        out = tmp_path / "cat"
+        runner.run(files, str(out), stages, {}, config)
+        from fault_stages import marker_dir
+
+        marks = sorted(p.name for p in marker_dir(str(out)).glob("gpu-*"))
+        assert marks == sorted(f"gpu-{gpu_id}-0-{Path(f).name}" for f in files)
+        rows = _accounted(out, files)
+        assert all(r["ingest_status"] == "ok" for r in rows.values())
+        assert_same_catalog(out, reference)
+    finally:
+        c.remove_node(gpu_node)
