@@ -136,3 +136,26 @@ def test_sharpness_is_the_variance_of_the_laplacian():
     p = np.pad(gray, 1, mode="reflect")  # numpy's "reflect" is OpenCV's REFLECT_101
     lap = p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:] - 4 * gray
     assert laplacian_variance(image) == pytest.approx(lap.var(), rel=1e-9)
+
+
+@pytest.mark.parametrize("center,side", [((-400.0, -300.0), 600.0), ((2400.0, 540.0), 1300.0)])
+def test_square_outside_the_frame_repeats_the_nearest_edge(center, side):
+    """A loose square that misses the frame shows what a replicate-border warp shows: the
+    nearest corner pixel (above left of the frame), the last column resampled (right of it; a
+    smooth pattern down the rows, constant along them)."""
+    from pipeline.faces.crop import loose_crop
+
+    rng = np.random.default_rng(2)
+    if center[0] < 0:
+        image = rng.integers(0, 255, (H, W, 3), dtype=np.uint8)
+    else:
+        rows = 128 + 60 * np.sin(2 * np.pi * np.arange(H) / 160)
+        image = np.repeat(np.repeat(rows[:, None, None], W, 1), 3, 2).astype(np.uint8)
+    crop, affine = loose_crop(image, center, side, 384)
+    assert crop.shape == (384, 384, 3)
+    expected = _direct(image, affine, 384)
+    if center[0] < 0:
+        assert (crop == image[0, 0]).all() and (expected == image[0, 0]).all()
+    else:
+        assert np.abs(crop.astype(int) - expected).mean() < 1
+        assert crop.std() > 20  # the pattern is there, not one repeated pixel
