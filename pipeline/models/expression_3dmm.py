@@ -64,7 +64,9 @@ class Basis68:
 
     def vertices(self, alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
         """alpha float[40], beta float[...,10] -> float[...,68,3] (normalized units)."""
-        return self.mean + self.shape @ alpha + np.einsum("kcj,...j->...kc", self.expr, beta)
+        beta = np.asarray(beta)
+        expr = (beta.reshape(-1, EXPRESSION_DIM) @ self.expr.reshape(204, EXPRESSION_DIM).T)
+        return self.mean + self.shape @ alpha + expr.reshape(beta.shape[:-1] + (68, 3))
 
 
 @lru_cache(maxsize=2)
@@ -159,8 +161,9 @@ def _pose_step(X: np.ndarray, x: np.ndarray, w: np.ndarray):
     T = X.shape[0]
     sw = np.sqrt(w)[None, :, None]
     H = np.concatenate([X, np.ones((T, 68, 1))], -1) * sw
-    A = np.einsum("tki,tkj->tij", H, H) + 1e-9 * np.eye(4)
-    B = np.einsum("tki,tkj->tij", H, x * sw)
+    Ht = H.transpose(0, 2, 1)
+    A = Ht @ H + 1e-9 * np.eye(4)
+    B = Ht @ (x * sw)
     P = np.linalg.solve(A, B)  # [T,4,2]
     r1, r2 = P[:, :3, 0], P[:, :3, 1]
     s = 0.5 * (np.linalg.norm(r1, axis=1) + np.linalg.norm(r2, axis=1))
@@ -169,7 +172,7 @@ def _pose_step(X: np.ndarray, x: np.ndarray, w: np.ndarray):
     D = np.ones((T, 3))
     D[:, 2] = np.sign(np.linalg.det(U @ Vt))
     R = U @ (D[:, :, None] * Vt)
-    proj = np.einsum("tij,tkj->tki", R[:, :2], X)
+    proj = X @ R[:, :2].transpose(0, 2, 1)  # [T,68,2]
     pc = proj - (w[None, :, None] * proj).sum(1, keepdims=True) / w.sum()
     xc = x - (w[None, :, None] * x).sum(1, keepdims=True) / w.sum()
     s = (w[None, :, None] * pc * xc).sum((1, 2)) / np.maximum((w[None, :, None] * pc * pc).sum((1, 2)), 1e-12)
