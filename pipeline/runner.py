@@ -63,9 +63,16 @@ class RunnerConfig:
     batch_rows: int = 1  # rows per map_batches call
     waves_in_flight: int = 0  # waves run at once (0: 1 + one per 32 cluster CPUs; 1: one by one)
     videos_per_cpu: float = 0.0  # > 0: waves of at least cluster CPUs x this many videos
-    rows_per_actor: int = 16  # beyond its fair share, an actor pool gets one actor per this many rows
+    rows_per_actor: int = 16  # beyond its fair share, a model stage gets one worker per this many rows
+    # model stages' workers: "tasks" (Ray's reused worker processes keep their loaded models for
+    # the whole run) or "actors" (an actor pool per stage and wave, models loaded per actor)
+    model_workers: str = "tasks"
     # per runner stage: Ray resources of its workers, e.g. {faces = {num_gpus = 1, num_cpus = 2}}
     stage_resources: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.model_workers not in ("tasks", "actors"):
+            raise ValueError(f"[runner] model_workers must be 'tasks' or 'actors', got {self.model_workers!r}")
 
 
 @dataclass
@@ -278,12 +285,15 @@ def absolute_uri(uri: str | os.PathLike) -> str:
     return os.path.abspath(text)
 
 
-def _hash_inputs(root: Path, uris: list[str]) -> list[dict]:
-    """Content hashes for every input, reading only files whose (size, mtime) changed."""
-    import ray
+DRIVER_HASH_BYTES = 256 * 2**20  # inputs to hash up to this size are read by the driver
 
+
+def _hash_inputs(root: Path, uris: list[str]) -> list[dict]:
+    """Content hashes for every input, reading only files whose (size, mtime) changed: in the
+    driver (4 threads) when they hold at most DRIVER_HASH_BYTES, where starting Ray workers
+    would cost more than reading, else as Ray tasks across the cluster."""
     cache = hashing.load_cache(root)
-    todo, rows = [], []
+    todo, rows, todo_bytes = [], [], 0
     for uri in uris:
         key = hashing.stat_key(uri)
         hit = cache.get(uri)
@@ -291,12 +301,21 @@ def _hash_inputs(root: Path, uris: list[str]) -> list[dict]:
             rows.append({"uri": uri, "size_bytes": key[0], "mtime_ns": key[1], "content_sha256": hit[2], "hash_error": None})
         else:
             todo.append(uri)
-    if todo:
+            todo_bytes += key[0] if key else 0
+    if not todo:
+        return rows
+    if todo_bytes <= DRIVER_HASH_BYTES:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(4, thread_name_prefix="hash") as pool:
+            fresh = list(pool.map(hashing.hash_file, todo))
+    else:
+        import ray
+
         hash_remote = ray.remote(num_cpus=0.5, **fs.worker_options())(hashing.hash_file)
         fresh = ray.get([hash_remote.remote(u) for u in todo])
-        hashing.save_cache(root, fresh)
-        rows.extend(fresh)
-    return rows
+    hashing.save_cache(root, fresh)
+    return rows + fresh
 
 
 def _run_wave(root, context, wave, work, input_rows, names, driver_stages, keys, runner, summaries,
@@ -396,7 +415,7 @@ def _run_chain_on_ray(names: list[str], stages: list[Stage], batch: pa.Table, co
     args = {"names": names, "configs": [s.config for s in stages], "context": context,
             "max_attempts": runner.max_attempts, "resources": runner.stage_resources}
     ds = ray.data.from_arrow(blocks)
-    if head.uses_models:
+    if head.uses_models and runner.model_workers == "actors":
         ds = ds.map_batches(StageWorker, fn_constructor_kwargs=args, batch_size=runner.batch_rows,
                             batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=pool),
                             **remote)

@@ -48,6 +48,13 @@ class StageContext:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         return path
 
+    def move_to(self, other: StageContext) -> None:
+        """Point this context at `other`'s catalog and staging area. A worker process keeps its
+        set-up stages (their loaded models) for the whole run; they and their analyzers share
+        one context, which each task points at its own wave's staging area first."""
+        object.__setattr__(self, "catalog", other.catalog)
+        object.__setattr__(self, "staging", other.staging)
+
     def media_path(self, relpath: str) -> str:
         """Where a media file written by an earlier stage is now: staged in this run, or committed."""
         shard = int(relpath.split("/")[1])

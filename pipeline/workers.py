@@ -47,12 +47,20 @@ class StageWorker:
 
     def __init__(self, names: list[str], configs: list[Any], context: StageContext, max_attempts: int,
                  resources: dict | None = None):
+        self.context = context  # shared by the stages (and their analyzers): see `bind`
         self.stages = [load_stage_class(n)(c, context) for n, c in zip(names, configs)]
         for stage in self.stages:
             stage.setup()
         self.markers = Path(context.staging) / "attempts"
         self.max_attempts = max_attempts
         self.resources = resources or {}  # [runner] stage_resources, for a row's parts
+
+    def bind(self, context: StageContext, max_attempts: int, resources: dict | None) -> None:
+        """Work for another wave (or run) with the stages as they are set up."""
+        self.context.move_to(context)
+        self.markers = Path(context.staging) / "attempts"
+        self.max_attempts = max_attempts
+        self.resources = resources or {}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         outputs: dict[str, list[pa.Table]] = {s.name: [] for s in self.stages}
@@ -177,14 +185,17 @@ _WORKERS: dict[tuple, StageWorker] = {}
 
 def run_chain_task(batch: pa.Table, names: list[str], configs: list[Any], context: StageContext,
                    max_attempts: int, resources: dict | None = None) -> pa.Table:
-    """Task form of StageWorker for stages without models: Ray reuses worker processes, so the
-    stages are built once per process and run."""
-    key = (tuple(names), context.staging, repr(configs))
-    if key not in _WORKERS:
-        while len(_WORKERS) >= 8:  # waves in flight share worker processes: keep a few
+    """Task form of StageWorker. Ray reuses worker processes across tasks, stages' datasets and
+    waves, so a process sets a chain's stages up (loads their models) once and keeps them for
+    the rest of the run (at most one set-up per chain of the job: ingest+scenes, faces, analyze)."""
+    key = (tuple(names), repr(configs))
+    worker = _WORKERS.get(key)
+    if worker is None:
+        while len(_WORKERS) >= 4:  # another job's chains in the same process: drop the oldest
             _WORKERS.pop(next(iter(_WORKERS)))
-        _WORKERS[key] = StageWorker(names, configs, context, max_attempts, resources)
-    return _WORKERS[key](batch)
+        worker = _WORKERS[key] = StageWorker(names, configs, context, max_attempts, resources)
+    worker.bind(context, max_attempts, resources)
+    return worker(batch)
 
 
 def stage_resources(names: list[str], stages: list[Stage], settings: dict) -> dict[str, float]:

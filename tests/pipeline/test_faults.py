@@ -180,15 +180,17 @@ def test_file_that_kills_its_decoder(cluster, tmp_path):
     assert mine == catalog_rows(clean)
 
 
-def test_gpu_actor_pool_runs_on_the_gpu_node(cluster, tmp_path):
+@pytest.mark.parametrize("model_workers", ["tasks", "actors"])
+def test_gpu_stage_runs_on_the_gpu_node(cluster, tmp_path, model_workers):
     """`[runner.stage_resources]` with `num_gpus`: refused with a clear error on a cluster without
-    GPUs; with a (logical) 1-GPU node added, the stage's actors run there, each holding GPU 0,
-    and the catalog equals a CPU run's."""
+    GPUs; with a (logical) 1-GPU node added, the stage's workers (reused task workers or an
+    actor pool) run there, each holding GPU 0, and the catalog equals a CPU run's."""
     c, _ = cluster
     files = _inputs(tmp_path / "in", 3)
     reference = _reference(tmp_path, files)
     stages = ["fault_stages:GpuIngest", "scenes"]
-    config = runner.RunnerConfig(stage_resources={"ingest": {"num_gpus": 1, "num_cpus": 1}})
+    config = runner.RunnerConfig(stage_resources={"ingest": {"num_gpus": 1, "num_cpus": 1}},
+                                 model_workers=model_workers)
     with pytest.raises(ValueError, match="asks for GPUs; the Ray cluster has none"):
         runner.run(files, str(tmp_path / "refused"), stages, {}, config)
     gpu_node = c.add_node(num_cpus=1, num_gpus=1)

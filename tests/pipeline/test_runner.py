@@ -171,3 +171,19 @@ def test_crash_in_a_chained_stage_is_blamed_on_that_stage(tmp_path, ray_local):
     assert rows["v00.mp4"]["scenes_status"] == "ok"
     assert catalog.read_table(out, "clips").num_rows >= 1
     assert catalog.validate(out) == []
+
+
+def test_inputs_hashed_in_the_driver_or_as_ray_tasks(tmp_path, ray_local, monkeypatch):
+    """Small inputs are hashed by the driver, big ones by Ray tasks: the same sha256 of the
+    bytes either way."""
+    import hashlib
+
+    from catalog import fs
+
+    files = _inputs(tmp_path / "in", 3)
+    truth = {f: hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in files}
+    by_driver = runner._hash_inputs(fs.resolve(tmp_path / "a"), files)
+    monkeypatch.setattr(runner, "DRIVER_HASH_BYTES", 0)  # every input "too big" for the driver
+    by_tasks = runner._hash_inputs(fs.resolve(tmp_path / "b"), files)
+    for rows in (by_driver, by_tasks):
+        assert {r["uri"]: r["content_sha256"] for r in rows} == truth
