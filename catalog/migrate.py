@@ -8,6 +8,7 @@ whose major version is older than the code's until it is migrated.
 History:
 - 0.1 -> 1.0: videos `path` renamed `uri`; videos `duration_ms` (int64 ms) became `duration_s`
   (float64 s); clips `start_ms`/`end_ms` became `start_s`/`end_s`.
+- 1.0 -> 1.1: tracks `transcript_segments` (Whisper's segment times and texts) added.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import json
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 TABLES = ("videos", "clips", "tracks", "frames", "persons")
 KEYS: dict[str, tuple[str, ...]] = {
@@ -182,6 +182,9 @@ COLUMNS["audio", "tracks"] = [
     col("clipping_ratio", F32, "fraction of samples at full scale"),
     col("language", STR, "spoken language (Whisper; null when transcription is off)"),
     col("transcript", STR, "transcript (Whisper; null when transcription is off)"),
+    col("transcript_segments", pa.list_(pa.struct([("start_s", F32), ("end_s", F32), ("text", STR)])),
+        "transcript segments relative to the track start (Whisper's timestamps; null when "
+        "transcription is off, or in catalogs written before schema 1.1)", unit="s"),
     col("audio_features_path", STR, "catalog-relative float16 [T,D] audio features on the 25 fps grid"),
     col("audio_features_backend", STR, "backend of the audio features"),
     *status_cols("audio"),

@@ -143,11 +143,19 @@ class AudioAnalyzer:
                 states = self.transcriber.encode(audio)
             result = self.transcriber.transcribe(states, len(audio), speech_windows(segments))
             out["language"], out["transcript"] = result.language, result.text
+            out["transcript_segments"] = segment_rows(result.segments)
         elif cfg.transcribe:
             result = self.whisper.transcribe(audio, fp16=False, condition_on_previous_text=False)
             out["language"] = result.get("language")
             out["transcript"] = result.get("text", "").strip()
+            out["transcript_segments"] = segment_rows(
+                (s["start"], s["end"], s["text"]) for s in result.get("segments", []))
         return AnalyzerResult(out)
+
+
+def segment_rows(segments) -> list[dict]:
+    """(start_s, end_s, text) segments as `transcript_segments` rows (text stripped)."""
+    return [{"start_s": float(a), "end_s": float(b), "text": str(t).strip()} for a, b, t in segments]
 
 
 def speech_windows(segments: list[tuple[float, float]], window_s: float = 30.0) -> set[int]:

@@ -187,6 +187,13 @@ def test_converted_base_transcribes_espeak_with_at_most_one_word_wrong(tmp_path)
     assert row["language"] == "en"
     errors = word_errors(words(SENTENCE), words(row["transcript"]))
     assert errors <= 1, f"{errors} word errors: {row['transcript']!r}"
+    # segment times against where the synthesized speech is audible (from the samples)
+    segments = row["transcript_segments"]
+    loud = np.flatnonzero(np.abs(audio[: t * 640]) > 0.02) / 16000
+    assert segments and " ".join(s["text"] for s in segments) == row["transcript"]
+    assert 0.0 <= segments[0]["start_s"] <= loud[0] + 0.6, (segments, loud[0])
+    assert loud[-1] - 0.6 <= segments[-1]["end_s"] <= t / 25 + 0.1, (segments, loud[-1])
+    assert all(s["start_s"] < s["end_s"] for s in segments)
 
 
 def test_official_backend_rejects_a_file_with_the_wrong_checksum(tmp_path, monkeypatch):

@@ -48,6 +48,10 @@ def test_default_job_transcribes_an_espeak_sentence(tmp_path, ray_local):
     assert track["language"] == "en"
     errors = word_errors(words(SENTENCE), words(track["transcript"]))
     assert errors <= 1, f"{errors} word errors: {track['transcript']!r}"
+    segments = track["transcript_segments"]  # in the catalog, inside the track's speech
+    speech_span = (track["speech_segments"][0]["start_s"], track["speech_segments"][-1]["end_s"])
+    assert segments and segments[0]["start_s"] <= speech_span[0] + 0.6
+    assert segments[-1]["end_s"] >= speech_span[1] - 0.6
     assert (out / track["audio_features_path"]).is_file()
 
 
