@@ -4,10 +4,12 @@ classes' CPUs and compute kinds) with per-stage costs measured by `emoforge benc
 
 What it models, as pipeline/runner.py runs it: up to `in_flight` waves at once; in a wave the
 stage groups run one after another (a Ray Data dataset each, a barrier between them), then the
-wave's shards commit. A task group runs each row as one task of `cpus` CPUs (released between
-rows, so waves interleave in Ray's queue); a model group starts a pool of actors that load their
-models (`setup_s`), take rows until none are left and hold their CPUs until the group's last row
-is done. A row that its stage splits into parts (Stage.parts: a long video's scene windows)
+wave's shards commit. A group runs each row as one task of `cpus` CPUs (released between rows,
+so waves interleave in Ray's queue); a model stage's task loads its models (`setup_s`) only when
+its node has no idle worker process that set the stage up before (Ray reuses processes, and they
+keep their set-up stages for the run). With `model_workers = "actors"`, a model group instead
+starts a pool of actors that load their models, take rows until none are left and hold their
+CPUs until the group's last row is done. A row that its stage splits into parts (Stage.parts: a long video's scene windows)
 is one task per part, run in parallel. Resource requests are served oldest first, on the node
 with the most free CPUs.
 
@@ -127,8 +129,10 @@ def _rows(video: Video, level: str) -> list[float]:
 class _Group:
     """One stage group of one wave in flight: its rows (core-seconds), pool, and progress."""
 
-    def __init__(self, wave: int, rows: list[float], cpus: float, pool: int, actors: bool, setup_s: float):
+    def __init__(self, wave: int, rows: list[float], cpus: float, pool: int, actors: bool, setup_s: float,
+                 key: tuple = ()):
         self.wave, self.cpus, self.actors, self.setup_s = wave, cpus, actors, setup_s
+        self.key = key  # the stage group: task workers keep its set-up across waves
         self.queue = deque(rows)
         self.left = len(rows)
         self.pool = pool
@@ -148,6 +152,9 @@ class Simulation:
         self.result = Result(cluster_cpus=cluster.cpus)
         self.idle_mark = 0.0
         self.all_started = False
+        self.smallest_request = 0.0  # CPUs of the smallest worker a run asks for (set by simulate)
+        self.set_up: dict[tuple, int] = {}  # (node, group key): worker processes set up for it
+        self.running: dict[tuple, int] = {}  # (node, group key): its tasks running now
 
     def at(self, time: float, action, *args) -> None:
         self.seq += 1
@@ -158,17 +165,16 @@ class Simulation:
         self.dispatch()
 
     def dispatch(self) -> None:
-        """Place pending requests oldest first; a request that fits nowhere waits (others pass)."""
+        """Place pending requests oldest first on the node with the most free CPUs; a request
+        that does not fit there fits nowhere and waits (others pass)."""
         waiting = deque()
-        while self.pending:
+        node = max(range(len(self.free)), key=self.free.__getitem__)
+        while self.pending and self.free[node] + 1e-9 >= self.smallest_request:
             group = self.pending.popleft()
             if not group.queue:
                 continue  # nothing left for this worker to do
-            node = max(range(len(self.free)), key=self.free.__getitem__)
             if self.free[node] + 1e-9 < group.cpus:
                 waiting.append(group)
-                if max(self.free) < 0.5:
-                    break
                 continue
             self.account_idle()
             self.free[node] -= group.cpus
@@ -177,13 +183,24 @@ class Simulation:
                 self.at(self.now + group.setup_s, self.actor_take, group, node)
             else:
                 self.run_row(group, node)
+            node = max(range(len(self.free)), key=self.free.__getitem__)
         waiting.extend(self.pending)
         self.pending = waiting
 
     def run_row(self, group: _Group, node: int) -> None:
+        """A row on a worker. A model stage's task pays its set-up only when every process of
+        the node that already set the stage up is busy (processes are reused for the run)."""
         cost = group.queue.popleft()
         self.result.work_s += cost * group.cpus
-        self.at(self.now + cost, self.row_done, group, node)
+        setup = 0.0
+        if not group.actors and group.setup_s:
+            where = (node, group.key)
+            self.running[where] = self.running.get(where, 0) + 1
+            if self.running[where] > self.set_up.get(where, 0):
+                self.set_up[where] = self.running[where]
+                setup = group.setup_s
+                self.result.setup_s += setup * group.cpus
+        self.at(self.now + setup + cost, self.row_done, group, node)
 
     def actor_take(self, group: _Group, node: int) -> None:
         if group.queue:
@@ -194,6 +211,8 @@ class Simulation:
 
     def row_done(self, group: _Group, node: int) -> None:
         group.left -= 1
+        if not group.actors and group.setup_s:
+            self.running[(node, group.key)] -= 1
         if group.actors:
             self.actor_take(group, node)
         else:
@@ -266,6 +285,7 @@ def simulate(videos: list[Video], costs: dict[str, StageCost], cluster: Cluster,
                                 {v.video_id: float(v.size_bytes) for v in videos})
     flight = planning.in_flight(runner.waves_in_flight, cluster.cpus)
     sim = Simulation(cluster)
+    sim.smallest_request = min(max(classes[i].num_cpus for i in group) for group in planning.chains(classes))
     res = sim.result
     res.waves, res.in_flight, res.wave_videos = len(waves), flight, size
     res.stage_work_s = dict.fromkeys(stage_names, 0.0)
@@ -317,11 +337,12 @@ def simulate(videos: list[Video], costs: dict[str, StageCost], cluster: Cluster,
             stage_rows.extend(task_costs(video, group))
         stage_rows.sort(reverse=True)  # the runner orders rows longest first
         cpus = max(classes[i].num_cpus for i in group)
-        actors = classes[group[0]].uses_models
-        pool = planning.pool_size(cpus, cluster.cpus, len(stage_rows), runner.rows_per_actor, actors,
+        models = classes[group[0]].uses_models
+        actors = models and runner.model_workers == "actors"
+        pool = planning.pool_size(cpus, cluster.cpus, len(stage_rows), runner.rows_per_actor, models,
                                   min(flight, len(waves)))
-        setup = max(costs[stage_names[i]].setup_s for i in group)
-        g = _Group(w, stage_rows, cpus, pool, actors, setup)
+        setup = max(costs[stage_names[i]].setup_s for i in group) if models else 0.0
+        g = _Group(w, stage_rows, cpus, pool, actors, setup, key=tuple(group))
         if not stage_rows:
             sim.at(sim.now, finish, g)
             return

@@ -2,7 +2,9 @@
 where the serial time goes, a 100-node simulation with those costs, and a cost model.
 
 1. Inputs: FILES, or a synthetic talking-face corpus (jobs.media.talking_corpus: four real face
-   photos speaking two espeak-ng sentences each, 256 px, 40 s in all), cached.
+   photos speaking four espeak-ng sentences each, 256 px, about 80 s in all), cached. With 40 s
+   (two sentences each) the run's fixed costs (model loading, Ray Data's start per stage) were
+   a fifth of the 2-worker time and the efficiency read 0.85-0.93 between two quiet runs.
 2. Curated twice in this process with every stage (ingest, scenes, faces, analyze), on a local
    Ray of 1 and then 2 CPUs; every stage is given 1 CPU per worker ([runner] stage_resources),
    so "N workers" is N single-threaded worker processes (OMP_NUM_THREADS=1), and the run is
@@ -34,15 +36,14 @@ log = logging.getLogger(__name__)
 
 STAGES = ("ingest", "scenes", "faces", "analyze")
 CONTENT = {"ingest": "video", "scenes": "video", "faces": "clips", "analyze": "tracks"}
-# Measured by `emoforge bench scale` on this 2-core machine (2026-11-30, 256 px talking faces,
-# one worker, load average 18 from other work: absolute values are several times an idle
-# machine's, their ratios are what the simulation needs): core-seconds per content second and
-# per actor set-up. The simulation test uses these.
+# Measured by `emoforge bench scale` on this 2-core machine (2026-11-30, quiet: 16 talking-face
+# clips of 256 px, 80 s, one worker): core-seconds per content second and per worker set-up.
+# The simulation test and `bench simulate` use these.
 DEFAULT_COSTS = {
-    "ingest": StageCost(per_content_s=0.019),
-    "scenes": StageCost(per_content_s=0.35),
-    "faces": StageCost(per_content_s=1.15, setup_s=13.5),
-    "analyze": StageCost(per_content_s=2.87, setup_s=4.0),
+    "ingest": StageCost(per_content_s=0.009),
+    "scenes": StageCost(per_content_s=0.123),
+    "faces": StageCost(per_content_s=0.298, setup_s=0.26),
+    "analyze": StageCost(per_content_s=0.625, setup_s=4.54),
 }
 
 
@@ -53,7 +54,7 @@ def inputs(files: list[str] | None) -> list[str]:
     from pipeline.models.registry import cache_root
 
     clips = build_talking_corpus(cache_root() / "bench" / "scale", ("astronaut", "happy", "surprise", "anger"),
-                                 2, size=256)
+                                 4, size=256)
     return [str(c.path) for c in clips]
 
 

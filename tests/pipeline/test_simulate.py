@@ -37,11 +37,31 @@ def test_actor_pool_pays_setup_and_holds_cpus_until_its_last_row():
     videos = [_video(0, 12.0, clips=(10.0, 2.0))]
     costs = {"ingest": StageCost(per_row_s=0.5), "scenes": StageCost(per_row_s=0.5),
              "faces": StageCost(per_content_s=1.0, setup_s=2.0)}
-    result = simulate(videos, costs, Cluster(1, 2.0), RunnerConfig(num_shards=1, rows_per_actor=1),
+    result = simulate(videos, costs, Cluster(1, 2.0),
+                      RunnerConfig(num_shards=1, rows_per_actor=1, model_workers="actors"),
                       stage_names=("ingest", "scenes", "faces"))
     assert result.makespan_s == pytest.approx(1.0 + 2.0 + 10.0)
     assert result.setup_s == pytest.approx(2 * 2.0 * 0.5)
     assert result.held_idle_s == pytest.approx(8.0 * 0.5)
+
+
+def test_task_workers_keep_their_set_up_across_waves():
+    """Two waves one by one, each one video with one 4 s clip: ingest+scenes 1 s, then faces
+    (setup 2 s). Actor pools load the models in each wave: 2 x (1 + 2 + 4) = 14 s. Task workers
+    load them once: 1 + 2 + 4, then 1 + 4: 12 s, and half the set-up time."""
+    ids = _ids_in_shards(1, 2)
+    videos = [Video(vid[0], 4.0, 4000, (4.0,), ((4.0,),)) for vid in ids]
+    costs = {"ingest": StageCost(per_row_s=0.5), "scenes": StageCost(per_row_s=0.5),
+             "faces": StageCost(per_content_s=1.0, setup_s=2.0)}
+    base = RunnerConfig(num_shards=2, wave_videos=1, waves_in_flight=1)
+    stages = ("ingest", "scenes", "faces")
+    actors = simulate(videos, costs, Cluster(1, 2.0), dataclasses.replace(base, model_workers="actors"),
+                      stage_names=stages)
+    tasks = simulate(videos, costs, Cluster(1, 2.0), base, stage_names=stages)
+    assert (actors.waves, tasks.waves) == (2, 2)
+    assert actors.makespan_s == pytest.approx(14.0)
+    assert tasks.makespan_s == pytest.approx(12.0)
+    assert (actors.setup_s, tasks.setup_s) == (pytest.approx(2 * 2.0 * 0.5), pytest.approx(2.0 * 0.5))
 
 
 def _ids_in_shards(per_shard: int, shards: int) -> list[list[str]]:
@@ -110,7 +130,8 @@ def test_hundred_nodes_keep_utilization_above_85_percent():
     videos = corpus(2500, long_videos=3, long_s=(3600.0, 7200.0), seed=1)
     cluster = Cluster(100, 4.0)
     now = simulate(videos, DEFAULT_COSTS, cluster, RunnerConfig())
-    old = simulate(videos, DEFAULT_COSTS, cluster, RunnerConfig(waves_in_flight=1, rows_per_actor=1))
+    old = simulate(videos, DEFAULT_COSTS, cluster,
+                   RunnerConfig(waves_in_flight=1, rows_per_actor=1, model_workers="actors"))
     assert now.work_s == pytest.approx(old.work_s)
     assert now.utilization > 0.85, now.summary()
     assert old.utilization < 0.5, old.summary()
