@@ -2,8 +2,9 @@
 Ray): hash inputs, plan, run stages in waves of shards with Ray Data, stage outputs per shard,
 commit per shard, write the manifest.
 
-Each stage runs as `map_batches(batch_format="pyarrow")` over its input rows (an actor pool for
-model stages, tasks otherwise, fractional CPUs) and writes through StagingSink, which splits
+Each stage runs as `map_batches(batch_format="pyarrow")` over its input rows (tasks on Ray's
+reused worker processes, which keep model stages set up for the run, or actor pools with
+`model_workers = "actors"`; fractional CPUs) and writes through StagingSink, which splits
 outputs by shard, explodes fan-out children into their tables and writes Parquet parts under
 `_staging/`. After the wave's stages, each shard's tables are assembled and committed
 (catalog/commits.py). A worker crash is retried; a row whose worker died `max_attempts` times
@@ -393,7 +394,8 @@ def _add_outcome(area, group, stages, names, batch, busy, wall, total_busy, summ
 
 def _run_chain_on_ray(names: list[str], stages: list[Stage], batch: pa.Table, context: StageContext,
                       runner: RunnerConfig, schedule: Schedule) -> dict[str, float]:
-    """Model stages: a fixed actor pool (set up once per actor). Others: tasks. Either way Ray
+    """Tasks (model stages set up once per worker process and run), or for model stages with
+    `model_workers = "actors"` a fixed actor pool (set up once per actor). Either way Ray
     retries work on a dead worker or node, and the attempt markers end the loop for a poison
     row; an exception that escapes the per-row boundary (a model that fails to load, a
     staging write that fails) is retried up to `max_attempts` times before the run stops.

@@ -1,6 +1,7 @@
 """The runner's Ray workers: what runs inside Ray for pipeline/runner.py (the two modules are
-the only ones that know Ray). StageWorker runs a chain of stages row by row (an actor for model
-stages; `run_chain_task` for the others), a row's parts (Stage.parts) run as tasks of their own
+the only ones that know Ray). StageWorker runs a chain of stages row by row, as a task
+(`run_chain_task`: the worker process keeps it, models loaded, for the run) or as an actor
+(`[runner] model_workers = "actors"`); a row's parts (Stage.parts) run as tasks of their own
 (`run_part`), and `staging_sink` writes the packed outputs under the staging area.
 """
 
