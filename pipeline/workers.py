@@ -140,15 +140,17 @@ class StageWorker:
 
 
 def run_part(stage_class: str, config: Any, context: StageContext, row: dict, part: Any) -> Any:
-    """A Ray task: one part of a row (Stage.parts), on a stage built and set up once per
-    worker process. `stage_class`: "module:Class"."""
-    key = (stage_class, context.staging, repr(config))
+    """A Ray task: one part of a row (Stage.parts), on a stage the worker process set up once
+    and keeps for the run, as `run_chain_task` does. `stage_class`: "module:Class"."""
+    key = (stage_class, repr(config))
     if key not in _PART_STAGES:
         _PART_STAGES.clear()  # one stage per process: a run's parts share a configuration
         stage = load_stage_class(stage_class)(config, context)
         stage.setup()
         _PART_STAGES[key] = stage
-    return _PART_STAGES[key].process_part(row, part)
+    stage = _PART_STAGES[key]
+    stage.context.move_to(context)
+    return stage.process_part(row, part)
 
 
 _PART_STAGES: dict[tuple, Stage] = {}
