@@ -303,11 +303,6 @@ class Window:
     start: float | None
     end: float | None
 
-    @property
-    def decoded_s(self) -> float:
-        """Seconds decoded (finite windows only; the last one ends at the video's end)."""
-        return (self.end if self.end is not None else self.hi) - (self.start or 0.0)
-
 
 @dataclass
 class WindowScan:
@@ -359,7 +354,7 @@ def scan_window(path: str, config: ScenesConfig, fps: float, window: Window) -> 
                       fps=fps, seconds=time.perf_counter() - started)
 
 
-def stitch(path: str, parts: list[WindowScan], fps: float) -> SceneScan:
+def stitch(path: str, parts: list[WindowScan]) -> SceneScan:
     """The windows' scans, in order, as one scan. Raw cuts depend only on a few neighbouring
     frames, so this equals the one-piece scan whenever the overlap exceeds the detector's
     context; a cut on a window's first frame counts, except on the video's first frame."""
@@ -379,15 +374,21 @@ def stitch(path: str, parts: list[WindowScan], fps: float) -> SceneScan:
         raise MediaError(f"{path}: no decodable video frames")
     return SceneScan(pts=np.asarray(all_pts, np.float64), index=np.asarray(all_index, np.int64),
                      level=np.asarray(all_level, np.float32), raw_cuts=sorted(set(raw)),
-                     frame_duration_s=1.0 / fps, windows=len(parts))
+                     frame_duration_s=1.0 / parts[0].fps, windows=len(parts))
+
+
+def plan_windows(path: str, config: ScenesConfig,
+                 duration_s: float | None = None) -> tuple[float, list[Window]]:
+    """(the stream's fps, its decode windows); `duration_s` (ingest's) or the container's."""
+    probed_duration, fps = probe_video(path)
+    duration = duration_s if duration_s and duration_s > 0 else probed_duration
+    return fps, windows(duration, config)
 
 
 def scan(path: str, config: ScenesConfig, duration_s: float | None = None) -> SceneScan:
     """Decode the video (in windows when longer than `config.window_s`) and find raw cuts."""
-    probed_duration, fps = probe_video(path)
-    duration = duration_s if duration_s and duration_s > 0 else probed_duration
-    parts = [scan_window(path, config, fps, w) for w in windows(duration, config)]
-    return stitch(path, parts, fps)
+    fps, parts = plan_windows(path, config, duration_s)
+    return stitch(path, [scan_window(path, config, fps, w) for w in parts])
 
 
 def dark_runs(result: SceneScan, black_level: float) -> list[tuple[int, int]]:

@@ -9,9 +9,9 @@ so waves interleave in Ray's queue); a model stage's task loads its models (`set
 its node has no idle worker process that set the stage up before (Ray reuses processes, and they
 keep their set-up stages for the run). With `model_workers = "actors"`, a model group instead
 starts a pool of actors that load their models, take rows until none are left and hold their
-CPUs until the group's last row is done. A row that its stage splits into parts (Stage.parts: a long video's scene windows)
-is one task per part, run in parallel. Resource requests are served oldest first, on the node
-with the most free CPUs.
+CPUs until the group's last row is done. A row that its stage splits into parts (Stage.parts: a
+long video's scene windows) is one task per part, run in parallel. Resource requests are served
+oldest first, on the node with the most free CPUs.
 
 Costs are core-seconds per row plus per second of the row's content (video seconds for videos
 rows, clip seconds for clips, track seconds for tracks). Nothing here imports Ray.

@@ -7,8 +7,8 @@ import logging
 import time
 from typing import ClassVar
 
-from pipeline.scenes import (ClipSpan, ScenesConfig, Window, WindowScan, probe_video, scan_window,
-                             spans, stitch, windows)
+from pipeline.scenes import (ClipSpan, ScenesConfig, Window, WindowScan, plan_windows,
+                             scan_window, spans, stitch)
 from pipeline.stage import OK, Stage
 
 log = logging.getLogger(__name__)
@@ -49,9 +49,8 @@ class ScenesStage(Stage):
         for key in ("uri", "video_id"):
             if not row.get(key):
                 raise ValueError(f"scenes needs a non-empty {key!r} column; got row {row!r}")
-        probed, fps = probe_video(row["uri"])
-        duration = row.get("duration_s") or probed
-        return [(window, fps) for window in windows(duration, self.config)]
+        fps, windows = plan_windows(row["uri"], self.config, row.get("duration_s"))
+        return [(window, fps) for window in windows]
 
     def process_part(self, row: dict, part: tuple[Window, float]) -> WindowScan:
         window, fps = part
@@ -59,7 +58,7 @@ class ScenesStage(Stage):
 
     def combine(self, row: dict, results: list[WindowScan]) -> dict:
         started = time.perf_counter()
-        result = stitch(row["uri"], results, results[0].fps)
+        result = stitch(row["uri"], results)
         clip_spans = spans(result, self.config)
         seconds = sum(r.seconds for r in results) + time.perf_counter() - started
         log.debug("%s: %d frames in %.2f s (%.0f frames/s), %d windows, %d clips", row["uri"],
