@@ -7,6 +7,8 @@ the only ones that know Ray). StageWorker runs a chain of stages row by row, as 
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,37 @@ from pipeline.stage import FAILED, SKIPPED, Stage, StageContext, load_stage_clas
 from pipeline.staging import blocked_reason, fill_keys, merge_columns, rows_with_keys, write_output
 
 CRASH_ERROR = "worker crashed while decoding"
+# a folder: each worker process appends one JSON line per task it runs to <folder>/<pid>.jsonl
+# (`emoforge bench pipeline` sets it to split the Ray tree's CPU into start-up, set-up and work)
+STATS_ENV = "EMOFORGE_WORKER_STATS"
+
+
+_TASK_CPU = [0.0]  # CPU seconds of this process's chain and part tasks so far (STATS_ENV)
+
+
+def task_cpu_so_far() -> float:
+    """CPU seconds this process spent in chain and part tasks so far (recorded with STATS_ENV;
+    module-level so that the sink's class, pickled by value, reads this module's count)."""
+    return _TASK_CPU[0]
+
+
+def record_task(kind: str, names: list[str], began_cpu: float, setup_cpu: float,
+                busy: dict[str, float] | None = None, nested_cpu: float = 0.0) -> None:
+    """With STATS_ENV set: one JSON line for a task of this process: `kind` (chain, part or
+    write), its stages, the process's CPU seconds (user + system, all threads) when the task
+    began and now, the CPU seconds its stages' set-up took (0 when the process already held
+    them) and, for a write fused with the map, the chain tasks' CPU inside it (`nested_cpu`)."""
+    folder = os.environ.get(STATS_ENV)
+    if not folder:
+        return
+    now = time.process_time()
+    if kind != "write":
+        _TASK_CPU[0] += now - began_cpu
+    event = {"kind": kind, "names": list(names), "pid": os.getpid(), "cpu_before": began_cpu,
+             "cpu_after": now, "setup_cpu": setup_cpu, "busy_s": busy or {},
+             "nested_cpu": nested_cpu}
+    with open(os.path.join(folder, f"{os.getpid()}.jsonl"), "a") as out:
+        out.write(json.dumps(event) + "\n")
 
 
 def pack(outputs: dict[str, list[pa.Table]], busy: dict[str, float]) -> pa.Table:
@@ -55,6 +88,7 @@ class StageWorker:
         self.markers = Path(context.staging) / "attempts"
         self.max_attempts = max_attempts
         self.resources = resources or {}  # [runner] stage_resources, for a row's parts
+        self.last_busy: dict[str, float] = {}  # each stage's seconds in the last call
 
     def bind(self, context: StageContext, max_attempts: int, resources: dict | None) -> None:
         """Work for another wave (or run) with the stages as they are set up."""
@@ -74,6 +108,7 @@ class StageWorker:
                 busy[stage.name] += time.time() - began
                 outputs[stage.name].append(result)
                 current = merge_columns(current, result, stage.level)
+        self.last_busy = busy
         return pack(outputs, busy)
 
     def _run_one(self, stage: Stage, row: pa.Table, check_after: bool) -> pa.Table:
@@ -142,15 +177,19 @@ class StageWorker:
 def run_part(stage_class: str, config: Any, context: StageContext, row: dict, part: Any) -> Any:
     """A Ray task: one part of a row (Stage.parts), on a stage the worker process set up once
     and keeps for the run, as `run_chain_task` does. `stage_class`: "module:Class"."""
+    began = time.process_time()
     key = (stage_class, repr(config))
     if key not in _PART_STAGES:
         _PART_STAGES.clear()  # one stage per process: a run's parts share a configuration
         stage = load_stage_class(stage_class)(config, context)
         stage.setup()
         _PART_STAGES[key] = stage
+    setup_cpu = time.process_time() - began
     stage = _PART_STAGES[key]
     stage.context.move_to(context)
-    return stage.process_part(row, part)
+    result = stage.process_part(row, part)
+    record_task("part", [stage.name], began, setup_cpu)
+    return result
 
 
 _PART_STAGES: dict[tuple, Stage] = {}
@@ -165,12 +204,14 @@ def staging_sink(level: str, staging: Path):
         busy: dict[str, float] = {}
 
         def write(self, blocks, ctx):  # noqa: ANN001 - Ray's signature
+            began, nested = time.process_time(), task_cpu_so_far()
             busy: dict[str, float] = {}
             for block in blocks:
                 table = block if isinstance(block, pa.Table) else pa.Table.from_pandas(block)
                 for item in table.to_pylist():
                     write_output(unpack(item["ipc"]), item["stage"], level, staging)
                     busy[item["stage"]] = busy.get(item["stage"], 0.0) + item["busy_s"]
+            record_task("write", list(busy), began, 0.0, nested_cpu=task_cpu_so_far() - nested)
             return busy
 
         def on_write_complete(self, write_result):  # noqa: ANN001 - Ray's signature
@@ -191,14 +232,18 @@ def run_chain_task(batch: pa.Table, names: list[str], configs: list[Any], contex
     """Task form of StageWorker. Ray reuses worker processes across tasks, stages' datasets and
     waves, so a process sets a chain's stages up (loads their models) once and keeps them for
     the rest of the run (at most one set-up per chain of the job: ingest+scenes, faces, analyze)."""
+    began = time.process_time()
     key = (tuple(names), repr(configs))
     worker = _WORKERS.get(key)
     if worker is None:
         while len(_WORKERS) >= 4:  # another job's chains in the same process: drop the oldest
             _WORKERS.pop(next(iter(_WORKERS)))
         worker = _WORKERS[key] = StageWorker(names, configs, context, max_attempts, resources)
+    setup_cpu = time.process_time() - began
     worker.bind(context, max_attempts, resources)
-    return worker(batch)
+    result = worker(batch)
+    record_task("chain", names, began, setup_cpu, worker.last_busy)
+    return result
 
 
 def stage_resources(names: list[str], stages: list[Stage], settings: dict) -> dict[str, float]:

@@ -125,11 +125,14 @@ def decode_floor(paths: list[str]) -> dict:
 class PeakRss:
     """Samples the summed RSS of this process and its descendants every `every` s (MiB), and
     their CPU seconds (`cpu_s`: user + system of every process seen, from when it was first
-    seen or, for this process, from entry; a process's last sample counts after it exits)."""
+    seen or, for this process, from entry; a process's last sample counts after it exits).
+    The sampling thread's own CPU (`sampler_cpu_s`, about 5 ms a sample with Ray's 10-15
+    processes) is left out of `cpu_s` and `by_pid`."""
 
-    def __init__(self, every: float = 0.1, tree: bool = True):
+    def __init__(self, every: float = 0.5, tree: bool = True):
         self.every, self.tree = every, tree
         self.peak = 0.0
+        self.sampler_cpu_s = 0.0
         self._cpu: dict[int, tuple[float, float]] = {}  # pid -> (first, last) cpu seconds
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -150,12 +153,21 @@ class PeakRss:
         return total / MiB
 
     @property
+    def by_pid(self) -> dict[int, float]:
+        """CPU seconds of each process seen (this one without the sampling thread's)."""
+        out = {pid: last - first for pid, (first, last) in self._cpu.items()}
+        if os.getpid() in out:
+            out[os.getpid()] -= self.sampler_cpu_s
+        return out
+
+    @property
     def cpu_s(self) -> float:
-        return sum(last - first for first, last in self._cpu.values())
+        return sum(self.by_pid.values())
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             self.peak = max(self.peak, self.sample())
+            self.sampler_cpu_s = time.thread_time()
             self._stop.wait(self.every)
 
     def __enter__(self) -> PeakRss:
@@ -229,23 +241,95 @@ def run_direct(paths: list[str], spec, folder: str) -> dict:
 
 
 def run_ray(paths: list[str], spec, folder: str) -> dict:
-    """ray.init, then the job through the runner; per-stage seconds from its summaries."""
+    """ray.init, then the job through the runner; per-stage seconds from its summaries, and the
+    process tree's CPU split by process (`tree_split`, see `split_tree_cpu`)."""
     from pipeline import runner
+    from pipeline.workers import STATS_ENV
 
-    with PeakRss() as peak:
-        t = time.perf_counter()
-        runner.init_ray(spec.runner)
-        init_s = time.perf_counter() - t
-        t = time.perf_counter()
-        result = runner.run(paths, folder, list(spec.stages), spec.configs, spec.runner,
-                            job_spec=spec.resolved())
-        wall = time.perf_counter() - t
-    runner.stop_ray()
+    stats = tempfile.mkdtemp(prefix="worker-stats-")
+    os.environ[STATS_ENV] = stats  # a local Ray's workers inherit it
+    try:
+        with PeakRss() as peak:
+            t = time.perf_counter()
+            runner.init_ray(spec.runner)
+            init_s = time.perf_counter() - t
+            peak.sample()
+            at_init = peak.by_pid
+            t = time.perf_counter()
+            result = runner.run(paths, folder, list(spec.stages), spec.configs, spec.runner,
+                                job_spec=spec.resolved())
+            wall = time.perf_counter() - t
+        runner.stop_ray()
+        split = split_tree_cpu(peak.by_pid, at_init, read_worker_stats(stats))
+    finally:
+        os.environ.pop(STATS_ENV, None)
+        shutil.rmtree(stats, ignore_errors=True)
     stages = {n: {"seconds": s.seconds, "rows": s.rows_in, "ok": s.ok, "skipped": s.skipped,
                   "failed": s.failed, "children": s.children} for n, s in result.stages.items()}
     return {"ray_init_s": init_s, "wall_s": wall, "stages": stages, "peak_rss_mib": peak.peak,
-            "cpu_s": peak.cpu_s,
+            "cpu_s": peak.cpu_s, "tree_split": split, "sampler_cpu_s": peak.sampler_cpu_s,
             "driver_phases_s": {k: round(v, 2) for k, v in getattr(result, "phases", {}).items()}}
+
+
+def read_worker_stats(folder: str) -> dict[int, list[dict]]:
+    """pid -> the task records its worker process wrote (pipeline.workers.record_task)."""
+    out: dict[int, list[dict]] = {}
+    for path in Path(folder).glob("*.jsonl"):
+        events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if events:
+            out[int(path.stem)] = events
+    return out
+
+
+def split_tree_cpu(by_pid: dict[int, float], at_init: dict[int, float],
+                   stats: dict[int, list[dict]]) -> dict:
+    """The Ray run's CPU seconds by where they went: `ray_init` (every process up to the end
+    of ray.init), the `driver` after it, each stage's `work` and `setup` in the workers (from
+    their task records), `sink` (writing staged outputs), `worker_other` (the rest of the
+    workers' CPU: interpreter start-up and imports before their first task, Ray Data's own
+    tasks, idle time) and `ray_system` (raylet, GCS, dashboard, log monitor and the other
+    processes that ran no task of ours)."""
+    me = os.getpid()
+    out = {"ray_init": sum(at_init.values()), "driver": by_pid.get(me, 0.0) - at_init.get(me, 0.0),
+           "work": {}, "setup": {}, "sink": 0.0, "worker_other": 0.0, "ray_system": 0.0,
+           "worker_processes": {}}
+    for pid, used in by_pid.items():
+        if pid == me:
+            continue
+        used -= at_init.get(pid, 0.0)
+        events = stats.get(pid)
+        if not events:
+            out["ray_system"] += used
+            continue
+        ours = 0.0
+        out["worker_processes"][str(pid)] = {
+            "cpu_s": used, "before_first_task": events[0]["cpu_before"] - at_init.get(pid, 0.0),
+            "tasks": [("+".join(e["names"]) or "-") + f" ({e['kind']})" for e in events]}
+        for event in events:
+            spent = event["cpu_after"] - event["cpu_before"]
+            ours += spent
+            if event["kind"] == "write":  # fused with the map: its tasks ran inside it
+                nested = event.get("nested_cpu", 0.0)
+                out["sink"] += spent - nested
+                ours -= nested
+                continue
+            name = "+".join(event["names"])
+            out["setup"][name] = out["setup"].get(name, 0.0) + event["setup_cpu"]
+            work = spent - event["setup_cpu"]
+            busy = event.get("busy_s") or {}
+            total_busy = sum(busy.values())
+            for stage in event["names"]:  # a chain's CPU shared by its stages' busy time
+                share = busy.get(stage, 0.0) / total_busy if total_busy > 0 else 1 / len(event["names"])
+                key = f"{stage} (part)" if event["kind"] == "part" else stage
+                out["work"][key] = out["work"].get(key, 0.0) + work * share
+        out["worker_other"] += used - ours
+    return _rounded(out)
+
+
+def _rounded(value):
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return round(value, 2) if isinstance(value, float) else value
 
 
 def rates(seconds: float, video_s: float, cores: int) -> dict:
@@ -306,6 +390,8 @@ def run(files: list[str] | None = None, seconds: float = DEFAULT_SECONDS, ray: b
             "stage_total": rates(stage_total, video_s, cores),
             "wall": rates(got["wall_s"], video_s, cores),
             "tree_cpu": rates(got["cpu_s"], video_s, 1),
+            "tree_cpu_split": got["tree_split"],
+            "sampler_cpu_s": round(got["sampler_cpu_s"], 2),
             "driver_phases_s": got["driver_phases_s"],
             "over_floor": round(stage_total / floor["floor_s"], 2),
             "peak_rss_mib": round(got["peak_rss_mib"]),

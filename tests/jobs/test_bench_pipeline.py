@@ -4,6 +4,7 @@ rates it reports are the arithmetic they claim."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import types
 
@@ -55,3 +56,40 @@ def test_child_rows_keep_their_ancestors_columns():
     clip = {"clip_id": "c", "start_s": 1.0, "fps": None}
     row = _row_with(video, clip)
     assert row == {"uri": "a.mp4", "fps": 25.0, "clip_id": "c", "start_s": 1.0}
+
+
+def test_tree_cpu_is_split_by_process_and_task(tmp_path):
+    """Hand-made records: worker 11 started before ray.init ended (1 s then), set up faces and
+    ran two faces rows, its write fused with the map (the map's 6 s inside the write's 6.5 s);
+    worker 12 ran one analyze row; 13 ran no task of ours (a Ray process)."""
+    from jobs.bench.pipeline import read_worker_stats, split_tree_cpu
+
+    me = os.getpid()
+    events = {11: [
+        {"kind": "chain", "names": ["faces"], "cpu_before": 3.0, "cpu_after": 7.0,
+         "setup_cpu": 0.5, "busy_s": {"faces": 3.4}},
+        {"kind": "write", "names": ["faces"], "cpu_before": 2.5, "cpu_after": 9.0,
+         "setup_cpu": 0.0, "nested_cpu": 6.0},
+        {"kind": "chain", "names": ["faces"], "cpu_before": 7.0, "cpu_after": 9.0,
+         "setup_cpu": 0.0, "busy_s": {"faces": 2.0}}],
+        12: [{"kind": "chain", "names": ["ingest", "scenes"], "cpu_before": 2.0,
+              "cpu_after": 5.0, "setup_cpu": 1.0, "busy_s": {"ingest": 0.5, "scenes": 1.5}}]}
+    for pid, rows in events.items():
+        (tmp_path / f"{pid}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    stats = read_worker_stats(str(tmp_path))
+    by_pid = {me: 10.0, 11: 10.0, 12: 6.0, 13: 4.0}
+    at_init = {me: 3.0, 11: 1.0, 13: 1.5}
+    split = split_tree_cpu(by_pid, at_init, stats)
+    assert split["ray_init"] == 5.5
+    assert split["driver"] == 7.0
+    assert split["ray_system"] == 2.5
+    assert split["setup"] == {"faces": 0.5, "ingest+scenes": 1.0}
+    # faces: (4 - 0.5) + 2; the chain's 2 s shared 1:3 by busy time
+    assert split["work"] == {"faces": 5.5, "ingest": 0.5, "scenes": 1.5}
+    assert split["sink"] == 0.5
+    # worker 11: 9 s after init, 6.5 of it in our tasks; worker 12: 6 s, 3 in the task
+    assert split["worker_other"] == 5.5
+    assert split["worker_processes"]["11"]["before_first_task"] == 2.0
+    total = (split["ray_init"] + split["driver"] + split["ray_system"] + split["sink"]
+             + split["worker_other"] + sum(split["setup"].values()) + sum(split["work"].values()))
+    assert total == sum(by_pid.values())
