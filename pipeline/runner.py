@@ -416,18 +416,38 @@ def _run_chain_on_ray(names: list[str], stages: list[Stage], batch: pa.Table, co
     blocks = [batch.slice(i, runner.batch_rows) for i in range(0, batch.num_rows, runner.batch_rows)]
     args = {"names": names, "configs": [s.config for s in stages], "context": context,
             "max_attempts": runner.max_attempts, "resources": runner.stage_resources}
-    ds = ray.data.from_arrow(blocks)
+    ds = input_dataset(blocks)
+    sink = staging_sink(head.level, Path(context.staging))
     if head.uses_models and runner.model_workers == "actors":
         ds = ds.map_batches(StageWorker, fn_constructor_kwargs=args, batch_size=runner.batch_rows,
                             batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=pool),
                             **remote)
+        ds.write_datasink(sink)
     else:
         ds = ds.map_batches(run_chain_task, fn_kwargs=args, batch_size=runner.batch_rows,
                             batch_format="pyarrow", compute=ray.data.TaskPoolStrategy(size=pool),
                             **remote)
-    sink = staging_sink(head.level, Path(context.staging))
-    ds.write_datasink(sink)
+        write_fused(ds, sink, remote, pool)
     return sink.busy
+
+
+def write_fused(ds, sink, remote: dict, pool: int) -> None:
+    """Write a task-pool stage's outputs with the same remote arguments and pool size as its
+    map, so that Ray Data fuses the two ("MapBatches(run_chain_task)->Write"): each row's
+    outputs are written to staging by the task that computed them. A separate Write operator
+    ran a task per row beside the map tasks, and on a node whose CPUs the map tasks held,
+    Ray started extra worker processes for those (each importing Ray Data and setting the
+    stage up again), and the packed outputs went through the object store."""
+    ds.write_datasink(sink, ray_remote_args=dict(remote), concurrency=pool)
+
+
+def input_dataset(blocks: list[pa.Table]):
+    """A Ray dataset of the stage's input rows, one block each, its metadata read here: unlike
+    `ray.data.from_arrow`, which runs one remote task per block for it (a worker lease each,
+    and on a busy node a wait for a free CPU before the stage can start)."""
+    import ray.data
+
+    return ray.data.from_blocks(blocks)
 
 
 def _stage_manifest(names: list[str], stages: list[Stage]) -> dict[str, dict]:
