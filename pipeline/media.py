@@ -132,13 +132,25 @@ def read_audio(
     Times are relative to the video stream's start (the clock frames use) when
     `relative_to_video`; an audio stream that starts later than the video is padded with silence
     at the front, so sample k sits at time start_s + k / sample_rate. Returns an empty array when
-    the file has no audio stream."""
+    the file has no audio stream. The whole stream is decoded (no seek): a caller that reads
+    several spans of one file decodes it once with `decode_audio` and cuts with `audio_span`."""
+    audio = decode_audio(path, sample_rate, relative_to_video)
+    if audio is None:
+        return np.zeros(0, np.float32)
+    return audio_span(audio, sample_rate, start_s, end_s)
+
+
+def decode_audio(path: str, sample_rate: int = AUDIO_RATE,
+                 relative_to_video: bool = True) -> np.ndarray | None:
+    """Mono float32[N] audio of the whole file at `sample_rate`, sample k at time k / sample_rate
+    (see read_audio: silence in front of a late audio stream, a leading part before time 0 cut);
+    None when the file has no audio stream."""
     import av
 
     container = open_container(path)
     try:
         if not container.streams.audio:
-            return np.zeros(0, np.float32)
+            return None
         astream = container.streams.audio[0]
         t0 = stream_start_s(container.streams.video[0]) if (
             relative_to_video and container.streams.video
@@ -163,6 +175,13 @@ def read_audio(
         audio = np.concatenate([np.zeros(offset, np.float32), audio])
     elif offset < 0:
         audio = audio[-offset:]
+    return audio
+
+
+def audio_span(audio: np.ndarray, sample_rate: int, start_s: float = 0.0,
+               end_s: float | None = None) -> np.ndarray:
+    """The samples of [start_s, end_s) of float32[N] `audio` whose sample k sits at time
+    k / sample_rate (decode_audio's output), zero-padded where it ends before end_s."""
     begin = int(round(start_s * sample_rate))
     end = None if end_s is None else int(round(end_s * sample_rate))
     segment = audio[begin:end]
