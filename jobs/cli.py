@@ -26,6 +26,7 @@ BENCHES = {
     "train": "jobs.bench.train",
     "generate": "jobs.bench.generate",
     "learn": "jobs.bench.learn",
+    "denoise": "jobs.bench.denoise",
     "pipeline": "jobs.bench.pipeline",
     "scale": "jobs.bench.scale",
     "simulate": "jobs.bench.simulate",

@@ -45,6 +45,10 @@ class DiffusionConfig:
     beta_end: float = 0.012
     min_snr_gamma: float = 5.0  # min-SNR weighting per sample (0: off)
     noise_offset: float = 0.0  # per-channel offset noise (Hallo uses 0.05)
+    # Gaussian noise on the motion frames, std drawn per sample uniformly in [0, motion_noise]:
+    # generated windows take their motion frames from the previous window's output, errors
+    # included, and a model trained only on clean motion frames copies and compounds them
+    motion_noise: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -162,8 +166,15 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Train
         raise TrainSpecError(f"training spec {path} does not exist") from exc
 
 
+# [model] fields added after checkpoints were written, with the value that rebuilds those
+# checkpoints' models (a missing field would otherwise take today's preset default)
+ADDED_MODEL_FIELDS = {"input_images": []}
+
+
 def from_resolved(values: dict) -> TrainSpec:
     """The TrainSpec a checkpoint's config.json was written from."""
+    if "model" in values:
+        values = {**values, "model": {**ADDED_MODEL_FIELDS, **values["model"]}}
     return build(values)
 
 

@@ -55,6 +55,21 @@ def draw_noise(latents: torch.Tensor, generators: list[torch.Generator], cfg: Di
             {k: torch.tensor(v, dtype=torch.bool, device=device) for k, v in drops.items()})
 
 
+@torch.no_grad()
+def augment_motion(motion: torch.Tensor, generators: list[torch.Generator],
+                   max_std: float) -> torch.Tensor:
+    """Motion latents [B,M,c,h,w] plus Gaussian noise whose std is drawn per sample uniformly in
+    [0, max_std] (from the sample's own stream, after `draw_noise`'s draws)."""
+    if max_std <= 0 or motion.shape[1] == 0:
+        return motion
+    noisy = []
+    for g, frames in zip(generators, motion):
+        std = float(torch.rand(1, generator=g)) * max_std
+        noise = torch.randn(frames.shape, generator=g).to(frames.device, frames.dtype)
+        noisy.append(frames + std * noise)
+    return torch.stack(noisy)
+
+
 def add_noise(scheduler, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor):
     """Noisy latents and the v-prediction target for latents/noise [B,F,C,H,W], t [B]."""
     b, f = latents.shape[:2]

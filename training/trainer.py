@@ -23,6 +23,7 @@ from training import checkpoint as ckpt
 from training.config import CONDITIONS, TrainSpec
 from training.diffusion import (
     add_noise,
+    augment_motion,
     draw_noise,
     latent_mask,
     make_scheduler,
@@ -196,6 +197,7 @@ def diffusion_loss(ddp, core, scheduler, batch: dict, generators, spec: TrainSpe
         reference = core.codec.encode(batch["reference"])
         motion = encode_frames(core.codec, batch["motion"])
     noise, t, drop = draw_noise(latents, generators, spec.diffusion, spec.dropout)
+    motion = augment_motion(motion, generators, spec.diffusion.motion_noise)
     noisy, target = add_noise(scheduler, latents, noise, t)
     prediction = ddp(noisy, t, batch_conditions(batch, reference, motion, drop))
     weights = min_snr_weights(scheduler, t, spec.diffusion.min_snr_gamma)

@@ -9,6 +9,7 @@ import torch
 from training.config import DiffusionConfig, DropoutConfig
 from training.diffusion import (
     add_noise,
+    augment_motion,
     draw_noise,
     latent_mask,
     make_scheduler,
@@ -88,3 +89,15 @@ def test_dropout_rates_are_honoured():
                             DiffusionConfig(), DropoutConfig(audio=0.25, reference=0.0, motion=1.0))
     assert 0.17 < drop["audio"].float().mean() < 0.33
     assert not drop["reference"].any() and drop["motion"].all()
+
+
+def test_motion_noise_std_is_drawn_per_sample_within_the_bound():
+    motion = torch.zeros(64, 2, 3, 16, 16)
+    generators = lambda: [sample_generator(1, 0, j) for j in range(64)]  # noqa: E731
+    noisy = augment_motion(motion, generators(), 0.3)
+    torch.testing.assert_close(noisy, augment_motion(motion, generators(), 0.3))  # reproducible
+    stds = noisy.flatten(1).std(dim=1)
+    assert stds.max() < 0.3 * 1.05 and stds.min() < 0.05  # uniform in [0, 0.3]
+    assert 0.12 < stds.mean() < 0.18
+    assert torch.equal(augment_motion(motion, generators(), 0.0), motion)
+    assert augment_motion(motion[:, :0], generators(), 0.3).shape == (64, 0, 3, 16, 16)

@@ -126,7 +126,10 @@ def test_tiny_forward_shapes(f, m):
 # --- zero-initialised layers against a plain diffusers UNet --------------------------------------
 
 def plain_unet(cfg, state) -> UNet2DConditionModel:
+    """A diffusers UNet with `state`; a widened first convolution's input-image weights (zero at
+    initialisation: test_input_images_start_with_no_effect) are left out."""
     unet = UNet2DConditionModel(**cfg.unet_kwargs(cfg.image_size))
+    state = {**state, "conv_in.weight": state["conv_in.weight"][:, :cfg.latent_channels]}
     unet.load_state_dict(state)
     return unet.eval()
 
@@ -333,6 +336,71 @@ def test_deepcopy_hooks_follow_the_copy(small):
     perturb(other, parts=("temporal",))
     assert (run(other, noisy, t, cond) - before).abs().max() > 1e-4
     torch.testing.assert_close(run(model, noisy, t, cond), before, atol=0, rtol=0)
+
+
+# --- input images: the reference and the last motion frame as extra input channels ----------------
+
+def test_input_images_start_with_no_effect(small):
+    """The widened first convolution's new weights are zero: the model computes exactly what the
+    same weights without input images compute."""
+    cfg, model = small
+    assert cfg.input_images == ("reference", "motion")  # the tiny default
+    plain = build_model(dataclasses.replace(cfg, input_images=())).eval()
+    state = model.state_dict()
+    state["denoiser.conv_in.weight"] = state["denoiser.conv_in.weight"][:, :cfg.latent_channels]
+    plain.load_state_dict(state)
+    noisy, t = make_input(cfg, 2, 3)
+    cond = make_cond(cfg, 2, 3, 2)
+    torch.testing.assert_close(run(model, noisy, t, cond), run(plain, noisy, t, cond),
+                               atol=1e-6, rtol=0)
+    assert model.denoiser.conv_in.in_channels == 3 * cfg.latent_channels
+    assert model.reference_net.unet.conv_in.in_channels == cfg.latent_channels
+
+
+@pytest.mark.parametrize("name", ["reference", "motion"])
+def test_input_image_reaches_output_and_drop_removes_it(small, name):
+    """With the new input weights made non-zero, changing the reference or the last motion frame
+    changes the output, and dropping that condition makes the sample independent of it."""
+    cfg, base = small
+    model = copy.deepcopy(base)
+    with torch.no_grad():
+        model.denoiser.conv_in.weight[:, cfg.latent_channels:].normal_(0, 0.2)
+    b, f, m = 2, 3, 2
+    noisy, t = make_input(cfg, b, f)
+    cond = make_cond(cfg, b, f, m)
+    if name == "motion":  # the last motion frame only: the input image, not the motion layers'
+        changed_motion = cond.motion_latents.clone()
+        changed_motion[:, -1] = -changed_motion[:, -1]
+        change = lambda c: dataclasses.replace(c, motion_latents=changed_motion)  # noqa: E731
+    else:
+        change = CHANGES["reference"]
+    base_out, changed = run(model, noisy, t, cond), run(model, noisy, t, change(cond))
+    assert (base_out - changed).abs().amax(dim=(1, 2, 3, 4)).min() > 1e-3
+    dropped = dataclasses.replace(cond, drop={name: torch.tensor([True, False])})
+    base_out, changed = run(model, noisy, t, dropped), run(model, noisy, t, change(dropped))
+    torch.testing.assert_close(changed[0], base_out[0], atol=1e-6, rtol=0)
+    assert (changed[1] - base_out[1]).abs().max() > 1e-3
+
+
+def test_motion_input_image_is_the_reference_without_motion_frames(small):
+    """A first window (no motion frames): the "motion" input image is the reference."""
+    cfg, base = small
+    model = copy.deepcopy(base)
+    with torch.no_grad():
+        model.denoiser.conv_in.weight[:, cfg.latent_channels:].normal_(0, 0.2)
+    noisy, t = make_input(cfg, 1, 3)
+    cond = make_cond(cfg, 1, 3, 0)
+    images = model._input_images(cond, {"reference": torch.tensor([True]),
+                                        "motion": torch.tensor([True])}, 3)
+    want = torch.cat([cond.reference_latent] * 2, dim=1).repeat_interleave(3, dim=0)
+    torch.testing.assert_close(images, want, atol=0, rtol=0)
+
+
+def test_input_images_names_are_checked():
+    with pytest.raises(ValueError, match="input_images"):
+        ModelConfig.tiny(input_images=("audio",))
+    with pytest.raises(ValueError, match="input_images"):
+        ModelConfig.tiny(input_images=("reference", "reference"))
 
 
 # --- base: SD 1.5 layout from a diffusers folder -------------------------------------------------

@@ -9,6 +9,7 @@ from typing import Any
 
 CODECS = ("pixel", "vae")
 INITS = ("scratch", "sd15")
+INPUT_IMAGES = ("reference", "motion")  # images that can join the denoiser's input channels
 
 
 @dataclass(frozen=True)
@@ -30,14 +31,15 @@ class ModelConfig:
     latent_channels: int = 3  # c: 3 for pixels, 4 for the SD VAE
     # UNet layout (denoiser and ReferenceNet share it)
     # (the tiny default: 64, 32, 16, 8 px levels, attention only at 8x8: attention over more
-    # tokens dominates a CPU step)
-    block_out_channels: tuple[int, ...] = (8, 16, 32, 64)
+    # tokens dominates a CPU step; 32 channels at full resolution: with 8, the last, least noisy
+    # denoising steps leave visible noise, see the README's design notes)
+    block_out_channels: tuple[int, ...] = (32, 32, 64, 64)
     layers_per_block: int = 1
     down_block_types: tuple[str, ...] = ("DownBlock2D",) * 3 + ("CrossAttnDownBlock2D",)
     up_block_types: tuple[str, ...] = ("CrossAttnUpBlock2D",) + ("UpBlock2D",) * 3
     cross_attention_dim: int = 32
     attention_head_dim: int = 4
-    norm_num_groups: int = 4
+    norm_num_groups: int = 8
     # conditions
     audio_dim: int = 512  # Da: whisper base encoder width
     audio_context: int = 5  # A: audio rows per frame (frame-2 .. frame+2)
@@ -50,6 +52,10 @@ class ModelConfig:
     speed_buckets: tuple[float, ...] = (0.0, 5.0, 10.0, 20.0, 40.0, 80.0)  # deg/s centres
     speed_dim: int = 64
     face_locator_channels: tuple[int, ...] = (16, 32)
+    # images concatenated to every frame's noisy input (SD inpainting's and LatentSync's way):
+    # "reference" and/or "motion" (the last motion frame). They reach the full-resolution layers,
+    # which reference attention only at low resolution (the tiny config's 8x8) does not.
+    input_images: tuple[str, ...] = ("reference", "motion")
     # temporal layers
     temporal_heads: int = 4
     temporal_max_frames: int = 32  # positional embeddings: motion + window frames
@@ -76,6 +82,10 @@ class ModelConfig:
                 f"frames + motion_frames = {self.frames + self.motion_frames} exceeds "
                 f"temporal_max_frames = {self.temporal_max_frames}"
             )
+        unknown = [name for name in self.input_images if name not in INPUT_IMAGES]
+        if unknown or len(set(self.input_images)) != len(self.input_images):
+            raise ValueError(f"input_images takes distinct names from {INPUT_IMAGES}, got "
+                             f"{self.input_images}")
         if len(self.speed_buckets) < 2 or list(self.speed_buckets) != sorted(self.speed_buckets):
             raise ValueError(f"speed_buckets must be >= 2 increasing centres, got "
                              f"{self.speed_buckets}")
@@ -97,6 +107,7 @@ class ModelConfig:
             cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32,
             audio_dim=512, expression_tokens=4, reference_tokens=1, emotion_dim=256,
             speed_dim=256, face_locator_channels=(16, 32, 64, 128), temporal_heads=8,
+            input_images=(),  # EMO's design: the reference through ReferenceNet attention only
         )
         values.update(overrides)
         return cls.from_dict(values)

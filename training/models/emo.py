@@ -11,7 +11,10 @@ How the layers hook into the UNet (its forward is diffusers' own, unchanged):
 - temporal, motion and speed layers: a forward hook on every `Transformer2DModel` applies the
   matching temporal layer to its output; the hook reads the same `DenoiseContext` from the
   transformer's `cross_attention_kwargs` keyword argument, so no state lives on the modules;
-- face locator: its output is added to the noisy input (EMO's placement).
+- face locator: its output is added to the noisy input (EMO's placement);
+- input images (`ModelConfig.input_images`, optional): the reference and/or the last motion
+  frame join every frame's noisy input as extra channels of the denoiser's first convolution,
+  whose weights for them start at zero (SD inpainting's and LatentSync's way).
 """
 
 from __future__ import annotations
@@ -108,6 +111,7 @@ class EmoModel(nn.Module):
         self.cfg = cfg
         self.codec = codec.requires_grad_(False)
         self.reference_net = ReferenceNet(copy.deepcopy(unet), cfg.reference_tokens)
+        widen_conv_in(unet, cfg.latent_channels * len(cfg.input_images))
         self.denoiser = unet
         set_processors(unet, ReferenceAttnProcessor)
         unet.class_embedding = nn.Identity()  # class_labels = the emotion embedding
@@ -187,6 +191,8 @@ class EmoModel(nn.Module):
         sample = noisy.flatten(0, 1)
         if cond.face_mask is not None:
             sample = sample + self.face_locator(cond.face_mask.flatten(0, 1), (h, w))
+        if self.cfg.input_images:
+            sample = torch.cat([sample, self._input_images(cond, keep, f).to(sample.dtype)], dim=1)
         ctx = DenoiseContext(batch=b, frames=f, features=features,
                              reference_keep=_unless_all(keep["reference"]), motion=motion,
                              motion_keep=_unless_all(keep["motion"]), speed=speed)
@@ -196,6 +202,22 @@ class EmoModel(nn.Module):
             class_labels=emo.repeat_interleave(f, dim=0), cross_attention_kwargs={"emo": ctx},
             return_dict=False)[0]
         return out.unflatten(0, (b, f))
+
+    def _input_images(self, cond: Conditions, keep: dict[str, torch.Tensor],
+                      frames: int) -> torch.Tensor:
+        """[B*F, c*k, h, w]: the `input_images` of each sample, repeated per frame; zeros where
+        the sample drops that condition. "motion" is the last motion frame (the reference when
+        there are none, as in a first generated window)."""
+        reference = cond.reference_latent
+        motion = cond.motion_latents
+        images = []
+        for name in self.cfg.input_images:
+            if name == "motion" and motion is not None and motion.shape[1] > 0:
+                image, kept = motion[:, -1], keep["motion"]
+            else:
+                image, kept = reference, keep["reference"]
+            images.append(image * kept.to(image.dtype).view(-1, 1, 1, 1))
+        return torch.cat(images, dim=1).repeat_interleave(frames, dim=0)
 
     def trainable_parameters(self, stage: int) -> list[nn.Parameter]:
         """Set requires_grad for `stage` (0 joint, 1 images, 2 video, 3 speed; see STAGES) and return the
@@ -222,6 +244,22 @@ class EmoModel(nn.Module):
             else:
                 unet.disable_gradient_checkpointing()
         self.gradient_checkpointing = enabled
+
+
+def widen_conv_in(unet: UNet2DConditionModel, extra: int) -> None:
+    """Give the UNet's first convolution `extra` more input channels with zero weights, so the
+    widened UNet computes what it did before until training moves them."""
+    if extra == 0:
+        return
+    old = unet.conv_in
+    new = nn.Conv2d(old.in_channels + extra, old.out_channels, old.kernel_size, old.stride,
+                    old.padding)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, :old.in_channels] = old.weight
+        new.bias.copy_(old.bias)
+    unet.conv_in = new.to(old.weight.dtype)
+    unet.register_to_config(in_channels=old.in_channels + extra)
 
 
 def build_model(cfg: ModelConfig) -> EmoModel:
