@@ -25,7 +25,7 @@ def tiny_spec(curated_thresholds):
 
 
 # The tiny layout at a quarter of its full-resolution width: these tests check the trainer, not
-# the width, and the tiny default (32 channels at 64 px) costs 2.4x the CPU per step.
+# the width, and the tiny default (32 channels at 64 px) takes several times longer here.
 NARROW = {"block_out_channels": [8, 16, 32, 64], "norm_num_groups": 4}
 
 
