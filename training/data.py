@@ -363,6 +363,9 @@ class WindowDataset(torch.utils.data.Dataset):
                                  crop_size, cfg.size) for r in rows]
         face = np.stack([f for f, _ in masks])
         valid = np.stack([v for _, v in masks])
+        mouth = np.stack([geo.mouth_mask(arrays["mouth_box"][r], crop_size, cfg.size) for r in rows])
+        reference_mouth = geo.mouth_mask(arrays["mouth_box"][t.offset + reference], crop_size,
+                                         cfg.size)
         audio_dim, a = cfg.audio_dim, 2 * cfg.audio_context + 1
         if t.features_path is not None:
             features = np.load(t.features_path, mmap_mode="r")[: t.length]
@@ -377,19 +380,20 @@ class WindowDataset(torch.utils.data.Dataset):
             "expression_valid": expression_valid,
             "emotion_probs": np.nan_to_num(arrays["emotion_probs"][rows]),
             "emotion": t.emotion, "intensity": t.intensity,
-            "face_mask": face[:, None], "valid_mask": valid[:, None],
-            "head_speed": arrays["head_speed"][rows], "track_index": track_index, "start": start,
+            "face_mask": face[:, None], "valid_mask": valid[:, None], "mouth_mask": mouth[:, None],
+            "reference_mouth": reference_mouth[None], "head_speed": arrays["head_speed"][rows],
+            "track_index": track_index, "start": start,
         }
 
     def frame_values(self, track: int, name: str) -> np.ndarray:
         """A track's per-frame array `name` (box, crop_affine, expression, jaw_pose,
-        emotion_probs, head_speed, frame_present) over its usable frames."""
+        emotion_probs, head_speed, mouth_box, frame_present) over its usable frames."""
         t = self.tracks[track]
         return self._arrays[name][t.offset: t.offset + t.length]
 
 
 FLOAT_KEYS = ("frames", "motion", "reference", "audio", "expression", "jaw_pose", "emotion_probs",
-              "intensity", "face_mask", "valid_mask", "head_speed")
+              "intensity", "face_mask", "valid_mask", "mouth_mask", "reference_mouth", "head_speed")
 BOOL_KEYS = ("audio_valid", "expression_valid")
 LONG_KEYS = ("emotion", "track_index", "start")
 
@@ -404,7 +408,8 @@ def collate(samples: list[dict]) -> dict[str, torch.Tensor]:
     frames f32[B,F,3,S,S] in [-1,1]; motion f32[B,M,3,S,S]; reference f32[B,3,S,S];
     audio f32[B,F,A,Da]; audio_valid bool[B]; expression f32[B,F,De]; jaw_pose f32[B,F,3];
     expression_valid bool[B]; emotion_probs f32[B,F,K]; emotion i64[B] (-1 unknown);
-    intensity f32[B]; face_mask, valid_mask f32[B,F,1,S,S]; head_speed f32[B,F] (deg/s);
+    intensity f32[B]; face_mask, valid_mask, mouth_mask f32[B,F,1,S,S]; reference_mouth
+    f32[B,1,S,S] (the reference frame's mouth mask); head_speed f32[B,F] (deg/s);
     track_index i64[B]; start i64[B]."""
     if not samples:
         raise ValueError("collate needs at least one sample")

@@ -99,8 +99,9 @@ def min_snr_weights(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
 def masked_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
                 weights: torch.Tensor) -> torch.Tensor:
     """Mean over samples of weight[b] x (masked MSE of sample b). prediction/target [B,F,C,H,W];
-    mask [B,F,1,H,W] (1 = pixel inside the source frame; padded crop borders carry no loss);
-    weights [B]. The weights multiply each sample's own mean (averaging first would cancel them)."""
+    mask [B,F,1,H,W]: each latent cell's weight in its sample's mean (0 for padded crop borders,
+    which carry no loss; above 1 on the mouth, see pixel_weights); weights [B]. The weights
+    multiply each sample's own mean (averaging first would cancel them)."""
     err = F.mse_loss(prediction.float(), target.float(), reduction="none") * mask
     per_sample = err.flatten(1).sum(1) / (mask.expand_as(err).flatten(1).sum(1)).clamp_min(1.0)
     return (per_sample * weights).mean()
@@ -114,3 +115,17 @@ def latent_mask(valid_mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     if flat.shape[-2:] != torch.Size(size):
         flat = -F.adaptive_max_pool2d(-flat, size)
     return flat.reshape(b, f, 1, *size)
+
+
+def pixel_weights(valid_mask: torch.Tensor, mouth_mask: torch.Tensor, size: tuple[int, int],
+                  mouth_weight: float) -> torch.Tensor:
+    """[B,F,1,h,w] loss weights at latent resolution: 0 where a cell is not wholly valid
+    (latent_mask), else 1 + mouth_weight where any pixel under it is mouth (max pooling)."""
+    weights = latent_mask(valid_mask, size)
+    if mouth_weight:
+        b, f = mouth_mask.shape[:2]
+        mouth = mouth_mask.reshape(b * f, 1, *mouth_mask.shape[-2:])
+        if mouth.shape[-2:] != torch.Size(size):
+            mouth = F.adaptive_max_pool2d(mouth, size)
+        weights = weights * (1.0 + mouth_weight * mouth.reshape(b, f, 1, *size))
+    return weights

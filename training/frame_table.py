@@ -20,7 +20,7 @@ from training import windows as geo
 log = logging.getLogger(__name__)
 
 FRAME_COLUMNS = ["track_id", "frame", "box", "crop_affine", "yaw", "pitch", "roll", "expression",
-                 "jaw_pose", "emotion_probs"]
+                 "jaw_pose", "emotion_probs", "landmarks"]
 
 
 def read_frame_arrays(root: str, backends: dict[str, str | None], expression_dim: int,
@@ -28,7 +28,8 @@ def read_frame_arrays(root: str, backends: dict[str, str | None], expression_dim
     """track_id -> dense per-frame arrays on the track's 25 fps grid, for the tracks in
     `backends` (track_id -> emotion backend): box f32[T,4] and crop_affine f32[T,6] (source px
     -> crop px), expression f32[T,expression_dim], jaw_pose f32[T,3], emotion_probs
-    f32[T,K] in `emotion_classes` order, head_speed f32[T] (deg/s), frame_present bool[T].
+    f32[T,K] in `emotion_classes` order, head_speed f32[T] (deg/s), mouth_box f32[T,4] (crop px,
+    windows.mouth_boxes of the landmarks), frame_present bool[T].
     NaN where a value is missing (or an expression of another length)."""
     ids = list(backends)
     if not ids:
@@ -45,6 +46,7 @@ def read_frame_arrays(root: str, backends: dict[str, str | None], expression_dim
         "emotion_probs": _emotions(table["emotion_probs"], [backends.get(t) for t in tid],
                                    emotion_classes),
         "pose": np.stack([_vector(table[c]) for c in ("yaw", "pitch", "roll")], 1),
+        "mouth_box": geo.mouth_boxes(_matrix(table["landmarks"], 2 * 68)),
     }
     out: dict[str, dict[str, np.ndarray]] = {}
     if not len(tid):

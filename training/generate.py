@@ -49,6 +49,7 @@ from training.generate_inputs import (
     expression_trajectory,
     read_speech,
     reference_face,
+    reference_mouth,
     scale_expression,
 )
 
@@ -183,6 +184,8 @@ class Generator:
         face = geo.face_mask(prepared.face.affine, prepared.face.box, self.settings.crop_size,
                              size)
         face_mask = torch.from_numpy(face)[None, None, None].expand(1, f, 1, size, size).to(dev)
+        mouth_mask = torch.from_numpy(reference_mouth(prepared.face, self.settings.crop_size,
+                                                      size))[None, None].to(dev)
         emotion = -1 if req.emotion is None else list(dcfg.emotion_classes).index(req.emotion)
         with_expression = prepared.expression is not None
         drop = {"audio": torch.zeros(1, dtype=torch.bool, device=dev),
@@ -212,7 +215,7 @@ class Generator:
                                               else np.zeros((f, 3))),
                         emotion=torch.tensor([max(emotion, 0)], device=dev),
                         intensity=torch.tensor([float(req.intensity)], device=dev),
-                        face_mask=face_mask, head_speed=self._tensor(prepared.head_speed[rows]),
+                        face_mask=face_mask, mouth_mask=mouth_mask, head_speed=self._tensor(prepared.head_speed[rows]),
                         drop=drop)
                     shape = (1, f, *reference.shape[1:])
                     latents = denoise_window(self.model, self.scheduler, cond, shape, req.steps,

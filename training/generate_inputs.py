@@ -83,6 +83,16 @@ class ReferenceFace:
     points68: np.ndarray
 
 
+def reference_mouth(face: ReferenceFace, crop_size: int, size: int) -> np.ndarray:
+    """float32[size, size]: the reference face's mouth mask (training.windows.mouth_mask of its
+    landmarks in crop pixels), as training computes it for a catalog reference frame."""
+    from pipeline.models.geometry import apply_affine
+    from training import windows as geo
+
+    points = apply_affine(face.affine, face.points68).reshape(1, -1)
+    return geo.mouth_mask(geo.mouth_boxes(points)[0], crop_size, size)
+
+
 @dataclass
 class Speech:
     """Audio float32[N] mono at 16 kHz, frames = ceil(N / 640) (the video lasts at least as long

@@ -5,7 +5,8 @@ Guidance composes three predictions (as InstructPix2Pix does for two conditions)
     ref      reference only
     full     every condition
     v = uncond + g_ref * (ref - uncond) + g_audio * (full - ref)
-g_ref = g_audio = 1 gives the fully conditioned prediction with one model call per step.
+g_ref = g_audio = 1 gives the fully conditioned prediction with one model call per step; with
+g_ref = 1 alone, uncond cancels out and a step takes two calls (audio guidance only).
 """
 
 from __future__ import annotations
@@ -43,9 +44,12 @@ def denoise_window(model, scheduler, cond, shape: tuple[int, ...], steps: int = 
         timesteps = torch.full((b,), int(t), dtype=torch.long, device=device)
         v = model(latents, timesteps, full)
         if guided:
-            v_uncond = model(latents, timesteps, uncond)
             v_ref = model(latents, timesteps, ref_only)
-            v = v_uncond + guidance_reference * (v_ref - v_uncond) + guidance_audio * (v - v_ref)
+            base = v_ref
+            if guidance_reference != 1.0:  # (1 leaves the unconditional call out of the sum)
+                v_uncond = model(latents, timesteps, uncond)
+                base = v_uncond + guidance_reference * (v_ref - v_uncond)
+            v = base + guidance_audio * (v - v_ref)
         flat = scheduler.step(v.flatten(0, 1), t, latents.flatten(0, 1)).prev_sample
         latents = flat.reshape(shape)
     return latents

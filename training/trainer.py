@@ -25,10 +25,10 @@ from training.diffusion import (
     add_noise,
     augment_motion,
     draw_noise,
-    latent_mask,
     make_scheduler,
     masked_loss,
     min_snr_weights,
+    pixel_weights,
     sample_generator,
 )
 
@@ -201,7 +201,8 @@ def diffusion_loss(ddp, core, scheduler, batch: dict, generators, spec: TrainSpe
     noisy, target = add_noise(scheduler, latents, noise, t)
     prediction = ddp(noisy, t, batch_conditions(batch, reference, motion, drop))
     weights = min_snr_weights(scheduler, t, spec.diffusion.min_snr_gamma)
-    mask = latent_mask(batch["valid_mask"], tuple(latents.shape[-2:]))
+    mask = pixel_weights(batch["valid_mask"], batch["mouth_mask"], tuple(latents.shape[-2:]),
+                         spec.diffusion.mouth_weight)
     return masked_loss(prediction, target, mask, weights)
 
 
@@ -217,7 +218,8 @@ def batch_conditions(batch: dict, reference: torch.Tensor, motion: torch.Tensor,
     return Conditions(reference_latent=reference, motion_latents=motion, audio=batch["audio"],
                       expression=batch["expression"], jaw_pose=batch["jaw_pose"],
                       emotion=batch["emotion"], intensity=batch["intensity"],
-                      face_mask=batch["face_mask"], head_speed=batch["head_speed"], drop=drop)
+                      face_mask=batch["face_mask"], mouth_mask=batch["reference_mouth"],
+                      head_speed=batch["head_speed"], drop=drop)
 
 
 def encode_frames(codec, frames: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 FPS = 25  # the face-crop clips' frame rate
+OUTER_LIPS = slice(48, 60)  # 68-point indices of the outer lip contour
 
 
 def valid_starts(length: int, frames: int, motion: int, margin: int) -> np.ndarray:
@@ -134,3 +135,30 @@ def valid_mask(affine: np.ndarray, width: int, height: int, crop_size: int, size
     inside = ((x >= half_x - eps) & (x <= width - 1 - half_x + eps)
               & (y >= half_y - eps) & (y <= height - 1 - half_y + eps))
     return inside.astype(np.float32)
+
+
+def mouth_boxes(landmarks: np.ndarray, grow: tuple[float, float, float] = (0.5, 0.25, 0.5)
+                ) -> np.ndarray:
+    """float32[N, 4] (x0, y0, x1, y1, crop px) per frame of landmarks float[N, 136] (68 points
+    x0,y0,...): the outer lips' bounding box grown by `grow` = (sides, top, bottom) x its width,
+    so that it holds what moves with speech: the lips, and the jaw and chin below and beside
+    them. NaN where a frame has no landmarks."""
+    points = np.asarray(landmarks, np.float32).reshape(len(landmarks), 68, 2)[:, OUTER_LIPS]
+    low, high = points.min(axis=1), points.max(axis=1)  # NaN propagates
+    width = high[:, 0] - low[:, 0]
+    sides, top, bottom = (g * width for g in grow)
+    return np.stack([low[:, 0] - sides, low[:, 1] - top, high[:, 0] + sides, high[:, 1] + bottom],
+                    axis=1).astype(np.float32)
+
+
+def mouth_mask(box: np.ndarray, crop_size: int, size: int) -> np.ndarray:
+    """float32[size, size]: 1 where the centre of a pixel of the crop resized from `crop_size`
+    to `size` lies inside `box` (x0, y0, x1, y1 in crop px at crop_size), else 0; zeros for a
+    missing box (NaN)."""
+    box = np.asarray(box, np.float64)
+    if box.shape != (4,) or not np.all(np.isfinite(box)):
+        return np.zeros((size, size), np.float32)
+    c = (np.arange(size) + 0.5) * (crop_size / size) - 0.5  # resized pixel centre -> crop px
+    cols = (c >= box[0]) & (c <= box[2])
+    rows = (c >= box[1]) & (c <= box[3])
+    return (rows[:, None] & cols[None, :]).astype(np.float32)

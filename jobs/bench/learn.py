@@ -52,17 +52,20 @@ def run(files: list[str] | None = None, minutes: float = 15.0, identities: int =
     denoising = denoising_profile(summary["checkpoint"])
     t0 = time.monotonic()
     rows = generate_and_evaluate(summary["checkpoint"], names, out / "generated", steps)
+    generate_s = time.monotonic() - t0
+    real = real_at_model_size(root, summary["checkpoint"], out / "real_at_model_size")
     return {
         "identities": list(names), "clips": len(clips), "sentences_per_identity": sentences,
         "train": {k: summary[k] for k in ("steps", "seconds", "tracks", "excluded")},
         "final_loss_mean_last_50": float(np.mean(summary["losses"][-50:])),
         "first_loss_mean_first_10": float(np.mean(summary["losses"][:10])),
         "seconds": {"corpus": corpus_s, "curate": curate_s, "train": train_s,
-                    "generate_and_evaluate": time.monotonic() - t0,
+                    "generate_and_evaluate": generate_s,
                     "total": time.monotonic() - started},
         "denoising": denoising,
         "per_identity": rows,
-        "verdict": verdict(rows),
+        "real_at_model_size": real,
+        "verdict": verdict(rows, real),
         # other work on the machine slows training: the load average (1, 5, 15 min) around it
         "load_average": {"start": load_before, "end": os.getloadavg()},
     }
@@ -102,7 +105,7 @@ def train_tiny(root: Path, run_dir: Path, minutes: float, fresh: bool) -> dict:
 
 
 def generate_and_evaluate(checkpoint: str, names: tuple[str, ...], folder: Path,
-                          steps: int) -> list[dict]:
+                          steps: int, guidance_audio: float = 1.0) -> list[dict]:
     """Per identity: its photo speaking the held-out sentence; lip sync against that sentence
     and against another one, identity against the photo."""
     from PIL import Image
@@ -126,7 +129,8 @@ def generate_and_evaluate(checkpoint: str, names: tuple[str, ...], folder: Path,
         # unguided (one model call per step): what the model itself learned, at a third of
         # the guided cost
         result = generator.generate(Request(reference=str(photo), audio=str(held_out),
-                                            out=str(video), steps=steps, guidance_audio=1.0,
+                                            out=str(video), steps=steps,
+                                            guidance_audio=guidance_audio,
                                             guidance_reference=1.0), progress=False)
         row = evaluator.evaluate_clip(video, str(photo), str(held_out), mismatched_audio=str(mismatched))
         row["generate_seconds_per_frame"] = result.seconds / max(result.frames, 1)
@@ -134,8 +138,40 @@ def generate_and_evaluate(checkpoint: str, names: tuple[str, ...], folder: Path,
     return rows
 
 
-def verdict(rows: list[dict]) -> dict:
-    """The goals, checked per identity on the bundled backends (av_corr, dlib)."""
+def real_at_model_size(root: Path, checkpoint: str, folder: Path, limit: int = 4) -> list[dict]:
+    """The lip-sync range that real in-sync clips reach at the model's resolution: the first
+    `limit` face crops of the corpus (by track id), resized to the checkpoint's image size the
+    way training resizes them, with their own audio, evaluated like the generated clips."""
+    import cv2
+
+    import catalog
+    from pipeline.media import iter_frames, read_audio, write_video
+    from training import checkpoint as ckpt
+    from training.evaluate import Evaluator
+
+    size = ckpt.read_config(ckpt.resolve(checkpoint))["model"]["image_size"]
+    tracks = catalog.read_table(root, "tracks", columns=["track_id", "crop_path"]).to_pylist()
+    tracks = sorted((t for t in tracks if t["crop_path"]), key=lambda t: t["track_id"])[:limit]
+    folder.mkdir(parents=True, exist_ok=True)
+    evaluator = Evaluator(face_crop=True, syncnet=False, arcface=False)
+    rows = []
+    for i, track in enumerate(tracks):
+        crop = str(root / track["crop_path"])
+        frames = [cv2.resize(f.image, (size, size), interpolation=cv2.INTER_AREA)
+                  for f in iter_frames(crop)]
+        video = folder / f"real_{i}.mp4"
+        write_video(str(video), frames, audio=read_audio(crop))
+        row = evaluator.evaluate_clip(video)
+        sync = (row.get("lip_sync") or {}).get("av_corr") or {}
+        rows.append({"track_id": track["track_id"], "size": size,
+                     "confidence": sync.get("confidence"), "offset_frames": sync.get("offset_frames")})
+    return rows
+
+
+def verdict(rows: list[dict], real: list[dict] | None = None) -> dict:
+    """The goals, checked per identity on the bundled backends (av_corr, dlib); with `real`
+    (real_at_model_size), whether each confidence reaches the lowest real clip's."""
+    floor = min((r["confidence"] for r in real or [] if r["confidence"] is not None), default=None)
     def sync(row, key):
         return ((row.get(key) or {}).get("av_corr") or {})
 
@@ -150,6 +186,8 @@ def verdict(rows: list[dict]) -> dict:
             "confidence": driving.get("confidence"), "mismatched_confidence": other.get("confidence"),
             "above_mismatched": None if driving.get("confidence") is None or other.get("confidence") is None
             else driving["confidence"] > other["confidence"],
+            "in_real_range": None if floor is None or driving.get("confidence") is None
+            else driving["confidence"] >= floor,
             "same_person": (ident.get("dlib") or {}).get("same_person"),
         })
-    return {"per_identity": out}
+    return {"per_identity": out, "real_confidence_floor": floor}

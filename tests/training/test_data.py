@@ -95,6 +95,20 @@ def test_head_speed_of_known_rotations():
     assert np.all(still == 0)
 
 
+def test_mouth_box_and_mask_of_known_lips():
+    points = np.zeros((68, 2), np.float32)
+    points[48:60] = [[110, 160], [150, 160], [130, 150], [130, 180]] * 3  # outer lips: 40 x 30
+    boxes = geo.mouth_boxes(np.stack([points.ravel(), np.full(136, np.nan)]))
+    assert boxes[0].tolist() == [90, 140, 170, 200]  # grown by 0.5, 0.25, 0.5 of the width (40)
+    assert np.isnan(boxes[1]).all()
+    # pixel centres of a 256 px crop resized to 64: 4i + 1.5 crop px
+    mask = geo.mouth_mask(boxes[0], 256, 64)
+    cols, rows = np.flatnonzero(mask.any(0)), np.flatnonzero(mask.any(1))
+    assert (cols[0], cols[-1], rows[0], rows[-1]) == (23, 42, 35, 49)
+    assert mask.sum() == len(cols) * len(rows)
+    assert not geo.mouth_mask(boxes[1], 256, 64).any()
+
+
 def _rotated_affine(center, side, angle, out):
     c, s, k = np.cos(-angle), np.sin(-angle), out / side
     a = np.array([[c, -s], [s, c]]) * k
@@ -275,6 +289,44 @@ def test_face_mask_is_the_box_in_crop_pixels(dataset_all):
 
 
 @pytest.mark.ray
+def test_mouth_mask_covers_where_the_talking_face_changes(dataset_all, curated_tracks):
+    """The synthetic talking face moves only its lips and jaw with the speech (plus a little
+    head motion): the pixels that change most from frame to frame lie in the mouth mask."""
+    ti = _track_index(dataset_all, curated_tracks["astronaut_talks"]["track_id"])
+    length = dataset_all.tracks[ti].length
+    changes, masks = [], []
+    for start in range(2, length - CFG.frames, CFG.frames):
+        sample = dataset_all[Window(ti, start, 0 if start > 30 else length - 1)]
+        frames = sample["frames"].mean(1)  # [F,S,S] gray
+        changes.append(np.abs(np.diff(frames, axis=0)).mean(0))
+        masks.append(sample["mouth_mask"][:-1, 0].max(0))
+    assert 0.05 < np.mean(masks) < 0.2  # the lower face: a small part of the crop
+    change, mask = np.mean(changes, 0), np.max(masks, 0) > 0  # where it lies in any frame
+    top = change >= np.quantile(change, 0.99)  # the 41 pixels that change most
+    assert mask[top].mean() > 0.9
+    assert change[mask].mean() > 3 * change[~mask].mean()
+
+
+@pytest.mark.ray
+def test_paired_windows_for_the_audio_response(dataset_all):
+    """bench denoise's audio response compares partner windows: the same track and reference,
+    windows that do not overlap, the real frames of those times."""
+    from jobs.bench.denoise import paired_windows
+
+    batch = paired_windows(dataset_all, 3)
+    assert len(batch["frames"]) == 6
+    for k in range(0, 6, 2):
+        assert batch["track_index"][k] == batch["track_index"][k + 1]
+        assert abs(int(batch["start"][k + 1]) - int(batch["start"][k])) >= CFG.frames
+        torch.testing.assert_close(batch["reference"][k], batch["reference"][k + 1])
+        track, start = int(batch["track_index"][k]), int(batch["start"][k])
+        pixels = dataset_all.decode(track, np.arange(start, start + CFG.frames))
+        frames = (batch["frames"][k].permute(0, 2, 3, 1).numpy() + 1) * 127.5
+        assert np.abs(frames - pixels).max() < 0.01
+    assert len({int(t) for t in batch["track_index"]}) == 3
+
+
+@pytest.mark.ray
 def test_person_disjoint_split(curated_catalog, curated_index):
     train = WindowDataset(curated_catalog, curated_index, CFG, split="train")
     val = WindowDataset(curated_catalog, curated_index, CFG, split="val")
@@ -309,7 +361,8 @@ def test_loader_batches_follow_the_contract(dataset_all):
               "audio": (b, f, 5, 512), "audio_valid": (b,), "expression": (b, f, 10),
               "jaw_pose": (b, f, 3), "expression_valid": (b,), "emotion_probs": (b, f, 7),
               "emotion": (b,), "intensity": (b,), "face_mask": (b, f, 1, s, s),
-              "valid_mask": (b, f, 1, s, s), "head_speed": (b, f), "track_index": (b,),
+              "valid_mask": (b, f, 1, s, s), "mouth_mask": (b, f, 1, s, s),
+              "reference_mouth": (b, 1, s, s), "head_speed": (b, f), "track_index": (b,),
               "start": (b,)}
     assert {k: tuple(v.shape) for k, v in batch.items()} == shapes
     for key in ("audio_valid", "expression_valid"):

@@ -15,6 +15,7 @@ from training.diffusion import (
     make_scheduler,
     masked_loss,
     min_snr_weights,
+    pixel_weights,
     sample_generator,
 )
 
@@ -67,6 +68,24 @@ def test_latent_mask_keeps_only_fully_valid_cells():
     cells = latent_mask(valid, (4, 4))
     assert cells.shape == (1, 1, 1, 4, 4)
     assert cells[..., 0, 0] == 0 and cells.sum() == 15
+
+
+def test_mouth_weight_counts_mouth_cells_more_and_padding_not_at_all():
+    valid = torch.ones(1, 1, 1, 8, 8)
+    valid[..., 0, 0] = 0  # padding in cell (0, 0)
+    mouth = torch.zeros(1, 1, 1, 8, 8)
+    mouth[..., 5, 2:4] = 1  # two mouth pixels in cell (2, 1)
+    assert torch.equal(pixel_weights(valid, mouth, (4, 4), 0.0), latent_mask(valid, (4, 4)))
+    weights = pixel_weights(valid, mouth, (4, 4), 3.0)
+    expected = torch.ones(4, 4)
+    expected[0, 0], expected[2, 1] = 0.0, 4.0
+    assert torch.equal(weights[0, 0, 0], expected)
+    # the loss is the weighted mean: an error only on the mouth cell weighs 4 / (14 + 4)
+    target = torch.zeros(1, 1, 1, 4, 4)
+    prediction = torch.zeros(1, 1, 1, 4, 4)
+    prediction[..., 2, 1] = 3.0
+    loss = masked_loss(prediction, target, weights, torch.ones(1))
+    assert abs(float(loss) - 9.0 * 4 / 18) < 1e-6
 
 
 def test_draws_depend_on_the_global_index_not_on_the_worker_split():

@@ -237,3 +237,17 @@ def test_catalog_settings_follow_the_checkpoint():
     stages["faces"]["config"]["portrait"] = True
     s = generate_inputs.CatalogSettings.from_checkpoint({"catalog": {"stages": stages}})
     assert (s.crop_size, s.crop_scale) == (512, 3.0)
+
+
+def test_reference_mouth_mask_lies_on_the_crops_lower_face(inputs):
+    """The crop centres the face box at 1.8x its side: the mouth region the audio locator paints
+    lies below the crop's centre, horizontally centred, a small part of the crop (a mask in
+    source pixels or unscaled crop pixels would fall elsewhere or be empty)."""
+    _, _, reference, speech, gen = inputs
+    prepared = gen.prepare(Request(reference=str(reference), audio=str(speech), out="unused.mp4"))
+    size = gen.model_cfg.image_size
+    mask = generate_inputs.reference_mouth(prepared.face, gen.settings.crop_size, size)
+    rows, cols = np.flatnonzero(mask.any(1)) / size, np.flatnonzero(mask.any(0)) / size
+    assert 0.5 < rows.min() and rows.max() < 0.9
+    assert abs((cols.min() + cols.max()) / 2 - 0.5) < 0.1
+    assert 0.02 < mask.mean() < 0.2

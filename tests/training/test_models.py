@@ -31,6 +31,7 @@ def make_cond(cfg: ModelConfig, b: int, f: int, m: int, seed: int = 0) -> Condit
         emotion=torch.arange(b) % cfg.num_emotions,
         intensity=torch.linspace(0.5, 1.5, b),
         face_mask=mask,
+        mouth_mask=mask[:, 0] * (torch.arange(s) >= s // 2).float()[:, None],  # box's lower half
         head_speed=torch.rand(b, f, generator=g) * 40,
     )
 
@@ -194,7 +195,8 @@ def test_zero_initialised_layers_change_the_output_once_perturbed(small):
     cond = make_cond(cfg, 1, 3, 2)
     temporal = copy.deepcopy(model)
     perturb(temporal, parts=("temporal",))
-    start = {"temporal": model, "face_locator": model, "emotion": model, "speed": temporal}
+    start = {"temporal": model, "face_locator": model, "emotion": model, "speed": temporal,
+             "audio_time": model, "audio_locator": model}
     outputs = {id(m): run(m, noisy, t, cond) for m in (model, temporal)}
     for part, before in start.items():
         other = copy.deepcopy(before)
@@ -293,7 +295,8 @@ def test_every_trainable_parameter_gets_a_gradient(perturbed, stage, f, m):
     assert not frozen
     tops = {names[id(p)].split(".")[0] for p in params}
     assert tops == {1: {"denoiser", "reference_net", "face_locator"},
-                    2: {"temporal", "motion", "context", "emotion", "denoiser"},
+                    2: {"temporal", "motion", "context", "emotion", "audio_time", "audio_locator",
+                        "denoiser"},
                     3: {"temporal", "speed"}}[stage]
     if stage == 2:
         assert all(".attn2." in names[id(p)] for p in params
@@ -336,6 +339,53 @@ def test_deepcopy_hooks_follow_the_copy(small):
     perturb(other, parts=("temporal",))
     assert (run(other, noisy, t, cond) - before).abs().max() > 1e-4
     torch.testing.assert_close(run(model, noisy, t, cond), before, atol=0, rtol=0)
+
+
+def test_audio_reaches_output_through_the_time_embedding_alone(small):
+    """With the cross-attention's audio projection zeroed (its audio tokens no longer depend on
+    the audio), the audio still changes the output through AudioTimeEmbedding; a dropped audio
+    gives the null offset; without the option the model has no such layer."""
+    cfg, base = small
+    assert cfg.audio_time_embedding  # the tiny default
+    model = copy.deepcopy(base)
+    with torch.no_grad():
+        for p in model.context.audio_proj.parameters():
+            p.zero_()
+    perturb(model, parts=("audio_time",))
+    b, f, m = 2, 3, 2
+    noisy, t = make_input(cfg, b, f)
+    cond = make_cond(cfg, b, f, m)
+    changed = CHANGES["audio"]
+    assert (run(model, noisy, t, cond) - run(model, noisy, t, changed(cond))).abs().max() > 1e-4
+    dropped = dataclasses.replace(cond, drop={"audio": torch.tensor([True, False])})
+    out, out_changed = run(model, noisy, t, dropped), run(model, noisy, t, changed(dropped))
+    torch.testing.assert_close(out_changed[0], out[0], atol=1e-6, rtol=0)
+    assert (out_changed[1] - out[1]).abs().max() > 1e-4
+    assert build_model(dataclasses.replace(cfg, audio_time_embedding=False)).audio_time is None
+
+
+def test_audio_locator_paints_only_near_the_mouth_and_follows_the_audio():
+    """Its output is zero farther than its two 3x3 convolutions reach (2 px) from the mouth
+    mask, changes with the audio inside, and a dropped audio gives the same output whatever the
+    audio."""
+    import torch.nn.functional as F
+
+    from training.models.conditions import AudioLocator
+
+    torch.manual_seed(0)
+    locator = AudioLocator(audio_dim=16, audio_rows=3, hidden=8, channels=4, out_channels=3)
+    perturb(locator)
+    mouth = torch.zeros(2, 1, 16, 16)
+    mouth[..., 10:13, 5:11] = 1
+    audio = torch.randn(2, 2, 3, 16)
+    keep = torch.tensor([True, False])
+    out = locator(2, 2, audio, mouth, keep, (16, 16))
+    near = F.max_pool2d(mouth, 5, 1, 2).repeat_interleave(2, dim=0) > 0  # [B*F,1,16,16]
+    assert out.shape == (4, 3, 16, 16)
+    assert out.masked_select(~near.expand_as(out)).abs().max() == 0
+    other = locator(2, 2, -audio, mouth, keep, (16, 16))
+    assert (other[:2] - out[:2]).abs().max() > 1e-4  # kept: follows the audio
+    torch.testing.assert_close(other[2:], out[2:], atol=0, rtol=0)  # dropped: the null
 
 
 # --- input images: the reference and the last motion frame as extra input channels ----------------

@@ -221,12 +221,14 @@ def test_spec_errors_name_what_is_valid():
 
 
 def test_a_checkpoint_from_before_input_images_rebuilds_its_model():
-    """Checkpoints written before `[model] input_images` existed had none; today's tiny preset
-    has two, which would not load their first convolution."""
+    """Checkpoints written before `[model] input_images` and `audio_time_embedding` existed had
+    neither; today's tiny preset has both, whose weights those checkpoints lack."""
     resolved = config.build({}).resolved()
     assert resolved["model"]["input_images"] == ["reference", "motion"]
-    del resolved["model"]["input_images"]
-    assert config.from_resolved(resolved).model.input_images == ()
+    assert resolved["model"]["audio_time_embedding"] is True
+    del resolved["model"]["input_images"], resolved["model"]["audio_time_embedding"]
+    old = config.from_resolved(resolved).model
+    assert old.input_images == () and old.audio_time_embedding is False
 
 
 @pytest.mark.ray

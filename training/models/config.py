@@ -56,6 +56,12 @@ class ModelConfig:
     # "reference" and/or "motion" (the last motion frame). They reach the full-resolution layers,
     # which reference attention only at low resolution (the tiny config's 8x8) does not.
     input_images: tuple[str, ...] = ("reference", "motion")
+    # the audio also as a per-frame offset of the time embedding (conditions.AudioTimeEmbedding,
+    # Diffused Heads' way), besides EMO's cross-attention to it; hidden width emotion_dim
+    audio_time_embedding: bool = True
+    # the audio also painted onto the reference's mouth region and added to the noisy input
+    # (conditions.AudioLocator: 8 values a frame, hidden width 32)
+    audio_locator: bool = True
     # temporal layers
     temporal_heads: int = 4
     temporal_max_frames: int = 32  # positional embeddings: motion + window frames
@@ -108,6 +114,8 @@ class ModelConfig:
             audio_dim=512, expression_tokens=4, reference_tokens=1, emotion_dim=256,
             speed_dim=256, face_locator_channels=(16, 32, 64, 128), temporal_heads=8,
             input_images=(),  # EMO's design: the reference through ReferenceNet attention only
+            audio_time_embedding=False,  # EMO's design: the audio through cross-attention only
+            audio_locator=False,
         )
         values.update(overrides)
         return cls.from_dict(values)

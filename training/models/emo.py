@@ -7,11 +7,13 @@ How the layers hook into the UNet (its forward is diffusers' own, unchanged):
   self-attention inputs reach them through `cross_attention_kwargs={"emo": DenoiseContext}`;
 - audio/expression: the per-frame context tokens are attn2's `encoder_hidden_states`;
 - emotion: `class_embedding` is an `nn.Identity`, `class_labels` the emotion embedding [B*F, temb],
-  which the UNet adds to the time embedding;
+  which the UNet adds to the time embedding; with `audio_time_embedding`, plus a per-frame offset
+  from the audio (conditions.AudioTimeEmbedding);
 - temporal, motion and speed layers: a forward hook on every `Transformer2DModel` applies the
   matching temporal layer to its output; the hook reads the same `DenoiseContext` from the
   transformer's `cross_attention_kwargs` keyword argument, so no state lives on the modules;
-- face locator: its output is added to the noisy input (EMO's placement);
+- face locator: its output is added to the noisy input (EMO's placement); with `audio_locator`,
+  so is the audio painted onto the reference's mouth region (conditions.AudioLocator);
 - input images (`ModelConfig.input_images`, optional): the reference and/or the last motion
   frame join every frame's noisy input as extra channels of the denoiser's first convolution,
   whose weights for them start at zero (SD inpainting's and LatentSync's way).
@@ -32,7 +34,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from training.models.codec import PixelCodec, VaeCodec
-from training.models.conditions import ContextTokens, EmotionEmbedding, FaceLocator, SpeedLayers
+from training.models.conditions import (
+    AudioLocator, AudioTimeEmbedding, ContextTokens, EmotionEmbedding, FaceLocator, SpeedLayers)
 from training.models.config import ModelConfig
 from training.models.reference import (
     ReferenceAttnProcessor, ReferenceNet, set_processors, transformer_paths)
@@ -48,9 +51,9 @@ DROPPABLE = ("audio", "reference", "expression", "emotion", "motion")
 # for stage 1 to adapt and the three stages would only cost time.
 STAGES = {
     0: ("denoiser", "reference_net", "face_locator", "temporal", "motion", "context", "emotion",
-        "speed"),
+        "speed", "audio_time", "audio_locator"),
     1: ("denoiser", "reference_net", "face_locator"),
-    2: ("temporal", "motion", "context", "emotion"),
+    2: ("temporal", "motion", "context", "emotion", "audio_time", "audio_locator"),
     3: ("temporal", "speed"),
 }
 
@@ -62,7 +65,8 @@ class Conditions:
 
     reference_latent [B,c,h,w]; motion_latents [B,M,c,h,w] (M may be 0); audio [B,F,A,Da];
     expression [B,F,De]; jaw_pose [B,F,3]; emotion int64 [B] (-1 unknown); intensity [B];
-    face_mask [B,F,1,S,S] (pixel resolution); head_speed [B,F] deg/s;
+    face_mask [B,F,1,S,S] (pixel resolution); mouth_mask [B,1,S,S] (the reference's lower face,
+    pixel resolution); head_speed [B,F] deg/s;
     drop: name -> bool [B] for names in DROPPABLE (True = use the null for that sample).
     """
 
@@ -74,6 +78,7 @@ class Conditions:
     emotion: torch.Tensor | None = None
     intensity: torch.Tensor | None = None
     face_mask: torch.Tensor | None = None
+    mouth_mask: torch.Tensor | None = None
     head_speed: torch.Tensor | None = None
     drop: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -125,6 +130,10 @@ class EmoModel(nn.Module):
                                      cfg.jaw_dim, cfg.expression_tokens, cfg.cross_attention_dim)
         temb_dim = unet.time_embedding.linear_2.out_features
         self.emotion = EmotionEmbedding(cfg.num_emotions, cfg.emotion_dim, temb_dim)
+        self.audio_time = (AudioTimeEmbedding(cfg.audio_dim, cfg.audio_context, cfg.emotion_dim,
+                                              temb_dim) if cfg.audio_time_embedding else None)
+        self.audio_locator = (AudioLocator(cfg.audio_dim, cfg.audio_context, 32, 8,
+                                           cfg.latent_channels) if cfg.audio_locator else None)
         self.speed = SpeedLayers(cfg.speed_buckets, cfg.speed_dim, channels)
         self.face_locator = FaceLocator(cfg.face_locator_channels, cfg.latent_channels)
         for i, path in enumerate(paths):
@@ -186,11 +195,17 @@ class EmoModel(nn.Module):
             (b,), -1, dtype=torch.long, device=noisy.device)
         intensity = cond.intensity if cond.intensity is not None else torch.ones(
             b, device=noisy.device)
-        emo = self.emotion(emotion, intensity.to(noisy.dtype), keep["emotion"])
+        labels = self.emotion(emotion, intensity.to(noisy.dtype), keep["emotion"])
+        labels = labels.repeat_interleave(f, dim=0)  # [B*F, temb]: added to the time embedding
+        if self.audio_time is not None:
+            labels = labels + self.audio_time(b, f, cond.audio, keep["audio"]).flatten(0, 1)
         speed = None if cond.head_speed is None else self.speed(cond.head_speed)
         sample = noisy.flatten(0, 1)
         if cond.face_mask is not None:
             sample = sample + self.face_locator(cond.face_mask.flatten(0, 1), (h, w))
+        if self.audio_locator is not None and cond.mouth_mask is not None:
+            sample = sample + self.audio_locator(b, f, cond.audio, cond.mouth_mask, keep["audio"],
+                                                 (h, w))
         if self.cfg.input_images:
             sample = torch.cat([sample, self._input_images(cond, keep, f).to(sample.dtype)], dim=1)
         ctx = DenoiseContext(batch=b, frames=f, features=features,
@@ -199,7 +214,7 @@ class EmoModel(nn.Module):
         timesteps = timesteps.expand(b) if timesteps.ndim == 0 else timesteps
         out = self.denoiser(
             sample, timesteps.repeat_interleave(f), encoder_hidden_states=context.flatten(0, 1),
-            class_labels=emo.repeat_interleave(f, dim=0), cross_attention_kwargs={"emo": ctx},
+            class_labels=labels, cross_attention_kwargs={"emo": ctx},
             return_dict=False)[0]
         return out.unflatten(0, (b, f))
 
