@@ -49,9 +49,9 @@ class DiffusionConfig:
     # generated windows take their motion frames from the previous window's output, errors
     # included, and a model trained only on clean motion frames copies and compounds them
     motion_noise: float = 0.0
-    # extra loss weight on the mouth (outer lips' box from the catalog's landmarks, grown by a
-    # quarter of its width): a pixel there counts 1 + mouth_weight. The mouth is about 3% of a
-    # crop and the only part that follows the audio; 0 is EMO's plain loss
+    # extra loss weight on the mouth (windows.mouth_boxes: the outer lips' box from the catalog's
+    # landmarks, grown over the jaw): a pixel there counts 1 + mouth_weight. The lower face is
+    # about a tenth of a crop and the only part that follows the audio; 0 is EMO's plain loss
     mouth_weight: float = 0.0
 
 

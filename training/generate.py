@@ -215,7 +215,8 @@ class Generator:
                                               else np.zeros((f, 3))),
                         emotion=torch.tensor([max(emotion, 0)], device=dev),
                         intensity=torch.tensor([float(req.intensity)], device=dev),
-                        face_mask=face_mask, mouth_mask=mouth_mask, head_speed=self._tensor(prepared.head_speed[rows]),
+                        face_mask=face_mask, mouth_mask=mouth_mask,
+                        head_speed=self._tensor(prepared.head_speed[rows]),
                         drop=drop)
                     shape = (1, f, *reference.shape[1:])
                     latents = denoise_window(self.model, self.scheduler, cond, shape, req.steps,
