@@ -343,7 +343,7 @@ def test_deepcopy_hooks_follow_the_copy(small):
 
 def test_audio_reaches_output_through_the_time_embedding_alone(small):
     """With the cross-attention's audio projection zeroed (its audio tokens no longer depend on
-    the audio), the audio still changes the output through AudioTimeEmbedding; a dropped audio
+    the audio), the audio still changes the output through FrameAudio; a dropped audio
     gives the null offset; without the option the model has no such layer."""
     cfg, base = small
     assert cfg.audio_time_embedding  # the tiny default

@@ -57,25 +57,27 @@ class ContextTokens(nn.Module):
         return torch.cat([tokens_a, tokens_e], dim=2)
 
 
-class AudioTimeEmbedding(nn.Module):
-    """Per-frame audio -> time-embedding offset (Diffused Heads' way of conditioning on audio):
-    each row layer-normed, the A rows flattened, an MLP whose last layer is zero-initialised.
-    The UNet adds it to the time embedding, which every ResNet block of every resolution reads,
-    so the audio reaches the full-resolution layers where the mouth is drawn, not only the
-    cross-attention levels.
+class FrameAudio(nn.Module):
+    """Per-frame audio -> a vector: each row layer-normed, the A rows flattened, an MLP (its
+    last layer zero-initialised with `zero_last`). As a time-embedding offset (`[model]
+    audio_time_embedding`, Diffused Heads' way of conditioning on audio) it reaches every ResNet
+    block of every resolution, so the audio gets to the full-resolution layers where the mouth
+    is drawn, not only the cross-attention levels; AudioLocator paints it onto the mouth.
 
-    forward(audio [B,F,A,Da] or None, keep bool [B]) -> [B,F,temb_dim]; a dropped or absent
-    audio gives the learned null offset (zero at initialisation).
+    forward(audio [B,F,A,Da] or None, keep bool [B]) -> [B,F,out]; a dropped or absent audio
+    gives the learned null vector (zero at initialisation).
     """
 
-    def __init__(self, audio_dim: int, audio_rows: int, hidden: int, temb_dim: int) -> None:
+    def __init__(self, audio_dim: int, audio_rows: int, hidden: int, out: int,
+                 zero_last: bool = True) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(audio_dim)
         self.net = nn.Sequential(nn.Linear(audio_rows * audio_dim, hidden), nn.SiLU(),
-                                 nn.Linear(hidden, temb_dim))
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
-        self.null = nn.Parameter(torch.zeros(temb_dim))
+                                 nn.Linear(hidden, out))
+        if zero_last:
+            nn.init.zeros_(self.net[-1].weight)
+            nn.init.zeros_(self.net[-1].bias)
+        self.null = nn.Parameter(torch.zeros(out))
 
     def forward(self, batch: int, frames: int, audio: torch.Tensor | None,
                 keep: torch.Tensor) -> torch.Tensor:
@@ -87,10 +89,10 @@ class AudioTimeEmbedding(nn.Module):
 
 class AudioLocator(nn.Module):
     """Per-frame audio painted onto the reference's mouth region, then added to the noisy input
-    (a face locator for the audio): `channels` values from the audio (an MLP of the layer-normed,
-    flattened rows) fill the mouth mask, and 3x3 convolutions, the last zero-initialised, turn
-    them into an offset of the input latents. The audio reaches the full-resolution layers at
-    the place it moves, so the first layers can learn the mouth's response directly.
+    (a face locator for the audio): `channels` values from the audio (FrameAudio) fill the mouth
+    mask, and 3x3 convolutions, the last zero-initialised, turn them into an offset of the input
+    latents. The audio reaches the full-resolution layers at the place it moves, so the first
+    layers can learn the mouth's response directly.
 
     forward(audio [B,F,A,Da] or None, mouth [B,1,S,S] in {0,1} (the reference's lower face:
     training.windows.mouth_mask), keep bool [B], size (h, w)) -> [B*F, c, h, w]; a dropped or
@@ -100,10 +102,7 @@ class AudioLocator(nn.Module):
     def __init__(self, audio_dim: int, audio_rows: int, hidden: int, channels: int,
                  out_channels: int) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(audio_dim)
-        self.values = nn.Sequential(nn.Linear(audio_rows * audio_dim, hidden), nn.SiLU(),
-                                    nn.Linear(hidden, channels))
-        self.null = nn.Parameter(torch.zeros(channels))
+        self.values = FrameAudio(audio_dim, audio_rows, hidden, channels, zero_last=False)
         # no biases: outside the mouth (and the convolutions' 2 px reach) the offset is exactly 0
         last = nn.Conv2d(hidden, out_channels, 3, padding=1, bias=False)
         nn.init.zeros_(last.weight)
@@ -112,11 +111,7 @@ class AudioLocator(nn.Module):
 
     def forward(self, batch: int, frames: int, audio: torch.Tensor | None, mouth: torch.Tensor,
                 keep: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        if audio is None:
-            values = self.null.expand(batch, frames, -1)
-        else:
-            values = _mix(keep, self.values(self.norm(audio.to(self.null.dtype)).flatten(2)),
-                          self.null)
+        values = self.values(batch, frames, audio, keep)
         if tuple(mouth.shape[-2:]) != tuple(size):
             mouth = F.interpolate(mouth, size=size, mode="area")
         painted = values[..., None, None] * mouth.to(values.dtype)[:, None]  # [B,F,k,h,w]

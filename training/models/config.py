@@ -56,7 +56,7 @@ class ModelConfig:
     # "reference" and/or "motion" (the last motion frame). They reach the full-resolution layers,
     # which reference attention only at low resolution (the tiny config's 8x8) does not.
     input_images: tuple[str, ...] = ("reference", "motion")
-    # the audio also as a per-frame offset of the time embedding (conditions.AudioTimeEmbedding,
+    # the audio also as a per-frame offset of the time embedding (conditions.FrameAudio,
     # Diffused Heads' way), besides EMO's cross-attention to it; hidden width emotion_dim
     audio_time_embedding: bool = True
     # the audio also painted onto the reference's mouth region and added to the noisy input

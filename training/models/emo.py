@@ -8,7 +8,7 @@ How the layers hook into the UNet (its forward is diffusers' own, unchanged):
 - audio/expression: the per-frame context tokens are attn2's `encoder_hidden_states`;
 - emotion: `class_embedding` is an `nn.Identity`, `class_labels` the emotion embedding [B*F, temb],
   which the UNet adds to the time embedding; with `audio_time_embedding`, plus a per-frame offset
-  from the audio (conditions.AudioTimeEmbedding);
+  from the audio (conditions.FrameAudio);
 - temporal, motion and speed layers: a forward hook on every `Transformer2DModel` applies the
   matching temporal layer to its output; the hook reads the same `DenoiseContext` from the
   transformer's `cross_attention_kwargs` keyword argument, so no state lives on the modules;
@@ -35,7 +35,7 @@ from torch.utils.checkpoint import checkpoint
 
 from training.models.codec import PixelCodec, VaeCodec
 from training.models.conditions import (
-    AudioLocator, AudioTimeEmbedding, ContextTokens, EmotionEmbedding, FaceLocator, SpeedLayers)
+    AudioLocator, ContextTokens, EmotionEmbedding, FaceLocator, FrameAudio, SpeedLayers)
 from training.models.config import ModelConfig
 from training.models.reference import (
     ReferenceAttnProcessor, ReferenceNet, set_processors, transformer_paths)
@@ -130,8 +130,8 @@ class EmoModel(nn.Module):
                                      cfg.jaw_dim, cfg.expression_tokens, cfg.cross_attention_dim)
         temb_dim = unet.time_embedding.linear_2.out_features
         self.emotion = EmotionEmbedding(cfg.num_emotions, cfg.emotion_dim, temb_dim)
-        self.audio_time = (AudioTimeEmbedding(cfg.audio_dim, cfg.audio_context, cfg.emotion_dim,
-                                              temb_dim) if cfg.audio_time_embedding else None)
+        self.audio_time = (FrameAudio(cfg.audio_dim, cfg.audio_context, cfg.emotion_dim, temb_dim)
+                           if cfg.audio_time_embedding else None)
         self.audio_locator = (AudioLocator(cfg.audio_dim, cfg.audio_context, 32, 8,
                                            cfg.latent_channels) if cfg.audio_locator else None)
         self.speed = SpeedLayers(cfg.speed_buckets, cfg.speed_dim, channels)
