@@ -179,6 +179,21 @@ def drive_signal(
     return level[np.clip(times, 0, n - 1)] if n else np.zeros(frames)
 
 
+MAX_OPEN = 0.55  # the jaw's drop at full opening, in mouth widths
+INTERIOR_HALF_WIDTH = 0.42  # the dark mouth interior's half width, in mouth widths
+
+
+def mouth_interior_box(landmarks: np.ndarray, max_open: float = MAX_OPEN) -> tuple[float, ...]:
+    """(x0, y0, x1, y1) in the landmarks' pixels: where `render` draws the dark mouth interior
+    at full opening (below the lips' meeting line by up to max_open mouth widths), for a face
+    with 68 landmarks float[68,2] whose mouth is closed."""
+    lm = np.asarray(landmarks, np.float64)
+    mouth_w = float(np.linalg.norm(lm[54] - lm[48]))
+    cx, cy = (lm[62] + lm[66]) / 2
+    half = INTERIOR_HALF_WIDTH * mouth_w
+    return (cx - half, cy, cx + half, cy + max_open * mouth_w)
+
+
 def render(
     face: Face,
     opening: np.ndarray,
@@ -187,7 +202,7 @@ def render(
     rot_deg: float = 2.5,
     blur_sigma: float = 0.8,
     noise: float = 2.0,
-    max_open: float = 0.55,
+    max_open: float = MAX_OPEN,
 ) -> np.ndarray:
     """uint8[T,S,S,3] frames: the face with its jaw dropped by opening[t] x max_open x mouth
     width, a dark mouth interior between the lips, small head motion, blur and noise."""
@@ -212,7 +227,7 @@ def render(
         src_y = yy - h * weight
         img = cv2.remap(face.image, xx, src_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
         if h > 0.8:
-            axes = (round(0.42 * mouth_w), max(1, round(h / 2)))
+            axes = (round(INTERIOR_HALF_WIDTH * mouth_w), max(1, round(h / 2)))
             cv2.ellipse(
                 img,
                 (round(center[0]), round(center[1] + h / 2)),

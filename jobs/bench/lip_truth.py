@@ -1,0 +1,56 @@
+"""Lip sync of `bench learn`'s clips against the corpus generator's own truth.
+
+The talking-face renderer (jobs.media.talking_face) opens the jaw by drive_signal(audio) and
+draws a dark mouth interior whose height follows it. So the truth of any clip of an identity
+speaking an audio is known: its mouth interior darkens with drive_signal(audio). This measure
+reads the mouth interior's darkness from the pixels (the mean grey level inside the region
+`render` darkens at full opening, placed by the reference photo's landmarks) and searches its
+lag against the truth with the same correlation search as the av_corr backend.
+
+Why besides av_corr: av_corr reads the mouth opening from 68 landmarks, which need lips drawn
+sharply enough for the landmarker at the model's 64 px; this reads the pixels the generator
+darkens, so it also sees a mouth that opens in time but blurred. A mismatched sentence's truth
+is the control: an offset within a frame and a confidence above the mismatched sentence's
+mean the mouth follows this audio's timing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from jobs.media.talking_face import drive_signal, mouth_interior_box
+from pipeline.models.av_sync import correlate_offsets
+
+
+def box_at_size(landmarks: np.ndarray, crop_size: int, size: int) -> tuple[int, int, int, int]:
+    """The mouth interior box (talking_face.mouth_interior_box) of 68 landmarks in crop pixels,
+    in pixels of the crop resized to `size`: integer (x0, y0, x1, y1), at least one pixel."""
+    scale = size / crop_size
+    x0, y0, x1, y1 = (v * scale for v in mouth_interior_box(landmarks))
+    x0, y0 = int(np.clip(np.floor(x0), 0, size - 1)), int(np.clip(np.floor(y0), 0, size - 1))
+    x1, y1 = int(np.clip(np.ceil(x1), x0 + 1, size)), int(np.clip(np.ceil(y1), y0 + 1, size))
+    return x0, y0, x1, y1
+
+
+def mouth_darkness(frames: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """float64[T]: minus the mean grey level (0-255) of uint8[T,S,S,3] frames inside box."""
+    x0, y0, x1, y1 = box
+    return -np.asarray(frames[:, y0:y1, x0:x1], np.float64).mean(axis=(1, 2, 3))
+
+
+def truth_sync(darkness: np.ndarray, audio: np.ndarray, vshift: int = 15) -> dict:
+    """Offset (frames, positive = audio leads) and confidence of the mouth darkness float[T]
+    against the renderer's opening for `audio` float32[N] 16 kHz (av_sync's search and scale)."""
+    found = correlate_offsets(darkness, drive_signal(audio, len(darkness)), vshift)
+    return {"offset_frames": int(found.offset_frames), "confidence": float(found.confidence)}
+
+
+def clip_truth(frames: np.ndarray, box: tuple[int, int, int, int], audio: np.ndarray,
+               mismatched: np.ndarray | None = None) -> dict:
+    """Truth sync of one clip against its driving audio and, given, a mismatched one."""
+    darkness = mouth_darkness(frames, box)
+    out = {"backend": "renderer truth (mouth interior darkness)",
+           "driving": truth_sync(darkness, audio)}
+    if mismatched is not None:
+        out["mismatched"] = truth_sync(darkness, mismatched)
+    return out

@@ -1,0 +1,121 @@
+"""bench learn's lip-sync measure against the renderer's truth, its goals, and (slow) the bench
+itself: a short training on the synthetic talking-face corpus whose mouths follow the audio."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from jobs.bench.learn import sync_goals, verdict
+from jobs.bench.lip_truth import box_at_size, clip_truth, mouth_darkness
+from jobs.media.talking_face import (
+    SENTENCES, drive_signal, mouth_interior_box, render, speech)
+from tests.talking_face import face
+
+SIZE = 64  # the tiny model's frames
+
+
+def resized(frames: np.ndarray, size: int = SIZE) -> np.ndarray:
+    return np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in frames])
+
+
+def test_the_interior_box_holds_the_mouth_interior_the_renderer_draws():
+    still = dict(motion_px=0.0, rot_deg=0.0, blur_sigma=0.0, noise=0.0)
+    closed, opened = render(face(), np.array([0.0, 1.0]), **still).astype(np.float64)
+    interior_colour = np.array([70, 25, 30])  # render's dark mouth interior
+    drawn = (np.abs(opened - interior_colour).max(-1) < 20) & ~(
+        np.abs(closed - interior_colour).max(-1) < 20)
+    x0, y0, x1, y1 = (round(v) for v in mouth_interior_box(face().landmarks))
+    inside = np.zeros(drawn.shape, bool)
+    inside[y0:y1, x0:x1] = True
+    assert drawn.sum() > 200
+    assert (drawn & inside).sum() / drawn.sum() > 0.9  # the rest: anti-aliased edges
+    darkening = (closed - opened).mean(-1)
+    assert darkening[inside].mean() > 80  # grey levels, of 255
+
+
+def test_box_at_size_scales_to_the_model_size_and_stays_in_the_frame():
+    x0, y0, x1, y1 = mouth_interior_box(face().landmarks)
+    bx0, by0, bx1, by1 = box_at_size(face().landmarks, 160, SIZE)
+    assert bx0 == int(np.floor(x0 * SIZE / 160)) and by1 == int(np.ceil(y1 * SIZE / 160))
+    assert bx0 < bx1 <= SIZE and by0 < by1 <= SIZE
+    assert box_at_size(face().landmarks * 10, 160, SIZE)[2:] == (SIZE, SIZE)  # clipped
+
+
+def test_mouth_darkness_is_minus_the_mean_grey_in_the_box():
+    frames = np.full((2, 8, 8, 3), 200, np.uint8)
+    frames[1, 2:4, 3:6] = 50
+    np.testing.assert_allclose(mouth_darkness(frames, (3, 2, 6, 4)), [-200.0, -50.0])
+
+
+@pytest.fixture(scope="module")
+def talking():
+    """The astronaut rendered speaking a sentence at 64 px, with its driving and another audio."""
+    audio, other = speech(SENTENCES[1]), speech(SENTENCES[2])
+    frames = len(audio) // 640
+    opening = drive_signal(audio, frames)
+    video = resized(render(face(), opening, seed=3))
+    return video, audio, other, box_at_size(face().landmarks, 160, SIZE), opening
+
+
+def test_a_rendered_clip_is_in_sync_with_its_truth_and_not_with_another_sentence(talking):
+    video, audio, other, box, _ = talking
+    result = clip_truth(video, box, audio, other)
+    assert result["driving"]["offset_frames"] == 0
+    assert result["driving"]["confidence"] > 0.8
+    assert result["driving"]["confidence"] > result["mismatched"]["confidence"] + 0.3
+
+
+@pytest.mark.parametrize("delay", [3, -5])
+def test_an_injected_offset_is_recovered(talking, delay):
+    video, audio, _, box, opening = talking
+    # the video shows the mouth `delay` frames late (positive: the audio leads)
+    shifted = render(face(), np.roll(opening, delay), seed=3)
+    result = clip_truth(resized(shifted), box, audio)
+    assert result["driving"]["offset_frames"] == delay
+
+
+def test_verdict_checks_both_measures_against_their_own_real_floor():
+    row = {"speaker": "a",
+           "lip_sync": {"av_corr": {"offset_frames": 4, "confidence": 0.3}},
+           "lip_sync_mismatched": {"av_corr": {"offset_frames": 0, "confidence": 0.4}},
+           "lip_sync_truth": {"driving": {"offset_frames": -1, "confidence": 0.6},
+                              "mismatched": {"offset_frames": 7, "confidence": 0.2}},
+           "identity": {"dlib": {"same_person": True}}}
+    real = [{"confidence": 0.5, "lip_sync_truth": {"driving": {"confidence": 0.9}}},
+            {"confidence": 0.7, "lip_sync_truth": {"driving": {"confidence": 0.55}}}]
+    out = verdict([row], real)
+    assert out["real_confidence_floor"] == {"av_corr": 0.5, "truth": 0.55}
+    one = out["per_identity"][0]
+    assert one["same_person"] is True
+    assert one["av_corr"] == {"offset_frames": 4, "offset_within_1": False, "confidence": 0.3,
+                              "mismatched_confidence": 0.4, "above_mismatched": False,
+                              "in_real_range": False}
+    assert one["truth"]["offset_within_1"] and one["truth"]["above_mismatched"]
+    assert one["truth"]["in_real_range"]
+    assert sync_goals({}, {}, None) == {"offset_frames": None, "offset_within_1": None,
+                                        "confidence": None, "mismatched_confidence": None,
+                                        "above_mismatched": None, "in_real_range": None}
+
+
+LEARN_STEPS = 1300  # what the test trains; see the README's `learn` benchmark for the margin
+
+
+@pytest.mark.slow
+def test_a_short_bench_learn_generates_lips_that_follow_the_driving_speech(tmp_path):
+    """bench learn end to end (corpus, curation, the tiny config trained LEARN_STEPS steps,
+    generation, evaluation: about 35 minutes on 2 cores). The renderer's truth says whether each
+    identity's generated mouth follows the held-out sentence: within a frame, and better than it
+    follows another sentence."""
+    from jobs.bench import learn
+
+    result = learn.run(minutes=90, max_steps=LEARN_STEPS, out=tmp_path / "bench_learn")
+    per = result["verdict"]["per_identity"]
+    assert result["train"]["steps"] == LEARN_STEPS
+    in_sync = [p["speaker"] for p in per
+               if p["truth"]["offset_within_1"] and p["truth"]["above_mismatched"]]
+    assert len(in_sync) >= 3, per
+    margin = np.mean([p["truth"]["confidence"] - p["truth"]["mismatched_confidence"] for p in per])
+    assert margin > 0.1, per
+    assert sum(bool(p["same_person"]) for p in per) >= 3, per
