@@ -82,14 +82,20 @@ class ReferenceFace:
     box: np.ndarray
     points68: np.ndarray
 
+    @property
+    def crop_points(self) -> np.ndarray:
+        """float[68, 2]: the 68 landmarks in crop pixels."""
+        from pipeline.models.geometry import apply_affine
+
+        return apply_affine(self.affine, self.points68)
+
 
 def reference_mouth(face: ReferenceFace, crop_size: int, size: int) -> np.ndarray:
     """float32[size, size]: the reference face's mouth mask (training.windows.mouth_mask of its
     landmarks in crop pixels), as training computes it for a catalog reference frame."""
-    from pipeline.models.geometry import apply_affine
     from training import windows as geo
 
-    points = apply_affine(face.affine, face.points68).reshape(1, -1)
+    points = face.crop_points.reshape(1, -1)
     return geo.mouth_mask(geo.mouth_boxes(points)[0], crop_size, size)
 
 

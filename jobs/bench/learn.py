@@ -121,7 +121,6 @@ def generate_and_evaluate(checkpoint: str, names: tuple[str, ...], folder: Path,
     from jobs.media.talking_corpus import HELD_OUT, face_of
     from jobs.media.talking_face import SENTENCES
     from pipeline.media import read_audio
-    from pipeline.models.geometry import apply_affine
     from training.evaluate import Evaluator
     from training.generate import Generator, Request
 
@@ -145,9 +144,8 @@ def generate_and_evaluate(checkpoint: str, names: tuple[str, ...], folder: Path,
         result = generator.run(prepared, progress=False)
         row = evaluator.evaluate_clip(video, str(photo), str(held_out), mismatched_audio=str(mismatched))
         row["generate_seconds_per_frame"] = result.seconds / max(result.frames, 1)
-        face = prepared.face
-        box = box_at_size(apply_affine(face.affine, face.points68),
-                          generator.settings.crop_size, generator.model_cfg.image_size)
+        box = box_at_size(prepared.face.crop_points, generator.settings.crop_size,
+                          generator.model_cfg.image_size)
         row["lip_sync_truth"] = clip_truth(decoded(video), box, speech[held_out],
                                            speech[mismatched])
         rows.append({"speaker": name, **row})

@@ -106,7 +106,7 @@ LEARN_STEPS = 1300  # what the test trains; see the README's `learn` benchmark f
 @pytest.mark.timeout(3600)  # the suite's default is 900 s a test
 def test_a_short_bench_learn_generates_lips_that_follow_the_driving_speech(tmp_path):
     """bench learn end to end (corpus, curation, the tiny config trained LEARN_STEPS steps,
-    generation, evaluation: about 35 minutes on 2 cores). The renderer's truth says whether each
+    generation, evaluation: 34 minutes on 2 cores). The renderer's truth says whether each
     identity's generated mouth follows the held-out sentence: within a frame, and better than it
     follows another sentence."""
     from jobs.bench import learn
