@@ -120,7 +120,7 @@ def generate_and_evaluate(checkpoint: str, names: tuple[str, ...], folder: Path,
     from jobs.media.sources import speak
     from jobs.media.talking_corpus import HELD_OUT, face_of
     from jobs.media.talking_face import SENTENCES
-    from pipeline.media import read_audio
+    from pipeline.media import iter_frames, read_audio
     from training.evaluate import Evaluator
     from training.generate import Generator, Request
 
@@ -146,16 +146,10 @@ def generate_and_evaluate(checkpoint: str, names: tuple[str, ...], folder: Path,
         row["generate_seconds_per_frame"] = result.seconds / max(result.frames, 1)
         box = box_at_size(prepared.face.crop_points, generator.settings.crop_size,
                           generator.model_cfg.image_size)
-        row["lip_sync_truth"] = clip_truth(decoded(video), box, speech[held_out],
-                                           speech[mismatched])
+        frames = np.stack([frame.image for frame in iter_frames(str(video))])
+        row["lip_sync_truth"] = clip_truth(frames, box, speech[held_out], speech[mismatched])
         rows.append({"speaker": name, **row})
     return rows
-
-
-def decoded(video: str | Path) -> np.ndarray:
-    from pipeline.media import iter_frames
-
-    return np.stack([frame.image for frame in iter_frames(str(video))])
 
 
 def real_at_model_size(root: Path, checkpoint: str, folder: Path, limit: int = 4) -> list[dict]:
