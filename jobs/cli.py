@@ -203,6 +203,8 @@ def add_bench(sub) -> None:
                        help="length of a generated input (bench pipeline; default 20)")
     bench.add_argument("--minutes", type=float, default=None,
                        help="training time (bench learn; default 15)")
+    bench.add_argument("--repeats", type=int, default=None,
+                       help="runs per worker count, the fastest compared (bench scale; default 2)")
     bench.set_defaults(handler=cmd_bench)
 
 
@@ -380,7 +382,7 @@ def cmd_bench(args) -> int:
     import inspect
 
     module = importlib.import_module(BENCHES[args.which])
-    extra = {k: getattr(args, k) for k in ("seconds", "minutes") if getattr(args, k) is not None}
+    extra = {k: getattr(args, k) for k in ("seconds", "minutes", "repeats") if getattr(args, k) is not None}
     for key in extra:
         if key not in inspect.signature(module.run).parameters:
             raise UsageError(f"bench {args.which} takes no --{key}")

@@ -123,6 +123,14 @@ def iter_frames(
         container.close()
 
 
+def read_frames(path: str) -> np.ndarray:
+    """uint8[T,H,W,3]: every frame of `path` in RGB (small clips: face crops, generated video)."""
+    frames = [frame.image for frame in iter_frames(path)]
+    if not frames:
+        raise MediaError(f"{path}: no decodable video frame")
+    return np.stack(frames)
+
+
 def read_audio(
     path: str,
     sample_rate: int = AUDIO_RATE,

@@ -120,7 +120,7 @@ def generate_and_evaluate(checkpoint: str, names: tuple[str, ...], folder: Path,
     from jobs.media.sources import speak
     from jobs.media.talking_corpus import HELD_OUT, face_of
     from jobs.media.talking_face import SENTENCES
-    from pipeline.media import iter_frames, read_audio
+    from pipeline.media import read_audio, read_frames
     from training.evaluate import Evaluator
     from training.generate import Generator, Request
 
@@ -146,7 +146,7 @@ def generate_and_evaluate(checkpoint: str, names: tuple[str, ...], folder: Path,
         row["generate_seconds_per_frame"] = result.seconds / max(result.frames, 1)
         box = box_at_size(prepared.face.crop_points, generator.settings.crop_size,
                           generator.model_cfg.image_size)
-        frames = np.stack([frame.image for frame in iter_frames(str(video))])
+        frames = read_frames(str(video))
         row["lip_sync_truth"] = clip_truth(frames, box, speech[held_out], speech[mismatched])
         rows.append({"speaker": name, **row})
     return rows

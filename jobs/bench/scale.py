@@ -10,7 +10,10 @@ where the serial time goes, a 100-node simulation with those costs, and a cost m
    so "N workers" is N single-threaded worker processes (OMP_NUM_THREADS=1), and the run is
    pinned to N cores (CPU affinity, inherited by Ray's processes). Real-time factor
    = seconds of video / wall seconds (Ray start excluded, reported apart); scaling efficiency
-   = (T1 / T2) / 2. A sampler reads every process's resident memory (RSS) each 0.2 s: the peak
+   = (T1 / T2) / 2. This shared machine's own 2-process speedup (a CPU-bound loop) swings
+   between about 1.5x and 2.1x within minutes, so the runs repeat (`repeats`, default 2) in the
+   order 1, 2, ceiling, 1, 2, ceiling, and each worker count's fastest run is the one compared:
+   another tenant's load only slows a run down. A sampler reads every process's resident memory (RSS) each 0.2 s: the peak
    of any one Ray worker process is "peak memory per worker".
 3. Per-stage costs from the 1-worker run: each stage's seconds (stage wall time on one CPU =
    core-seconds) per second of its content (video for ingest and scenes, clips for faces, face
@@ -187,13 +190,19 @@ def cost_model(costs: dict[str, StageCost], content_per_video_s: dict[str, float
     return "\n".join(lines)
 
 
-def run(files: list[str] | None = None, out: str | Path | None = None) -> dict:
+def run(files: list[str] | None = None, out: str | Path | None = None, repeats: int = 2) -> dict:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if repeats < 1:
+        raise ValueError(f"bench scale: repeats must be at least 1, got {repeats}")
     paths = inputs(files)
     work = Path(out or tempfile.mkdtemp(prefix="emoforge-bench-scale-"))
-    runs = [curate_with(paths, work / f"catalog-{n}", n) for n in (1, 2)]
-    one, two = runs
-    ceiling = machine_speedup()
+    runs, ceilings = [], []
+    for r in range(repeats):  # 1, 2, ceiling, 1, 2, ceiling, ...: each fastest of its kind
+        runs += [curate_with(paths, work / f"catalog-{n}-{r}", n) for n in (1, 2)]
+        ceilings.append(machine_speedup())
+    one, two = (min((x for x in runs if x["workers"] == n), key=lambda x: x["wall_s"])
+                for n in (1, 2))
+    ceiling = max(ceilings)
     setup = setup_seconds()
     costs = stage_costs(one, setup)
     phases = one["phases_s"]
@@ -203,10 +212,12 @@ def run(files: list[str] | None = None, out: str | Path | None = None) -> dict:
     model = cost_model(costs, per_video, sim["now"]["utilization"])
     (work / "cost_model.md").write_text(model + "\n")
     return {
-        "inputs": len(paths), "video_s": one["video_s"], "runs": runs,
+        "inputs": len(paths), "video_s": one["video_s"], "runs": runs, "repeats": repeats,
+        "wall_s_by_workers": {n: [x["wall_s"] for x in runs if x["workers"] == n] for n in (1, 2)},
+        "machine_speedups_2_processes": ceilings,
         "speedup_2_workers": one["wall_s"] / two["wall_s"],
         "scaling_efficiency": one["wall_s"] / two["wall_s"] / 2, "goal_efficiency": 0.9,
-        "machine_speedup_2_processes": ceiling,  # the same run's ceiling: a CPU-bound loop
+        "machine_speedup_2_processes": ceiling,  # the best of the run's ceilings: a CPU-bound loop
         "efficiency_of_machine_ceiling": one["wall_s"] / two["wall_s"] / ceiling,
         "serial_s_1_worker": serial, "serial_fraction_1_worker": serial / one["wall_s"],
         "amdahl_max_speedup": one["wall_s"] / max(serial, 1e-9),

@@ -21,7 +21,7 @@ import numpy as np
 
 from catalog.contract import AUDIO_RATE, CROP_FPS, SAMPLES_PER_FRAME
 from pipeline.models.geometry import mouth_open
-from pipeline.media import encode_audio, iter_frames, read_audio, write_video
+from pipeline.media import encode_audio, iter_frames, read_audio, read_frames, write_video
 from pipeline.models.registry import package_dir
 
 log = logging.getLogger(__name__)
@@ -312,7 +312,7 @@ class Clip:
 def decode_and_measure(path: str | Path) -> Clip:
     """Decode through pipeline.media (frames, timestamp-aligned 16 kHz audio) and measure the
     mouth on the pixels with dlib."""
-    frames = np.stack([f.image for f in iter_frames(str(path))])
+    frames = read_frames(str(path))
     t = len(frames)
     audio = read_audio(str(path), AUDIO_RATE, 0.0, t / CROP_FPS)
     marks, opening = measure_mouth(frames)

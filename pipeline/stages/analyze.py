@@ -30,7 +30,7 @@ from pipeline.analysis.base import (
 from pipeline.analysis.emotion import EmotionAnalyzer, EmotionConfig
 from pipeline.analysis.expression import ExpressionAnalyzer, ExpressionConfig
 from pipeline.analysis.lip_sync import LipSyncAnalyzer, LipSyncConfig
-from pipeline.media import iter_frames, read_audio
+from pipeline.media import read_audio, read_frames
 from pipeline.models.registry import ModelSpec
 from pipeline.stage import FAILED, Stage
 
@@ -121,7 +121,7 @@ class AnalyzeStage(Stage):
 
 def decode_track(row: dict, crop_file: str) -> DecodedTrack:
     """Decode a face-crop clip once: frames uint8[T,S,S,3], audio float32[T*640] (16 kHz)."""
-    frames = np.stack([f.image for f in iter_frames(crop_file)])
+    frames = read_frames(crop_file)
     count = int(row.get("frame_count") or len(frames))
     frames = frames[:count]
     audio = read_audio(crop_file, AUDIO_RATE, 0.0, count / CROP_FPS) if row.get("has_audio") else np.zeros(count * SAMPLES_PER_FRAME, np.float32)
