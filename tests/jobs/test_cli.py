@@ -80,6 +80,20 @@ def test_bench_writes_the_result_with_the_machine(tmp_path, monkeypatch, capsys)
     assert json.loads(capsys.readouterr().out) == result
 
 
+def test_bench_options_reach_only_the_benches_that_take_them(monkeypatch, capsys):
+    import sys
+    import types
+
+    seen = {}
+    bench = types.ModuleType("tiny_bench")
+    bench.run = lambda files=None, repeats=2: seen.update(repeats=repeats) or {}
+    monkeypatch.setitem(sys.modules, "tiny_bench", bench)
+    monkeypatch.setitem(cli.BENCHES, "tiny", "tiny_bench")
+    assert cli.main(["bench", "tiny", "--repeats", "3"]) == 0 and seen == {"repeats": 3}
+    assert cli.main(["bench", "tiny", "--minutes", "5"]) == 2
+    assert "takes no --minutes" in capsys.readouterr().err
+
+
 def test_input_is_repeatable_and_takes_several_files():
     args = cli.build_parser().parse_args(["curate", "--input", "a.mp4", "b.mp4", "--input", "c.mp4"])
     assert args.input == ["a.mp4", "b.mp4", "c.mp4"]
