@@ -32,7 +32,7 @@ def test_one_wave_of_tasks_matches_a_hand_schedule():
 
 
 def test_actor_pool_pays_setup_and_holds_cpus_until_its_last_row():
-    """faces (actors, 0.5 CPU each; setup 2 s) over one clip of 10 s and one of 2 s after a
+    """faces (actors, 1 CPU each; setup 2 s) over one clip of 10 s and one of 2 s after a
     1 s ingest+scenes: actors load for 2 s, the short clip's actor waits 8 s for the long one."""
     videos = [_video(0, 12.0, clips=(10.0, 2.0))]
     costs = {"ingest": StageCost(per_row_s=0.5), "scenes": StageCost(per_row_s=0.5),
@@ -41,8 +41,8 @@ def test_actor_pool_pays_setup_and_holds_cpus_until_its_last_row():
                       RunnerConfig(num_shards=1, rows_per_actor=1, model_workers="actors"),
                       stage_names=("ingest", "scenes", "faces"))
     assert result.makespan_s == pytest.approx(1.0 + 2.0 + 10.0)
-    assert result.setup_s == pytest.approx(2 * 2.0 * 0.5)
-    assert result.held_idle_s == pytest.approx(8.0 * 0.5)
+    assert result.setup_s == pytest.approx(2 * 2.0 * 1.0)  # core-seconds: 1 CPU per actor
+    assert result.held_idle_s == pytest.approx(8.0 * 1.0)
 
 
 def test_task_workers_keep_their_set_up_across_waves():
@@ -61,7 +61,7 @@ def test_task_workers_keep_their_set_up_across_waves():
     assert (actors.waves, tasks.waves) == (2, 2)
     assert actors.makespan_s == pytest.approx(14.0)
     assert tasks.makespan_s == pytest.approx(12.0)
-    assert (actors.setup_s, tasks.setup_s) == (pytest.approx(2 * 2.0 * 0.5), pytest.approx(2.0 * 0.5))
+    assert (actors.setup_s, tasks.setup_s) == (pytest.approx(2 * 2.0), pytest.approx(2.0))
 
 
 def _ids_in_shards(per_shard: int, shards: int) -> list[list[str]]:
