@@ -13,8 +13,8 @@ where the serial time goes, a 100-node simulation with those costs, and a cost m
    = (T1 / T2) / 2. This shared machine's own 2-process speedup (a CPU-bound loop) swings
    between about 1.5x and 2.1x within minutes, so the runs repeat (`repeats`, default 2) in the
    order 1, 2, ceiling, 1, 2, ceiling, and each worker count's fastest run is the one compared:
-   another tenant's load only slows a run down. A sampler reads every process's resident memory (RSS) each 0.2 s: the peak
-   of any one Ray worker process is "peak memory per worker".
+   another tenant's load only slows a run down. A sampler reads every process's resident
+   memory (RSS) each 0.2 s: the peak of any one Ray worker process is "peak memory per worker".
 3. Per-stage costs from the 1-worker run: each stage's seconds (stage wall time on one CPU =
    core-seconds) per second of its content (video for ingest and scenes, clips for faces, face
    tracks for analyze), less the model set-up of its actors (measured apart, in this process).
