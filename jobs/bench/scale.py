@@ -213,7 +213,6 @@ def run(files: list[str] | None = None, out: str | Path | None = None, repeats: 
     (work / "cost_model.md").write_text(model + "\n")
     return {
         "inputs": len(paths), "video_s": one["video_s"], "runs": runs, "repeats": repeats,
-        "wall_s_by_workers": {n: [x["wall_s"] for x in runs if x["workers"] == n] for n in (1, 2)},
         "machine_speedups_2_processes": ceilings,
         "speedup_2_workers": one["wall_s"] / two["wall_s"],
         "scaling_efficiency": one["wall_s"] / two["wall_s"] / 2, "goal_efficiency": 0.9,
