@@ -4,7 +4,7 @@ and an expression trajectory measured on a driving video (the catalog's expressi
 
 What the checkpoint's catalog used is read from its config.json ("catalog" -> "stages" -> name ->
 "config"): faces (backend, crop_size, crop_scale, portrait, min_face_px), audio (speech_backend,
-VAD settings), expression (backend and its fit settings).
+its encoder engine, VAD settings), expression (backend and its fit settings).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ class CatalogSettings:
     crop_scale: float = 1.8  # crop side over the face box side
     min_face_px: int = 64  # smallest face box side the catalog kept (px)
     speech_backend: str = "whisper-base"
+    speech_encoder: str = "onnxruntime"  # the engine of the audio features' Whisper encoder
     vad: tuple[float, float, float] = (0.5, 0.25, 0.1)  # threshold, min speech s, min silence s
     expression_backend: str = "3dmm"
     expression_options: tuple[tuple[str, object], ...] = ()
@@ -66,6 +67,8 @@ class CatalogSettings:
             crop_scale=3.0 if portrait else float(faces.get("crop_scale", 1.8)),
             min_face_px=int(faces.get("min_face_px", 64)),
             speech_backend=audio.get("speech_backend", "whisper-base"),
+            # catalogs whose audio config has no encoder_engine ran the encoder on torch
+            speech_encoder=audio.get("encoder_engine", "torch" if audio else "onnxruntime"),
             vad=(float(audio.get("vad_threshold", 0.5)), float(audio.get("min_speech_s", 0.25)),
                  float(audio.get("min_silence_s", 0.1))),
             expression_backend=expression.get("backend", "3dmm"),
@@ -130,10 +133,10 @@ def face_backend(name: str):
 
 
 @functools.lru_cache(maxsize=2)
-def speech_model(backend: str, device: str):
-    from pipeline.models.speech import load_speech
+def speech_encoder(backend: str, engine: str, device: str):
+    from pipeline.models.speech import load_encoder
 
-    return load_speech(backend, device)
+    return load_encoder(backend, engine, device)
 
 
 @functools.lru_cache(maxsize=2)
@@ -225,8 +228,8 @@ def audio_features(speech: Speech, settings: CatalogSettings, device: str,
     catalog's audio stage computed them."""
     from pipeline.models.speech import encoder_features
 
-    model = speech_model(settings.speech_backend, device)
-    feats = encoder_features(model, speech.audio, speech.frames).astype(np.float32)
+    encoder = speech_encoder(settings.speech_backend, settings.speech_encoder, device)
+    feats = encoder_features(encoder, speech.audio, speech.frames).astype(np.float32)
     if feats.shape[1] != expected_dim:
         raise GenerationInputError(
             f"speech backend {settings.speech_backend} gives {feats.shape[1]}-d features, the "

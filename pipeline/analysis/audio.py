@@ -3,6 +3,8 @@
 
 One Whisper encoder pass per 30 s window serves both: the states are pooled into the features,
 and the bundled Whisper base on CTranslate2 (int8) decodes the transcript from the same states.
+The encoder runs on onnxruntime (pipeline/models/whisper_encoder.py), so the worker imports
+neither torch nor openai-whisper.
 Windows without voice activity are not decoded. `transcribe_engine="openai-whisper"` is the
 reference path (`whisper.transcribe` on the audio, several times slower), and the one used for
 the official checkpoints (CTranslate2 holds only the bundled base's decoder)."""
@@ -18,8 +20,10 @@ import numpy as np
 from catalog.contract import AUDIO_RATE
 from pipeline.analysis.base import AnalyzerResult, DecodedTrack
 from pipeline.models.registry import ModelSpec
+from pipeline.models.whisper_encoder import ENGINES as ENCODER_ENGINES
 from pipeline.models.speech import (
     encoder_states,
+    load_encoder,
     load_speech,
     load_transcriber,
     load_vad,
@@ -41,6 +45,9 @@ class AudioConfig:
     transcribe: bool = True  # Whisper language + transcript
     speech_backend: str = "whisper-base"  # or "whisper-base-official", "whisper-tiny-official"
     device: str = "cpu"
+    # the features' Whisper encoder: "onnxruntime" (default; exported from the checkpoint once,
+    # no torch import in the worker) or "torch" (openai-whisper's module, the reference)
+    encoder_engine: str = "onnxruntime"
     # "ctranslate2": the bundled base's decoder on CTranslate2 from the features' encoder pass;
     # "openai-whisper": whisper.transcribe (the reference path; always used for official weights)
     transcribe_engine: str = "ctranslate2"
@@ -48,6 +55,9 @@ class AudioConfig:
     beam_size: int = 1  # 1: greedy decoding, like whisper.transcribe's default
 
     def __post_init__(self) -> None:
+        if self.encoder_engine not in ENCODER_ENGINES:
+            raise ValueError(f"analyze.audio.encoder_engine must be one of {ENCODER_ENGINES}, "
+                             f"got {self.encoder_engine!r}")
         engines = ("ctranslate2", "openai-whisper")
         if self.transcribe_engine not in engines:
             raise ValueError(f"analyze.audio.transcribe_engine must be one of {engines}, got "
@@ -85,7 +95,8 @@ class AudioAnalyzer:
         self.config = config or AudioConfig()
         self.context = context
         self.vad = None
-        self.whisper = None  # openai-whisper model: features, reference transcripts
+        self.encoder = None  # Whisper encoder: features, and the states CTranslate2 decodes
+        self.whisper = None  # openai-whisper's whole model: reference transcripts
         self.transcriber = None  # Ct2Whisper
 
     def model_specs(self) -> list[ModelSpec]:
@@ -98,7 +109,9 @@ class AudioAnalyzer:
         self.vad = load_vad(self.config.vad_threshold, self.config.min_speech_s,
                             self.config.min_silence_s)
         cfg = self.config
-        if cfg.features or (cfg.transcribe and not cfg.uses_ct2):
+        if cfg.features:
+            self.encoder = load_encoder(cfg.speech_backend, cfg.encoder_engine, cfg.device)
+        if cfg.transcribe and not cfg.uses_ct2:
             self.whisper = load_speech(cfg.speech_backend, cfg.device)
         if cfg.uses_ct2:
             self.transcriber = load_transcriber(cfg.transcribe_compute, cfg.beam_size)
@@ -132,7 +145,7 @@ class AudioAnalyzer:
         cfg = self.config
         states = None
         if cfg.features:
-            states = encoder_states(self.whisper, audio, track.num_frames)
+            states = encoder_states(self.encoder, audio, track.num_frames)
             relpath = media_relpath(track.shard, track.track_id, "audio_features.npy")
             np.save(self.context.staging_media(track.shard, relpath),
                     pool_features(states, track.num_frames))

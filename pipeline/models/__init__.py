@@ -8,10 +8,11 @@ per task (heavy libraries load inside the factories):
     emotion.load_emotion(backend="fer+facex") -> EmotionModel  (crop_faces frames the input)
     expression.load_expression(backend="3dmm", ...) -> ExpressionModel
     lip_sync.load_lip_sync(backend="av_corr", max_offset_frames=15, ...) -> LipSyncScorer
-    speech.load_speech(backend="whisper-base", device="cpu"), speech.load_vad(...),
-    speech.encoder_features(model, audio, frames) -> float16[frames, D]
-    speech.encoder_states(model, audio, frames) -> float32[W, 1500, D] (30 s windows), then
-    speech.pool_features(states, frames) and speech.load_transcriber().transcribe(states, n)
+    speech.load_encoder(backend="whisper-base", engine="onnxruntime"), speech.load_vad(...),
+    speech.encoder_features(encoder, audio, frames) -> float16[frames, D]
+    speech.encoder_states(encoder, audio, frames) -> float32[W, 1500, D] (30 s windows), then
+    speech.pool_features(states, frames) and speech.load_transcriber().transcribe(states, n);
+    speech.load_speech(backend) -> openai-whisper's whole model (reference transcripts)
     thresholds.IDENTITY_DISTANCE: per identity backend
 """
 

@@ -10,9 +10,12 @@ Nothing here downloads. A missing file raises MissingWeightsError naming the pat
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.util
 import os
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,6 +83,28 @@ def model_root() -> Path:
 
 def cache_root() -> Path:
     return Path(os.environ.get("EMOFORGE_CACHE", Path.home() / ".cache" / "emoforge"))
+
+
+def build_once(target: Path, build: Callable[[Path], None]) -> Path:
+    """`target`, made by `build(tmp)` the first time: `build` writes a temporary file in the
+    target's folder that then replaces `target` atomically, under a file lock there, so
+    concurrent workers build it once and never read half a file."""
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if target.is_file():
+            return target
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        os.close(fd)
+        try:
+            build(Path(tmp))
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return target
 
 
 def package_dir(package: str) -> Path | None:

@@ -34,9 +34,17 @@ def load_transcriber(compute_type: str = "int8", beam_size: int = 1):
     return Ct2Whisper(compute_type=compute_type, beam_size=beam_size)
 
 
+def load_encoder(backend: str = "whisper-base", engine: str = "onnxruntime", device: str = "cpu"):
+    """The backend's Whisper encoder (`pipeline.models.whisper_encoder`) for `encoder_states`:
+    on onnxruntime (default: no torch in the worker) or on torch (the reference)."""
+    from pipeline.models.whisper_encoder import load_encoder as load
+
+    return load(backend, engine, device)
+
+
 def load_speech(backend: str = "whisper-base", device: str = "cpu"):
-    """A Whisper model (openai-whisper's `Whisper`, eval mode) on `device`: `.transcribe(audio)`
-    and, through `encoder_features`, the encoder states."""
+    """A whole Whisper model (openai-whisper's `Whisper`, eval mode) on `device`, for the
+    reference transcripts (`.transcribe(audio)`)."""
     from pipeline.models.whisper_bundled import load_whisper
 
     return load_whisper(backend, device)
@@ -57,24 +65,19 @@ def load_vad(threshold: float = 0.5, min_speech_s: float = 0.25, min_silence_s: 
     return SileroVad(threshold, min_speech_s, min_silence_s).load()
 
 
-def encoder_states(model, audio: np.ndarray, frames: int) -> np.ndarray:
+def encoder_states(encoder, audio: np.ndarray, frames: int) -> np.ndarray:
     """float32[W, 1500, D] Whisper encoder states of the first `frames` 25 fps frames of float32[N]
     16 kHz audio, one 30 s window each (padded to 30 s as Whisper expects): what both the audio
-    features (`pool_features`) and a transcript (`pipeline.models.whisper_ct2`) are made from."""
-    import torch
-    import whisper
+    features (`pool_features`) and a transcript (`pipeline.models.whisper_ct2`) are made from.
+    `encoder`: from `load_encoder`."""
+    from pipeline.models.whisper_encoder import log_mel, pad_or_trim
 
     per_window = int(WHISPER_WINDOW_S * CROP_FPS)
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
     states = []
     for start in range(0, max(frames, 1), per_window):
         n = min(per_window, frames - start)
         seg = audio[start * AUDIO_RATE // CROP_FPS : (start + n) * AUDIO_RATE // CROP_FPS]
-        seg = whisper.pad_or_trim(np.asarray(seg, np.float32))
-        mel = whisper.log_mel_spectrogram(seg, model.dims.n_mels).to(device)
-        with torch.no_grad():
-            states.append(model.encoder(mel[None].to(dtype))[0].float().cpu().numpy())
+        states.append(encoder(log_mel(pad_or_trim(seg), encoder.n_mels)))
     return np.stack(states)
 
 
@@ -91,7 +94,7 @@ def pool_features(states: np.ndarray, frames: int) -> np.ndarray:
     return np.concatenate(chunks).astype(np.float16)
 
 
-def encoder_features(model, audio: np.ndarray, frames: int) -> np.ndarray:
+def encoder_features(encoder, audio: np.ndarray, frames: int) -> np.ndarray:
     """float16[frames, D] Whisper encoder states of float32[N] 16 kHz audio, mean-pooled from
     50 Hz to the 25 fps grid, computed in 30 s windows (each padded to 30 s as Whisper expects)."""
-    return pool_features(encoder_states(model, audio, frames), frames)
+    return pool_features(encoder_states(encoder, audio, frames), frames)

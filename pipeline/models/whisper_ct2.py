@@ -10,8 +10,9 @@ per 30 s window, CTranslate2's int8 encoder 1.75-2.1 s with features 8% off) or,
 features are wanted, from CTranslate2's encoder (`encode`). Decoding 20 s of speech greedily
 takes about 1.6 CPU s in int8, 2.7 s in float32 (openai-whisper's `transcribe`: 140 s wall for
 40 s of speech where this took 8.7 s, same loaded machine).
-Log-mel input is openai-whisper's `log_mel_spectrogram`, prompt tokens come from its tokenizer
-(tiktoken files inside the package: offline).
+Log-mel input is `pipeline.models.whisper_encoder.log_mel` (openai-whisper's, in numpy); prompt
+tokens come from openai-whisper's tokenizer module (tiktoken files inside the package: offline),
+loaded on its own: the package's `__init__` imports torch and numba, 3 CPU-s a worker.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from catalog.contract import AUDIO_RATE
-from pipeline.models.registry import cache_root, resolve
+from pipeline.models.registry import cache_root, package_dir, resolve
 from pipeline.models.whisper_bundled import BUNDLED, BUNDLED_PART2
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,25 @@ def model_folder() -> Path:
     return folder
 
 
+def whisper_tokenizer():
+    """openai-whisper's multilingual transcribe tokenizer, from its `tokenizer.py` loaded as a
+    module of its own (it needs only tiktoken), without running the package's `__init__`."""
+    import importlib.util
+    import sys
+
+    name = "emoforge_whisper_tokenizer"
+    module = sys.modules.get(name)
+    if module is None:
+        folder = package_dir("whisper")
+        if folder is None:
+            raise ModuleNotFoundError("openai-whisper is not installed: its tokenizer is needed")
+        spec = importlib.util.spec_from_file_location(name, folder / "tokenizer.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # its dataclasses look their module up while being built
+        spec.loader.exec_module(module)
+    return module.get_tokenizer(multilingual=True, task="transcribe")
+
+
 class Ct2Whisper:
     """Whisper base on CTranslate2. `encode(audio)` -> float32[W,1500,512] encoder states of the
     30 s windows of float32[N] 16 kHz audio; `transcribe(states, samples)` -> Transcript from
@@ -93,28 +113,24 @@ class Ct2Whisper:
 
     def __init__(self, compute_type: str = "int8", threads: int = 1, beam_size: int = 1):
         import ctranslate2
-        import whisper.tokenizer
 
         self.model = ctranslate2.models.Whisper(str(model_folder()), device="cpu",
                                                 compute_type=compute_type, inter_threads=1,
                                                 intra_threads=threads)
-        self.tokenizer = whisper.tokenizer.get_tokenizer(multilingual=True, task="transcribe")
+        self.tokenizer = whisper_tokenizer()
         self.beam_size = beam_size
         self.n_mels = 80
 
     def encode(self, audio: np.ndarray) -> np.ndarray:
         """float32[W,1500,512]: one encoder pass per 30 s window (the last one zero-padded)."""
         import ctranslate2
-        import torch
-        import whisper
+
+        from pipeline.models.whisper_encoder import log_mel, pad_or_trim
 
         audio = np.asarray(audio, np.float32)
         windows = max(1, -(-len(audio) // WINDOW_SAMPLES))
-        mels = []
-        for w in range(windows):
-            seg = whisper.pad_or_trim(audio[w * WINDOW_SAMPLES:(w + 1) * WINDOW_SAMPLES])
-            with torch.no_grad():
-                mels.append(whisper.log_mel_spectrogram(seg, self.n_mels).numpy())
+        mels = [log_mel(pad_or_trim(audio[w * WINDOW_SAMPLES:(w + 1) * WINDOW_SAMPLES]),
+                        self.n_mels) for w in range(windows)]
         features = ctranslate2.StorageView.from_array(np.ascontiguousarray(np.stack(mels)))
         return np.asarray(self.model.encode(features, to_cpu=True), np.float32)
 

@@ -58,12 +58,12 @@ def test_default_job_transcribes_an_espeak_sentence(tmp_path, ray_local):
 def test_ct2_decoder_reads_the_reference_words_from_the_shared_encoder_pass():
     """The same states give the features and the CTranslate2 transcript; openai-whisper's own
     transcribe of the audio is the reference (at most one word apart, both near the sentence)."""
-    from pipeline.models.speech import load_speech
+    from pipeline.models.speech import load_encoder, load_speech
 
     audio = speech(SENTENCE)
     frames = len(audio) // 640
+    states = encoder_states(load_encoder("whisper-base"), audio, frames)
     model = load_speech("whisper-base")
-    states = encoder_states(model, audio, frames)
     assert states.shape == (1, 1500, 512)
     ours = load_transcriber().transcribe(states, len(audio))
     reference = model.transcribe(audio, fp16=False, condition_on_previous_text=False)

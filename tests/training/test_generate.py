@@ -140,7 +140,7 @@ def test_cli_bad_inputs_exit_2_before_any_work(inputs, tmp_path, capsys, monkeyp
     def no_work(*args, **kwargs):
         raise AssertionError("speech features were computed for a request that must fail")
 
-    monkeypatch.setattr(generate_inputs, "speech_model", no_work)
+    monkeypatch.setattr(generate_inputs, "speech_encoder", no_work)
     out = tmp_path / "out.mp4"
     blank = tmp_path / "blank.png"
     import skimage.io
