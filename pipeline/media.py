@@ -204,10 +204,15 @@ def audio_span(audio: np.ndarray, sample_rate: int, start_s: float = 0.0,
 class VideoWriter:
     """An H.264 mp4 fed one uint8[H,W,3] RGB frame at a time (H and W even) at constant `fps`;
     with `audio_rate`, mono float32 audio (AAC) is encoded when it is closed. Use as a context
-    manager; `close(audio)` finishes the file (leaving the block without it still closes it)."""
+    manager; `close(audio)` finishes the file (leaving the block without it still closes it).
+    `threads`: encoder threads, None for the encoder's own choice (libx264: about 1.5 per core
+    plus lookahead). One thread costs about 0.7x the CPU for the same file (256 px face crops:
+    0.88 instead of 1.24 CPU-s per 480 frames, 504 vs 518 kB, the same PSNR): right where each
+    worker holds one core."""
 
     def __init__(self, path: str, width: int, height: int, fps: Fraction | int | float = CROP_FPS,
-                 audio_rate: int | None = None, codec: str = "libx264", crf: int = 18):
+                 audio_rate: int | None = None, codec: str = "libx264", crf: int = 18,
+                 threads: int | None = None):
         import av
 
         self.container = av.open(str(path), mode="w")
@@ -215,6 +220,8 @@ class VideoWriter:
         self.video.width, self.video.height = width, height
         self.video.pix_fmt = "yuv420p"
         self.video.options = {"crf": str(crf), "preset": "veryfast"}
+        if threads is not None:
+            self.video.thread_count = threads
         self.audio_rate = audio_rate
         self.audio = None
         if audio_rate is not None:
