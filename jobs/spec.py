@@ -75,10 +75,11 @@ def build(data: dict, overrides: list[str] = ()) -> JobSpec:
         dotted, raw = item.split("=", 1)
         section, key = dotted.split(".", 1)
         node = data.setdefault(section, {})
-        if section == "select":  # nested rules: select.lip_sync_rules.av_corr.min_confidence=0.7
-            *parents, key = key.split(".")
-            for part in parents:
-                node = node.setdefault(part, {})
+        # nested tables: analyze.audio.transcribe=false, select.lip_sync_rules.av_corr.min_confidence=0.7
+        *parents, key = key.split(".")
+        for part in parents:
+            node[part] = dict(node.get(part) or {})  # a copy: the loaded TOML stays as read
+            node = node[part]
         node[key] = _parse_value(raw)
     job = data.pop("job", {})
     unknown = set(job) - {"inputs", "out", "stages"}

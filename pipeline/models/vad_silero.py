@@ -18,6 +18,8 @@ from pipeline.models.registry import ModelSpec, register, resolve
 
 log = logging.getLogger(__name__)
 
+SPEECH_PAD_S = 0.03  # each speech span is widened by this much on both sides (Silero's default)
+
 SILERO = register(
     ModelSpec(
         task="vad",
@@ -96,17 +98,57 @@ class SileroVad:
 
     def segments(self, audio: np.ndarray) -> list[tuple[float, float]]:
         """[(start_s, end_s)] speech segments of float32[N] audio at 16 kHz, in seconds."""
-        from silero_vad.utils_vad import get_speech_timestamps_from_probs
-
         if len(audio) < self.window:
             return []
-        stamps = get_speech_timestamps_from_probs(
-            self.probabilities(audio).tolist(),
-            sampling_rate=self.sample_rate,
-            threshold=self.threshold,
-            min_speech_duration_ms=int(self.min_speech_s * 1000),
-            min_silence_duration_ms=int(self.min_silence_s * 1000),
-            speech_pad_ms=30,
-            audio_length_samples=len(audio),
-        )
-        return [(s["start"] / self.sample_rate, s["end"] / self.sample_rate) for s in stamps]
+        rate = self.sample_rate  # the durations in whole ms, as silero-vad takes them
+        stamps = speech_stamps(self.probabilities(audio), self.window, self.threshold,
+                               rate * int(self.min_speech_s * 1000) / 1000,
+                               rate * int(self.min_silence_s * 1000) / 1000,
+                               SPEECH_PAD_S * rate, len(audio))
+        return [(start / self.sample_rate, end / self.sample_rate) for start, end in stamps]
+
+
+def speech_stamps(probs, window: int, threshold: float, min_speech: float, min_silence: float,
+                  pad: float, length: int) -> list[tuple[int, int]]:
+    """[(start, end)] speech spans in samples from one speech probability per `window` samples,
+    Silero's rule (its `get_speech_timestamps_from_probs` with no maximum speech length, written
+    here so that the audio stage does not import torch with the silero-vad package; equal on
+    random sequences, tested): a span starts at a window at or above `threshold` and ends where
+    the probability first fell below threshold - 0.15 once that lasted `min_silence` samples;
+    spans of at most `min_speech` samples are dropped; each is then widened by `pad` samples
+    (clamped to the audio), and neighbours closer than 2 * pad meet halfway."""
+    low = max(threshold - 0.15, 0.01)
+    spans: list[list[float]] = []
+    start = None
+    silence_from = 0
+    for i, p in enumerate(probs):
+        at = window * i
+        if p >= threshold and silence_from:
+            silence_from = 0
+        if p >= threshold and start is None:
+            start = at
+            continue
+        if p < low and start is not None:
+            if not silence_from:
+                silence_from = at
+            if at - silence_from < min_silence:
+                continue
+            if silence_from - start > min_speech:
+                spans.append([start, silence_from])
+            start, silence_from = None, 0
+    if start is not None and length - start > min_speech:
+        spans.append([start, length])
+    for i, span in enumerate(spans):
+        if i == 0:
+            span[0] = int(max(0, span[0] - pad))
+        if i == len(spans) - 1:
+            span[1] = int(min(length, span[1] + pad))
+            continue
+        gap = spans[i + 1][0] - span[1]
+        if gap < 2 * pad:
+            span[1] += int(gap // 2)
+            spans[i + 1][0] = int(max(0, spans[i + 1][0] - gap // 2))
+        else:
+            span[1] = int(min(length, span[1] + pad))
+            spans[i + 1][0] = int(max(0, spans[i + 1][0] - pad))
+    return [(int(a), int(b)) for a, b in spans]

@@ -25,6 +25,20 @@ def test_overrides_and_pipeline_order():
     assert spec.configs["scenes"].detector == "content"
 
 
+def test_overrides_reach_nested_analyzer_tables():
+    """`--set analyze.audio.transcribe=false` sets the key inside [analyze.audio] and keeps the
+    table's other keys (the TOML's or the defaults)."""
+    spec = load("jobs/default.toml", ["analyze.audio.transcribe=false",
+                                      "analyze.emotion.slow_frame_stride=4",
+                                      "analyze.audio.encoder_engine=\"torch\""])
+    analyze = spec.configs["analyze"]
+    assert analyze.audio.transcribe is False and analyze.audio.encoder_engine == "torch"
+    assert analyze.audio.features is True  # untouched keys keep their values
+    assert analyze.emotion.slow_frame_stride == 4
+    with pytest.raises(SpecError, match="unknown keys"):
+        load("jobs/default.toml", ["analyze.audio_transcribe=false"])
+
+
 def test_default_job_spec_loads():
     spec = load("jobs/default.toml")
     assert spec.stages == ("ingest", "scenes", "faces", "analyze")

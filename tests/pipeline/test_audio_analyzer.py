@@ -131,3 +131,35 @@ def test_vad_sequence_model_equals_the_torchscript_one():
     assert segments == torch_model.segments(audio) and len(segments) >= 2
     with pytest.raises(ValueError, match="engine"):
         SileroVad(engine="jit")
+
+
+def test_speech_spans_equal_silero_vads_own_rule_on_random_sequences():
+    """`speech_stamps` (ours, so that the audio stage needs no torch) against silero-vad's
+    get_speech_timestamps_from_probs: runs of speech-like, silence-like and in-between
+    probabilities with noise, several thresholds and durations, audio lengths that are not
+    whole windows."""
+    from silero_vad.utils_vad import get_speech_timestamps_from_probs
+
+    from pipeline.models.vad_silero import speech_stamps
+
+    rng = np.random.default_rng(1)
+    spans_seen = 0
+    for _ in range(600):
+        n = int(rng.integers(1, 300))
+        probs: list[float] = []
+        while len(probs) < n:
+            level = rng.choice([0.05, 0.3, 0.4, 0.45, 0.6, 0.9, rng.random()])
+            run = int(rng.integers(1, 40))
+            probs += np.clip(level + rng.normal(0, 0.1, run), 0, 1).tolist()
+        probs = probs[:n]
+        threshold = float(rng.choice([0.5, 0.3, 0.7]))
+        speech_ms, silence_ms = int(rng.choice([250, 100, 500])), int(rng.choice([100, 50, 300]))
+        length = n * 512 - int(rng.integers(0, 512))
+        reference = get_speech_timestamps_from_probs(
+            probs, RATE, threshold, speech_ms, min_silence_duration_ms=silence_ms,
+            speech_pad_ms=30, audio_length_samples=length)
+        ours = speech_stamps(probs, 512, threshold, RATE * speech_ms / 1000,
+                             RATE * silence_ms / 1000, 0.03 * RATE, length)
+        assert ours == [(d["start"], d["end"]) for d in reference], (probs, threshold)
+        spans_seen += len(ours)
+    assert spans_seen > 300  # the sequences do hold speech
