@@ -75,7 +75,8 @@ def build(data: dict, overrides: list[str] = ()) -> JobSpec:
         dotted, raw = item.split("=", 1)
         section, key = dotted.split(".", 1)
         node = data.setdefault(section, {})
-        # nested tables: analyze.audio.transcribe=false, select.lip_sync_rules.av_corr.min_confidence=0.7
+        # nested tables: analyze.audio.transcribe=false,
+        # select.lip_sync_rules.av_corr.min_confidence=0.7
         *parents, key = key.split(".")
         for part in parents:
             node[part] = dict(node.get(part) or {})  # a copy: the loaded TOML stays as read

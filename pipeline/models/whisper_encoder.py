@@ -12,7 +12,7 @@ float16 features sidecar is identical for 98% of values, the rest one float16 st
 
 `log_mel` is openai-whisper's `log_mel_spectrogram` in numpy (periodic Hann window of 400, hop
 160, reflect-padded centred frames, the package's own mel filterbank file, log10 clamped to 8
-below the maximum, then (x + 4) / 4), equal to it within 1e-5 (tested).
+below the maximum, then (x + 4) / 4), equal to it within 1e-4 (4e-5 on two sentences; tested).
 
 `load_encoder(backend, engine)`: "onnxruntime" (default) or "torch" (openai-whisper's module, the
 reference, and the one to use on a GPU with a CPU-only onnxruntime).

@@ -234,9 +234,13 @@ def test_catalog_settings_follow_the_checkpoint():
     assert (s.face_backend, s.crop_size, s.crop_scale, s.min_face_px) == ("mtcnn", 256, 2.0, 80)
     assert s.speech_backend == "whisper-tiny-official" and s.vad[0] == 0.4
     assert s.expression_backend == "deca" and dict(s.expression_options) == {"batch_size": 8}
+    # a catalog whose audio config predates encoder_engine ran Whisper's encoder on torch
+    assert s.speech_encoder == "torch"
+    stages["audio"]["config"]["encoder_engine"] = "onnxruntime"
     stages["faces"]["config"]["portrait"] = True
     s = generate_inputs.CatalogSettings.from_checkpoint({"catalog": {"stages": stages}})
     assert (s.crop_size, s.crop_scale) == (512, 3.0)
+    assert s.speech_encoder == "onnxruntime"
 
 
 def test_reference_mouth_mask_lies_on_the_crops_lower_face(inputs):
