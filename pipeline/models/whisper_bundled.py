@@ -10,19 +10,16 @@ checkpoint `whisper.load_model(path)` loads strictly, cached under $EMOFORGE_CAC
 
 from __future__ import annotations
 
-import fcntl
 import io
 import logging
-import os
 import re
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline.models.registry import ModelSpec, cache_root, register, resolve
+from pipeline.models.registry import ModelSpec, build_once, cache_root, register, resolve
 
 log = logging.getLogger(__name__)
 
@@ -210,31 +207,19 @@ def converted_checkpoint() -> Path:
     concurrent workers convert it once."""
     part1, part2 = resolve(BUNDLED, "data/model.bin.part1"), resolve(BUNDLED_PART2)
     stamp = f"{part1.stat().st_size}-{part2.stat().st_size}-v{CONVERTER_VERSION}"
-    folder = cache_root() / "whisper"
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"whisper-base-bundled-{stamp}.pt"
-    if target.is_file():
-        return target
-    with open(folder / ".convert.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if target.is_file():
-            return target
+    target = cache_root() / "whisper" / f"whisper-base-bundled-{stamp}.pt"
+
+    def convert(tmp: Path) -> None:
         import torch
 
         log.info("converting bundled Whisper base (CTranslate2) into %s (once)", target)
         variables = read_ct2_model(part1.read_bytes() + part2.read_bytes())
         dims, sd = ct2_to_whisper(variables)
         state = {k: torch.from_numpy(np.array(a, copy=True)) for k, a in sd.items()}
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save({"dims": dims, "model_state_dict": state}, f)
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-    return target
+        with open(tmp, "wb") as f:  # a file object: torch's zip writer refuses ".tmp-" names
+            torch.save({"dims": dims, "model_state_dict": state}, f)
+
+    return build_once(target, convert)
 
 
 def checkpoint_path(backend: str) -> Path:
