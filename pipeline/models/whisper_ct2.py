@@ -8,8 +8,9 @@ file lock) next to the package's config and vocabulary, and CTranslate2 loads th
 onnxruntime (`pipeline.models.speech.encoder_states`, the features' own pass; measured on one
 core: 1.3-1.65 CPU s per 30 s window, CTranslate2's int8 encoder 1.75-2.1 s with features 8% off)
 or, when no features are wanted, from CTranslate2's encoder (`encode`). Decoding 20 s of speech
-greedily takes about 1.6 CPU s in int8 (19 ms a token on this AVX2 CPU), 2.7 s in float32 (openai-whisper's `transcribe`: 140 s wall for
-40 s of speech where this took 8.7 s, same loaded machine).
+greedily takes about 1.6 CPU s in int8 (19 ms a token on this AVX2 CPU), 2.7 s in float32
+(openai-whisper's `transcribe`: 140 s wall for 40 s of speech where this took 8.7 s, same loaded
+machine).
 Log-mel input is `pipeline.models.whisper_encoder.log_mel` (openai-whisper's, in numpy); prompt
 tokens come from openai-whisper's tokenizer module (tiktoken files inside the package: offline),
 loaded on its own: the package's `__init__` imports torch and numba, 3 CPU-s a worker.

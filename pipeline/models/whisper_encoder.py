@@ -20,6 +20,7 @@ reference, and the one to use on a GPU with a CPU-only onnxruntime).
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -35,6 +36,7 @@ HOP = 160
 WINDOW_SAMPLES = 30 * AUDIO_RATE  # Whisper's 30 s window
 ENGINES = ("onnxruntime", "torch")
 EXPORT_VERSION = "1"
+HANN = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(N_FFT) / N_FFT)).astype(np.float32)  # periodic
 
 
 def pad_or_trim(audio: np.ndarray, length: int = WINDOW_SAMPLES) -> np.ndarray:
@@ -43,9 +45,10 @@ def pad_or_trim(audio: np.ndarray, length: int = WINDOW_SAMPLES) -> np.ndarray:
     return np.pad(audio, (0, length - len(audio))) if len(audio) < length else audio
 
 
+@functools.lru_cache(maxsize=2)
 def mel_filters(n_mels: int) -> np.ndarray:
     """float32[n_mels, 201]: openai-whisper's mel filterbank (its assets/mel_filters.npz, read
-    without importing the package)."""
+    once per process without importing the package)."""
     folder = package_dir("whisper")
     if folder is None:
         raise ModuleNotFoundError("openai-whisper is not installed: its mel filterbank file "
@@ -58,10 +61,9 @@ def log_mel(audio: np.ndarray, n_mels: int = 80) -> np.ndarray:
     """float32[n_mels, frames]: Whisper's log-mel spectrogram of float32[N] 16 kHz audio (N //
     160 frames; a 30 s window gives 3000)."""
     audio = np.asarray(audio, np.float32)
-    window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(N_FFT) / N_FFT)).astype(np.float32)
     padded = np.pad(audio, N_FFT // 2, mode="reflect")
     frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP]
-    spectrum = np.fft.rfft(frames * window, axis=-1)
+    spectrum = np.fft.rfft(frames * HANN, axis=-1)
     power = (spectrum.real ** 2 + spectrum.imag ** 2)[:-1].astype(np.float32)
     mel = mel_filters(n_mels) @ power.T
     log_spec = np.log10(np.maximum(mel, 1e-10))
@@ -101,12 +103,9 @@ class OnnxEncoder:
     """A Whisper encoder on onnxruntime: `encoder(mel float32[n_mels, 3000])` ->
     float32[1500, D]."""
 
-    engine = "onnxruntime"
-
     def __init__(self, backend: str = "whisper-base", device: str = "cpu", threads: int = 1):
         from pipeline.models.onnx_session import ort_session
 
-        self.backend = backend
         self.session = ort_session(encoder_onnx(backend), threads,
                                    None if device == "cpu" else "auto")
         self.n_mels = int(self.session.get_inputs()[0].shape[1])
@@ -119,12 +118,9 @@ class OnnxEncoder:
 class TorchEncoder:
     """The same interface on openai-whisper's module (the reference engine)."""
 
-    engine = "torch"
-
     def __init__(self, backend: str = "whisper-base", device: str = "cpu"):
         from pipeline.models.whisper_bundled import load_whisper
 
-        self.backend = backend
         self.model = load_whisper(backend, device)
         self.n_mels = self.model.dims.n_mels
 

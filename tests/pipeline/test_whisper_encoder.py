@@ -34,7 +34,8 @@ def test_log_mel_equals_openai_whispers(spoken):
 
 
 def test_onnx_encoder_states_equal_the_torch_modules(spoken):
-    onnx, torch_ = load_encoder("whisper-base", "onnxruntime"), load_encoder("whisper-base", "torch")
+    onnx = load_encoder("whisper-base", "onnxruntime")
+    torch_ = load_encoder("whisper-base", "torch")
     mel = log_mel(spoken, onnx.n_mels)
     ours, reference = onnx(mel), torch_(mel)
     assert ours.shape == reference.shape == (1500, 512)
