@@ -11,7 +11,7 @@
    renderer's own truth (jobs.bench.lip_truth: the mouth interior's darkness against the
    opening the renderer would draw for the audio), which needs no landmarks at 64 px.
 
-Goal (issue 14): offset within 1 frame, confidence in the range of real in-sync clips and clearly
+Goal: offset within 1 frame, confidence in the range of real in-sync clips and clearly
 above the mismatched audio, the same person, within 30 minutes on a 2-core machine.
 """
 
@@ -224,7 +224,7 @@ def verdict(rows: list[dict], real: list[dict] | None = None) -> dict:
 
 
 def sync_goals(driving: dict, mismatched: dict, floor: float | None) -> dict:
-    """Issue 14's lip-sync goals for one measure's results (offset_frames, confidence) against
+    """The lip-sync goals for one measure's results (offset_frames, confidence) against
     the driving and a mismatched audio; None where a number is missing."""
     conf, other = driving.get("confidence"), mismatched.get("confidence")
     offset = driving.get("offset_frames")

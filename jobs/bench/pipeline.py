@@ -19,7 +19,7 @@ Every time is also given as a real-time factor (seconds of video per second) and
 (divided by the cores the run may use), and as core-hours per 1,000 hours of video. CPU seconds
 (user + system, all threads; for Ray the whole process tree) are given beside wall seconds: on a
 shared machine they move much less with the load. The floor is measured before and after the
-stages and averaged. After the stages, the work the issue calls unavoidable: one decode of every
+stages and averaged. After the stages, the unavoidable work: one decode of every
 frame plus the landmark model on one face per frame (`decode_and_landmarks`), and each run's CPU
 over it.
 """
@@ -125,7 +125,7 @@ def decode_floor(paths: list[str]) -> dict:
 
 
 def decode_and_landmarks(paths: list[str], backend: str = "mediapipe") -> dict:
-    """CPU seconds of the work the issue calls unavoidable: one decode of every frame to RGB plus
+    """CPU seconds of the unavoidable work: one decode of every frame to RGB plus
     the per-frame landmark model on one face, followed from frame to frame as the tracker follows
     it (the detector runs only until a face is found and after it is lost)."""
     from pipeline.media import iter_frames

@@ -20,8 +20,8 @@ where the serial time goes, a 100-node simulation with those costs, and a cost m
    tracks for analyze), less the model set-up of its actors (measured apart, in this process).
 4. The driver's serial time by phase (RunResult.phases) and the Amdahl bound it implies.
 5. pipeline/simulate.py with those costs: 100 nodes x 16 CPUs, 10,000 videos of 1-10 minutes
-   and 10 of 1-2 hours, the runner as it is and as it was (one wave at a time, pools of one row
-   per actor); then a markdown cost model for 1,000 hours of video on N nodes.
+   and 10 of 1-2 hours, the runner against a baseline that runs one wave at a time with pools
+   of one row per actor); then a markdown cost model for 1,000 hours of video on N nodes.
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def stage_costs(one: dict, setup: dict[str, float]) -> dict[str, StageCost]:
 
 def simulate_cluster(costs: dict[str, StageCost], nodes: int = 100, cpus: float = 16.0,
                      videos: int = 10_000, long_videos: int = 10) -> dict:
-    """The runner as it is and as it was, on `nodes` x `cpus` with a realistic corpus."""
+    """The runner and the one-wave-at-a-time baseline, on `nodes` x `cpus` with a realistic corpus."""
     from pipeline.runner import RunnerConfig
 
     shape = corpus(videos, long_videos=long_videos, long_s=(3600.0, 7200.0))

@@ -3,7 +3,7 @@
 DEFAULT_COSTS), for three corpora of 1-10 minute videos: about 670 hours with ten of 1-2 hours,
 about 100 hours with two, and about 100 hours without. Reports utilization and where the idle
 time goes (model set-up, actors waiting on stragglers, stage barriers, the job's tail), for the
-runner as it is and as it was (one wave at a time, one actor per row)."""
+runner and for a baseline that runs one wave at a time with one actor per row."""
 
 from __future__ import annotations
 

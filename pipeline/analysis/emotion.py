@@ -37,8 +37,8 @@ class EmotionConfig:
     # WolfgangLanger per-frame probabilities move by 0.004 on average (0.07 at most), top-1
     # agrees on 99% with every frame classified
     frame_stride: int = 2
-    # the same for the costly backends (SLOW_BACKENDS: facex 8 ms a face, 30 ms before it ran
-    # dequantized; hsemotion), alone or in an ensemble: every 8th frame (3 per second) while fer
+    # the same for the costly backends (SLOW_BACKENDS: facex 8 ms a face, 30 ms if run
+    # quantized; hsemotion), alone or in an ensemble: every 8th frame (3 per second) while fer
     # (0.7 ms) stays at every 2nd. Against
     # every frame classified, per-frame probabilities move by 0.010 on average, top-1 agrees on
     # 97-99% (WolfgangLanger, single_face), track labels unchanged (2 at both strides: 0.004,

@@ -124,7 +124,7 @@ def test_wave_order_and_size():
 def test_hundred_nodes_keep_utilization_above_85_percent():
     """A 100-node x 4-CPU cluster and 2,500 videos of 1-10 minutes plus three of 1-2 hours (the
     shape of the 16-CPU question at a quarter of the size): the default runner keeps more than
-    85% of the CPUs on useful work; running waves one by one (the old runner) does not."""
+    85% of the CPUs on useful work; running waves one by one does not."""
     from jobs.bench.scale import DEFAULT_COSTS
 
     videos = corpus(2500, long_videos=3, long_s=(3600.0, 7200.0), seed=1)
