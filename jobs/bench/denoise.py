@@ -13,7 +13,7 @@ this makes to the mouth's brightness (the mean over the mouth mask: the open mou
 regressed on the change the two windows' real mouths differ by. A model that ignores the audio
 scores a gain near 0; one whose mouth follows it fully, near 1.
 `emoforge bench denoise CHECKPOINT...` profiles each given checkpoint; `bench learn` records its
-own checkpoint's profile. The README's design notes compare model variants with it.
+own checkpoint's profile. docs/design.md compares model variants with it.
 """
 
 from __future__ import annotations

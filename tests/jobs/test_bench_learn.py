@@ -99,7 +99,7 @@ def test_verdict_checks_both_measures_against_their_own_real_floor():
                                         "above_mismatched": None, "in_real_range": None}
 
 
-LEARN_STEPS = 1300  # what the test trains; see the README's `learn` benchmark for the margin
+LEARN_STEPS = 1300  # what the test trains; see docs/benchmarks.md, `learn`, for the margin
 
 
 @pytest.mark.slow

@@ -32,7 +32,7 @@ class ModelConfig:
     # UNet layout (denoiser and ReferenceNet share it)
     # (the tiny default: 64, 32, 16, 8 px levels, attention only at 8x8: attention over more
     # tokens dominates a CPU step; 32 channels at full resolution: with 8, the last, least noisy
-    # denoising steps leave visible noise, see the README's design notes)
+    # denoising steps leave visible noise, see docs/design.md)
     block_out_channels: tuple[int, ...] = (32, 32, 64, 64)
     layers_per_block: int = 1
     down_block_types: tuple[str, ...] = ("DownBlock2D",) * 3 + ("CrossAttnDownBlock2D",)
