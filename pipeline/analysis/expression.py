@@ -17,7 +17,11 @@ import numpy as np
 
 from pipeline.analysis.base import AnalyzerResult, DecodedTrack
 from pipeline.analysis.smoothing import gaussian_smooth
-from pipeline.models.expression import expression_spec, load_expression
+from pipeline.models.expression import (
+    DEFAULT_EXPRESSION_BACKEND,
+    expression_spec,
+    load_expression,
+)
 from pipeline.models.registry import ModelSpec
 from pipeline.stage import FAILED, OK, SKIPPED, StageContext
 
@@ -26,7 +30,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ExpressionConfig:
-    backend: str = "3dmm"  # "3dmm" (bundled) or "deca" (reference, $EMOFORGE_MODELS/expression/deca)
+    # "3dmm" or "blendshapes" (bundled), "deca" (reference, $EMOFORGE_MODELS/expression/deca)
+    backend: str = DEFAULT_EXPRESSION_BACKEND
     smoothing_sigma_frames: float = 1.0  # Gaussian temporal smoothing of per-frame values; 0 = off
     fit_iterations: int = 12  # 3dmm: alternations of pose and coefficient steps
     landmark_noise: float = 0.03  # 3dmm: landmark noise as a fraction of the face radius

@@ -18,6 +18,7 @@ import numpy as np
 from pipeline.models.registry import ModelSpec
 
 EXPRESSION_BACKENDS = ("3dmm", "deca", "blendshapes")
+DEFAULT_EXPRESSION_BACKEND = "3dmm"  # the expression analyzer's (and so a curated catalog's)
 
 
 @dataclass
@@ -91,7 +92,7 @@ def expression_spec(backend: str) -> ModelSpec:
     return SPEC
 
 
-def load_expression(backend: str = "3dmm", *, fit_iterations: int = 12,
+def load_expression(backend: str = DEFAULT_EXPRESSION_BACKEND, *, fit_iterations: int = 12,
                     landmark_noise: float = 0.03, contour_weight: float = 0.5,
                     batch_size: int = 32, device: str = "cpu",
                     pose_limit_deg: float = 15.0) -> ExpressionModel:

@@ -318,6 +318,9 @@ def test_catalog_round_trip_columns_manifest_and_intensity(tmp_path, backend):
     model = manifest["stages"]["expression"]["models"][0]
     assert model["key"] == "expression/blendshapes"
     assert model["outputs"] == list(eb.EXPRESSION_NAMES)
+    from training.evaluate import catalog_expression_backend
+
+    assert catalog_expression_backend(tmp_path) == "blendshapes"  # E-FID measures in this space
     selected = {r["track_id"]: r for r in catalog.select(
         tmp_path, catalog.Thresholds(expression_backend="blendshapes")).to_pylist()}
     # the least expressive track is the neutral; rises of 0.2 and 0.4 on two shapes: 1:2
