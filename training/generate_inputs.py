@@ -330,8 +330,13 @@ def neutral_of(expression: np.ndarray, fraction: float = 0.1) -> np.ndarray:
     return expression[np.argsort(norms)[:count]].mean(0)
 
 
-def scale_expression(expression: np.ndarray, intensity: float) -> np.ndarray:
+def scale_expression(expression: np.ndarray, intensity: float,
+                     bounded: bool = False) -> np.ndarray:
     """e'_t = n + intensity * (e_t - n), n = neutral_of(e): intensity scales the trajectory's
-    departure from its neutral (1 leaves it as measured, 0 holds the neutral)."""
+    departure from its neutral (1 leaves it as measured, 0 holds the neutral). bounded: scores
+    in [0, 1] (the blendshapes backend), clipped to that range before and after scaling."""
+    if bounded:
+        expression = np.clip(expression, 0.0, 1.0)
     neutral = neutral_of(expression)
-    return (neutral + intensity * (expression - neutral)).astype(np.float32)
+    scaled = neutral + intensity * (expression - neutral)
+    return (np.clip(scaled, 0.0, 1.0) if bounded else scaled).astype(np.float32)

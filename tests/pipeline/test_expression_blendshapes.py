@@ -326,3 +326,14 @@ def test_catalog_round_trip_columns_manifest_and_intensity(tmp_path, backend):
     # the least expressive track is the neutral; rises of 0.2 and 0.4 on two shapes: 1:2
     assert selected["t0"]["intensity"] == 0.0
     assert selected["t2"]["intensity"] == pytest.approx(2 * selected["t1"]["intensity"], rel=0.05)
+
+
+def test_intensity_scaling_of_scores_stays_in_the_unit_range():
+    from training.generate_inputs import neutral_of, scale_expression
+
+    e = np.array([[0.0, 0.1]] * 9 + [[0.2, 0.8]], np.float64)  # neutral: the first rows
+    scaled = scale_expression(e, 3.0, bounded=True)
+    assert np.allclose(neutral_of(e), [0.0, 0.1])
+    assert np.allclose(scaled[-1], [0.6, 1.0])  # 0.1 + 3 * 0.7 clipped to 1
+    assert np.allclose(scale_expression(e, 3.0)[-1], [0.6, 2.2])  # unbounded backends: linear
+    assert (scale_expression(e - 0.5, 1.0, bounded=True) >= 0).all()
