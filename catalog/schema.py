@@ -14,7 +14,7 @@ import json
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 
 TABLES = ("videos", "clips", "tracks", "frames", "persons")
 KEYS: dict[str, tuple[str, ...]] = {
@@ -44,7 +44,29 @@ EMOTION_CLASSES = {  # class order of emotion_probs per emotion backend
     "fer+facex": list(EMOTION_CLASSES_FER),  # the default: mean of both bundled classifiers
     "hsemotion": ["angry", "contempt", "disgust", "fear", "happy", "neutral", "sad", "surprise"],
 }
-EXPRESSION_DIMS = {"3dmm": 10, "deca": 50}  # expression vector length per expression backend
+# component names of the expression vectors per backend (blendshapes: MediaPipe's ARKit shapes
+# without _neutral and the eyeLook* gaze shapes, then two geometric action-unit measures)
+EXPRESSION_NAMES = {
+    "blendshapes": [
+        "browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft",
+        "browOuterUpRight", "cheekPuff", "cheekSquintLeft", "cheekSquintRight",
+        "eyeBlinkLeft", "eyeBlinkRight", "eyeSquintLeft", "eyeSquintRight", "eyeWideLeft",
+        "eyeWideRight", "jawForward", "jawLeft", "jawOpen", "jawRight", "mouthClose",
+        "mouthDimpleLeft", "mouthDimpleRight", "mouthFrownLeft", "mouthFrownRight",
+        "mouthFunnel", "mouthLeft", "mouthLowerDownLeft", "mouthLowerDownRight",
+        "mouthPressLeft", "mouthPressRight", "mouthPucker", "mouthRight", "mouthRollLower",
+        "mouthRollUpper", "mouthShrugLower", "mouthShrugUpper", "mouthSmileLeft",
+        "mouthSmileRight", "mouthStretchLeft", "mouthStretchRight", "mouthUpperUpLeft",
+        "mouthUpperUpRight", "noseSneerLeft", "noseSneerRight", "cheekRaise_AU6",
+        "noseWrinkle_AU9",
+    ],
+}
+GAZE_NAMES = [  # components of expression_gaze (blendshapes backend)
+    "eyeLookDownLeft", "eyeLookDownRight", "eyeLookInLeft", "eyeLookInRight", "eyeLookOutLeft",
+    "eyeLookOutRight", "eyeLookUpLeft", "eyeLookUpRight",
+]
+# expression vector length per expression backend
+EXPRESSION_DIMS = {"3dmm": 10, "deca": 50, "blendshapes": len(EXPRESSION_NAMES["blendshapes"])}
 
 
 def col(name: str, type_: pa.DataType, doc: str, unit: str | None = None, **meta) -> pa.Field:
@@ -207,20 +229,27 @@ COLUMNS["expression", "tracks"] = [
     col("expression_dim", pa.int16(), "length D of the expression vectors",
         size_by_backend=EXPRESSION_DIMS),
     col("expression_mean", pa.list_(F32), "mean expression vector over the track",
-        size_by_backend=EXPRESSION_DIMS),
+        size_by_backend=EXPRESSION_DIMS, names_by_backend=EXPRESSION_NAMES),
     col("expression_magnitude", F32, "mean L2 norm of the per-frame expression vectors (raw, "
         "not per-person normalized)"),
     col("expression_fit_error_px", F32, "mean landmark fitting error (3DMM backends)", unit="px"),
+    col("expression_pose_ok_fraction", F32, "fraction of frames within the head-pose limit "
+        "(blendshapes; expression_mean covers those frames)"),
     *status_cols("expression"),
 ]
 COLUMNS["expression", "frames"] = [
     col("expression", pa.list_(F32), "expression coefficients (D values, linear space; 3dmm: "
-        "3DDFA basis coefficients in population-std units; deca: FLAME expression params), "
-        "temporally smoothed", size_by_backend=EXPRESSION_DIMS),
+        "3DDFA basis coefficients in population-std units; deca: FLAME expression params; "
+        "blendshapes: scores in [0, 1], names in names_by_backend), temporally smoothed",
+        size_by_backend=EXPRESSION_DIMS, names_by_backend=EXPRESSION_NAMES),
     col("jaw_pose", vec(3), "jaw rotation, axis-angle (FLAME convention, x>0 opens; 3dmm: "
         "opening angle of the fitted chin about the jaw pivot)", unit="rad"),
     col("head_pose", vec(3), "head rotation, axis-angle, camera x right, y up, z to camera",
         unit="rad"),
+    col("expression_gaze", pa.list_(F32), "eye gaze scores in [0, 1] (blendshapes: the eyeLook* "
+        "shapes), temporally smoothed", names=GAZE_NAMES),
+    col("expression_pose_ok", pa.bool_(), "head within the pose limit (|yaw| and |pitch|, "
+        "blendshapes backend)"),
 ]
 COLUMNS["emotion", "tracks"] = [
     col("emotion_backend", STR, "emotion backend", classes_by_backend=EMOTION_CLASSES),

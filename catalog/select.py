@@ -24,6 +24,8 @@ import pyarrow.compute as pc
 
 from catalog.read import read_table
 
+BOUNDED_BACKENDS = ("blendshapes",)  # expression backends whose components are scores in [0, 1]
+
 # Keep rules per lip-sync backend: |offset| <= max_abs_offset_frames and confidence >= min.
 # av_corr (bundled): calibrated with `emoforge bench sync` on generated talking faces (in sync
 #   0.68-1.11, unrelated speech 0.17-0.60; ROC AUC 1.0 with the offset check).
@@ -101,7 +103,8 @@ TRACK_COLUMNS = [
     "face_px_median", "yaw_mean", "faces_status", "audio_status", "speech_ratio",
     "lip_sync_status", "lip_sync_backend", "lip_sync_offset_frames", "lip_sync_confidence",
     "expression_status", "expression_backend", "expression_dim", "expression_mean",
-    "expression_magnitude", "emotion_status", "emotion_label", "emotion_prob", "crop_path",
+    "expression_magnitude", "expression_pose_ok_fraction", "emotion_status", "emotion_label",
+    "emotion_prob", "crop_path",
 ]
 
 
@@ -297,7 +300,10 @@ def person_intensity(rows: list[dict], backend: str | None = None) -> dict[str, 
     per person and expression (backend, dim): vectors of different kinds are never compared.
 
     The person's neutral is the mean expression of their tracks labelled neutral, or of their
-    lowest-magnitude track when none is. Tracks without person_id form one group per track.
+    lowest-magnitude track when none is; tracks mostly beyond the head-pose limit
+    (expression_pose_ok_fraction < 0.5) are not candidates while others are. For backends of
+    bounded scores (BOUNDED_BACKENDS) the distance counts each component's rise above the
+    neutral, clipped to [0, 1]. Tracks without person_id form one group per track.
     `backend`: only rows of this expression backend get an intensity."""
     import numpy as np
 
@@ -310,14 +316,21 @@ def person_intensity(rows: list[dict], backend: str | None = None) -> dict[str, 
                    len(row["expression_mean"]))
             groups.setdefault(key, []).append(row)
     out: dict[str, float] = {}
-    for members in groups.values():
+    for (_, kind, _), members in groups.items():
         vectors = np.array([m["expression_mean"] for m in members], dtype=np.float64)
-        neutral_rows = [i for i, m in enumerate(members) if m.get("emotion_label") == "neutral"]
+        candidates = [i for i, m in enumerate(members)
+                      if m.get("expression_pose_ok_fraction") is None
+                      or m["expression_pose_ok_fraction"] >= 0.5] or list(range(len(members)))
+        neutral_rows = [i for i in candidates if members[i].get("emotion_label") == "neutral"]
         if not neutral_rows:
-            mags = [m.get("expression_magnitude") or np.linalg.norm(v) for m, v in zip(members, vectors)]
-            neutral_rows = [int(np.argmin(mags))]
+            mags = [members[i].get("expression_magnitude") or np.linalg.norm(vectors[i])
+                    for i in candidates]
+            neutral_rows = [candidates[int(np.argmin(mags))]]
         neutral = vectors[neutral_rows].mean(axis=0)
-        dist = np.linalg.norm(vectors - neutral, axis=1)
+        rise = vectors - neutral
+        if kind in BOUNDED_BACKENDS:
+            rise = np.clip(rise, 0.0, 1.0)
+        dist = np.linalg.norm(rise, axis=1)
         scale = float(np.median(dist[dist > 0])) if np.any(dist > 0) else 1.0
         for member, d in zip(members, dist):
             out[member["track_id"]] = float(d / scale)

@@ -184,6 +184,10 @@ def add_evaluate(sub) -> None:
     ev.add_argument("--real", nargs="+", default=[], metavar="VIDEOS",
                     help="real videos for E-FID, FID and FVD")
     ev.add_argument("--emotion", metavar="LABEL", help="the requested emotion (accuracy)")
+    ev.add_argument("--catalog", metavar="ROOT", help="the training catalog: E-FID uses its "
+                    "expression backend (default: the expression analyzer's default)")
+    ev.add_argument("--expression", metavar="BACKEND", help="E-FID's expression backend "
+                    "(overrides --catalog)")
     ev.add_argument("--max-seconds", type=float, default=60.0, help="evaluate at most this "
                     "much of each video")
     ev.add_argument("--device", default="cpu", help="torch device of the FID/FVD networks")
@@ -360,14 +364,23 @@ def cmd_demo(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from training.evaluate import EvaluationInputError, Evaluator, evaluate, markdown_table
+    from training.evaluate import (
+        EvaluationInputError,
+        Evaluator,
+        catalog_expression_backend,
+        evaluate,
+        markdown_table,
+    )
 
     for path in [*args.generated, *args.real, args.reference, args.audio]:
         if path and not Path(path).is_file():
             raise UsageError(f"evaluate: no such file: {path}")
     try:
+        expression = args.expression or (catalog_expression_backend(args.catalog)
+                                         if args.catalog else None)
         result = evaluate(args.generated, args.reference, args.audio, args.real, args.emotion,
-                          Evaluator(max_seconds=args.max_seconds, face_crop=args.face_crop),
+                          Evaluator(max_seconds=args.max_seconds, face_crop=args.face_crop,
+                                    expression=expression),
                           device=args.device)
     except EvaluationInputError as exc:
         raise UsageError(f"evaluate: {exc}") from exc

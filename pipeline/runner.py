@@ -457,7 +457,8 @@ def _stage_manifest(names: list[str], stages: list[Stage]) -> dict[str, dict]:
         for covered, fp in stage.fingerprints().items():
             models = [
                 {"key": s.key, "backend": s.backend, "version": s.version, "license": s.license,
-                 "commercial_ok": s.commercial_ok, "weights": _safe_checksum(s)}
+                 "commercial_ok": s.commercial_ok, "weights": _safe_checksum(s),
+                 **({"outputs": list(s.outputs)} if s.outputs else {})}
                 for s in by_stage.get(covered, [])
             ]
             out[covered] = {"fingerprint": fp, "runner_stage": name, "version": stage.version_for(covered),

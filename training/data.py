@@ -30,7 +30,8 @@ import pyarrow.compute as pc
 import torch
 
 import catalog
-from catalog.schema import EMOTION_CLASSES_FER
+from catalog.schema import EMOTION_CLASSES_FER, EXPRESSION_DIMS
+from pipeline.models.expression import DEFAULT_EXPRESSION_BACKEND
 from training import windows as geo
 from training.frame_table import read_frame_arrays
 from training.batching import (  # noqa: F401 - loader_throughput re-exported
@@ -62,7 +63,8 @@ class DataConfig:
     reference_margin_frames: int = 25  # least distance of the reference from motion + window
     audio_context: int = 2  # audio rows on each side of a frame: A = 2 * audio_context + 1
     audio_dim: int = 512  # audio-feature width (Whisper base encoder: 512)
-    expression_dim: int = 10  # expression vector length (3dmm: 10, deca: 50)
+    # expression vector length (the default backend's; 3dmm 10, deca 50, blendshapes 45)
+    expression_dim: int = EXPRESSION_DIMS[DEFAULT_EXPRESSION_BACKEND]
     emotion_classes: tuple[str, ...] = EMOTION_CLASSES_FER  # order of emotion_probs and labels
     windows_per_second: float = 1.0  # windows per track and epoch, per second of track
     seed: int = 0  # window draws: (seed, epoch)

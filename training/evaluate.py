@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from catalog.contract import AUDIO_RATE
+from pipeline.models.expression import DEFAULT_EXPRESSION_BACKEND
 from pipeline.models.registry import MissingWeightsError
 from training.metrics import clip as clip_metrics
 from training.metrics.faces import FaceClip, NoFaceError, load_face_clip, reference_embedding
@@ -61,19 +62,33 @@ def read_image(image: str | Path | np.ndarray) -> np.ndarray:
     return np.asarray(Image.open(image).convert("RGB"))
 
 
+def catalog_expression_backend(root: str | Path) -> str:
+    """The expression backend a catalog's vectors come from (its manifest's expression stage),
+    so E-FID measures in the space the model was trained in."""
+    import catalog
+
+    stage = catalog.read_manifest(root).get("stages", {}).get("expression")
+    backend = ((stage or {}).get("config") or {}).get("backend")
+    if not backend:
+        raise EvaluationInputError(f"catalog {root} has no expression stage in its manifest: "
+                                   "pass --expression instead")
+    return str(backend)
+
+
 class Evaluator:
     """Loads the backends once and measures clips.
 
     faces: the face backend (detection + landmarks); identity: "dlib" (+ "arcface" when
     arcface="auto" and its weights are present, or arcface=True to require them); syncnet:
-    likewise for SyncNet; emotion and expression: the pipeline's backend names; max_seconds:
+    likewise for SyncNet; emotion and expression: the pipeline's backend names (expression
+    None: the analyzer's default; `catalog_expression_backend` gives a catalog's); max_seconds:
     evaluate at most this much of each video; min_face_fraction: a clip whose face is found in
     fewer of its frames fails ("no face"); face_crop: the videos are face crops as the generator
     writes them (the landmarker is also tried on the central face box where nothing is
     detected; its presence score still decides whether a face is there)."""
 
     def __init__(self, faces: str = "mediapipe", emotion: str = "fer+facex",
-                 expression: str = "3dmm", syncnet: bool | str = "auto",
+                 expression: str | None = None, syncnet: bool | str = "auto",
                  arcface: bool | str = "auto", max_seconds: float | None = 60.0,
                  max_offset_frames: int = 15, min_face_fraction: float = 0.5,
                  face_crop: bool = False) -> None:
@@ -90,7 +105,8 @@ class Evaluator:
             self._optional("syncnet", syncnet == "auto",
                            lambda: self.scorers.__setitem__(
                                "syncnet", load_lip_sync("syncnet", max_offset_frames)))
-        self.emotion_name, self.expression_name = emotion, expression
+        self.emotion_name = emotion
+        self.expression_name = expression or DEFAULT_EXPRESSION_BACKEND
         self._emotion = self._expression = None
         self.max_seconds = max_seconds
         self.min_face_fraction = min_face_fraction

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from catalog.contract import AUDIO_RATE, CROP_FPS
+from catalog.select import BOUNDED_BACKENDS
 from training import checkpoint as ckpt
 from training import windows as geo
 from training.generate_inputs import (
@@ -155,7 +156,9 @@ class Generator:
             traj = expression_trajectory(request.expression_from, self.settings,
                                          self.model_cfg.expression_dim)
             loop = np.arange(n) % len(traj.expression)
-            prepared.expression = scale_expression(traj.expression, request.intensity)[loop]
+            bounded = self.settings.expression_backend in BOUNDED_BACKENDS
+            prepared.expression = scale_expression(traj.expression, request.intensity,
+                                                   bounded)[loop]
             prepared.jaw_pose = traj.jaw_pose[loop]
             if speed is None:
                 prepared.head_speed = geo.head_speed(traj.yaw, traj.pitch, traj.roll)[loop]

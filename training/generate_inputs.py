@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from catalog.contract import AUDIO_RATE, CROP_FPS
+from pipeline.models.expression import DEFAULT_EXPRESSION_BACKEND
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class CatalogSettings:
     speech_backend: str = "whisper-base"
     speech_encoder: str = "onnxruntime"  # the engine of the audio features' Whisper encoder
     vad: tuple[float, float, float] = (0.5, 0.25, 0.1)  # threshold, min speech s, min silence s
-    expression_backend: str = "3dmm"
+    expression_backend: str = DEFAULT_EXPRESSION_BACKEND
     expression_options: tuple[tuple[str, object], ...] = ()
 
     @classmethod
@@ -60,7 +61,8 @@ class CatalogSettings:
             log.warning("the checkpoint's catalog wrote no audio features (audio features = "
                         "false): its model never saw audio; generation computes them anyway")
         portrait = bool(faces.get("portrait", False))  # the faces stage's portrait crop
-        exp_keys = ("fit_iterations", "landmark_noise", "contour_weight", "batch_size", "device")
+        exp_keys = ("fit_iterations", "landmark_noise", "contour_weight", "batch_size", "device",
+                    "pose_limit_deg")
         return cls(
             face_backend=faces.get("backend", "mediapipe"),
             crop_size=512 if portrait else int(faces.get("crop_size", 256)),
@@ -71,7 +73,7 @@ class CatalogSettings:
             speech_encoder=audio.get("encoder_engine", "torch" if audio else "onnxruntime"),
             vad=(float(audio.get("vad_threshold", 0.5)), float(audio.get("min_speech_s", 0.25)),
                  float(audio.get("min_silence_s", 0.1))),
-            expression_backend=expression.get("backend", "3dmm"),
+            expression_backend=expression.get("backend", DEFAULT_EXPRESSION_BACKEND),
             expression_options=tuple((k, expression[k]) for k in exp_keys if k in expression))
 
 
@@ -328,8 +330,13 @@ def neutral_of(expression: np.ndarray, fraction: float = 0.1) -> np.ndarray:
     return expression[np.argsort(norms)[:count]].mean(0)
 
 
-def scale_expression(expression: np.ndarray, intensity: float) -> np.ndarray:
+def scale_expression(expression: np.ndarray, intensity: float,
+                     bounded: bool = False) -> np.ndarray:
     """e'_t = n + intensity * (e_t - n), n = neutral_of(e): intensity scales the trajectory's
-    departure from its neutral (1 leaves it as measured, 0 holds the neutral)."""
+    departure from its neutral (1 leaves it as measured, 0 holds the neutral). bounded: scores
+    in [0, 1] (the blendshapes backend), clipped to that range before and after scaling."""
+    if bounded:
+        expression = np.clip(expression, 0.0, 1.0)
     neutral = neutral_of(expression)
-    return (neutral + intensity * (expression - neutral)).astype(np.float32)
+    scaled = neutral + intensity * (expression - neutral)
+    return (np.clip(scaled, 0.0, 1.0) if bounded else scaled).astype(np.float32)

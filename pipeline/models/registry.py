@@ -41,6 +41,7 @@ class ModelSpec:
     package: str | None = None  # import name of the package that ships bundled files
     sha256: dict[str, str] = field(default_factory=dict)
     description: str = ""
+    outputs: tuple[str, ...] = ()  # names of the model's output components, where it has them
 
     @property
     def commercial_ok(self) -> bool:
@@ -140,7 +141,8 @@ def resolve(spec: ModelSpec, name: str | None = None, verify: bool = True) -> Pa
         digest = sha256_file(path)
         if digest != spec.sha256[name]:
             raise MissingWeightsError(
-                f"{spec.key}: {path} has sha256 {digest}, expected {spec.sha256[name]}"
+                f"{spec.key}: {path} has sha256 {digest}, expected {spec.sha256[name]}. "
+                f"Source: {spec.source}"
             )
     return path
 

@@ -7,7 +7,7 @@ Each analyzer keeps its canonical stage name, config section, columns, status an
     [analyze]
     enabled = ["audio", "lip_sync", "expression", "emotion"]
     [analyze.expression]
-    backend = "3dmm"
+    backend = "blendshapes"
 """
 
 from __future__ import annotations
@@ -70,7 +70,8 @@ class AnalyzeConfig:
 class AnalyzeStage(Stage):
     name = "analyze"
     level = "tracks"
-    requires = ("track_id", "video_id", "shard", "crop_path", "frame_count", "has_audio")
+    requires = ("track_id", "video_id", "shard", "crop_path", "frame_count", "has_audio",
+                "face_px_median")
     requires_children = ("landmarks", "mouth_open")
     after = ("faces",)
     Config = AnalyzeConfig

@@ -180,3 +180,30 @@ def test_unsupported_roots_are_refused_not_read_as_empty(root):
     for read in readers:
         with pytest.raises(UnsupportedRootError, match="not supported"):
             read()
+
+
+def test_a_3dmm_catalog_without_the_blendshapes_columns_reads_and_selects(tmp_path):
+    """Tracks and frames written without expression_pose_ok_fraction, expression_gaze and
+    expression_pose_ok (schema 1.1): they read as null and selection works per backend."""
+    root = tmp_path / "cat"
+    dropped = {"expression_pose_ok_fraction", "expression_gaze", "expression_pose_ok"}
+
+    def without(table: str) -> pa.Schema:
+        return pa.schema([f for f in schema.table_schema(table) if f.name not in dropped])
+
+    tracks = _tracks(4, 0).select(without("tracks").names).cast(without("tracks"))
+    frames = pa.Table.from_pylist([{"track_id": "t0-1", "frame": k, "expression": [0.0, 1.0, 2.0]}
+                                   for k in range(3)], schema=without("frames"))
+    videos = pa.Table.from_pylist([{"video_id": "v0", "shard": 0, "ingest_status": "ok"}],
+                                  schema=schema.table_schema("videos"))
+    clips = pa.Table.from_pylist([{"clip_id": "c0", "video_id": "v0", "shard": 0}],
+                                 schema=schema.table_schema("clips"))
+    commit_shard(root, 0, {"videos": videos, "clips": clips, "tracks": tracks, "frames": frames},
+                 {}, {"ingest": "x"})
+    write_manifest(root, {"job": {}}, {"ingest": {"fingerprint": "x", "models": []}}, "test")
+    read = catalog.read_table(root, "frames").to_pylist()
+    assert read[0]["expression"] == [0.0, 1.0, 2.0] and read[0]["expression_gaze"] is None
+    rows = {r["track_id"]: r for r in catalog.select(
+        root, catalog.Thresholds(expression_backend="3dmm")).to_pylist()}
+    assert rows["t0-0"]["intensity"] == 0.0  # the neutral track
+    assert rows["t0-3"]["intensity"] > rows["t0-1"]["intensity"] > 0

@@ -92,3 +92,29 @@ def test_person_chunks_give_the_same_verdicts_as_one_chunk(monkeypatch):
     assert chunked["drop_reason"].to_pylist() == whole["drop_reason"].to_pylist()
     assert chunked["intensity"].to_pylist() == whole["intensity"].to_pylist()
     assert "intensity too low" in whole["drop_reason"].to_pylist()
+
+
+def test_bounded_scores_count_only_the_rise_above_the_neutral():
+    """blendshapes scores in [0, 1]: a component below the person's neutral adds nothing;
+    a mostly turned-away track (pose fraction < 0.5) is never the neutral."""
+    rows = [
+        _row("n", "P", "blendshapes", [0.2, 0.2, 0.0], "neutral"),
+        _row("up", "P", "blendshapes", [0.2, 0.6, 0.0]),  # rise 0.4
+        _row("down", "P", "blendshapes", [0.0, 0.6, 0.0]),  # rise 0.4 (the drop counts zero)
+        _row("b0", "Q", "blendshapes", [0.0, 0.0, 0.0]),  # Q's least expressive, but turned away
+        _row("b1", "Q", "blendshapes", [0.1, 0.0, 0.0]),
+        _row("b2", "Q", "blendshapes", [0.1, 0.3, 0.0]),
+        _row("old", "R", "3dmm", [0.0, -1.0, 0.0], "neutral"),  # 3dmm: signed distances
+        _row("old1", "R", "3dmm", [0.0, 1.0, 0.0]),
+    ]
+    for r in rows:
+        r["expression_pose_ok_fraction"] = 0.1 if r["track_id"] == "b0" else None
+    tracks = pa.Table.from_pylist(rows, schema=schema.table_schema("tracks"))
+    got = {r["track_id"]: r["intensity"] for r in catalog.select(
+        None, catalog.Thresholds(expression_backend="blendshapes"), tracks=tracks).to_pylist()}
+    assert got["up"] == pytest.approx(got["down"]) and got["n"] == 0.0
+    assert got["b1"] == 0.0 and got["b2"] > 0  # b1 is Q's neutral, not b0
+    assert got["old"] is None  # another backend: dropped, no intensity
+    old = {r["track_id"]: r["intensity"] for r in catalog.select(
+        None, catalog.Thresholds(expression_backend="3dmm"), tracks=tracks).to_pylist()}
+    assert old["old"] == 0.0 and old["old1"] == pytest.approx(1.0)

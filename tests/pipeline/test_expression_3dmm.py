@@ -67,7 +67,7 @@ def test_unknown_frames_stay_null_and_analyzer_columns(basis):
     track = DecodedTrack(frames=np.zeros((20, 8, 8, 3), np.uint8), audio=np.zeros(20 * 640, np.float32),
                          landmarks=lm.astype(np.float32), mouth_open=np.zeros(20, np.float32),
                          row={"track_id": "t", "shard": 0})
-    analyzer = ExpressionAnalyzer(ExpressionConfig(smoothing_sigma_frames=1.0), None)
+    analyzer = ExpressionAnalyzer(ExpressionConfig(backend="3dmm", smoothing_sigma_frames=1.0), None)
     analyzer.setup()
     result = analyzer.analyze(track, {})
     assert result.track["expression_status"] == "ok"

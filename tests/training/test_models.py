@@ -498,7 +498,8 @@ def test_base_loads_a_diffusers_folder(sd15_root):
     assert latents.shape == (1, 4, 16, 16) and model.codec.decode(latents).shape == (1, 3, 32, 32)
     noisy = torch.randn(1, 2, 4, 16, 16)
     cond = Conditions(reference_latent=latents, motion_latents=latents[:, None],
-                      audio=torch.randn(1, 2, 5, 512), expression=torch.randn(1, 2, 10),
+                      audio=torch.randn(1, 2, 5, 512),
+                      expression=torch.randn(1, 2, model.cfg.expression_dim),
                       jaw_pose=torch.zeros(1, 2, 3), emotion=torch.tensor([1]),
                       intensity=torch.ones(1), face_mask=torch.ones(1, 2, 1, 32, 32),
                       head_speed=torch.zeros(1, 2))

@@ -7,6 +7,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from catalog.schema import EXPRESSION_DIMS
+from pipeline.models.expression import DEFAULT_EXPRESSION_BACKEND
+
 CODECS = ("pixel", "vae")
 INITS = ("scratch", "sd15")
 INPUT_IMAGES = ("reference", "motion")  # images that can join the denoiser's input channels
@@ -43,7 +46,8 @@ class ModelConfig:
     # conditions
     audio_dim: int = 512  # Da: whisper base encoder width
     audio_context: int = 5  # A: audio rows per frame (frame-2 .. frame+2)
-    expression_dim: int = 10  # De: expression vector length (3dmm backend)
+    # De: expression vector length, the default expression backend's (3dmm 10, blendshapes 45)
+    expression_dim: int = EXPRESSION_DIMS[DEFAULT_EXPRESSION_BACKEND]
     jaw_dim: int = 3
     expression_tokens: int = 2  # context tokens made from expression + jaw pose
     reference_tokens: int = 1  # learned context tokens of the ReferenceNet's cross-attention
