@@ -42,15 +42,14 @@ def usage_errors() -> tuple[type[Exception], ...]:
     KeyError included, is a runtime failure (exit 1)."""
     from catalog.fs import RootError
     from catalog.select import SelectionError
-    from jobs.spec import SpecError
+    from catalog.spec import SpecError  # job and training specs alike
     from pipeline.plan import FingerprintError
     from pipeline.runner import LicenseError
     from training.checkpoint import CheckpointError
-    from training.config import TrainSpecError
     from training.generate_inputs import GenerationInputError
 
     return (UsageError, SpecError, FingerprintError, SelectionError, LicenseError,
-            RootError, TrainSpecError, CheckpointError, GenerationInputError)
+            RootError, CheckpointError, GenerationInputError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,12 +215,7 @@ def cmd_curate(args) -> int:
     from jobs import spec as specs
     from jobs.curate import curate
 
-    data: dict = {}
-    if args.job:
-        import tomllib
-
-        with open(args.job, "rb") as f:
-            data = tomllib.load(f)
+    data = specs.read_toml(args.job) if args.job else {}
     job = data.setdefault("job", {})
     if args.input:
         job["inputs"] = args.input

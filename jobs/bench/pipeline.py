@@ -27,6 +27,7 @@ over it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -289,8 +290,7 @@ def run_ray(paths: list[str], spec, folder: str) -> dict:
             peak.sample()
             at_init = peak.by_pid
             t = time.perf_counter()
-            result = runner.run(paths, folder, list(spec.stages), spec.configs, spec.runner,
-                                job_spec=spec.resolved())
+            result = runner.run(dataclasses.replace(spec, out=folder), paths)
             wall = time.perf_counter() - t
         runner.stop_ray()
         split = split_tree_cpu(peak.by_pid, at_init, read_worker_stats(stats))

@@ -26,6 +26,7 @@ where the serial time goes, a 100-node simulation with those costs, and a cost m
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -82,7 +83,7 @@ def curate_with(files: list[str], out: Path, workers: int) -> dict:
         runner.init_ray(config)
         ray_start = time.perf_counter() - t0
         with TreeSampler(os.getpid()) as peak:  # Ray's workers are this process's children
-            result = runner.run(files, str(out), list(spec.stages), spec.configs, config)
+            result = runner.run(dataclasses.replace(spec, out=str(out), runner=config), files)
     finally:
         runner.stop_ray()
         os.sched_setaffinity(0, cores)
