@@ -284,10 +284,12 @@ def cmd_catalog(args) -> int:
 
 def cmd_models_list(args) -> int:
     from pipeline.models.registry import all_specs, file_path, files_present
-    import training.models.weights  # noqa: F401 - registers the diffusion weights
+    from training.weights import SPECS as TRAINING_SPECS
 
+    specs = sorted({s.key: s for s in (*all_specs(), *TRAINING_SPECS)}.values(),
+                   key=lambda s: s.key)
     rows = []
-    for spec in all_specs():
+    for spec in specs:
         present = files_present(spec)
         state = "present" if all(present.values()) else (
             "missing: " + ", ".join(n for n, ok in present.items() if not ok))
@@ -295,7 +297,7 @@ def cmd_models_list(args) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(4)] if rows else [0] * 4
     for r in rows:
         print("  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4])
-    restricted = [s.key for s in all_specs() if not s.commercial_ok]
+    restricted = [s.key for s in specs if not s.commercial_ok]
     if restricted:
         print(f"\nresearch-only / non-commercial weights: {', '.join(restricted)}")
     return 0
