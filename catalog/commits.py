@@ -46,13 +46,15 @@ class ShardCommit:
         return self.__dict__.copy()
 
 
-def read_commits(root: str | Path | Root) -> dict[int, ShardCommit]:
-    """The latest commit record per shard."""
+def read_commits(root: str | Path | Root, shard: int | None = None) -> dict[int, ShardCommit]:
+    """The latest commit record per shard (of `shard` only, when given: only its records are
+    read)."""
     root = fs.resolve(root)
     latest: dict[int, ShardCommit] = {}
+    prefix = "shard-" if shard is None else f"shard-{shard:05d}-"
     for rel in root.list_files(layout.COMMITS, recursive=False):
         name = rel.rsplit("/", 1)[-1]
-        if not (name.startswith("shard-") and name.endswith(".json")):
+        if not (name.startswith(prefix) and name.endswith(".json")):
             continue
         record = ShardCommit(**root.read_json(rel))
         if record.shard not in latest or record.seq > latest[record.shard].seq:
@@ -112,7 +114,7 @@ def commit_shard(
     them visible. `before_record` runs between the files and the record (tests inject a crash
     there)."""
     root = fs.resolve(root)
-    previous = read_commits(root).get(shard)
+    previous = read_commits(root, shard).get(shard)
     seq = 0 if previous is None else previous.seq + 1
     kept = [name for name in keep_tables if name not in tables]
     if kept and previous is None:

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from catalog import fs, schema
-from catalog.commits import Lease, commit_shard, read_commits
+from catalog.commits import Lease, ShardCommit, commit_shard, read_commits
 from catalog.manifest import read_manifest, write_manifest
 from catalog.read import conform, read_table
 from catalog.split import person_split
@@ -143,12 +143,11 @@ def _commit_changes(root: fs.Root, commits: dict, tracks: pa.Table, person_of: d
         tables = {}
         mine = [{k: v for k, v in p.items() if k != "_shard"} for p in persons if p["_shard"] == shard]
         new_persons = pa.Table.from_pylist(mine, schema=schema.table_schema("persons")).sort_by("person_id")
-        old_persons = (read_table(root, "persons", shards={shard}).sort_by("person_id")
-                       if "persons" in record.files else new_persons.schema.empty_table())
+        old_persons = _committed(root, record, "persons").sort_by("person_id")
         if not new_persons.equals(old_persons):
             tables["persons"] = new_persons
         if shard in stale:
-            tables["tracks"] = _with_person_ids(root, shard, person_of)
+            tables["tracks"] = _with_person_ids(_committed(root, record, "tracks"), person_of)
             rewritten["tracks"] += tables["tracks"].num_rows
         if not tables and record.fingerprints.get("persons") == fingerprint:
             continue  # already right: nothing to write
@@ -190,9 +189,15 @@ def _shards_with_new_person_ids(tracks: pa.Table, person_of: dict[str, str]) -> 
     return {shard for track, old, shard in zip(ids, stored, shards) if person_of.get(track) != old}
 
 
-def _with_person_ids(root: fs.Root, shard: int, person_of: dict[str, str]) -> pa.Table:
-    """The shard's tracks (every column) with person_id set from `person_of`."""
-    tracks = conform(read_table(root, "tracks", shards={shard}), schema.table_schema("tracks"))
+def _committed(root: fs.Root, record: ShardCommit, table: str) -> pa.Table:
+    """The rows of `table` that the commit `record` lists (every column of the schema)."""
+    target = schema.table_schema(table)
+    parts = [conform(root.read_parquet(rel), target) for rel in record.files.get(table, [])]
+    return pa.concat_tables(parts) if parts else target.empty_table()
+
+
+def _with_person_ids(tracks: pa.Table, person_of: dict[str, str]) -> pa.Table:
+    """`tracks` with person_id set from `person_of`."""
     column = pa.array([person_of.get(t) for t in tracks["track_id"].to_pylist()], pa.string())
     return tracks.set_column(tracks.column_names.index("person_id"), "person_id", column)
 

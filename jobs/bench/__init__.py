@@ -24,6 +24,7 @@ BENCHES = {
     "pipeline": "jobs.bench.pipeline",
     "scale": "jobs.bench.scale",
     "simulate": "jobs.bench.simulate",
+    "persons": "jobs.bench.persons",
 }
 # what FILES are for the benches that take them: "videos" (files or folders, expanded as
 # `curate` expands them), "catalogs", "checkpoints"; the others generate their own inputs
@@ -68,6 +69,8 @@ class Option:
 OPTIONS = (
     Option("--seconds", "seconds", ("pipeline",), "length of the generated input (default 20)",
            float),
+    Option("--videos", "videos", ("persons",),
+           "input videos of the generated catalog (default 35,550: about 100,000 tracks)", int),
     Option("--minutes", "minutes", ("learn",), "training time (default 15)", float),
     Option("--repeats", "repeats", ("faces", "scale"),
            "runs per configuration, the fastest compared", int),
