@@ -11,12 +11,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import pyarrow as pa
+
 from catalog.commits import commit_shard, read_commits
 from catalog.read import read_table
 from jobs.media.synthetic_catalog import generate_persons_catalog
 from pipeline.persons_pass import assign_persons
-
-import pyarrow as pa
 
 
 def timed_pass(root: Path) -> dict:
