@@ -46,13 +46,15 @@ class ShardCommit:
         return self.__dict__.copy()
 
 
-def read_commits(root: str | Path | Root) -> dict[int, ShardCommit]:
-    """The latest commit record per shard."""
+def read_commits(root: str | Path | Root, shard: int | None = None) -> dict[int, ShardCommit]:
+    """The latest commit record per shard (of `shard` only, when given: only its records are
+    read)."""
     root = fs.resolve(root)
     latest: dict[int, ShardCommit] = {}
+    prefix = "shard-" if shard is None else f"shard-{shard:05d}-"
     for rel in root.list_files(layout.COMMITS, recursive=False):
         name = rel.rsplit("/", 1)[-1]
-        if not (name.startswith("shard-") and name.endswith(".json")):
+        if not (name.startswith(prefix) and name.endswith(".json")):
             continue
         record = ShardCommit(**root.read_json(rel))
         if record.shard not in latest or record.seq > latest[record.shard].seq:
@@ -99,20 +101,26 @@ def commit_shard(
     fingerprints: dict[str, str],
     keep_media: list[str] | None = None,
     before_record: Callable[[], None] | None = None,
+    keep_tables: tuple[str, ...] = (),
 ) -> ShardCommit:
     """Write a shard's tables and put its media at their final names, then write the record.
 
     tables: full-schema tables per table name (already sorted by key); staged_media: final
     relpath -> staged local file (moved on a local catalog, uploaded to a store); keep_media:
-    media of the previous commit still referenced. Final names are deterministic (shard and
-    sequence), so a retried commit overwrites its own partial files; the record, one atomic
-    write, is what makes them visible. `before_record` runs between the files and the record
-    (tests inject a crash there)."""
+    media of the previous commit still referenced; keep_tables: tables of the previous commit
+    carried over as they are (their files listed again, not rewritten: a pass that changes one
+    table writes only that one). Final names are deterministic (shard and sequence), so a
+    retried commit overwrites its own partial files; the record, one atomic write, is what makes
+    them visible. `before_record` runs between the files and the record (tests inject a crash
+    there)."""
     root = fs.resolve(root)
-    previous = read_commits(root).get(shard)
+    previous = read_commits(root, shard).get(shard)
     seq = 0 if previous is None else previous.seq + 1
-    files: dict[str, list[str]] = {}
-    counts: dict[str, int] = {}
+    kept = [name for name in keep_tables if name not in tables]
+    if kept and previous is None:
+        raise ValueError(f"shard {shard} has no commit to keep tables {kept} from")
+    files = {name: list(previous.files[name]) for name in kept if name in previous.files}
+    counts = {name: previous.counts.get(name, 0) for name in files}
     for name, table in tables.items():
         rel = layout.shard_file(name, shard, seq)
         write_table(root, rel, table)
@@ -132,10 +140,12 @@ def commit_shard(
         committed_at=time.time(),
     )
     root.write_json(layout.commit_file(shard, seq), record.to_json())
-    if previous is not None:  # the previous version's Parquet files are now unlisted
+    if previous is not None:  # the previous version's Parquet files no longer listed
+        listed = {rel for rels in files.values() for rel in rels}
         for rels in previous.files.values():
             for rel in rels:
-                root.delete(rel)
+                if rel not in listed:
+                    root.delete(rel)
     return record
 
 

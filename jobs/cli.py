@@ -9,29 +9,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import logging
 import sys
 from pathlib import Path
 
+from jobs.bench import BENCHES, FILES, OPTIONS, BenchInputError, video_inputs
+
 log = logging.getLogger("emoforge")
-
-BENCHES = {
-    "scenes": "jobs.bench.scenes",
-    "memory": "jobs.bench.memory",
-    "faces": "jobs.bench.faces",
-    "sync": "jobs.bench.sync",
-    "expression": "jobs.bench.expression",
-    "report": "jobs.bench.report",
-    "train": "jobs.bench.train",
-    "generate": "jobs.bench.generate",
-    "learn": "jobs.bench.learn",
-    "denoise": "jobs.bench.denoise",
-    "pipeline": "jobs.bench.pipeline",
-    "scale": "jobs.bench.scale",
-    "simulate": "jobs.bench.simulate",
-}
-
 
 class UsageError(Exception):
     """Bad arguments or configuration (exit code 2)."""
@@ -42,15 +28,14 @@ def usage_errors() -> tuple[type[Exception], ...]:
     KeyError included, is a runtime failure (exit 1)."""
     from catalog.fs import RootError
     from catalog.select import SelectionError
-    from jobs.spec import SpecError
+    from catalog.spec import SpecError  # job and training specs alike
     from pipeline.plan import FingerprintError
     from pipeline.runner import LicenseError
     from training.checkpoint import CheckpointError
-    from training.config import TrainSpecError
     from training.generate_inputs import GenerationInputError
 
     return (UsageError, SpecError, FingerprintError, SelectionError, LicenseError,
-            RootError, TrainSpecError, CheckpointError, GenerationInputError)
+            RootError, CheckpointError, GenerationInputError, BenchInputError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,16 +184,19 @@ def add_evaluate(sub) -> None:
 
 
 def add_bench(sub) -> None:
-    bench = sub.add_parser("bench", help="benchmarks against peer tools, recorded as JSON")
-    bench.add_argument("which", choices=sorted(BENCHES))
-    bench.add_argument("files", nargs="*")
+    kinds = ", ".join(f"{name}: {kind}" for name, kind in FILES.items())
+    bench = sub.add_parser(
+        "bench", help="benchmarks against peer tools, recorded as JSON",
+        description="Run one benchmark and print its result as JSON (with the machine it ran "
+        f"on). FILES by bench: {kinds} (folders are searched for videos as `curate` searches "
+        "them); the other benches generate their own inputs. Each option below names the "
+        "benches that take it.")
+    bench.add_argument("which", choices=sorted(BENCHES), metavar="BENCH",
+                       help=", ".join(sorted(BENCHES)))
+    bench.add_argument("files", nargs="*", metavar="FILES")
     bench.add_argument("--out", help="write the results as JSON here")
-    bench.add_argument("--seconds", type=float, default=None,
-                       help="length of a generated input (bench pipeline; default 20)")
-    bench.add_argument("--minutes", type=float, default=None,
-                       help="training time (bench learn; default 15)")
-    bench.add_argument("--repeats", type=int, default=None,
-                       help="runs per worker count, the fastest compared (bench scale; default 2)")
+    for option in OPTIONS:
+        bench.add_argument(option.flag, **option.argparse_kwargs())
     bench.set_defaults(handler=cmd_bench)
 
 
@@ -220,12 +208,7 @@ def cmd_curate(args) -> int:
     from jobs import spec as specs
     from jobs.curate import curate
 
-    data: dict = {}
-    if args.job:
-        import tomllib
-
-        with open(args.job, "rb") as f:
-            data = tomllib.load(f)
+    data = specs.read_toml(args.job) if args.job else {}
     job = data.setdefault("job", {})
     if args.input:
         job["inputs"] = args.input
@@ -305,10 +288,12 @@ def cmd_catalog(args) -> int:
 
 def cmd_models_list(args) -> int:
     from pipeline.models.registry import all_specs, file_path, files_present
-    import training.models.weights  # noqa: F401 - registers the diffusion weights
+    from training.weights import SPECS as TRAINING_SPECS
 
+    specs = sorted({s.key: s for s in (*all_specs(), *TRAINING_SPECS)}.values(),
+                   key=lambda s: s.key)
     rows = []
-    for spec in all_specs():
+    for spec in specs:
         present = files_present(spec)
         state = "present" if all(present.values()) else (
             "missing: " + ", ".join(n for n, ok in present.items() if not ok))
@@ -316,7 +301,7 @@ def cmd_models_list(args) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(4)] if rows else [0] * 4
     for r in rows:
         print("  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4])
-    restricted = [s.key for s in all_specs() if not s.commercial_ok]
+    restricted = [s.key for s in specs if not s.commercial_ok]
     if restricted:
         print(f"\nresearch-only / non-commercial weights: {', '.join(restricted)}")
     return 0
@@ -392,25 +377,42 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    import inspect
-
     module = importlib.import_module(BENCHES[args.which])
-    extra = {k: getattr(args, k) for k in ("seconds", "minutes", "repeats") if getattr(args, k) is not None}
-    for key in extra:
-        if key not in inspect.signature(module.run).parameters:
-            raise UsageError(f"bench {args.which} takes no --{key}")
-    if "files" in inspect.signature(module.run).parameters:
-        result = module.run(files=args.files or None, **extra)
+    params = inspect.signature(module.run).parameters
+    kwargs = {}
+    for option in OPTIONS:
+        value = getattr(args, option.dest)
+        if value is None:
+            continue
+        if option.param not in params:
+            raise UsageError(f"bench {args.which} takes no {option.flag}")
+        kwargs[option.param] = _option_value(args.which, option, value, params[option.param])
+    if "files" in params:
+        files = args.files
+        if files and FILES.get(args.which) == "videos":
+            files = video_inputs(files)  # folders expanded; an input without video: exit 2
+        kwargs["files"] = files or None
     elif args.files:
         raise UsageError(f"bench {args.which} generates its own inputs and takes no files")
-    else:
-        result = module.run(**extra)
+    result = module.run(**kwargs)
     result["machine"] = machine_info()
     text = json.dumps(result, indent=1, default=_json_value)
     if args.out:
         Path(args.out).write_text(text)
     print(text)
     return 0
+
+
+def _option_value(bench: str, option, value, param: inspect.Parameter):
+    """An option's value as the bench's `run` takes it: a tuple where the default is one, one
+    value where the parameter takes one."""
+    if not option.many:
+        return value
+    if isinstance(param.default, tuple):
+        return tuple(value)
+    if len(value) != 1:
+        raise UsageError(f"bench {bench} takes one {option.flag} value, got {len(value)}")
+    return value[0]
 
 
 def _json_value(value):

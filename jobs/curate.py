@@ -17,9 +17,7 @@ def curate(spec: JobSpec, inputs: list[str] | None = None, recompute: set[str] |
     `persons` false or no faces stage)."""
     from pipeline import runner
 
-    files = [str(p) for p in (inputs if inputs is not None else spec.inputs)]
-    result = runner.run(files, spec.out, list(spec.stages), spec.configs, spec.runner,
-                        set(recompute or ()), spec.resolved(), commercial_only)
+    result = runner.run(spec, inputs, set(recompute or ()), commercial_only)
     if not persons or "faces" not in spec.stages:
         return result, None
     from pipeline.persons_pass import assign_persons

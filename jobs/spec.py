@@ -4,7 +4,7 @@
     inputs = ["videos/"]          # files or folders (searched recursively for video files)
     out = "out/catalog"
     stages = ["ingest", "scenes", "faces", "analyze"]
-    [runner]                      # pipeline.runner.RunnerConfig
+    [runner]                      # pipeline.job.RunnerConfig
     num_shards = 64
     [scenes]                      # each stage's Config dataclass
     detector = "adaptive"
@@ -15,77 +15,46 @@
     endpoint_url = "http://minio:9000"
     region = "us-east-1"
 
-Unknown sections or keys are an error that lists the valid ones. `--set select.x=y` works like
-any other override (dotted keys reach nested rules).
+Loaded by the spec loader shared with `emoforge train` (catalog/spec.py): unknown sections or
+keys are an error that lists the valid ones (a section of training specs says so), and
+`--set select.x=y` works like any other override (dotted keys reach nested tables).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import tomllib
-import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from catalog.select import SelectionError, Thresholds, thresholds_with
-from pipeline.runner import RunnerConfig
+from catalog import fs, fs_inputs
+from catalog.spec import (
+    SpecError,
+    dataclass_from,
+    read_toml,
+    select_from,
+    with_overrides,
+)
+from pipeline.job import DEFAULT_STAGES, JobSpec, RunnerConfig
 from pipeline.stage import STAGE_CLASSES, load_stage_class
+
+__all__ = ["DEFAULT_STAGES", "JobSpec", "SpecError", "build", "load", "scan_inputs"]
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv"}
 # audio-only containers are inputs too: they become failed rows ("no video stream"), not silence
 AUDIO_SUFFIXES = {".m4a", ".wav", ".mp3", ".aac", ".flac", ".ogg", ".opus", ".wma"}
-DEFAULT_STAGES = ("ingest", "scenes", "faces", "analyze")
-
-
-class SpecError(ValueError):
-    """A job spec or override that cannot be used; the message lists what is valid."""
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    inputs: tuple[str, ...]
-    out: str
-    stages: tuple[str, ...] = DEFAULT_STAGES
-    runner: RunnerConfig = RunnerConfig()
-    configs: dict[str, Any] = field(default_factory=dict)
-    select: Thresholds = field(default_factory=Thresholds)
-
-    def resolved(self) -> dict:
-        """The spec as plain data (recorded in the manifest; the report reads [select] here)."""
-        return {
-            "job": {"inputs": list(self.inputs), "out": self.out, "stages": list(self.stages)},
-            "runner": dataclasses.asdict(self.runner),
-            **{name: dataclasses.asdict(cfg) for name, cfg in self.configs.items()},
-            "select": _plain(dataclasses.asdict(self.select)),
-        }
+JOB_KEYS = ("inputs", "out", "stages")
 
 
 def config_classes(stages: tuple[str, ...]) -> dict[str, type]:
     return {name: load_stage_class(name).Config for name in stages}
 
 
-def build(data: dict, overrides: list[str] = ()) -> JobSpec:
-    """A JobSpec from a TOML-shaped dict plus `section.key=value` overrides."""
-    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
-    for item in overrides:
-        if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise SpecError(f"override {item!r} is not section.key=value")
-        dotted, raw = item.split("=", 1)
-        section, key = dotted.split(".", 1)
-        node = data.setdefault(section, {})
-        # nested tables: analyze.audio.transcribe=false,
-        # select.lip_sync_rules.av_corr.min_confidence=0.7
-        *parents, key = key.split(".")
-        for part in parents:
-            node[part] = dict(node.get(part) or {})  # a copy: the loaded TOML stays as read
-            node = node[part]
-        node[key] = _parse_value(raw)
+def build(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> JobSpec:
+    """A JobSpec from a TOML-shaped dict plus `section.key=value` overrides (catalog/spec.py)."""
+    data = with_overrides(data, overrides, "curate")
     job = data.pop("job", {})
-    unknown = set(job) - {"inputs", "out", "stages"}
+    unknown = set(job) - set(JOB_KEYS)
     if unknown:
-        raise SpecError(f"[job] has unknown keys {sorted(unknown)}; valid: inputs, out, stages")
+        raise SpecError(f"[job] has unknown keys {sorted(unknown)}; valid: {', '.join(JOB_KEYS)}")
     stages = tuple(job.get("stages", DEFAULT_STAGES))
     bad = [s for s in stages if s not in STAGE_CLASSES]
     if bad:
@@ -93,36 +62,25 @@ def build(data: dict, overrides: list[str] = ()) -> JobSpec:
     stages = tuple(s for s in STAGE_CLASSES if s in stages)  # pipeline order
     storage = data.pop("storage", {})
     if storage:  # object-store endpoint, region, credentials: set for this process (catalog/fs.py)
-        from catalog import fs
-
         try:
             fs.configure(storage)
         except fs.RootError as exc:
             raise SpecError(str(exc)) from None
-    runner = _dataclass_from(RunnerConfig, data.pop("runner", {}), "runner")
-    try:
-        select = thresholds_with(Thresholds(), data.pop("select", {}))
-    except (SelectionError, TypeError) as exc:
-        raise SpecError(f"[select]: {exc}") from None
-    configs = {}
-    for section, values in data.items():
-        if section not in STAGE_CLASSES:
-            raise SpecError(f"unknown section [{section}]; valid: job, runner, select, storage, "
-                            f"{', '.join(STAGE_CLASSES)}")
-        if section in stages:
-            configs[section] = _dataclass_from(load_stage_class(section).Config, values, section)
+    runner = dataclass_from(RunnerConfig, data.pop("runner", {}), "runner")
+    select = select_from(data.pop("select", {}))
+    configs = {name: dataclass_from(load_stage_class(name).Config, values, name)
+               for name, values in data.items() if name in stages}
     classes = config_classes(stages)
     for name in stages:
         configs.setdefault(name, classes[name]())
     inputs = tuple(str(p) for p in job.get("inputs", []))
     return JobSpec(inputs=inputs, out=str(job.get("out", "out/catalog")), stages=stages,
-                   runner=runner, configs={k: v for k, v in configs.items() if k in stages},
-                   select=select)
+                   runner=runner, configs=configs, select=select)
 
 
-def load(path: str | Path, overrides: list[str] = ()) -> JobSpec:
-    with open(path, "rb") as f:
-        return build(tomllib.load(f), overrides)
+def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> JobSpec:
+    """The JobSpec of the TOML file at `path` with `overrides` applied."""
+    return build(read_toml(path), overrides)
 
 
 def expand_inputs(inputs: tuple[str, ...] | list[str]) -> list[str]:
@@ -144,8 +102,6 @@ def scan_inputs(inputs: tuple[str, ...] | list[str]) -> tuple[list[str], dict[st
             if suffix in VIDEO_SUFFIXES or suffix in AUDIO_SUFFIXES:  # an object, as given
                 files.append(str(item))
                 continue
-            from catalog import fs_inputs
-
             found = fs_inputs.list_input(str(item))  # the objects under a prefix (a "folder")
             if not found:
                 raise SpecError(f"input {item} does not exist (no object, no objects under it)")
@@ -174,27 +130,3 @@ def scan_inputs(inputs: tuple[str, ...] | list[str]) -> tuple[list[str], dict[st
         else:
             raise SpecError(f"input {item} does not exist")
     return files, dict(sorted(ignored.items()))
-
-
-def _dataclass_from(cls: type, values: dict, section: str):
-    valid = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(values) - set(valid)
-    if unknown:
-        raise SpecError(f"[{section}] has unknown keys {sorted(unknown)}; valid: {sorted(valid)}")
-    hints = typing.get_type_hints(cls)
-    converted = {}
-    for key, value in values.items():
-        converted[key] = tuple(value) if isinstance(value, list) and "tuple" in str(hints.get(key)) else value
-    return cls(**converted)
-
-
-def _plain(values: dict) -> dict:
-    """Tuples as lists (TOML and JSON have arrays)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
-
-
-def _parse_value(raw: str):
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw

@@ -30,6 +30,7 @@ from catalog.commits import Lease, clean_orphans, read_commits
 from catalog.manifest import write_manifest
 from catalog.read import read_table
 from pipeline import hashing
+from pipeline.job import JobSpec, RunnerConfig
 from pipeline.plan import (
     StageKey,
     chains,  # noqa: F401 - part of the runner's interface (tests, simulation)
@@ -50,30 +51,6 @@ log = logging.getLogger(__name__)
 
 class LicenseError(ValueError):
     """A --commercial-only run was asked to use research-only or non-commercial weights."""
-
-
-@dataclass(frozen=True)
-class RunnerConfig:
-    """[runner] section of a job spec."""
-
-    num_shards: int = 64  # shard = hash(video_id) mod num_shards; keep it fixed for a catalog
-    wave_videos: int = 32  # videos per wave: the most work a killed run loses
-    max_attempts: int = 3  # a row whose worker dies this many times is failed
-    ray_address: str | None = None  # None: a local Ray on this machine
-    num_cpus: int | None = None  # CPUs of the local Ray (None: all)
-    batch_rows: int = 1  # rows per map_batches call
-    waves_in_flight: int = 0  # waves run at once (0: 1 + one per 32 cluster CPUs; 1: one by one)
-    videos_per_cpu: float = 0.0  # > 0: waves of at least cluster CPUs x this many videos
-    rows_per_actor: int = 16  # beyond its fair share, a model stage gets one worker per this many rows
-    # model stages' workers: "tasks" (Ray's reused worker processes keep their loaded models for
-    # the whole run) or "actors" (an actor pool per stage and wave, models loaded per actor)
-    model_workers: str = "tasks"
-    # per runner stage: Ray resources of its workers, e.g. {faces = {num_gpus = 1, num_cpus = 2}}
-    stage_resources: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.model_workers not in ("tasks", "actors"):
-            raise ValueError(f"[runner] model_workers must be 'tasks' or 'actors', got {self.model_workers!r}")
 
 
 @dataclass
@@ -158,7 +135,16 @@ def configure_data(config: RunnerConfig) -> None:
     ctx.max_consecutive_actor_init_deaths = config.max_attempts
 
 
-def run(
+def run(job: JobSpec, inputs: list[str] | None = None,
+        recompute: set[str] | frozenset[str] = frozenset(), commercial_only: bool = False) -> RunResult:
+    """Run `job`: its stages over `inputs` (default: the job's inputs as given) into `job.out`,
+    the resolved spec recorded in the manifest (see run_stages)."""
+    files = [str(p) for p in (inputs if inputs is not None else job.inputs)]
+    return run_stages(files, job.out, list(job.stages), job.configs, job.runner, recompute,
+                      job.resolved(), commercial_only)
+
+
+def run_stages(
     inputs: list[str],
     out: str,
     stages: list[str],

@@ -1,5 +1,7 @@
 """Training job specs: frozen dataclasses loaded from TOML (`jobs/train_*.toml`) with
-`--set section.key=value` overrides; unknown sections or keys are an error listing the valid ones.
+`--set section.key=value` overrides, through the spec loader shared with `emoforge curate`
+(catalog/spec.py): dotted keys reach nested tables, [select] is merged rule by rule, unknown
+sections or keys are an error listing the valid ones.
 
     [train]        TrainConfig: catalog, out, model preset, stage, steps, batch, intervals
     [model]        overrides of the preset's training.models.ModelConfig fields
@@ -13,17 +15,26 @@
 from __future__ import annotations
 
 import dataclasses
-import tomllib
-import typing
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from catalog.spec import (
+    COMMAND_SECTIONS,
+    SpecError,
+    dataclass_from,
+    plain,
+    read_toml,
+    select_from,
+    with_overrides,
+)
+
 CONDITIONS = ("audio", "reference", "expression", "emotion", "motion")
 
 
-class TrainSpecError(ValueError):
-    """A training spec or override that cannot be used; the message lists what is valid."""
+# a training spec or override that cannot be used: the loader's error, shared with curate
+TrainSpecError = SpecError
 
 
 @dataclass(frozen=True)
@@ -109,30 +120,18 @@ class TrainSpec:
 
     def resolved(self) -> dict:
         """The spec as plain JSON-able data (written into every checkpoint)."""
-        return {name: _plain(dataclasses.asdict(getattr(self, name))) for name in SECTIONS}
+        return {name: plain(dataclasses.asdict(getattr(self, name))) for name in SECTIONS}
 
 
-SECTIONS = ("train", "model", "data", "select", "optim", "diffusion", "dropout")
+SECTIONS = COMMAND_SECTIONS["train"]
 
 
 def build(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> TrainSpec:
     """A TrainSpec from a TOML-shaped dict plus `section.key=value` overrides."""
-    import catalog
-    from training.data import DataConfig
+    from training.data import DataConfig  # torch: imported when a spec is built
     from training.models import ModelConfig
 
-    data = {k: dict(v) for k, v in data.items()}
-    unknown = set(data) - set(SECTIONS)
-    if unknown:
-        raise TrainSpecError(f"unknown sections {sorted(unknown)}; valid: {', '.join(SECTIONS)}")
-    for item in overrides:
-        dotted, sep, raw = item.partition("=")
-        section, dot, key = dotted.partition(".")
-        if not sep or not dot:
-            raise TrainSpecError(f"override {item!r} is not section.key=value")
-        if section not in SECTIONS:
-            raise TrainSpecError(f"override {item!r}: unknown section; valid: {', '.join(SECTIONS)}")
-        data.setdefault(section, {})[key] = _parse_value(raw)
+    data = with_overrides(data, overrides, "train")
     train = dataclass_from(TrainConfig, data.get("train", {}), "train")
     model = _model_config(ModelConfig, train, data.get("model", {}))
     # The window's shape and the condition widths are the model's: [data] cannot disagree.
@@ -147,10 +146,7 @@ def build(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> TrainSpec:
         raise TrainSpecError(f"[data] {sorted(clash)} follow the model; set them in [model] "
                              "(image_size, frames, motion_frames, audio_dim, audio_context, "
                              "expression_dim)")
-    try:
-        select = catalog.Thresholds.from_dict(data.get("select", {}))
-    except catalog.SelectionError as exc:
-        raise TrainSpecError(f"[select]: {exc}") from exc
+    select = select_from(data.get("select", {}))
     spec = TrainSpec(
         train=train, model=model, data=dataclass_from(DataConfig, data_values, "data"),
         select=select,
@@ -163,11 +159,8 @@ def build(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> TrainSpec:
 
 
 def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainSpec:
-    try:
-        with open(path, "rb") as f:
-            return build(tomllib.load(f), overrides)
-    except FileNotFoundError as exc:
-        raise TrainSpecError(f"training spec {path} does not exist") from exc
+    """The TrainSpec of the TOML file at `path` with `overrides` applied."""
+    return build(read_toml(path), overrides)
 
 
 # [model] fields added after checkpoints were written, with the value that rebuilds those
@@ -189,7 +182,7 @@ def _model_config(cls, train: TrainConfig, overrides: dict):
         base = cls.base(models_root(train))
     else:
         raise TrainSpecError(f"[train] model must be 'tiny' or 'base', got {train.model!r}")
-    values = {**_plain(dataclasses.asdict(base)), **overrides}
+    values = {**plain(dataclasses.asdict(base)), **overrides}
     try:
         return cls.from_dict(values)
     except (TypeError, ValueError, KeyError) as exc:
@@ -197,8 +190,6 @@ def _model_config(cls, train: TrainConfig, overrides: dict):
 
 
 def models_root(train: TrainConfig) -> Path:
-    import os
-
     root = train.models_root or os.environ.get("EMOFORGE_MODELS") or "~/.emoforge/models"
     return Path(root).expanduser()
 
@@ -220,35 +211,3 @@ def _check(spec: TrainSpec) -> None:
         rate = getattr(spec.dropout, name)
         if not 0.0 <= rate <= 1.0:
             raise TrainSpecError(f"[dropout] {name} must be within [0, 1], got {rate}")
-
-
-def dataclass_from(cls: type, values: dict, section: str):
-    """An instance of the frozen dataclass `cls` from TOML values; unknown keys are an error."""
-    valid = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(values) - valid
-    if unknown:
-        raise TrainSpecError(f"[{section}] has unknown keys {sorted(unknown)}; valid: {sorted(valid)}")
-    hints = typing.get_type_hints(cls)
-    converted = {k: tuple(v) if isinstance(v, list) and "tuple" in str(hints.get(k)) else v
-                 for k, v in values.items()}
-    try:
-        return cls(**converted)
-    except (TypeError, ValueError) as exc:
-        raise TrainSpecError(f"[{section}]: {exc}") from exc
-
-
-def _parse_value(raw: str):
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
-
-
-def _plain(value):
-    """Tuples to lists, recursively (JSON and TOML shapes)."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-

@@ -26,7 +26,7 @@ over it.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -289,8 +289,7 @@ def run_ray(paths: list[str], spec, folder: str) -> dict:
             peak.sample()
             at_init = peak.by_pid
             t = time.perf_counter()
-            result = runner.run(paths, folder, list(spec.stages), spec.configs, spec.runner,
-                                job_spec=spec.resolved())
+            result = runner.run(dataclasses.replace(spec, out=folder), paths)
             wall = time.perf_counter() - t
         runner.stop_ray()
         split = split_tree_cpu(peak.by_pid, at_init, read_worker_stats(stats))
@@ -373,10 +372,13 @@ def rates(seconds: float, video_s: float, cores: int) -> dict:
 
 
 def run(files: list[str] | None = None, seconds: float = DEFAULT_SECONDS, ray: bool = True,
-        overrides: list[str] = (), compare: list[str] = ()) -> dict:
+        overrides: list[str] = (), compare: list[str] = (), emotion_strides: bool = False) -> dict:
     """The bench (see the module docstring). `seconds`: length of the generated input;
     `overrides`: --set items for the job; `compare`: --set items of a second configuration whose
-    stages also run without Ray, first, in the same run (`direct_compare`)."""
+    stages also run without Ray, first, in the same run (`direct_compare`); `emotion_strides`:
+    measure the emotion strides' accuracy instead (`emotion_strides`)."""
+    if emotion_strides:
+        return {"bench": "pipeline", "emotion_strides": emotion_stride_accuracy(files)}
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     if files:
         paths = [str(Path(f).resolve()) for f in files]
@@ -439,7 +441,7 @@ def run(files: list[str] | None = None, seconds: float = DEFAULT_SECONDS, ray: b
     return report
 
 
-def emotion_strides(files: list[str] | None = None,
+def emotion_stride_accuracy(files: list[str] | None = None,
                     pairs: tuple[tuple[int, int], ...] = ((2, 2), (4, 4), (8, 8), (2, 8), (2, 12))
                     ) -> dict:
     """Accuracy of the emotion strides (fast member stride, slow member stride) against every
@@ -516,27 +518,3 @@ def _direct_report(direct: dict, floor: dict, video_s: float, cores: int) -> dic
         "over_floor": round(total / floor["floor_s"], 2),
         "cpu_over_floor_cpu": round(total_cpu / floor["floor_cpu_s"], 2),
     }
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("files", nargs="*")
-    parser.add_argument("--seconds", type=float, default=DEFAULT_SECONDS)
-    parser.add_argument("--no-ray", action="store_true", help="the floor and direct stages only")
-    parser.add_argument("--set", action="append", default=[], dest="overrides")
-    parser.add_argument("--compare", action="append", default=[],
-                        help="a --set item of a second configuration run without Ray first")
-    parser.add_argument("--emotion-strides", action="store_true",
-                        help="accuracy of the emotion strides on real face tracks instead")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
-    if args.emotion_strides:
-        print(json.dumps(emotion_strides(args.files or None), indent=1))
-        return 0
-    print(json.dumps(run(args.files or None, args.seconds, not args.no_ray, args.overrides,
-                         args.compare), indent=1, default=str))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -26,12 +26,14 @@ where the serial time goes, a 100-node simulation with those costs, and a cost m
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
 import time
 from pathlib import Path
 
+from jobs.bench import BenchInputError, video_inputs
 from jobs.bench.memory import TreeSampler
 from pipeline.simulate import Cluster, StageCost, corpus, simulate
 
@@ -51,8 +53,9 @@ DEFAULT_COSTS = {
 
 
 def inputs(files: list[str] | None) -> list[str]:
+    """`files` (files or folders: video_inputs), or the cached synthetic talking-face corpus."""
     if files:
-        return [os.path.abspath(f) for f in files]
+        return video_inputs(files)
     from jobs.media.talking_corpus import build_talking_corpus
     from pipeline.models.registry import cache_root
 
@@ -82,11 +85,14 @@ def curate_with(files: list[str], out: Path, workers: int) -> dict:
         runner.init_ray(config)
         ray_start = time.perf_counter() - t0
         with TreeSampler(os.getpid()) as peak:  # Ray's workers are this process's children
-            result = runner.run(files, str(out), list(spec.stages), spec.configs, config)
+            result = runner.run(dataclasses.replace(spec, out=str(out), runner=config), files)
     finally:
         runner.stop_ray()
         os.sched_setaffinity(0, cores)
-    videos = read_table(out, "videos", columns=["duration_s"])
+    videos = read_table(out, "videos", columns=["uri", "duration_s", "ingest_error"])
+    if not sum(v or 0.0 for v in videos["duration_s"].to_pylist()):
+        failed = {r["uri"]: r["ingest_error"] for r in videos.to_pylist()}
+        raise BenchInputError(f"bench scale: the inputs yield no video: {failed or files}")
     clips = read_table(out, "clips", columns=["duration_s"])
     tracks = read_table(out, "tracks", columns=["frame_count"])
     content = {"video": sum(v or 0.0 for v in videos["duration_s"].to_pylist()),

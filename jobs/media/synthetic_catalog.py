@@ -425,3 +425,80 @@ def _stages() -> dict[str, dict]:
         out[stage] = {"fingerprint": f"synthetic-{stage}", "version": "1", "config": {},
                       "models": models}
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# a catalog for the persons pass at scale: identity embeddings and per-frame rows
+# ---------------------------------------------------------------------------------------------
+IDENTITY_DIM = 128  # dlib's identity embedding
+IDENTITY_NOISE = 0.0125  # per dimension: a track lies about 0.14 from its person's direction
+
+
+def generate_persons_catalog(root: str | Path, n_videos: int = 36_000, shards: int = 64,
+                             persons: int = 500, frames_per_track: int = 4, seed: int = 0) -> dict:
+    """Write a catalog as curation leaves it before the persons pass: videos, clips and tracks
+    drawn as `generate_catalog` draws them (about 2.8 tracks per video), every ok track with a
+    dlib identity embedding (its person's random direction plus noise: about 0.14 from it, and
+    persons about 1.4 apart, against dlib's 0.42 threshold) and person_id null, and
+    `frames_per_track` frames rows per track (box, 68 landmarks, pose), which a pass that
+    rewrites whole shards would rewrite too. The person of a track is its video's index modulo
+    `persons`. No media. Returns {"tracks", "ok_tracks", "frames", "persons", "shards"}."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    videos, clips, tracks, _ = _draw(rng, n_videos, shards, max_track_s=4.0)
+    video_index = {v: i for i, v in enumerate(videos["video_id"].tolist())}
+    person = np.array([video_index[v] % persons for v in tracks["video_id"].tolist()])
+    directions = rng.normal(size=(persons, IDENTITY_DIM))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    embedding = directions[person] + rng.normal(0, IDENTITY_NOISE, (len(person), IDENTITY_DIM))
+    embedding = (embedding / np.linalg.norm(embedding, axis=1, keepdims=True)).astype(np.float32)
+    ok = tracks["faces_status"] == "ok"
+    tracks["person_id"] = np.full(len(person), None, dtype=object)
+    tracks["identity_backend"] = np.where(ok, "dlib", None)
+    frames_written = 0
+    for shard in range(shards):
+        tables = {}
+        for name, cols in (("videos", videos), ("clips", clips), ("tracks", tracks)):
+            mask = cols["shard"] == shard
+            part = {k: tuple(x[mask] for x in v) if isinstance(v, tuple) else v[mask]
+                    for k, v in cols.items()}
+            tables[name] = _to_table(name, part)
+        mask = tracks["shard"] == shard
+        order = np.argsort(tracks["track_id"][mask])  # _to_table sorts tracks by track_id
+        vectors = embedding[mask][order]
+        lists = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()),
+                                                  IDENTITY_DIM)
+        field = schema.table_schema("tracks").field("identity_embedding")
+        column = _mask(lists, ok[mask][order]).cast(field.type)
+        t = tables["tracks"]
+        tables["tracks"] = t.set_column(t.column_names.index("identity_embedding"), field, column)
+        tables["frames"] = _frames_rows(rng, tables["tracks"]["track_id"].to_numpy(zero_copy_only=False),
+                                        frames_per_track)
+        frames_written += tables["frames"].num_rows
+        commit_shard(root, shard, tables, staged_media={}, fingerprints={})
+    write_manifest(root, {"job": {"inputs": ["synthetic"], "out": str(root)}}, _stages(),
+                   "synthetic", {})
+    return {"tracks": len(person), "ok_tracks": int(ok.sum()), "frames": frames_written,
+            "persons": persons, "shards": shards}
+
+
+def _frames_rows(rng: np.random.Generator, track_ids: np.ndarray, per_track: int) -> pa.Table:
+    """`per_track` frames rows for each of the sorted `track_ids`: box, landmarks on a 256 px
+    crop (0.1 px steps), pose."""
+    n = len(track_ids) * per_track
+    target = schema.table_schema("frames")
+    landmarks = np.round(rng.uniform(0, 256, (n, 2 * schema.LANDMARKS_68)), 1).astype(np.float32)
+    box = np.round(rng.uniform(0, 720, (n, 4)), 1).astype(np.float32)
+    frame = np.tile(np.arange(per_track, dtype=np.int32), len(track_ids))
+    cols = {
+        "track_id": pa.array(np.repeat(track_ids, per_track).tolist(), pa.string()),
+        "frame": pa.array(frame),
+        "pts_s": pa.array(frame / float(CROP_FPS)),
+        "box": pa.FixedSizeListArray.from_arrays(pa.array(box.reshape(-1)), 4),
+        "landmarks": pa.FixedSizeListArray.from_arrays(pa.array(landmarks.reshape(-1)),
+                                                       2 * schema.LANDMARKS_68),
+        "yaw": pa.array(rng.normal(0, 15, n).astype(np.float32)),
+        "pitch": pa.array(rng.normal(0, 8, n).astype(np.float32)),
+        "roll": pa.array(rng.normal(0, 5, n).astype(np.float32)),
+    }
+    return conform(pa.table(cols), target)

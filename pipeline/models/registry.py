@@ -175,11 +175,12 @@ def weights_checksum(spec: ModelSpec) -> str:
 
 
 def _import_backend_modules() -> None:
-    """Backends register their specs at import; import every module of pipeline.models."""
+    """Backends register their specs at import; import every module of pipeline.models (its
+    subpackages included)."""
     import pkgutil
 
     import pipeline.models as pkg
 
-    for info in pkgutil.iter_modules(pkg.__path__):
-        if info.name != "registry":
-            importlib.import_module(f"pipeline.models.{info.name}")
+    for info in pkgutil.walk_packages(pkg.__path__, prefix="pipeline.models."):
+        if info.name != __name__:
+            importlib.import_module(info.name)

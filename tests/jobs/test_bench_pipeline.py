@@ -42,8 +42,15 @@ def test_seconds_is_refused_by_a_bench_without_it(monkeypatch, capsys):
     assert "--seconds" in capsys.readouterr().err
 
 
-def test_pipeline_bench_is_registered():
-    assert cli.BENCHES["pipeline"] == "jobs.bench.pipeline"
+def test_emoforge_bench_pipeline_runs_the_pipeline_bench(monkeypatch, capsys):
+    """`emoforge bench pipeline` calls jobs.bench.pipeline.run and prints what it returns."""
+    import jobs.bench.pipeline as pipeline_bench
+
+    calls = []
+    monkeypatch.setattr(pipeline_bench, "run",
+                        lambda files=None, seconds=20.0: calls.append(seconds) or {"rtf": 1.5})
+    assert cli.main(["bench", "pipeline", "--seconds", "7"]) == 0
+    assert calls == [7.0] and json.loads(capsys.readouterr().out)["rtf"] == 1.5
 
 
 def test_rates_are_video_seconds_per_second_and_core_hours():

@@ -66,6 +66,56 @@ def test_models_list_shows_files_and_licenses(capsys):
     assert "non-commercial" in out
 
 
+def _declared_model_specs() -> list[tuple[str, str, str]]:
+    """(file, task, backend pattern) of every `ModelSpec(...)` call in the source: a regex, where
+    an f-string's fields stand for any name."""
+    import ast
+    import re
+    from pathlib import Path
+
+    def pattern(node: ast.expr) -> str:
+        if isinstance(node, ast.Constant):
+            return re.escape(node.value)
+        if isinstance(node, ast.JoinedStr):
+            return "".join(re.escape(v.value) if isinstance(v, ast.Constant) else r"[\w.-]+"
+                           for v in node.values)
+        raise AssertionError(f"ModelSpec field {ast.unparse(node)} is neither text nor f-string")
+
+    repo = Path(__file__).resolve().parents[2]
+    found = []
+    for package in ("catalog", "pipeline", "training", "jobs"):
+        for path in sorted((repo / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                name = getattr(node, "func", None)
+                if isinstance(node, ast.Call) and getattr(name, "id", getattr(name, "attr", "")) \
+                        == "ModelSpec":
+                    fields = {k.arg: k.value for k in node.keywords}
+                    found.append((str(path.relative_to(repo)), pattern(fields["task"]),
+                                  pattern(fields["backend"])))
+    return found
+
+
+def test_models_list_names_every_model_spec_the_code_declares():
+    """`emoforge models list` in a fresh interpreter (nothing imported beforehand) names every
+    ModelSpec declared anywhere in the code, the training-only weights included."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    declared = _declared_model_specs()
+    keys = {f"{task}/{backend}" for _, task, backend in declared}
+    assert {"diffusion/sd15", "metrics/inception", "metrics/i3d"} <= keys  # the scan sees them
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-m", "jobs.cli", "models", "list"], cwd=repo,
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    listed = [line.split()[0] for line in done.stdout.splitlines() if "/" in line.split(" ")[0]]
+    missing = [f"{file}: {task}/{backend}" for file, task, backend in declared
+               if not any(re.fullmatch(f"{task}/{backend}", key) for key in listed)]
+    assert not missing, "declared but not listed:\n" + "\n".join(missing)
+
+
 def test_commercial_only_refuses_restricted_weights(tmp_path, capsys):
     video = tmp_path / "v.mp4"
     video.write_bytes(b"\0")

@@ -138,7 +138,7 @@ def _inputs(folder: Path, n: int) -> list[str]:
 
 def _reference(tmp_path: Path, files: list[str]) -> Path:
     reference = tmp_path / "reference"  # this machine's local Ray
-    runner.run(files, str(reference), ["ingest", "scenes"], {}, runner.RunnerConfig())
+    runner.run_stages(files, str(reference), ["ingest", "scenes"], {}, runner.RunnerConfig())
     return reference
 
 

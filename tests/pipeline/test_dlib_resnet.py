@@ -134,15 +134,20 @@ def test_same_face_from_rescaled_image_stays_close(model, ref, faces):
         base = embed_chips(model, chips)
         for scale in (0.8, 1.25):
             scaled_chips, scaled_centres = ref.chips(_rgb(name, scale))
+            # every face is found again, each matched to a different face of the original
+            assert len(scaled_centres) == len(centres), (name, scale, len(scaled_centres))
             scaled = embed_chips(model, np.stack(scaled_chips))
+            matched = []
             for k, (x, y) in enumerate(scaled_centres):
                 # the same face: the nearest box centre in the original image
                 i = int(np.argmin([np.hypot(x / scale - cx, y / scale - cy) for cx, cy in centres]))
+                matched.append(i)
                 d = float(np.linalg.norm(scaled[k] - base[i]))
                 assert d < THRESHOLD, (name, scale, k, d)
                 others = [float(np.linalg.norm(scaled[k] - base[j]))
                           for j in range(len(base)) if j != i]
                 assert all(d < o for o in others), (name, scale, k, d, others)
+            assert sorted(matched) == list(range(len(centres))), (name, scale, matched)
 
 
 def test_parse_is_fast_and_complete():

@@ -87,7 +87,7 @@ def _inputs(folder: Path, n: int, poison: bool = False) -> list[str]:
 
 def _reference(tmp_path: Path, files: list[str]) -> Path:
     out = tmp_path / "reference"
-    runner.run(files, str(out), ["ingest", "scenes"], {}, runner.RunnerConfig())
+    runner.run_stages(files, str(out), ["ingest", "scenes"], {}, runner.RunnerConfig())
     return out
 
 
@@ -122,7 +122,7 @@ def test_worker_node_removed_mid_job(cluster, tmp_path):
     watcher = threading.Thread(target=remove_when_busy, daemon=True)
     watcher.start()
     try:
-        runner.run(files, str(out), STAGES, {}, runner.RunnerConfig(wave_videos=2))
+        runner.run_stages(files, str(out), STAGES, {}, runner.RunnerConfig(wave_videos=2))
     finally:
         stop.set()
         watcher.join(timeout=60)
@@ -155,7 +155,7 @@ def test_task_raising_once_is_retried(cluster, tmp_path):
     files = _inputs(tmp_path / "in", 3)
     reference = _reference(tmp_path, files)
     out = tmp_path / "cat"
-    runner.run(files, str(out), ["fault_stages:FlakySetupIngest", "scenes"], {}, runner.RunnerConfig())
+    runner.run_stages(files, str(out), ["fault_stages:FlakySetupIngest", "scenes"], {}, runner.RunnerConfig())
     from fault_stages import marker_dir
 
     assert (marker_dir(str(out)) / "setup-failed-once").exists()  # it did raise, once
@@ -167,7 +167,7 @@ def test_task_raising_once_is_retried(cluster, tmp_path):
 def test_file_that_kills_its_decoder(cluster, tmp_path):
     files = _inputs(tmp_path / "in", 3, poison=True)
     out = tmp_path / "cat"
-    runner.run(files, str(out), ["crashing_stage:CrashingIngest", "scenes"], {}, runner.RunnerConfig())
+    runner.run_stages(files, str(out), ["crashing_stage:CrashingIngest", "scenes"], {}, runner.RunnerConfig())
     rows = _accounted(out, files)
     poison = rows[os.path.abspath(files[-1])]
     assert poison["ingest_status"] == "failed"
@@ -192,13 +192,13 @@ def test_gpu_stage_runs_on_the_gpu_node(cluster, tmp_path, model_workers):
     config = runner.RunnerConfig(stage_resources={"ingest": {"num_gpus": 1, "num_cpus": 1}},
                                  model_workers=model_workers)
     with pytest.raises(ValueError, match="asks for GPUs; the Ray cluster has none"):
-        runner.run(files, str(tmp_path / "refused"), stages, {}, config)
+        runner.run_stages(files, str(tmp_path / "refused"), stages, {}, config)
     gpu_node = c.add_node(num_cpus=1, num_gpus=1)
     try:
         c.wait_for_nodes()
         gpu_id = gpu_node.node_id
         out = tmp_path / "cat"
-        runner.run(files, str(out), stages, {}, config)
+        runner.run_stages(files, str(out), stages, {}, config)
         from fault_stages import marker_dir
 
         marks = sorted(p.name for p in marker_dir(str(out)).glob("gpu-*"))

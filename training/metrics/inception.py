@@ -24,18 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.models.registry import ModelSpec, MissingWeightsError, model_root
+from pipeline.models.registry import MissingWeightsError, model_root
+from training.weights import FID_SPEC
 
 log = logging.getLogger(__name__)
 
-FID_SPEC = ModelSpec(
-    task="metrics", backend="inception", kind="reference",
-    files=("pt_inception-2015-12-05.pth",), license="Apache-2.0 (pytorch-fid port of TF Inception)",
-    source="https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
-           "pt_inception-2015-12-05-6726825d.pth (or torchvision's "
-           "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth as "
-           "inception_v3_google.pth)",
-    version="2015-12-05", description="InceptionV3 pool3 features for FID")
 ALTERNATE_FILES = ("pt_inception-2015-12-05-6726825d.pth", "inception_v3_google.pth",
                    "inception_v3_google-0cc3c7bd.pth")
 
