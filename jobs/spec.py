@@ -4,7 +4,7 @@
     inputs = ["videos/"]          # files or folders (searched recursively for video files)
     out = "out/catalog"
     stages = ["ingest", "scenes", "faces", "analyze"]
-    [runner]                      # pipeline.runner.RunnerConfig
+    [runner]                      # pipeline.run.runner.RunnerConfig
     num_shards = 64
     [scenes]                      # each stage's Config dataclass
     detector = "adaptive"
@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from catalog.select import SelectionError, Thresholds, thresholds_with
-from pipeline.runner import RunnerConfig
-from pipeline.stage import STAGE_CLASSES, load_stage_class
+from pipeline.run.runner import RunnerConfig
+from pipeline.stages.contract import STAGE_CLASSES, load_stage_class
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv"}
 # audio-only containers are inputs too: they become failed rows ("no video stream"), not silence

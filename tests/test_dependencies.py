@@ -15,13 +15,13 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("catalog", "pipeline", "training", "jobs")
 HEAVY = ("torch", "onnxruntime", "mediapipe", "whisper", "ai_edge_litert", "dlib", "cv2", "ray")
 TRAINING_MAY_USE = ("catalog", "pipeline.models", "pipeline.media")
-RAY_ALLOWED = {"pipeline.runner", "pipeline.workers", "training.launcher"}
+RAY_ALLOWED = {"pipeline.run.runner", "pipeline.run.workers", "training.launcher"}
 RAY_LAZY_ALLOWED = {"catalog.adapters"}  # catalog.to_ray_dataset, imported inside the function
 
 
 @dataclass(frozen=True)
 class Import:
-    module: str  # the importing module, e.g. "pipeline.stages.faces"
+    module: str  # the importing module, e.g. "pipeline.stages.faces.stage"
     target: str  # the imported module, e.g. "pipeline.models.faces"
     lazy: bool  # inside a function (runs when called, not at import)
     line: int
@@ -87,10 +87,10 @@ def _ours(name: str) -> bool:
 def test_the_graph_sees_the_known_edges():
     """The parser resolves absolute, relative and `from package import module` forms."""
     seen = {(e.module, e.target) for e in EDGES}
-    assert ("pipeline.stages.faces", "pipeline.models.faces") in seen
-    assert ("pipeline.analysis.emotion", "pipeline.models.emotion") in seen
+    assert ("pipeline.stages.faces.stage", "pipeline.models.faces") in seen
+    assert ("pipeline.stages.analyze.emotion", "pipeline.models.emotion") in seen
     assert ("catalog", "catalog.select") in seen
-    assert any(e.module == "pipeline.runner" and e.target == "ray" for e in EDGES)
+    assert any(e.module == "pipeline.run.runner" and e.target == "ray" for e in EDGES)
 
 
 def test_catalog_imports_only_pyarrow_and_the_standard_library_at_import():
@@ -120,7 +120,7 @@ def test_ray_only_in_the_runner_and_the_launcher():
     bad = [str(e) for e in EDGES if e.target.split(".")[0] == "ray"
            and e.module not in RAY_ALLOWED
            and not (e.lazy and e.module in RAY_LAZY_ALLOWED)]
-    assert not bad, ("Ray is imported by pipeline/runner.py, pipeline/workers.py and "
+    assert not bad, ("Ray is imported by pipeline/run/runner.py, pipeline/run/workers.py and "
                      "training/launcher.py only:\n" + "\n".join(bad))
 
 
@@ -178,8 +178,8 @@ def test_no_import_cycles_at_import_time():
 @pytest.mark.parametrize("layer,forbidden", [
     ("catalog", ("pandas", "duckdb", "ray", "torch", "cv2", "av", "pipeline", "jobs")),
     ("pipeline.models", ("torch", "onnxruntime", "whisper", "ai_edge_litert", "mediapipe", "dlib",
-                         "cv2", "ray", "pipeline.faces", "pipeline.analysis", "pipeline.stages",
-                         "pipeline.runner", "pipeline.workers", "training", "jobs")),
+                         "cv2", "ray", "pipeline.stages", "pipeline.run", "pipeline.persons",
+                         "training", "jobs")),
 ])
 def test_importing_a_layer_loads_only_what_it_may(layer, forbidden):
     """Every module of the layer imported in a fresh interpreter: nothing forbidden is loaded

@@ -41,7 +41,7 @@ TRACK_FATES = {
     "too little speech": 0.08, "lip_sync failed": 0.02, "out of sync": 0.05,
     "low sync confidence": 0.10,
 }
-SYNC_BACKEND = "av_corr"  # the bundled lip-sync backend (pipeline.analysis.lip_sync); 10% syncnet
+SYNC_BACKEND = "av_corr"  # the bundled lip-sync backend (pipeline.stages.analyze.lip_sync); 10% syncnet
 SYNC_RANGES = {"av_corr": (0.0, 1.1), "syncnet": (0.0, 9.0)}  # confidence scales (lo, hi)
 VIDEO_FATES = {"ok": 0.91, "duplicate": 0.03, "ingest failed": 0.05, "scenes failed": 0.01}
 CLIP_FATES = {"faces ok": 0.82, "no face": 0.15, "faces failed": 0.03}
@@ -378,7 +378,7 @@ def _write_track_crops(tmp: Path, tracks: pa.Table, photos: dict, size: int,
                        rng: np.random.Generator) -> tuple[dict[str, Path], pa.Table]:
     """Write a crop mp4 for every ok track; returns the staged files and the table with
     crop_path set."""
-    from pipeline.stage import media_relpath
+    from pipeline.stages.contract import media_relpath
 
     staged: dict[str, Path] = {}
     rows = tracks.select(["track_id", "shard", "faces_status", "start_s", "end_s", "face_px_median",

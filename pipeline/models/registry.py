@@ -178,6 +178,6 @@ def _import_backend_modules() -> None:
 
     import pipeline.models as pkg
 
-    for info in pkgutil.iter_modules(pkg.__path__):
-        if info.name != "registry":
-            importlib.import_module(f"pipeline.models.{info.name}")
+    for info in pkgutil.walk_packages(pkg.__path__, "pipeline.models."):
+        if info.name != "pipeline.models.registry":
+            importlib.import_module(info.name)
