@@ -169,3 +169,24 @@ def crop_face(image: np.ndarray, points68: np.ndarray, size: int,
     crop = cv2.warpAffine(source, matrix, (size, size), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_REPLICATE)
     return crop, affine, box
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str = "union") -> np.ndarray:
+    """Greedy non-maximum suppression. boxes float[N,4] x0,y0,x1,y1, scores float[N] ->
+    int64 indices kept, best first. mode "union" (IoU) or "min" (intersection over the smaller)."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+    area = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+    keep = []
+    while order.size:
+        i, rest = order[0], order[1:]
+        keep.append(i)
+        lo = np.maximum(boxes[i, :2], boxes[rest, :2])
+        hi = np.minimum(boxes[i, 2:], boxes[rest, 2:])
+        inter = np.prod(np.clip(hi - lo, 0, None), axis=1)
+        if mode == "min":
+            overlap = inter / np.maximum(np.minimum(area[i], area[rest]), 1e-9)
+        else:
+            overlap = inter / np.maximum(area[i] + area[rest] - inter, 1e-9)
+        order = rest[overlap <= threshold]
+    return np.array(keep, np.int64)

@@ -41,3 +41,15 @@ def ort_session(path: str | Path | bytes, threads: int = 1, providers: Sequence[
     log.debug("onnxruntime session on %s with %s",
               "an in-memory model" if isinstance(path, bytes) else path, session.get_providers())
     return session
+
+
+def graph_normalizes_input(path) -> bool:
+    """True when the ONNX graph subtracts and scales its input itself (mxnet exports start with
+    Sub/Mul nodes or a 'bn_data' batch norm); then the caller feeds raw 0..255 pixels."""
+    import onnx
+
+    nodes = onnx.load(str(path), load_external_data=False).graph.node[:8]
+    sub = any(n.name.startswith(("Sub", "_minus")) for n in nodes)
+    mul = any(n.name.startswith(("Mul", "_mul")) for n in nodes)
+    bn = any(n.name == "bn_data" for n in nodes[:3])
+    return (sub and mul) or bn

@@ -16,9 +16,15 @@ import logging
 
 import numpy as np
 
-from pipeline.models.geometry import apply_affine, face_box_from_68, invert_affine, square_affine
-from pipeline.models.faces import Detection, Landmarks
-from pipeline.models.faces.mtcnn import nms
+from pipeline.models.faces.types import Detection, Landmarks
+from pipeline.models.geometry import (
+    apply_affine,
+    face_box_from_68,
+    invert_affine,
+    nms,
+    square_affine,
+)
+from pipeline.models.onnx_session import graph_normalizes_input
 from pipeline.models.registry import ModelSpec, register, resolve
 
 log = logging.getLogger(__name__)
@@ -42,18 +48,6 @@ LOCAL_SIZE = 160  # SCRFD input side when re-scoring a followed face (px, a mult
 LOCAL_CONTEXT = 2.0  # the re-scored region's side over the face box side
 LANDMARK_SIZE = 192
 LANDMARK_CONTEXT = 1.5  # landmark crop side over the face box side (insightface's choice)
-
-
-def graph_normalizes_input(path) -> bool:
-    """True when the ONNX graph subtracts and scales its input itself (mxnet exports start with
-    Sub/Mul nodes or a 'bn_data' batch norm); then the caller feeds raw 0..255 pixels."""
-    import onnx
-
-    nodes = onnx.load(str(path), load_external_data=False).graph.node[:8]
-    sub = any(n.name.startswith(("Sub", "_minus")) for n in nodes)
-    mul = any(n.name.startswith(("Mul", "_mul")) for n in nodes)
-    bn = any(n.name == "bn_data" for n in nodes[:3])
-    return (sub and mul) or bn
 
 
 def to_blob(image: np.ndarray, mean: float, std: float) -> np.ndarray:

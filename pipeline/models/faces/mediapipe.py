@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from pipeline.models.geometry import MESH_TO_68, apply_affine, invert_affine, square_affine
-from pipeline.models.faces import Detection, Landmarks
+from pipeline.models.faces.types import Detection, Landmarks
 from pipeline.models.registry import ModelSpec, register, resolve
 
 log = logging.getLogger(__name__)

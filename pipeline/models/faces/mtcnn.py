@@ -17,7 +17,8 @@ import math
 
 import numpy as np
 
-from pipeline.models.faces import Detection, Landmarks
+from pipeline.models.faces.types import Detection, Landmarks
+from pipeline.models.geometry import nms
 from pipeline.models.registry import ModelSpec, register, resolve
 
 log = logging.getLogger(__name__)
@@ -41,27 +42,6 @@ DLIB_DX, DLIB_DY, DLIB_SIDE = 0.0, 0.06, 0.81
 # the same faces: box centre = centre of the points' box + OY * its height, side = SIDE68 * the
 # points' box side (standard deviations 0.03, 0.07).
 MTCNN_FROM68_OY, MTCNN_FROM68_SIDE = -0.17, 1.26
-
-
-def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str = "union") -> np.ndarray:
-    """Greedy non-maximum suppression. boxes float[N,4] x0,y0,x1,y1, scores float[N] ->
-    int64 indices kept, best first. mode "union" (IoU) or "min" (intersection over the smaller)."""
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
-    area = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
-    keep = []
-    while order.size:
-        i, rest = order[0], order[1:]
-        keep.append(i)
-        lo = np.maximum(boxes[i, :2], boxes[rest, :2])
-        hi = np.minimum(boxes[i, 2:], boxes[rest, 2:])
-        inter = np.prod(np.clip(hi - lo, 0, None), axis=1)
-        if mode == "min":
-            overlap = inter / np.maximum(np.minimum(area[i], area[rest]), 1e-9)
-        else:
-            overlap = inter / np.maximum(area[i] + area[rest] - inter, 1e-9)
-        order = rest[overlap <= threshold]
-    return np.array(keep, np.int64)
 
 
 def square(boxes: np.ndarray) -> np.ndarray:

@@ -66,7 +66,7 @@ class ArcFaceIdentity:
     dim = 512
 
     def __init__(self, threads: int = 1, providers="auto"):
-        from pipeline.models.faces.insightface import graph_normalizes_input
+        from pipeline.models.onnx_session import graph_normalizes_input
         from pipeline.models.onnx_session import ort_session
 
         path = resolve(SPEC)
