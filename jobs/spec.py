@@ -31,7 +31,7 @@ from typing import Any
 
 from catalog.select import SelectionError, Thresholds, thresholds_with
 from pipeline.run.runner import RunnerConfig
-from pipeline.stages.contract import STAGE_CLASSES, load_stage_class
+from pipeline.stages.registry import STAGE_CLASSES, load_stage_class
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv"}
 # audio-only containers are inputs too: they become failed rows ("no video stream"), not silence

@@ -90,7 +90,7 @@ def test_the_graph_sees_the_known_edges():
     assert ("pipeline.stages.faces.stage", "pipeline.models.faces") in seen
     assert ("pipeline.stages.analyze.emotion", "pipeline.models.emotion") in seen
     assert ("catalog", "catalog.select") in seen
-    assert any(e.module == "pipeline.run.runner" and e.target == "ray" for e in EDGES)
+    assert any(e.module == "pipeline.run.cluster" and e.target == "ray" for e in EDGES)
 
 
 def test_catalog_imports_only_pyarrow_and_the_standard_library_at_import():
@@ -132,6 +132,8 @@ def test_stages_use_only_the_contract_their_folder_the_models_media_and_catalog(
         if not _within(e.module, "pipeline.stages") or not _ours(e.target):
             continue
         own = ".".join(e.module.split(".")[:3])  # pipeline.stages.<stage>
+        if own == "pipeline.stages.registry":  # the table of stages imports each stage's class
+            continue
         allowed = (own, "pipeline.stages.contract", "pipeline.models", "pipeline.media", "catalog")
         if not any(_within(e.target, a) for a in allowed):
             bad.append(str(e))

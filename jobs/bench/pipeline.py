@@ -232,7 +232,7 @@ def run_direct(paths: list[str], spec, folder: str) -> dict:
     them: {stage: {"seconds", "rows", "peak_rss_mib"}} plus "setup_s" per stage."""
     from pipeline.stages.ingest import hashing
     from pipeline.run.runner import absolute_uri
-    from pipeline.stages.contract import load_stage_class
+    from pipeline.stages.registry import load_stage_class
     from pipeline.stages.contract import StageContext
 
     context = StageContext(catalog=folder, staging=os.path.join(folder, "_staging", "direct"))
@@ -483,7 +483,7 @@ def _face_tracks(paths: list[str], spec, folder: str) -> list[tuple[dict, object
     """(track row, DecodedTrack) of every kept face track of `paths` (stages run in-process)."""
     from pipeline.stages.ingest import hashing
     from pipeline.run.runner import absolute_uri
-    from pipeline.stages.contract import load_stage_class
+    from pipeline.stages.registry import load_stage_class
     from pipeline.stages.contract import StageContext
     from pipeline.stages.analyze.stage import decode_track
 

@@ -128,7 +128,7 @@ def machine_speedup(loops: int = 12_000_000) -> float:
 def setup_seconds() -> dict[str, float]:
     """Model set-up of one actor of each model stage (default configs), in this process."""
     from jobs.spec import build
-    from pipeline.stages.contract import load_stage_class
+    from pipeline.stages.registry import load_stage_class
     from pipeline.stages.contract import StageContext
 
     spec = build({"job": {"inputs": ["x"]}})

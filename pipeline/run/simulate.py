@@ -271,7 +271,7 @@ def simulate(videos: list[Video], costs: dict[str, StageCost], cluster: Cluster,
     `parts`: {stage: content seconds -> content seconds of each part} for stages that split a
     row into parallel tasks (Stage.parts; default: scenes' windows); each part is a row of its
     own, the rest of the chain's work on that row another (the chain waits for its parts)."""
-    from pipeline.stages.contract import load_stage_class
+    from pipeline.stages.registry import load_stage_class
 
     parts = {"scenes": scene_windows} if parts is None else parts
 

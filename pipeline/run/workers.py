@@ -16,7 +16,8 @@ from typing import Any
 import pyarrow as pa
 
 from catalog import fs, schema
-from pipeline.stages.contract import FAILED, SKIPPED, Stage, StageContext, load_stage_class, rows_to_table
+from pipeline.stages.contract import FAILED, SKIPPED, Stage, StageContext, rows_to_table
+from pipeline.stages.registry import load_stage_class
 from pipeline.run.staging import blocked_reason, fill_keys, merge_columns, rows_with_keys, write_output
 
 CRASH_ERROR = "worker crashed while decoding"

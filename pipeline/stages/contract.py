@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import json
 import logging
 import os
@@ -174,20 +173,6 @@ class Stage:
             }, sort_keys=True, default=str)
             out[name] = hashlib.sha256(payload.encode()).hexdigest()[:16]
         return out
-
-
-STAGE_CLASSES = {
-    "ingest": "pipeline.stages.ingest.stage:IngestStage",
-    "scenes": "pipeline.stages.scenes.stage:ScenesStage",
-    "faces": "pipeline.stages.faces.stage:FacesStage",
-    "analyze": "pipeline.stages.analyze.stage:AnalyzeStage",
-}
-
-
-def load_stage_class(name: str) -> type[Stage]:
-    """A stage class by runner stage name ("faces") or "module:Class" (a custom stage)."""
-    module, _, attr = STAGE_CLASSES.get(name, name).partition(":")
-    return getattr(importlib.import_module(module), attr)
 
 
 def config_dict(config: Any) -> dict:

@@ -27,7 +27,7 @@ import catalog
 from pipeline.run import runner
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.own_cluster]
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 BIN = Path(sys.executable).parent
 
 

@@ -18,13 +18,14 @@ from jobs.media.synthetic import make_video
 
 import catalog
 import pipeline.run.staging as staging_module
-from pipeline.run import runner
-from pipeline.run.plan import FingerprintError
-from pipeline.stages.contract import load_stage_class
+from pipeline.run import inputs, runner
+from pipeline.run.plan import FingerprintError, chains
+from pipeline.stages.contract import StageContext
+from pipeline.stages.registry import load_stage_class
 from pipeline.stages.ingest.stage import IngestConfig
 
 pytestmark = pytest.mark.ray
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _inputs(folder: Path, n: int) -> list[str]:
@@ -152,9 +153,9 @@ def test_ingest_and_scenes_run_as_one_chain():
     from jobs.spec import build
 
     spec = build({"job": {"inputs": ["x"]}})
-    context = runner.StageContext(catalog="/tmp/x", staging="/tmp/x/_staging/r")
+    context = StageContext(catalog="/tmp/x", staging="/tmp/x/_staging/r")
     stages = [load_stage_class(n)(spec.configs[n], context) for n in spec.stages]
-    assert runner.chains(stages) == [[0, 1], [2], [3]]
+    assert chains(stages) == [[0, 1], [2], [3]]
 
 
 def test_crash_in_a_chained_stage_is_blamed_on_that_stage(tmp_path, ray_local):
@@ -182,8 +183,8 @@ def test_inputs_hashed_in_the_driver_or_as_ray_tasks(tmp_path, ray_local, monkey
 
     files = _inputs(tmp_path / "in", 3)
     truth = {f: hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in files}
-    by_driver = runner._hash_inputs(fs.resolve(tmp_path / "a"), files)
-    monkeypatch.setattr(runner, "DRIVER_HASH_BYTES", 0)  # every input "too big" for the driver
-    by_tasks = runner._hash_inputs(fs.resolve(tmp_path / "b"), files)
+    by_driver = inputs.hash_inputs(fs.resolve(tmp_path / "a"), files)
+    monkeypatch.setattr(inputs, "DRIVER_HASH_BYTES", 0)  # every input "too big" for the driver
+    by_tasks = inputs.hash_inputs(fs.resolve(tmp_path / "b"), files)
     for rows in (by_driver, by_tasks):
         assert {r["uri"]: r["content_sha256"] for r in rows} == truth
