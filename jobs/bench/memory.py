@@ -198,7 +198,7 @@ def _direct_faces(path: str, flush_frames: int) -> None:
 
     from pipeline.stages.contract import StageContext
     from pipeline.stages.faces.stage import FacesConfig, FacesStage
-    from pipeline.stages.ingest.stage import probe
+    from pipeline.media import probe
 
     info = probe(path)
     with tempfile.TemporaryDirectory(prefix="emoforge-bench-faces-") as root:

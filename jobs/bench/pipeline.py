@@ -89,7 +89,7 @@ def talking_head(seconds: float = DEFAULT_SECONDS, size: tuple[int, int] = SIZE)
 
 
 def duration_s(path: str) -> float:
-    from pipeline.stages.ingest.stage import probe
+    from pipeline.media import probe
 
     return float(probe(path)["duration_s"])
 

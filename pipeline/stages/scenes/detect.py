@@ -48,7 +48,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from pipeline.media import MediaError, VideoFrame, iter_frames, open_container, stream_start_s
+from pipeline.media import MediaError, VideoFrame, iter_frames, probe_video
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -162,25 +162,6 @@ def make_detector(config: ScenesConfig):
         )
     return ContentDetector(threshold=config.content_threshold, min_scene_len=0,
                            luma_only=config.luma_only)
-
-
-def probe_video(path: str) -> tuple[float, float]:
-    """(duration in s, average fps) of the first video stream, from container metadata."""
-    container = open_container(path)
-    try:
-        if not container.streams.video:
-            raise MediaError(f"{path}: no video stream")
-        stream = container.streams.video[0]
-        fps = float(stream.average_rate or stream.guessed_rate or 25)
-        if stream.duration is not None and stream.time_base is not None:
-            duration = float(stream.duration * stream.time_base)
-        elif container.duration is not None:
-            duration = container.duration / 1e6 - stream_start_s(stream)
-        else:
-            duration = math.inf
-        return duration, fps
-    finally:
-        container.close()
 
 
 def _scan_range(
