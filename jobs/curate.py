@@ -7,6 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from jobs.spec import JobSpec
+from pipeline.persons.catalog_pass import assign_persons
+from pipeline.run import runner
 
 
 def curate(spec: JobSpec, inputs: list[str] | None = None, recompute: set[str] | None = None,
@@ -15,13 +17,10 @@ def curate(spec: JobSpec, inputs: list[str] | None = None, recompute: set[str] |
 
     Returns the runner's RunResult and the persons pass summary (None when it did not run:
     `persons` false or no faces stage)."""
-    from pipeline.run import runner
-
     files = [str(p) for p in (inputs if inputs is not None else spec.inputs)]
     result = runner.run(files, spec.out, list(spec.stages), spec.configs, spec.runner,
                         set(recompute or ()), spec.resolved(), commercial_only)
     if not persons or "faces" not in spec.stages:
         return result, None
-    from pipeline.persons.catalog_pass import assign_persons
 
     return result, assign_persons(spec.out)

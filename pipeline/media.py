@@ -8,12 +8,15 @@ audio float32[N] mono in [-1, 1] at the requested sample rate.
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
 
+from catalog import fs, fs_inputs
 from catalog.contract import AUDIO_RATE, CROP_FPS
 
 
@@ -31,9 +34,7 @@ class VideoFrame:
 def open_container(path: str):
     """A PyAV input container for a local path or an object-store URI (s3://; streamed through
     catalog.fs_inputs.open_input in 8 MiB ranged reads, no local copy)."""
-    import av
-
-    from catalog import fs, fs_inputs
+    import av  # heavy: loaded on use
 
     try:
         if fs.is_store_uri(str(path)):
@@ -162,7 +163,7 @@ def iter_frames(
     an swscale method, area averaging by default; "FAST_BILINEAR" is about half the cost),
     which is much cheaper than converting at full size and resizing. Frame indices count from the stream start, so they stay
     exact after a seek (frames are counted from the keyframe before start_s by pts order)."""
-    from av.video.reformatter import VideoReformatter
+    from av.video.reformatter import VideoReformatter  # heavy: loaded on use
 
     container = open_container(path)
     try:
@@ -244,7 +245,7 @@ def decode_audio(path: str, sample_rate: int = AUDIO_RATE,
     """Mono float32[N] audio of the whole file at `sample_rate`, sample k at time k / sample_rate
     (see read_audio: silence in front of a late audio stream, a leading part before time 0 cut);
     None when the file has no audio stream."""
-    import av
+    import av  # heavy: loaded on use
 
     container = open_container(path)
     try:
@@ -301,7 +302,7 @@ class VideoWriter:
     def __init__(self, path: str, width: int, height: int, fps: Fraction | int | float = CROP_FPS,
                  audio_rate: int | None = None, codec: str = "libx264", crf: int = 18,
                  threads: int | None = None):
-        import av
+        import av  # heavy: loaded on use
 
         self.container = av.open(str(path), mode="w")
         self.video = self.container.add_stream(codec, rate=Fraction(fps).limit_denominator(100000))
@@ -317,7 +318,7 @@ class VideoWriter:
             self.audio.layout = "mono"
 
     def write(self, image: np.ndarray) -> None:
-        import av
+        import av  # heavy: loaded on use
 
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
         for packet in self.video.encode(frame):
@@ -365,7 +366,7 @@ def write_video(
 def encode_audio(container, stream, samples: np.ndarray, sample_rate: int, start_s: float = 0.0) -> None:
     """Encode mono float32[N] samples in [-1, 1] into an open audio `stream` of `container` (in
     1024-sample frames) and flush it. `start_s` delays the stream's first sample."""
-    import av
+    import av  # heavy: loaded on use
 
     data = np.clip(np.asarray(samples, np.float32), -1, 1).reshape(1, -1)
     start = int(round(start_s * sample_rate))
@@ -384,10 +385,7 @@ def replace_audio(video: str, audio: np.ndarray, out: str, sample_rate: int = AU
     """Write `out` (mp4): `video`'s video packets copied without re-encoding, plus mono float32
     `audio` (AAC at `sample_rate`) starting with the video. Written to a temp file in the same
     folder and renamed into place; never overwrites `video`."""
-    import os
-    import tempfile
-
-    import av
+    import av  # heavy: loaded on use
 
     if os.path.abspath(video) == os.path.abspath(out):
         raise ValueError(f"replace_audio must write a new file, got the source path {video}")

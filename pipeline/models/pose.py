@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import functools
 import math
+import pickle
 
 import numpy as np
+
+from pipeline.models.registry import package_dir
 
 PNP_POINTS = np.r_[17:27, 27:36, 36:48, 48:60, 0:17:2]  # rigid-ish points (no inner lips)
 
@@ -19,10 +22,6 @@ PNP_POINTS = np.r_[17:27, 27:36, 36:48, 48:60, 0:17:2]  # rigid-ish points (no i
 @functools.lru_cache(maxsize=1)
 def generic_face() -> np.ndarray:
     """float64[68,3] mean face in OpenCV camera axes (x right, y down, z away from camera)."""
-    import pickle
-
-    from pipeline.models.registry import package_dir
-
     base = package_dir("insightface")
     if base is None:
         raise FileNotFoundError("head pose needs the insightface package (meanshape_68.pkl)")
@@ -35,7 +34,7 @@ def generic_face() -> np.ndarray:
 
 def head_pose(points68: np.ndarray, image_size: tuple[int, int]) -> tuple[float, float, float]:
     """points68: float[68,2] image px, image_size: (width, height) -> (yaw, pitch, roll) degrees."""
-    import cv2
+    import cv2  # heavy: loaded on use
 
     w, h = image_size
     f = float(max(w, h))

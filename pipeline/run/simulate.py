@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 
 from pipeline.run import plan as planning
 from pipeline.stages.ingest.hashing import shard_of
+from pipeline.stages.registry import load_stage_class
+from pipeline.stages.scenes.detect import ScenesConfig, window_seconds
 
 LEVEL_OF = {"videos": 0, "clips": 1, "tracks": 2}
 
@@ -258,8 +260,6 @@ class Simulation:
 def scene_windows(duration_s: float) -> list[float]:
     """Seconds each of a video's scene-window tasks decodes, with the default scenes config
     (pipeline/stages/scenes/detect.py: the stage's own `windows`)."""
-    from pipeline.stages.scenes.detect import ScenesConfig, window_seconds
-
     return window_seconds(duration_s, ScenesConfig())
 
 
@@ -271,8 +271,6 @@ def simulate(videos: list[Video], costs: dict[str, StageCost], cluster: Cluster,
     `parts`: {stage: content seconds -> content seconds of each part} for stages that split a
     row into parallel tasks (Stage.parts; default: scenes' windows); each part is a row of its
     own, the rest of the chain's work on that row another (the chain waits for its parts)."""
-    from pipeline.stages.registry import load_stage_class
-
     parts = {"scenes": scene_windows} if parts is None else parts
 
     classes = [load_stage_class(n) for n in stage_names]

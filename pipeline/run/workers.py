@@ -16,9 +16,16 @@ from typing import Any
 import pyarrow as pa
 
 from catalog import fs, schema
+from catalog.read import conform
+from pipeline.run.staging import (
+    blocked_reason,
+    fill_keys,
+    merge_columns,
+    rows_with_keys,
+    write_output,
+)
 from pipeline.stages.contract import FAILED, SKIPPED, Stage, StageContext, rows_to_table
 from pipeline.stages.registry import load_stage_class
-from pipeline.run.staging import blocked_reason, fill_keys, merge_columns, rows_with_keys, write_output
 
 CRASH_ERROR = "worker crashed while decoding"
 # a folder: each worker process appends one JSON line per task it runs to <folder>/<pid>.jsonl
@@ -141,7 +148,6 @@ class StageWorker:
                 result = stage.process(row)
         except Exception as exc:  # noqa: BLE001 - the per-row boundary for batch-level process()
             return rows_with_keys(stage, [stage.failed_row(self._reason(exc))], row)
-        from catalog.read import conform
 
         return fill_keys(conform(result, stage.output_schema()), row, stage.level)
 
@@ -149,7 +155,7 @@ class StageWorker:
         """A row the stage splits into several parts (a long video's scene windows): each part
         a Ray task (in parallel, anywhere in the cluster; this worker's CPU is lent out while
         it waits), then `combine` here. None when the row is one piece."""
-        import ray
+        import ray  # heavy: loaded on use
 
         record = row.to_pylist()[0]
         parts = stage.parts(record)
@@ -166,7 +172,7 @@ class StageWorker:
     def _reason(self, exc: Exception) -> str:
         """The row's error: a part's own exception as itself, a part whose worker died on every
         attempt as the crash error."""
-        import ray.exceptions
+        import ray.exceptions  # heavy: loaded on use
 
         if isinstance(exc, ray.exceptions.WorkerCrashedError):
             return f"{CRASH_ERROR} ({self.max_attempts} attempts)"
@@ -199,7 +205,7 @@ _PART_STAGES: dict[tuple, Stage] = {}
 def staging_sink(level: str, staging: Path):
     """A Ray Data sink that writes each stage's packed outputs as Parquet parts under the staging
     area; on the driver it keeps each stage's busy seconds (`busy`)."""
-    from ray.data import Datasink
+    from ray.data import Datasink  # heavy: loaded on use
 
     class StagingSink(Datasink):
         busy: dict[str, float] = {}

@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
+from catalog.schema import stage_output
 from pipeline.models.registry import ModelSpec, weights_checksum
 
 log = logging.getLogger(__name__)
@@ -125,8 +126,6 @@ class Stage:
         raise NotImplementedError(f"{type(self).__name__} offers no parts")
 
     def output_schema(self) -> pa.Schema:
-        from catalog.schema import stage_output
-
         return stage_output(self.covers(), self.level)
 
     def process(self, batch: pa.Table) -> pa.Table:

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from pipeline.models.emotion import facex, fer, hsemotion
 from pipeline.models.registry import ModelSpec
 
 EMOTION_BACKENDS = ("fer", "facex", "hsemotion")
@@ -29,15 +30,10 @@ class EmotionModel(Protocol):
 
 
 def _backend_module(backend: str):
-    if backend == "fer":
-        from pipeline.models.emotion import fer as mod
-    elif backend == "facex":
-        from pipeline.models.emotion import facex as mod
-    elif backend == "hsemotion":
-        from pipeline.models.emotion import hsemotion as mod
-    else:
+    modules = {"fer": fer, "facex": facex, "hsemotion": hsemotion}
+    if backend not in modules:
         raise ValueError(f"emotion backend must be one of {EMOTION_BACKENDS}, got {backend!r}")
-    return mod
+    return modules[backend]
 
 
 def backend_names(backend: str) -> list[str]:
@@ -99,7 +95,7 @@ def crop_faces(frames: np.ndarray, landmarks: np.ndarray | None, margin: float,
                size: int = 128) -> np.ndarray:
     """uint8[T,S,S,3] crops + float[T,68,2] landmarks (NaN = unknown) -> uint8[T,size,size,3]
     faces; frames without landmarks are used whole. Out-of-frame parts replicate the border."""
-    import cv2
+    import cv2  # heavy: loaded on use
 
     out = np.empty((len(frames), size, size, 3), np.uint8)
     for i, frame in enumerate(frames):

@@ -17,6 +17,7 @@ import numpy as np
 
 from pipeline.models.emotion.fer import FER_CLASSES
 from pipeline.models.registry import ModelSpec, register, resolve
+from pipeline.models.tflite_float import dequantized_model
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,7 @@ class FacexEmotion:
     spec = SPEC
 
     def __init__(self, num_threads: int = 1, quantized: bool = False):
-        from ai_edge_litert.interpreter import Interpreter
-
-        from pipeline.models.tflite_float import dequantized_model
+        from ai_edge_litert.interpreter import Interpreter  # heavy: loaded on use
 
         path = str(resolve(SPEC))
         if quantized:
@@ -64,7 +63,7 @@ class FacexEmotion:
                              f"got {shape} -> {tuple(self.out['shape'])}")
 
     def __call__(self, faces: np.ndarray) -> np.ndarray:
-        import cv2
+        import cv2  # heavy: loaded on use
 
         probs = np.empty((len(faces), len(FER_CLASSES)), np.float32)
         for i, face in enumerate(faces):

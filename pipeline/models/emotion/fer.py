@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.models.registry import ModelSpec, register, resolve
+from pipeline.models.tflite_float import with_conv_weights
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +52,10 @@ def _same_pad(size: int, kernel: int, stride: int) -> tuple[int, int]:
 def build_keras_graph(h5_path: str):
     """A torch nn.Module equivalent to the Keras functional model in `h5_path` (eval mode).
     forward: float[N,1,H,W] (NCHW, already scaled) -> float[N,classes] probabilities."""
-    import h5py
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
+    import h5py  # heavy: loaded on use
+    import torch  # heavy: loaded on use
+    import torch.nn.functional as F  # heavy: loaded on use
+    from torch import nn  # heavy: loaded on use
 
     class KerasGraph(nn.Module):
         def __init__(self, layers: list[dict], weights: dict[str, list[np.ndarray]],
@@ -145,7 +146,7 @@ def folded_kernels(h5_path: str) -> list[tuple[np.ndarray, np.ndarray]]:
     channel, bias (b - m) * g / sqrt(v + eps) + beta), float64. Layouts: Conv2D kernel [O,KH,KW,I];
     a SeparableConv2D gives its depthwise kernel [1,KH,KW,C] (zero bias) and its pointwise
     kernel [O,1,1,C]."""
-    import h5py
+    import h5py  # heavy: loaded on use
 
     def arrays(group, name: str) -> dict[str, np.ndarray]:
         names = [n.decode() if isinstance(n, bytes) else n
@@ -194,7 +195,7 @@ def _to_torch_layout(kind: str, name: str, arr: np.ndarray) -> np.ndarray:
 def preprocess(faces: np.ndarray) -> np.ndarray:
     """uint8[N,H,W,3] RGB face crops -> float32[N,1,64,64] gray scaled to [-1, 1] (fer's input).
     Gray uses OpenCV's BGR2GRAY weights (as fer does) and area/linear resizing."""
-    import cv2
+    import cv2  # heavy: loaded on use
 
     out = np.empty((len(faces), 1, INPUT_SIZE, INPUT_SIZE), np.float32)
     for i, face in enumerate(faces):
@@ -222,9 +223,7 @@ class FerEmotion:
             self.model = build_keras_graph(h5)
             self._torch = torch
             return
-        from ai_edge_litert.interpreter import Interpreter
-
-        from pipeline.models.tflite_float import with_conv_weights
+        from ai_edge_litert.interpreter import Interpreter  # heavy: loaded on use
 
         graph = resolve(SPEC, "data/emotion_model_quantized.tflite")
         self.interp = Interpreter(model_content=with_conv_weights(graph, folded_kernels(h5)),
@@ -259,7 +258,7 @@ class FerEmotion:
 def tflite_predict(x: np.ndarray) -> np.ndarray:
     """fer's shipped quantized tflite (via ai-edge-litert) on float32[N,1,64,64] -> float32[N,7];
     the reference the torch port is checked against."""
-    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.interpreter import Interpreter  # heavy: loaded on use
 
     interp = Interpreter(model_path=str(resolve(SPEC, "data/emotion_model_quantized.tflite")))
     interp.allocate_tensors()

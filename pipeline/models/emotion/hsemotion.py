@@ -42,7 +42,7 @@ class HSEmotion:
     spec = SPEC
 
     def __init__(self, path: str | None = None, batch_size: int = 16, num_threads: int = 1):
-        import onnxruntime as ort
+        import onnxruntime as ort  # heavy: loaded on use
 
         self.path = str(path or resolve(SPEC, MODEL_FILE))
         options = ort.SessionOptions()
@@ -60,7 +60,7 @@ class HSEmotion:
 
     def preprocess(self, faces: np.ndarray) -> np.ndarray:
         """uint8[N,H,W,3] RGB -> float32[N,3,S,S] normalized."""
-        import cv2
+        import cv2  # heavy: loaded on use
 
         out = np.empty((len(faces), 3, self.size, self.size), np.float32)
         for i, face in enumerate(faces):

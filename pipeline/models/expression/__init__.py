@@ -13,6 +13,9 @@ from typing import Protocol
 
 import numpy as np
 
+from pipeline.models.expression import deca
+from pipeline.models.expression import fit_3dmm as expression_3dmm
+from pipeline.models.expression.deca import DecaEncoder
 from pipeline.models.registry import ModelSpec
 
 EXPRESSION_BACKENDS = ("3dmm", "deca")
@@ -46,8 +49,6 @@ class Landmark3DMM:
 
     def __init__(self, fit_iterations: int = 12, landmark_noise: float = 0.03,
                  contour_weight: float = 0.5):
-        from pipeline.models.expression import fit_3dmm as expression_3dmm
-
         self.module = expression_3dmm
         self.fit_config = expression_3dmm.FitConfig(
             iterations=fit_iterations, landmark_noise=landmark_noise, contour_weight=contour_weight)
@@ -65,8 +66,6 @@ class DecaBackend:
     name = "deca"
 
     def __init__(self, batch_size: int = 32, device: str = "cpu"):
-        from pipeline.models.expression.deca import DecaEncoder
-
         self.model = DecaEncoder.from_model_root(device=device)
         self.batch_size = batch_size
         self.dim = self.model.n_exp
@@ -79,12 +78,10 @@ class DecaBackend:
 def expression_spec(backend: str) -> ModelSpec:
     """The weights `backend` loads."""
     if backend == "3dmm":
-        from pipeline.models.expression.fit_3dmm import SPEC
-    elif backend == "deca":
-        from pipeline.models.expression.deca import SPEC
-    else:
-        raise ValueError(f"expression backend must be one of {EXPRESSION_BACKENDS}, got {backend!r}")
-    return SPEC
+        return expression_3dmm.SPEC
+    if backend == "deca":
+        return deca.SPEC
+    raise ValueError(f"expression backend must be one of {EXPRESSION_BACKENDS}, got {backend!r}")
 
 
 def load_expression(backend: str = "3dmm", *, fit_iterations: int = 12,

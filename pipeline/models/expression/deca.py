@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.models.expression.flame import build_flame, load_flame_pkl
 from pipeline.models.registry import ModelSpec, register, resolve
+from pipeline.models.resnet import build_resnet, infer_resnet_config
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +51,7 @@ def split_codes(codes: np.ndarray) -> dict[str, np.ndarray]:
 
 def deca_crop(image: np.ndarray, landmarks: np.ndarray, scale: float = 1.25) -> np.ndarray:
     """uint8[H,W,3] RGB + float[68,2] px -> float32[224,224,3] in [0,1], DECA's landmark crop."""
-    import cv2
+    import cv2  # heavy: loaded on use
 
     left, top = landmarks.min(0)
     right, bottom = landmarks.max(0)
@@ -66,11 +68,8 @@ class DecaEncoder:
     """DECA's coarse encoder and FLAME. encode: float32[N,3,224,224] in [0,1] -> dict of codes."""
 
     def __init__(self, checkpoint: dict, flame_model: dict | None, device: str = "cpu"):
-        import torch
-        from torch import nn
-
-        from pipeline.models.expression.flame import build_flame
-        from pipeline.models.resnet import build_resnet, infer_resnet_config
+        import torch  # heavy: loaded on use
+        from torch import nn  # heavy: loaded on use
 
         state = checkpoint.get("E_flame") if isinstance(checkpoint, dict) else None
         if state is None:
@@ -94,9 +93,7 @@ class DecaEncoder:
 
     @classmethod
     def from_model_root(cls, device: str = "cpu", with_flame: bool = True) -> DecaEncoder:
-        import torch
-
-        from pipeline.models.expression.flame import load_flame_pkl
+        import torch  # heavy: loaded on use
 
         ckpt = torch.load(resolve(SPEC, "deca_model.tar"), map_location="cpu", weights_only=False)
         flame = load_flame_pkl(resolve(SPEC, "generic_model.pkl")) if with_flame else None

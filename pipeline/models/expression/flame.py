@@ -69,8 +69,8 @@ def load_flame_pkl(path: str | Path) -> dict[str, np.ndarray]:
 def build_flame(model: dict[str, np.ndarray], n_shape: int = 100, n_exp: int = 50) -> Any:
     """A torch FLAME layer. forward(shape float[B,n_shape], exp float[B,n_exp], pose float[B,6]
     (global axis-angle 3, jaw 3), eye_pose float[B,6] or None) -> vertices float[B,V,3] (metres)."""
-    import torch
-    from torch import nn
+    import torch  # heavy: loaded on use
+    from torch import nn  # heavy: loaded on use
 
     if model["shapedirs"].shape[2] < SHAPE_COMPONENTS + n_exp or n_shape > SHAPE_COMPONENTS:
         raise ValueError(f"FLAME shapedirs {model['shapedirs'].shape} cannot give {n_shape} shape "
@@ -119,7 +119,7 @@ def build_flame(model: dict[str, np.ndarray], n_shape: int = 100, n_exp: int = 5
 
 def rodrigues(rot_vecs):
     """float[N,3] axis-angle -> float[N,3,3] (as smplx: angle of rot_vecs + 1e-8)."""
-    import torch
+    import torch  # heavy: loaded on use
 
     angle = torch.norm(rot_vecs + 1e-8, dim=1, keepdim=True)
     axis = rot_vecs / angle
@@ -133,7 +133,7 @@ def rodrigues(rot_vecs):
 
 def rigid_transforms(rots, joints, parents: list[int]):
     """Per-joint skinning transforms float[B,J,4,4] (world transform times inverse rest pose)."""
-    import torch
+    import torch  # heavy: loaded on use
 
     B, J = joints.shape[:2]
     rel = joints.clone()

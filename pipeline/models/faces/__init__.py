@@ -3,12 +3,14 @@ identity embedder) and their factories `load_face_backend` and `load_identity`.
 
 Coordinates are source-image pixels (x right, y down). A FaceBackend bundles the three parts,
 built from the backend modules of this package (heavy imports happen in their constructors). The
-types live in faces/types.py, which the backends import; this module imports a backend only when
-it is chosen.
+types live in faces/types.py, which the backends import.
 """
 
 from __future__ import annotations
 
+from pipeline.models.faces.insightface import InsightfaceFaces
+from pipeline.models.faces.mediapipe import MediapipeFaces
+from pipeline.models.faces.mtcnn import MtcnnFaces
 from pipeline.models.faces.types import (
     Detection,
     FaceBackend,
@@ -17,6 +19,8 @@ from pipeline.models.faces.types import (
     IdentityEmbedder,
     Landmarks,
 )
+from pipeline.models.identity.arcface import ArcFaceIdentity
+from pipeline.models.identity.dlib import DlibIdentity
 
 __all__ = [
     "Detection",
@@ -39,12 +43,8 @@ def load_identity(name: str = "dlib", threads: int = 1) -> IdentityEmbedder:
     under the model root, 512-d). `embed(image uint8[H,W,3] RGB, points68 float32[68,2] source
     px) -> float32[dim]`, L2-normalized; compare with `pipeline.models.thresholds.IDENTITY_DISTANCE`."""
     if name == "dlib":
-        from pipeline.models.identity.dlib import DlibIdentity
-
         return DlibIdentity(threads=threads)
     if name == "arcface":
-        from pipeline.models.identity.arcface import ArcFaceIdentity
-
         return ArcFaceIdentity(threads=threads)
     raise ValueError(f"unknown identity backend {name!r}; expected one of {IDENTITY_BACKENDS}")
 
@@ -54,16 +54,10 @@ def load_face_backend(name: str = "mediapipe", identity: str = "dlib", threads: 
     (bundled), "insightface" (reference buffalo_l under the model root); `identity` names the
     embedder (`load_identity`)."""
     if name == "mediapipe":
-        from pipeline.models.faces.mediapipe import MediapipeFaces
-
         det = lmk = MediapipeFaces(threads=threads)
     elif name == "mtcnn":
-        from pipeline.models.faces.mtcnn import MtcnnFaces
-
         det = lmk = MtcnnFaces(threads=threads)
     elif name == "insightface":
-        from pipeline.models.faces.insightface import InsightfaceFaces
-
         det = lmk = InsightfaceFaces(threads=threads)
     else:
         raise ValueError(f"unknown faces backend {name!r}; expected one of {FACE_BACKENDS}")

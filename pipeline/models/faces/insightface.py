@@ -21,10 +21,11 @@ from pipeline.models.geometry import (
     apply_affine,
     face_box_from_68,
     invert_affine,
+    iou_matrix,
     nms,
     square_affine,
 )
-from pipeline.models.onnx_session import graph_normalizes_input
+from pipeline.models.onnx_session import graph_normalizes_input, ort_session
 from pipeline.models.registry import ModelSpec, register, resolve
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,6 @@ class Scrfd:
 
     def __init__(self, path, threads: int = 1, providers=None, score_threshold: float = 0.5,
                  nms_threshold: float = 0.4):
-        from pipeline.models.onnx_session import ort_session
-
         self.session = ort_session(path, threads, providers)
         self.input_name = self.session.get_inputs()[0].name
         n = len(self.session.get_outputs())
@@ -103,7 +102,7 @@ class Scrfd:
                threshold: float | None = None) -> list[Detection]:
         """image: uint8[H,W,3] RGB, letterboxed (top-left) into size x size -> faces after NMS,
         best first, in image pixels."""
-        import cv2
+        import cv2  # heavy: loaded on use
 
         h, w = image.shape[:2]
         scale = min(size / h, size / w)
@@ -123,8 +122,6 @@ class LandmarkNet:
     68 x 3 values are the iBUG 68 points) on a 192 px crop 1.5x the face box."""
 
     def __init__(self, path, threads: int = 1, providers=None):
-        from pipeline.models.onnx_session import ort_session
-
         self.session = ort_session(path, threads, providers)
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
@@ -137,7 +134,7 @@ class LandmarkNet:
     def points(self, image: np.ndarray, box: np.ndarray, count: int | None = None) -> np.ndarray:
         """image: uint8[H,W,3] RGB, box float[4] source px -> float32[K,dim] source px (z, when
         present, in source px scale); count: keep the last `count` points (68 for 1k3d68)."""
-        import cv2
+        import cv2  # heavy: loaded on use
 
         x0, y0, x1, y1 = (float(v) for v in box)
         side = max(x1 - x0, y1 - y0) * LANDMARK_CONTEXT
@@ -174,9 +171,7 @@ class InsightfaceFaces:
     def rescore(self, image: np.ndarray, box: np.ndarray) -> tuple[float, np.ndarray]:
         """SCRFD on the region LOCAL_CONTEXT x the box -> (best score of a face centred inside
         `box`, 0 if none; that face's box when it overlaps `box` by IoU >= 0.5, else `box`)."""
-        import cv2
-
-        from pipeline.models.geometry import iou_matrix
+        import cv2  # heavy: loaded on use
 
         x0, y0, x1, y1 = (float(v) for v in box)
         side = max(x1 - x0, y1 - y0) * LOCAL_CONTEXT

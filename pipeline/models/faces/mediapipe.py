@@ -13,8 +13,14 @@ import math
 
 import numpy as np
 
-from pipeline.models.geometry import MESH_TO_68, apply_affine, invert_affine, square_affine
 from pipeline.models.faces.types import Detection, Landmarks
+from pipeline.models.geometry import (
+    MESH_TO_68,
+    apply_affine,
+    invert_affine,
+    iou_matrix,
+    square_affine,
+)
 from pipeline.models.registry import ModelSpec, register, resolve
 
 log = logging.getLogger(__name__)
@@ -45,7 +51,7 @@ class _Tflite:
     input, get the unbatched outputs in the model's order."""
 
     def __init__(self, path, threads: int):
-        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_litert.interpreter import Interpreter  # heavy: loaded on use
 
         self.interp = Interpreter(model_path=str(path), num_threads=threads)
         self.interp.allocate_tensors()
@@ -81,8 +87,6 @@ def _sigmoid_scalar(x: float) -> float:
 def weighted_nms(boxes: np.ndarray, scores: np.ndarray, kps: np.ndarray, iou_thr: float = 0.3):
     """BlazeFace's blending suppression: overlapping candidates are averaged, weighted by score.
     boxes float[N,4], scores float[N], kps float[N,K,2] -> list of (box, score, kps)."""
-    from pipeline.models.geometry import iou_matrix
-
     order = np.argsort(-scores)
     boxes, scores, kps = boxes[order], scores[order], kps[order]
     remaining = np.ones(len(boxes), bool)
@@ -116,7 +120,7 @@ class MediapipeFaces:
 
     def detect(self, image: np.ndarray) -> list[Detection]:
         """image: uint8[H,W,3] RGB -> faces (score >= min_score), best first."""
-        import cv2
+        import cv2  # heavy: loaded on use
 
         h, w = image.shape[:2]
         scale = DET_SIZE / max(h, w)
@@ -149,7 +153,7 @@ class MediapipeFaces:
                   prev: Landmarks | None = None, mesh: bool = False) -> Landmarks:
         """Mesh on the rotated square around the face (from the previous mesh when following, from
         the detection otherwise). Returns 68 points, presence and the mesh in source pixels."""
-        import cv2
+        import cv2  # heavy: loaded on use
 
         if prev is not None and prev.mesh is not None:
             # the previous mesh's bounding box in the face's upright frame (along and across
@@ -187,7 +191,7 @@ class MediapipeFaces:
 
     def _irises(self, image: np.ndarray, pts: np.ndarray) -> np.ndarray:
         """float32[10,3]: 5 iris points (centre first) per eye, image-left eye first."""
-        import cv2
+        import cv2  # heavy: loaded on use
 
         out = []
         for outer, inner, flip in EYE_CORNERS:

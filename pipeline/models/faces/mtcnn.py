@@ -19,6 +19,8 @@ import numpy as np
 
 from pipeline.models.faces.types import Detection, Landmarks
 from pipeline.models.geometry import nms
+from pipeline.models.identity.dlib import DlibLandmarker
+from pipeline.models.onnx_session import ort_session
 from pipeline.models.registry import ModelSpec, register, resolve
 
 log = logging.getLogger(__name__)
@@ -62,7 +64,7 @@ def regress(boxes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 def patches(image: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
     """Cut square boxes float[N,4] (zero outside the image) and resize -> float32[N,size,size,3]
     in the networks' layout (width first) and scale."""
-    import cv2
+    import cv2  # heavy: loaded on use
 
     h, w = image.shape[:2]
     out = np.empty((len(boxes), size, size, 3), np.float32)
@@ -86,8 +88,6 @@ class MtcnnDetector:
     def __init__(self, threads: int = 1, min_face: float = 20.0,
                  thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7), factor: float = 0.709,
                  providers=None):
-        from pipeline.models.onnx_session import ort_session
-
         self.pnet, self.rnet, self.onet = (ort_session(resolve(SPEC, name), threads, providers)
                                            for name in SPEC.files)
         self.min_face, self.thresholds, self.factor = float(min_face), thresholds, factor
@@ -112,7 +112,7 @@ class MtcnnDetector:
 
     def proposals(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Stage 1 (P-Net over the pyramid) -> (square boxes float[N,4] source px, scores)."""
-        import cv2
+        import cv2  # heavy: loaded on use
 
         h, w = image.shape[:2]
         all_boxes, all_offsets, all_scores = [np.zeros((0, 4))], [np.zeros((0, 4))], [np.zeros(0)]
@@ -192,8 +192,6 @@ class MtcnnFaces:
     FaceLandmarker)."""
 
     def __init__(self, threads: int = 1, min_face: float = 20.0, providers=None):
-        from pipeline.models.identity.dlib import DlibLandmarker
-
         self.mtcnn = MtcnnDetector(threads=threads, min_face=min_face, providers=providers)
         self.dlib = DlibLandmarker()
 

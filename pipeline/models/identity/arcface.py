@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.models.onnx_session import graph_normalizes_input, ort_session
 from pipeline.models.registry import ModelSpec, register, resolve
 
 SPEC = register(ModelSpec(
@@ -52,7 +53,7 @@ def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 
 def align(image: np.ndarray, points68: np.ndarray) -> np.ndarray:
     """uint8[H,W,3] RGB + float[68,2] landmarks -> uint8[112,112,3] ArcFace-aligned face."""
-    import cv2
+    import cv2  # heavy: loaded on use
 
     m = similarity(five_points(points68), TEMPLATE)
     return cv2.warpAffine(np.ascontiguousarray(image), m, (ALIGNED, ALIGNED),
@@ -66,9 +67,6 @@ class ArcFaceIdentity:
     dim = 512
 
     def __init__(self, threads: int = 1, providers="auto"):
-        from pipeline.models.onnx_session import graph_normalizes_input
-        from pipeline.models.onnx_session import ort_session
-
         path = resolve(SPEC)
         self.session = ort_session(path, threads, providers)
         self.input_name = self.session.get_inputs()[0].name

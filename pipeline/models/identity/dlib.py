@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.models.identity.dlib_resnet import embed_chips, load_dlib_resnet
 from pipeline.models.registry import ModelSpec, register, resolve
 
 IDENTITY_SPEC = register(ModelSpec(
@@ -40,15 +41,11 @@ class DlibIdentity:
     dim = 128
 
     def __init__(self, threads: int = 1):
-        from pipeline.models.identity.dlib_resnet import load_dlib_resnet
-
         self.net = load_dlib_resnet(resolve(IDENTITY_SPEC), threads=max(1, threads))
 
     def embed(self, image: np.ndarray, points68: np.ndarray) -> np.ndarray:
         """image: uint8[H,W,3] RGB, points68: float32[68,2] source px -> float32[128], L2-normed."""
-        import dlib
-
-        from pipeline.models.identity.dlib_resnet import embed_chips
+        import dlib  # heavy: loaded on use
 
         pts = np.asarray(points68, np.float64)
         x0, y0 = pts.min(0)
@@ -65,13 +62,13 @@ class DlibLandmarker:
     """dlib's 68-point shape predictor on a face box (used by the MTCNN backend)."""
 
     def __init__(self):
-        import dlib
+        import dlib  # heavy: loaded on use
 
         self.predictor = dlib.shape_predictor(str(resolve(LANDMARKS68_SPEC)))
 
     def points(self, image: np.ndarray, box: np.ndarray) -> np.ndarray:
         """image: uint8[H,W,3] RGB (or gray), box: float[4] -> float32[68,2] source px."""
-        import dlib
+        import dlib  # heavy: loaded on use
 
         x0, y0, x1, y1 = [round(float(v)) for v in box]
         shape = self.predictor(np.ascontiguousarray(image), dlib.rectangle(x0, y0, x1, y1))

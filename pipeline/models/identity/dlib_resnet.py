@@ -58,12 +58,20 @@ within 1e-6.
 
 from __future__ import annotations
 
+import fcntl
+import io
 import math
+import os
+import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from pipeline.models.onnx_session import ort_session
+from pipeline.models.registry import cache_root
 
 CHIP_SIZE = 150
 DESCRIPTOR_DIM = 128
@@ -323,7 +331,7 @@ def parse_dlib_resnet(path: str | Path) -> DlibResNetWeights:
 
 def _fold(conv: dict[str, Any], affine: tuple[np.ndarray, np.ndarray]) -> tuple[Any, Any]:
     """affine(con(x)) as a single convolution: weight * gamma, bias * gamma + beta."""
-    import torch
+    import torch  # heavy: loaded on use
 
     gamma, beta = (a.astype(np.float64) for a in affine)
     weight = conv["weight"].astype(np.float64) * gamma[:, None, None, None]
@@ -334,9 +342,9 @@ def _fold(conv: dict[str, Any], affine: tuple[np.ndarray, np.ndarray]) -> tuple[
 def build_dlib_resnet(weights: DlibResNetWeights) -> Any:
     """The torch module (eval mode, float32, CPU, channels_last) for parsed
     weights. forward: float32[N,3,150,150] RGB pixel values in 0..255 -> float32[N,128]."""
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
+    import torch  # heavy: loaded on use
+    import torch.nn.functional as F  # heavy: loaded on use
+    from torch import nn  # heavy: loaded on use
 
     def conv(i: int) -> nn.Conv2d:
         c = weights.convs[i]
@@ -400,10 +408,7 @@ ENGINES = ("onnxruntime", "torch")
 def export_onnx(module: Any) -> bytes:
     """The torch module (see build_dlib_resnet) as an ONNX model with a dynamic batch axis:
     input "chips" float32[N,3,150,150], output "descriptors" float32[N,128]."""
-    import io
-    import warnings
-
-    import torch
+    import torch  # heavy: loaded on use
 
     buffer = io.BytesIO()
     example = torch.zeros(1, 3, CHIP_SIZE, CHIP_SIZE)
@@ -432,8 +437,6 @@ class DescriptorNet:
     @classmethod
     def from_onnx(cls, data: bytes, threads: int = 1) -> DescriptorNet:
         """The network from its ONNX export (see export_onnx), on onnxruntime."""
-        from pipeline.models.onnx_session import ort_session
-
         net = cls.__new__(cls)
         net.engine, net.module, net.session = "onnxruntime", None, ort_session(data, threads)
         return net
@@ -441,7 +444,7 @@ class DescriptorNet:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self.session is not None:
             return self.session.run(None, {"chips": x})[0]
-        import torch
+        import torch  # heavy: loaded on use
 
         with torch.inference_mode():
             return self.module(torch.from_numpy(x)).numpy()
@@ -463,12 +466,6 @@ def cached_onnx(path: str | Path) -> bytes:
     """The ONNX export of the network in dlib's weight file `path`, kept in
     $EMOFORGE_CACHE/dlib/ (keyed by the file's size and mtime and the export version; written
     atomically under a lock). An unwritable cache still returns the bytes."""
-    import fcntl
-    import os
-    import tempfile
-
-    from pipeline.models.registry import cache_root
-
     st = Path(path).stat()
     folder = cache_root() / "dlib"
     target = folder / f"resnet-{st.st_size}-{st.st_mtime_ns}-v{ONNX_EXPORT_VERSION}.onnx"

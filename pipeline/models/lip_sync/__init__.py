@@ -16,6 +16,9 @@ from typing import Protocol
 
 import numpy as np
 
+from pipeline.models.lip_sync.av_sync import av_sync
+from pipeline.models.lip_sync.syncnet import SYNCNET, load_syncnet
+from pipeline.models.lip_sync.syncnet_offsets import SyncNetScorer
 from pipeline.models.registry import ModelSpec
 
 LIP_SYNC_BACKENDS = ("av_corr", "syncnet")
@@ -54,8 +57,6 @@ class AvCorrScorer:
 
     def score(self, frames: np.ndarray, audio: np.ndarray,
               mouth_open: np.ndarray | None = None) -> SyncMeasurement:
-        from pipeline.models.lip_sync.av_sync import av_sync
-
         if mouth_open is None:
             raise ValueError("av_corr lip sync needs mouth_open float[T] (pipeline.models.geometry"
                              ".mouth_open of each frame's 68 landmarks)")
@@ -69,9 +70,6 @@ class SyncNetLipSync:
     name = "syncnet"
 
     def __init__(self, max_offset_frames: int = 15, device: str = "cpu", batch_size: int = 20):
-        from pipeline.models.lip_sync.syncnet_offsets import SyncNetScorer
-        from pipeline.models.lip_sync.syncnet import load_syncnet
-
         self.scorer = SyncNetScorer(load_syncnet(device=device), device, batch_size, max_offset_frames)
 
     def score(self, frames: np.ndarray, audio: np.ndarray,
@@ -84,8 +82,6 @@ def lip_sync_specs(backend: str) -> list[ModelSpec]:
     """The weights `backend` loads (none for av_corr)."""
     check_backend(backend)
     if backend == "syncnet":
-        from pipeline.models.lip_sync.syncnet import SYNCNET
-
         return [SYNCNET]
     return []
 

@@ -61,7 +61,7 @@ _LIP_PLAN = [
 
 def _tower(plan: list[tuple], dims: int):
     """A conv tower: every conv is followed by batch norm and ReLU; pools as planned."""
-    from torch import nn
+    from torch import nn  # heavy: loaded on use
 
     conv = nn.Conv2d if dims == 2 else nn.Conv3d
     norm = nn.BatchNorm2d if dims == 2 else nn.BatchNorm3d
@@ -78,7 +78,7 @@ def _tower(plan: list[tuple], dims: int):
 
 
 def _head(embed: int):
-    from torch import nn
+    from torch import nn  # heavy: loaded on use
 
     return nn.Sequential(nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Linear(512, embed))
 
@@ -86,7 +86,7 @@ def _head(embed: int):
 def build_syncnet(embed: int = 1024):
     """The SyncNet `S` network with syncnet_python's parameter names (netcnnaud, netfcaud,
     netcnnlip, netfclip), so its state dicts load unchanged."""
-    from torch import nn
+    from torch import nn  # heavy: loaded on use
 
     class SyncNet(nn.Module):
         def __init__(self) -> None:
@@ -110,7 +110,7 @@ def build_syncnet(embed: int = 1024):
 def load_syncnet(path: Path | str | None = None, device: str = "cpu"):
     """SyncNet in eval mode with weights from `path` (default: the model root's
     syncnet_v2.model). Every parameter and buffer of the file must match the architecture."""
-    import torch
+    import torch  # heavy: loaded on use
 
     path = Path(path) if path is not None else resolve(SYNCNET)
     state = torch.load(str(path), map_location="cpu", weights_only=True)

@@ -51,7 +51,7 @@ def mfcc_windows(audio: np.ndarray, count: int) -> np.ndarray:
 
 def resized_bgr(frames: np.ndarray) -> np.ndarray:
     """uint8[T,S,S,3] RGB crops -> uint8[T,224,224,3] BGR (kept as bytes: 150 KB a frame)."""
-    import cv2
+    import cv2  # heavy: loaded on use
 
     interp = cv2.INTER_AREA if frames.shape[1] > CROP else cv2.INTER_LINEAR
     return np.stack([cv2.resize(f, (CROP, CROP), interpolation=interp) for f in frames])[..., ::-1]
@@ -66,7 +66,7 @@ def offset_search(
     video_emb: np.ndarray, audio_emb: np.ndarray, vshift: int = 15, num_frames: int | None = None
 ) -> DistanceSync:
     """syncnet_python's calc_pdist + offset/confidence on float[W,D] embeddings."""
-    from scipy.signal import medfilt
+    from scipy.signal import medfilt  # heavy: loaded on use
 
     w = len(video_emb)
     padded = np.concatenate(
@@ -100,7 +100,7 @@ class SyncNetScorer:
 
     def embeddings(self, frames: np.ndarray, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(float32[W,1024] video, float32[W,1024] audio) embeddings of a track."""
-        import torch
+        import torch  # heavy: loaded on use
 
         count = window_count(len(frames), len(audio))
         if count <= 0:

@@ -14,6 +14,11 @@ import numpy as np
 
 from catalog.contract import AUDIO_RATE, CROP_FPS
 from pipeline.models.registry import ModelSpec
+from pipeline.models.speech.vad_silero import SILERO, SileroVad
+from pipeline.models.speech.whisper_bundled import load_whisper, specs_for
+from pipeline.models.speech.whisper_ct2 import Ct2Whisper
+from pipeline.models.speech.whisper_encoder import load_encoder as load
+from pipeline.models.speech.whisper_encoder import log_mel, pad_or_trim
 
 WHISPER_WINDOW_S = 30.0
 WHISPER_FRAMES_PER_S = 50  # encoder output rate (two per 25 fps frame)
@@ -21,38 +26,28 @@ WHISPER_FRAMES_PER_S = 50  # encoder output rate (two per 25 fps frame)
 
 def speech_specs(backend: str = "whisper-base") -> list[ModelSpec]:
     """The weights the speech `backend` loads."""
-    from pipeline.models.speech.whisper_bundled import specs_for
-
     return specs_for(backend)
 
 
 def load_transcriber(compute_type: str = "int8", beam_size: int = 1):
     """The bundled Whisper base on CTranslate2 (`pipeline.models.speech.whisper_ct2.Ct2Whisper`):
     `.transcribe(states, samples)` decodes a transcript from `encoder_states`."""
-    from pipeline.models.speech.whisper_ct2 import Ct2Whisper
-
     return Ct2Whisper(compute_type=compute_type, beam_size=beam_size)
 
 
 def load_encoder(backend: str = "whisper-base", engine: str = "onnxruntime", device: str = "cpu"):
     """The backend's Whisper encoder (`pipeline.models.speech.whisper_encoder`) for `encoder_states`:
     on onnxruntime (default: no torch in the worker) or on torch (the reference)."""
-    from pipeline.models.speech.whisper_encoder import load_encoder as load
-
     return load(backend, engine, device)
 
 
 def load_speech(backend: str = "whisper-base", device: str = "cpu"):
     """A whole Whisper model (openai-whisper's `Whisper`, eval mode) on `device`, for the
     reference transcripts (`.transcribe(audio)`)."""
-    from pipeline.models.speech.whisper_bundled import load_whisper
-
     return load_whisper(backend, device)
 
 
 def vad_spec() -> ModelSpec:
-    from pipeline.models.speech.vad_silero import SILERO
-
     return SILERO
 
 
@@ -60,8 +55,6 @@ def load_vad(threshold: float = 0.5, min_speech_s: float = 0.25, min_silence_s: 
     """Silero VAD, loaded: `.segments(audio float32[N] 16 kHz) -> [(start_s, end_s), ...]`.
     threshold: speech probability of a 32 ms window; min_speech_s / min_silence_s: shortest kept
     segment / gap that splits segments."""
-    from pipeline.models.speech.vad_silero import SileroVad
-
     return SileroVad(threshold, min_speech_s, min_silence_s).load()
 
 
@@ -70,8 +63,6 @@ def encoder_states(encoder, audio: np.ndarray, frames: int) -> np.ndarray:
     16 kHz audio, one 30 s window each (padded to 30 s as Whisper expects): what both the audio
     features (`pool_features`) and a transcript (`pipeline.models.speech.whisper_ct2`) are made from.
     `encoder`: from `load_encoder`."""
-    from pipeline.models.speech.whisper_encoder import log_mel, pad_or_trim
-
     per_window = int(WHISPER_WINDOW_S * CROP_FPS)
     states = []
     for start in range(0, max(frames, 1), per_window):

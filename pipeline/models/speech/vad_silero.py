@@ -10,6 +10,7 @@ segments on the bench's speech. engine="torch" runs the TorchScript file (the re
 from __future__ import annotations
 
 import logging
+import warnings
 
 import numpy as np
 
@@ -63,9 +64,8 @@ class SileroVad:
 
             self.model = ort_session(resolve(SILERO, "data/silero_vad_16k_sequence.onnx"))
             return self
-        import warnings
 
-        import torch
+        import torch  # heavy: loaded on use
 
         with warnings.catch_warnings():  # torch 2.x deprecates jit.load; the file is TorchScript
             warnings.simplefilter("ignore", DeprecationWarning)

@@ -210,7 +210,7 @@ def converted_checkpoint() -> Path:
     target = cache_root() / "whisper" / f"whisper-base-bundled-{stamp}.pt"
 
     def convert(tmp: Path) -> None:
-        import torch
+        import torch  # heavy: loaded on use
 
         log.info("converting bundled Whisper base (CTranslate2) into %s (once)", target)
         variables = read_ct2_model(part1.read_bytes() + part2.read_bytes())
@@ -236,7 +236,7 @@ def checkpoint_path(backend: str) -> Path:
 
 def load_whisper(backend: str = "whisper-base", device: str = "cpu"):
     """A `whisper.model.Whisper` in eval mode (float32 on CPU) for the backend."""
-    import whisper
+    import whisper  # heavy: loaded on use
 
     model = whisper.load_model(str(checkpoint_path(backend)), device=device)
     return model.float().eval() if device == "cpu" else model.eval()

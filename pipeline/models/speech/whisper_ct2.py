@@ -19,9 +19,11 @@ loaded on its own: the package's `__init__` imports torch and numba, 3 CPU-s a w
 from __future__ import annotations
 
 import fcntl
+import importlib.util
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +33,7 @@ import numpy as np
 from catalog.contract import AUDIO_RATE
 from pipeline.models.registry import cache_root, package_dir, resolve
 from pipeline.models.speech.whisper_bundled import BUNDLED, BUNDLED_PART2
+from pipeline.models.speech.whisper_encoder import log_mel, pad_or_trim
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +92,6 @@ def model_folder() -> Path:
 def whisper_tokenizer():
     """openai-whisper's multilingual transcribe tokenizer, from its `tokenizer.py` loaded as a
     module of its own (it needs only tiktoken), without running the package's `__init__`."""
-    import importlib.util
-    import sys
-
     name = "emoforge_whisper_tokenizer"
     module = sys.modules.get(name)
     if module is None:
@@ -113,7 +113,7 @@ class Ct2Whisper:
     name = "whisper-base"
 
     def __init__(self, compute_type: str = "int8", threads: int = 1, beam_size: int = 1):
-        import ctranslate2
+        import ctranslate2  # heavy: loaded on use
 
         self.model = ctranslate2.models.Whisper(str(model_folder()), device="cpu",
                                                 compute_type=compute_type, inter_threads=1,
@@ -124,9 +124,7 @@ class Ct2Whisper:
 
     def encode(self, audio: np.ndarray) -> np.ndarray:
         """float32[W,1500,512]: one encoder pass per 30 s window (the last one zero-padded)."""
-        import ctranslate2
-
-        from pipeline.models.speech.whisper_encoder import log_mel, pad_or_trim
+        import ctranslate2  # heavy: loaded on use
 
         audio = np.asarray(audio, np.float32)
         windows = max(1, -(-len(audio) // WINDOW_SAMPLES))
@@ -141,7 +139,7 @@ class Ct2Whisper:
         samples of audio whose 30 s windows' encoder states are float32[W,1500,D] `states`.
         Only `windows` (indices; None: all) are decoded, each on its own (no previous-text
         prompt); segments that start after the audio's end are dropped."""
-        import ctranslate2
+        import ctranslate2  # heavy: loaded on use
 
         chosen = sorted(range(len(states)) if windows is None else
                         (w for w in windows if 0 <= w < len(states)))

@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import functools
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from catalog.contract import AUDIO_RATE
+from pipeline.models.onnx_session import ort_session
 from pipeline.models.registry import build_once, cache_root, package_dir
+from pipeline.models.speech.whisper_bundled import checkpoint_path, load_whisper
 
 log = logging.getLogger(__name__)
 
@@ -74,19 +77,13 @@ def log_mel(audio: np.ndarray, n_mels: int = 80) -> np.ndarray:
 def encoder_onnx(backend: str) -> Path:
     """The ONNX file of the speech backend's encoder (input `mel` float32[1, n_mels, 3000],
     output `states` float32[1, 1500, D]), exported from its checkpoint once and cached."""
-    from pipeline.models.speech.whisper_bundled import checkpoint_path
-
     checkpoint = checkpoint_path(backend)
     stat = checkpoint.stat()
     target = (cache_root() / "whisper" /
               f"{checkpoint.stem}-{stat.st_size}-encoder-v{EXPORT_VERSION}.onnx")
 
     def export(tmp: Path) -> None:
-        import warnings
-
-        import torch
-
-        from pipeline.models.speech.whisper_bundled import load_whisper
+        import torch  # heavy: loaded on use
 
         log.info("exporting the %s Whisper encoder to ONNX into %s (once)", backend, target)
         model = load_whisper(backend, "cpu")
@@ -104,8 +101,6 @@ class OnnxEncoder:
     float32[1500, D]."""
 
     def __init__(self, backend: str = "whisper-base", device: str = "cpu", threads: int = 1):
-        from pipeline.models.onnx_session import ort_session
-
         self.session = ort_session(encoder_onnx(backend), threads,
                                    None if device == "cpu" else "auto")
         self.n_mels = int(self.session.get_inputs()[0].shape[1])
@@ -119,13 +114,11 @@ class TorchEncoder:
     """The same interface on openai-whisper's module (the reference engine)."""
 
     def __init__(self, backend: str = "whisper-base", device: str = "cpu"):
-        from pipeline.models.speech.whisper_bundled import load_whisper
-
         self.model = load_whisper(backend, device)
         self.n_mels = self.model.dims.n_mels
 
     def __call__(self, mel: np.ndarray) -> np.ndarray:
-        import torch
+        import torch  # heavy: loaded on use
 
         parameter = next(self.model.parameters())
         x = torch.from_numpy(np.ascontiguousarray(mel, np.float32))[None]

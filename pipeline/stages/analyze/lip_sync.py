@@ -16,9 +16,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from catalog.contract import CROP_FPS
-from pipeline.stages.analyze.base import AnalyzerResult, DecodedTrack
 from pipeline.models.lip_sync import SyncMeasurement, check_backend, lip_sync_specs, load_lip_sync
 from pipeline.models.registry import ModelSpec
+from pipeline.stages.analyze.base import AnalyzerResult, DecodedTrack
+from pipeline.stages.analyze.resync import write_resynced
 from pipeline.stages.contract import FAILED, OK, SKIPPED, StageContext, media_relpath
 
 log = logging.getLogger(__name__)
@@ -108,8 +109,6 @@ class LipSyncAnalyzer:
         return AnalyzerResult(out, {"lip_sync_frame_confidence": frame_conf})
 
     def _write_shifted(self, track: DecodedTrack, offset: int) -> str:
-        from pipeline.stages.analyze.resync import write_resynced
-
         crop = track.row.get("crop_path")
         if not crop:
             raise ValueError(f"track {track.track_id} has no crop_path to resync")

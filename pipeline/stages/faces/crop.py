@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from catalog.contract import AUDIO_RATE, CROP_FPS
+from pipeline.media import VideoFrame, VideoWriter
 from pipeline.models.geometry import (
     apply_affine,
     crop_squares,
@@ -38,7 +39,6 @@ from pipeline.models.geometry import (
     square_affine,
 )
 from pipeline.stages.faces.tracking import FaceTrack, Observation
-from pipeline.media import VideoFrame, VideoWriter
 
 LOOSE_MARGIN = 1.5
 
@@ -65,7 +65,7 @@ def loose_crop(image: np.ndarray, center: tuple[float, float], side: float,
     the square by repeating its edge pixels (as a warp's BORDER_REPLICATE does); the affine
     gives the exact position and scale of what was resized (the square's edges are placed to
     within half a px)."""
-    import cv2
+    import cv2  # heavy: loaded on use
 
     h, w = image.shape[:2]
     reduction = side / size
@@ -252,7 +252,7 @@ def crop_geometry(track: FaceTrack, spec: CropSpec, source_fps: float) -> CropGe
 
 def cut_crop(loose: LooseCrop, affine: np.ndarray, size: int) -> np.ndarray:
     """uint8[size,size,3]: the crop with `affine` (source px -> crop px) cut from a loose crop."""
-    import cv2
+    import cv2  # heavy: loaded on use
 
     full = np.vstack([affine.astype(np.float64), [0, 0, 1]])
     inv_loose = np.vstack([invert_affine(loose.affine).astype(np.float64), [0, 0, 1]])

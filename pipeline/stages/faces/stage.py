@@ -12,12 +12,13 @@ import numpy as np
 
 from catalog.contract import AUDIO_RATE, CROP_FPS
 from pipeline import media
+from pipeline.models.faces import load_face_backend
+from pipeline.models.registry import ModelSpec, get_spec
+from pipeline.models.thresholds import identity_distance
+from pipeline.stages.contract import FAILED, OK, SKIPPED, Stage, media_relpath
 from pipeline.stages.faces.crop import CropSpec, LooseCropper, crop_geometry
 from pipeline.stages.faces.rows import frame_rows, track_id, track_row
 from pipeline.stages.faces.tracking import Tracker, TrackerConfig
-from pipeline.models.registry import ModelSpec
-from pipeline.models.thresholds import identity_distance
-from pipeline.stages.contract import FAILED, OK, SKIPPED, Stage, media_relpath
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,6 @@ class FacesStage(Stage):
     num_cpus = 1.0
 
     def model_specs(self) -> list[ModelSpec]:
-        from pipeline.models.registry import get_spec
-
         cfg = self.config
         tasks = {"mediapipe": [("face_detection", "mediapipe"), ("face_landmarks", "mediapipe")],
                  "mtcnn": [("face_detection", "mtcnn"), ("face_landmarks", "dlib68")],
@@ -76,8 +75,6 @@ class FacesStage(Stage):
         return [get_spec(t, b) for t, b in tasks + [ident]]
 
     def setup(self) -> None:
-        from pipeline.models.faces import load_face_backend
-
         self.backend = load_face_backend(self.config.backend, self.config.identity, self.config.threads)
         if self.config.detect_stride > self.config.min_track_frames:
             log.warning("faces: detect_stride %d > min_track_frames %d: a face on screen for "

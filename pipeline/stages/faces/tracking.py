@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.models.geometry import face_box_from_68, iou, iou_matrix
-from pipeline.models.faces import Detection, FaceBackend, Landmarks
 from pipeline.media import VideoFrame
+from pipeline.models.faces import Detection, FaceBackend, Landmarks
+from pipeline.models.geometry import face_box_from_68, iou, iou_matrix
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ class Tracker:
         track.last, track.last_landmarks, track.missed = ob, lm, 0
 
     def _detect(self, frame: VideoFrame) -> None:
-        import cv2
+        import cv2  # heavy: loaded on use
 
         image = frame.image
         scale = 1.0
@@ -312,7 +312,7 @@ def thumbnail(image: np.ndarray, box: np.ndarray) -> np.ndarray:
     """float32[256]: the face box as a 16x16 gray patch, zero mean, unit norm (cut detection).
     Boxes larger than 64 px are point-sampled to 64x64 first, then area-averaged to 16x16 (4x4
     blocks): about 40 us instead of 150 for an area resize of the whole box."""
-    import cv2
+    import cv2  # heavy: loaded on use
 
     h, w = image.shape[:2]
     x0, y0, x1, y1 = box.tolist()

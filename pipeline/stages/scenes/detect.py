@@ -152,7 +152,7 @@ class SceneScan:
 
 def make_detector(config: ScenesConfig):
     """A fresh PySceneDetect detector with its own minimum scene length disabled."""
-    from scenedetect.detectors import AdaptiveDetector, ContentDetector
+    from scenedetect.detectors import AdaptiveDetector, ContentDetector  # heavy: loaded on use
 
     if config.detector == "adaptive":
         return AdaptiveDetector(
@@ -171,7 +171,7 @@ def _scan_range(
 
     Decoding, scaling and colour conversion run in a second thread (FFmpeg and OpenCV release
     the GIL) while this one runs the detector, as scenedetect's own decode thread does."""
-    from scenedetect.common import FrameTimecode
+    from scenedetect.common import FrameTimecode  # heavy: loaded on use
 
     detector = make_detector(config)
     rate = Fraction(fps).limit_denominator(1_000_000)  # FrameTimecode converts floats per call
@@ -199,7 +199,7 @@ def _scan_range(
 
 def _prepare(frame: VideoFrame) -> tuple[float, int, float, np.ndarray]:
     """(pts s, frame number, mean RGB level 0-255, uint8[H,W,3] BGR) of a decoded frame."""
-    import cv2
+    import cv2  # heavy: loaded on use
 
     bgr = cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR)
     mean = cv2.mean(bgr)

@@ -7,9 +7,18 @@ import logging
 import time
 from typing import ClassVar
 
-from pipeline.stages.scenes.detect import (ClipSpan, ScenesConfig, Window, WindowScan, plan_windows,
-                             scan_window, spans, stitch)
 from pipeline.stages.contract import OK, Stage
+from pipeline.stages.scenes.detect import (
+    ClipSpan,
+    ScenesConfig,
+    Window,
+    WindowScan,
+    make_detector,
+    plan_windows,
+    scan_window,
+    spans,
+    stitch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +48,6 @@ class ScenesStage(Stage):
 
     def setup(self) -> None:
         """Import the detector's libraries (cv2, scenedetect) once per worker, not per video."""
-        from pipeline.stages.scenes.detect import make_detector
-
         make_detector(self.config)
 
     def parts(self, row: dict) -> list[tuple[Window, float]]:
