@@ -288,7 +288,7 @@ def cmd_catalog(args) -> int:
         summary = assign_persons(root)
         print(json.dumps(summary, indent=1))
     elif args.action == "split":
-        from pipeline.persons.catalog_pass import split_by_person
+        from catalog.split import split_by_person
 
         summary = split_by_person(root, args.val_fraction, args.seed, args.out)
         print(json.dumps(summary, indent=1))

@@ -1,4 +1,4 @@
-"""Corpus-wide identity post-pass (`emoforge catalog persons`) and person-disjoint splits.
+"""Corpus-wide identity post-pass (`emoforge catalog persons`).
 
 Clusters every ok track's identity embedding (per embedding backend, never mixed; tracks that
 share frames of a clip never in one cluster), names each cluster by a hash of its smallest
@@ -20,7 +20,6 @@ from catalog import fs, schema
 from catalog.commits import Lease, commit_shard, read_commits
 from catalog.manifest import read_manifest, write_manifest
 from catalog.read import conform, read_table
-from catalog.split import person_split
 from pipeline.persons.cluster import THRESHOLDS, cluster_identities
 
 log = logging.getLogger(__name__)
@@ -105,20 +104,3 @@ def assign_persons(root: str | Path | fs.Root) -> dict:
     summary = {"persons": len(persons), "tracks_with_person": len(person_of)}
     log.info("persons: %d clusters over %d tracks", summary["persons"], summary["tracks_with_person"])
     return summary
-
-
-def split_by_person(root: str | Path | fs.Root, val_fraction: float = 0.1, seed: int = 0, out: str | None = None) -> dict:
-    """Person-disjoint train/val lists of ok track ids (train.txt, val.txt) by
-    `catalog.person_split` (tracks without a person_id count as their own person)."""
-    tracks = read_table(root, "tracks", columns=["track_id", "person_id", "faces_status"])
-    train, val = person_split(tracks, val_fraction, seed)
-    ok = tracks.filter(pc.equal(tracks["faces_status"], "ok"))
-    persons = {p or f"track:{t}" for t, p in zip(ok["track_id"].to_pylist(), ok["person_id"].to_pylist())}
-    val_ids = set(val)
-    val_persons = {p or f"track:{t}" for t, p in zip(ok["track_id"].to_pylist(), ok["person_id"].to_pylist())
-                   if t in val_ids}
-    folder = fs.resolve(out or root)  # the catalog itself may be on a store
-    folder.write_bytes("train.txt", "".join(t + "\n" for t in train).encode())
-    folder.write_bytes("val.txt", "".join(t + "\n" for t in val).encode())
-    return {"train_tracks": len(train), "val_tracks": len(val), "persons": len(persons),
-            "val_persons": len(val_persons), "folder": folder.uri}

@@ -9,7 +9,8 @@ from pipeline.stages.contract import Stage, config_dict
 
 
 def stage_manifest(names: list[str], stages: list[Stage]) -> dict[str, dict]:
-    """Per covered stage: its fingerprint, runner stage, version, config and models."""
+    """Per covered stage: its fingerprint, runner stage, version, config, models and what the
+    config resolves to where readers need it (the faces crop geometry)."""
     out = {}
     for name, stage in zip(names, stages):
         by_stage = stage.models_by_stage()
@@ -21,6 +22,9 @@ def stage_manifest(names: list[str], stages: list[Stage]) -> dict[str, dict]:
             ]
             out[covered] = {"fingerprint": fp, "runner_stage": name, "version": stage.version_for(covered),
                             "config": config_dict(stage.config_for(covered)), "models": models}
+            resolved = stage.resolved_for(covered)
+            if resolved:
+                out[covered]["resolved"] = resolved
     return out
 
 

@@ -32,8 +32,8 @@ from pipeline.run.plan import StageKey, in_flight, plan, wave_order, wave_size, 
 from pipeline.run.staging import remove_staging, staging_root
 from pipeline.run.waves import RunPlan, StageSummary, Wave, run_wave, run_waves
 from pipeline.stages.contract import StageContext
-from pipeline.stages.registry import load_stage_class
 from pipeline.stages.ingest import hashing
+from pipeline.stages.registry import load_stage_class
 
 # the runner's interface in one place: `runner.run(...)`, its config and result, Ray set-up
 __all__ = ["LicenseError", "RunResult", "RunnerConfig", "StageSummary", "absolute_uri",

@@ -159,6 +159,11 @@ class Stage:
     def version_for(self, stage: str) -> str:
         return self.version
 
+    def resolved_for(self, stage: str) -> dict:
+        """Settings the config implies that readers of the catalog need as resolved (the faces
+        stage's crop geometry); recorded in the manifest beside the config."""
+        return {}
+
     def fingerprints(self) -> dict[str, str]:
         """Per covered stage: hash(its config, its version, its backends' versions and weights)."""
         out = {}

@@ -24,6 +24,7 @@ import numpy as np
 
 from catalog.contract import AUDIO_RATE, CROP_FPS, SAMPLES_PER_FRAME
 from pipeline.models.lip_sync.mfcc import frame_signal
+from pipeline.models.signal import fill_gaps
 
 BAND_HZ = (300.0, 3400.0)
 FLOOR_DB = 50.0
@@ -61,20 +62,9 @@ def speech_envelope(audio: np.ndarray, frames: int, sample_rate: int = AUDIO_RAT
     return db.reshape(frames, per).mean(axis=1)
 
 
-def _fill_nan(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float64).copy()
-    bad = ~np.isfinite(x)
-    if bad.all():
-        return np.zeros_like(x)
-    if bad.any():
-        idx = np.arange(len(x))
-        x[bad] = np.interp(idx[bad], idx[~bad], x[~bad])
-    return x
-
-
 def band_limit(x: np.ndarray, fps: int = CROP_FPS) -> np.ndarray:
     """Remove the 0.6 s moving average, smooth over 3 frames, z-score (float64[T])."""
-    x = _fill_nan(x)
+    x = fill_gaps(x)
     k = max(3, round(DETREND_S * fps) | 1)
     pad = np.pad(x, k // 2, mode="edge")
     x = x - np.convolve(pad, np.ones(k) / k, mode="valid")

@@ -16,10 +16,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from pipeline.stages.analyze.base import AnalyzerResult, DecodedTrack
-from pipeline.stages.analyze.smoothing import gaussian_smooth
 from pipeline.models.emotion import backend_names, crop_faces, emotion_specs, load_emotion
 from pipeline.models.registry import ModelSpec
+from pipeline.models.signal import gaussian_smooth, interpolate
+from pipeline.stages.analyze.base import AnalyzerResult, DecodedTrack
 from pipeline.stages.contract import OK, StageContext
 
 log = logging.getLogger(__name__)
@@ -128,9 +128,9 @@ class EmotionAnalyzer:
         for model, stride in zip(members, strides):
             idx = chosen[stride]
             p, v = model.predict(faces[[row_of[int(i)] for i in idx]])
-            probs.append(_interpolate(idx, p, T))
+            probs.append(interpolate(np.arange(T), idx, p))
             if v is not None:
-                va.append(_interpolate(idx, v, T))
+                va.append(interpolate(np.arange(T), idx, v))
         return np.mean(probs, axis=0), (np.mean(va, axis=0) if va else None)
 
 
@@ -138,12 +138,3 @@ def sampled_frames(T: int, stride: int) -> np.ndarray:
     """Every `stride`-th frame index of T, and the last one (so the end is not extrapolated)."""
     idx = np.arange(0, T, stride)
     return idx if idx[-1] == T - 1 else np.append(idx, T - 1)
-
-
-def _interpolate(idx: np.ndarray, values: np.ndarray, T: int) -> np.ndarray:
-    """Values at frames `idx` (float[K,C]) -> float[T,C], linear in between, held at the ends."""
-    values = np.asarray(values, np.float64)
-    if len(idx) == T:
-        return values
-    grid = np.arange(T)
-    return np.stack([np.interp(grid, idx, values[:, c]) for c in range(values.shape[1])], 1)

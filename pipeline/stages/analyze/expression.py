@@ -13,10 +13,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from pipeline.stages.analyze.base import AnalyzerResult, DecodedTrack
-from pipeline.stages.analyze.smoothing import gaussian_smooth
 from pipeline.models.expression import expression_spec, load_expression
 from pipeline.models.registry import ModelSpec
+from pipeline.models.signal import gaussian_smooth
+from pipeline.stages.analyze.base import AnalyzerResult, DecodedTrack
 from pipeline.stages.contract import FAILED, OK, StageContext
 
 log = logging.getLogger(__name__)

@@ -32,22 +32,17 @@ import numpy as np
 from catalog.contract import AUDIO_RATE, CROP_FPS
 from pipeline.media import VideoFrame, VideoWriter
 from pipeline.models.geometry import (
+    CropSpec,
     apply_affine,
     crop_squares,
     invert_affine,
     laplacian_variance,
     square_affine,
 )
+from pipeline.models.signal import gaussian_smooth, interpolate, smoothing_radius
 from pipeline.stages.faces.tracking import FaceTrack, Observation
 
 LOOSE_MARGIN = 1.5
-
-
-@dataclass(frozen=True)
-class CropSpec:
-    size: int = 256  # crop side (px)
-    scale: float = 1.8  # crop side over the face box side (brows to chin); 3.0 for portraits
-    smooth_sigma: float = 2.0  # Gaussian smoothing of the crop geometry (grid frames)
 
 
 @dataclass
@@ -185,29 +180,6 @@ class CropGeometry:
     end_frame: int
 
 
-def _interp(indices: np.ndarray, known: np.ndarray, values: np.ndarray) -> np.ndarray:
-    flat = values.reshape(len(values), -1)
-    out = np.stack([np.interp(indices, known, flat[:, j]) for j in range(flat.shape[1])], 1)
-    return out.reshape((len(indices),) + values.shape[1:])
-
-
-def _gauss_smooth(x: np.ndarray, sigma: float) -> np.ndarray:
-    if sigma <= 0 or len(x) < 2:
-        return x
-    r = math.ceil(3 * sigma)
-    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
-    k /= k.sum()
-    padded = np.pad(x, [(r, r)] + [(0, 0)] * (x.ndim - 1), mode="edge")
-    flat = padded.reshape(len(padded), -1)
-    out = np.stack([np.convolve(flat[:, j], k, "valid") for j in range(flat.shape[1])], 1)
-    return out.reshape(x.shape)
-
-
-def smoothing_radius(spec: CropSpec) -> int:
-    """Grid frames on each side that a frame's smoothed geometry depends on."""
-    return math.ceil(3 * spec.smooth_sigma) if spec.smooth_sigma > 0 else 0
-
-
 def crop_geometry(track: FaceTrack, spec: CropSpec, source_fps: float) -> CropGeometry:
     """Aligned, smoothed per-grid-frame geometry of a track, as observed so far."""
     known = np.array(sorted(track.obs), np.int64)
@@ -225,21 +197,21 @@ def crop_geometry(track: FaceTrack, spec: CropSpec, source_fps: float) -> CropGe
             span_pts[idx - known[0]] = pts
     pick = np.abs(span_pts[None, :] - grid_t[:, None]).argmin(1)
     source_index = span[pick]
-    boxes = _interp(source_index, known, np.array([o.box for o in obs])).astype(np.float32)
-    points68 = _interp(source_index, known, np.array([o.points68 for o in obs])).astype(np.float32)
+    boxes = interpolate(source_index, known, np.array([o.box for o in obs])).astype(np.float32)
+    points68 = interpolate(source_index, known, np.array([o.points68 for o in obs])).astype(np.float32)
     det = {o.index: o.det_score for o in obs}
     det_score = np.array([det.get(int(i), np.nan) for i in source_index], np.float32)
     # crop geometry, smoothed over the grid
     centers, sides, angles = crop_squares(boxes, points68, spec.scale)
-    centers = _gauss_smooth(centers, spec.smooth_sigma)
-    sides = _gauss_smooth(sides.astype(np.float64), spec.smooth_sigma)
-    angles = _gauss_smooth(angles, spec.smooth_sigma)
+    centers = gaussian_smooth(centers, spec.smooth_sigma, ends="hold")
+    sides = gaussian_smooth(sides.astype(np.float64), spec.smooth_sigma, ends="hold")
+    angles = gaussian_smooth(angles, spec.smooth_sigma, ends="hold")
     affines = np.stack([square_affine(tuple(c), float(s), float(a), spec.size)
                         for c, s, a in zip(centers, sides, angles)])
     landmarks = np.stack([apply_affine(affines[k], points68[k]) for k in range(count)])
     mesh = None
     if obs[0].mesh is not None:
-        mesh_src = _interp(source_index, known, np.array([o.mesh for o in obs], np.float32))
+        mesh_src = interpolate(source_index, known, np.array([o.mesh for o in obs], np.float32))
         mesh = np.empty_like(mesh_src, dtype=np.float16)
         for k in range(count):
             scale = math.hypot(affines[k, 0, 0], affines[k, 1, 0])
@@ -276,7 +248,7 @@ class CropStream:
         geometry = crop_geometry(track, self.spec, self.source_fps)
         # grid frame k is final once its smoothing window ends before the newest observation's
         # grid frame (count - 1), so no later interpolation or edge padding reaches it
-        self._write(track, geometry, len(geometry.pts_s) - 1 - smoothing_radius(self.spec) - 1)
+        self._write(track, geometry, len(geometry.pts_s) - 1 - smoothing_radius(self.spec.smooth_sigma) - 1)
 
     def finish(self, track: FaceTrack, geometry: CropGeometry, audio: np.ndarray) -> float:
         """Write the remaining frames of the finished track's `geometry`, close the clip with

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -13,10 +14,11 @@ import numpy as np
 from catalog.contract import AUDIO_RATE, CROP_FPS
 from pipeline import media
 from pipeline.models.faces import load_face_backend
+from pipeline.models.geometry import CROP_SCALE, CROP_SIZE, CROP_SMOOTH_SIGMA, CropSpec
 from pipeline.models.registry import ModelSpec, get_spec
 from pipeline.models.thresholds import identity_distance
 from pipeline.stages.contract import FAILED, OK, SKIPPED, Stage, media_relpath
-from pipeline.stages.faces.crop import CropSpec, LooseCropper, crop_geometry
+from pipeline.stages.faces.crop import LooseCropper, crop_geometry
 from pipeline.stages.faces.rows import frame_rows, track_id, track_row
 from pipeline.stages.faces.tracking import Tracker, TrackerConfig
 
@@ -40,10 +42,10 @@ class FacesConfig:
     max_missed_frames: int = 12  # a track ends after this many frames without its face
     identity_every: int = 50  # frames between identity checks (a change ends the track)
     identity_threshold: float | None = None  # None: per backend (pipeline/models/thresholds.py)
-    crop_size: int = 256  # face-crop side (px); portrait=True makes it 512
-    crop_scale: float = 1.8  # crop side over the face box side; portrait=True makes it 3.0
+    crop_size: int = CROP_SIZE  # face-crop side (px); portrait=True makes it PORTRAIT_SIZE
+    crop_scale: float = CROP_SCALE  # crop side over the face box side; portrait: PORTRAIT_SCALE
     portrait: bool = False  # wider 512 px head-and-shoulders crop
-    smooth_sigma: float = 2.0  # temporal smoothing of the crop geometry (25 fps frames)
+    smooth_sigma: float = CROP_SMOOTH_SIGMA  # smoothing of the crop geometry (25 fps frames)
     # 25 fps frames between writes of a track's crop clip while tracking: each track holds up to
     # about this many loose crops (0.44 MB each at 256 px, 1.8 MB for portraits)
     crop_flush_frames: int = 250
@@ -102,9 +104,10 @@ class FacesStage(Stage):
 
     def crop_spec(self) -> CropSpec:
         cfg = self.config
-        if cfg.portrait:
-            return CropSpec(size=512, scale=3.0, smooth_sigma=cfg.smooth_sigma)
-        return CropSpec(size=cfg.crop_size, scale=cfg.crop_scale, smooth_sigma=cfg.smooth_sigma)
+        return CropSpec.resolve(cfg.crop_size, cfg.crop_scale, cfg.smooth_sigma, cfg.portrait)
+
+    def resolved_for(self, stage: str) -> dict:
+        return {"crop": dataclasses.asdict(self.crop_spec())}
 
     def tracker_config(self) -> TrackerConfig:
         cfg = self.config

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pipeline.models.expression import fit_3dmm as m3
+from pipeline.models.signal import gaussian_smooth
 from pipeline.stages.analyze.base import DecodedTrack
 from pipeline.stages.analyze.expression import ExpressionAnalyzer, ExpressionConfig
-from pipeline.stages.analyze.smoothing import gaussian_smooth
-from pipeline.models.expression import fit_3dmm as m3
 
 
 @pytest.fixture(scope="module")
