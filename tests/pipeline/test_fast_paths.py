@@ -1,5 +1,5 @@
-"""The throughput changes of issue 15 compute what they replaced: the numpy median filter is
-scipy's medfilt, the cached ONNX export of dlib's network gives the descriptors of a fresh
+"""Fast paths compute what the reference computations do: the numpy median filter is scipy's
+medfilt, the cached ONNX export of dlib's network gives the descriptors of a fresh
 export, the emotion strides classify the frames they say (each member on its own frames)."""
 
 from __future__ import annotations

@@ -82,7 +82,7 @@ def test_conv_weights_that_are_not_the_graphs_are_refused():
 
 @pytest.mark.parametrize("backend,min_right", [("fer+facex", 3), ("fer", 2), ("facex", 3)])
 def test_top_emotion_on_labelled_photos(backend, min_right):
-    """Issue target: top emotion right on >= 3 of 4, met by the default (fer+facex: disgust ->
+    """Target: top emotion right on >= 3 of 4, met by the default (fer+facex: disgust ->
     neutral). Measured alone: facex 3/4 (disgust -> sad); fer 2/4 (anger -> sad, disgust ->
     neutral; FER-2013 has few disgust samples)."""
     analyzer = EmotionAnalyzer(EmotionConfig(backend=backend), None)
