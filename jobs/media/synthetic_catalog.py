@@ -23,13 +23,13 @@ import pyarrow.compute as pc
 from catalog import schema
 from catalog.commits import commit_shard
 from catalog.contract import AUDIO_RATE, CROP_FPS
+from catalog.layout import media_relpath
 from catalog.manifest import write_manifest
 from catalog.read import conform
 from catalog.select import Thresholds
 from jobs.media.sources import media_file
 from pipeline.media import write_video
 from pipeline.models.registry import get_spec
-from pipeline.stages.contract import media_relpath
 
 log = logging.getLogger(__name__)
 

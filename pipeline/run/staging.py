@@ -47,7 +47,7 @@ def remove_staging(root: str | Path | fs.Root) -> None:
 
 
 def shard_folder(staging: Path, shard: int) -> Path:
-    return Path(staging) / f"shard-{shard:05d}"
+    return Path(staging) / layout.staging_shard(shard)
 
 
 def created_tables(stage: Stage) -> list[str]:

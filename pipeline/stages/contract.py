@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
+from catalog import layout
 from catalog.schema import stage_output
 from pipeline.models.registry import ModelSpec, weights_checksum
 
@@ -42,9 +43,9 @@ class StageContext:
     staging: str  # this run's staging root: <catalog>/_staging/<run id>
 
     def staging_media(self, shard: int, relpath: str) -> str:
-        if not relpath.startswith("media/"):
-            raise ValueError(f"media paths start with 'media/', got {relpath!r}")
-        path = os.path.join(self.staging, f"shard-{shard:05d}", relpath)
+        if not relpath.startswith(f"{layout.MEDIA}/"):
+            raise ValueError(f"media paths start with '{layout.MEDIA}/', got {relpath!r}")
+        path = os.path.join(self.staging, layout.staging_shard(shard), relpath)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         return path
 
@@ -57,14 +58,9 @@ class StageContext:
 
     def media_path(self, relpath: str) -> str:
         """Where a media file written by an earlier stage is now: staged in this run, or committed."""
-        shard = int(relpath.split("/")[1])
-        staged = os.path.join(self.staging, f"shard-{shard:05d}", relpath)
+        staged = os.path.join(self.staging, layout.staging_shard(layout.media_shard(relpath)),
+                              relpath)
         return staged if os.path.exists(staged) else os.path.join(self.catalog, relpath)
-
-
-def media_relpath(shard: int, track_id: str, name: str) -> str:
-    """The catalog-relative path of a per-track media file."""
-    return f"media/{shard:05d}/{track_id}/{name}"
 
 
 @dataclass(frozen=True)

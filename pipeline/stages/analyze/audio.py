@@ -18,9 +18,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from catalog.contract import AUDIO_RATE
-from pipeline.stages.analyze.base import AnalyzerResult, DecodedTrack
+from catalog.layout import media_relpath
 from pipeline.models.registry import ModelSpec
-from pipeline.models.speech.whisper_encoder import ENGINES as ENCODER_ENGINES
 from pipeline.models.speech import (
     encoder_states,
     load_encoder,
@@ -31,7 +30,9 @@ from pipeline.models.speech import (
     speech_specs,
     vad_spec,
 )
-from pipeline.stages.contract import OK, SKIPPED, StageContext, media_relpath
+from pipeline.models.speech.whisper_encoder import ENGINES as ENCODER_ENGINES
+from pipeline.stages.analyze.base import AnalyzerResult, DecodedTrack
+from pipeline.stages.contract import OK, SKIPPED, StageContext
 
 log = logging.getLogger(__name__)
 

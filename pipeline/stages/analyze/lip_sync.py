@@ -16,11 +16,12 @@ from typing import Any, ClassVar
 import numpy as np
 
 from catalog.contract import CROP_FPS
+from catalog.layout import media_relpath
 from pipeline.models.lip_sync import SyncMeasurement, check_backend, lip_sync_specs, load_lip_sync
 from pipeline.models.registry import ModelSpec
 from pipeline.stages.analyze.base import AnalyzerResult, DecodedTrack
 from pipeline.stages.analyze.resync import write_resynced
-from pipeline.stages.contract import FAILED, OK, SKIPPED, StageContext, media_relpath
+from pipeline.stages.contract import FAILED, OK, SKIPPED, StageContext
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,13 @@ from typing import Any
 import numpy as np
 
 from catalog.contract import AUDIO_RATE, CROP_FPS
+from catalog.layout import media_relpath
 from pipeline import media
 from pipeline.models.faces import load_face_backend
 from pipeline.models.geometry import CROP_SCALE, CROP_SIZE, CROP_SMOOTH_SIGMA, CropSpec
 from pipeline.models.registry import ModelSpec, get_spec
 from pipeline.models.thresholds import identity_distance
-from pipeline.stages.contract import FAILED, OK, SKIPPED, Stage, media_relpath
+from pipeline.stages.contract import FAILED, OK, SKIPPED, Stage
 from pipeline.stages.faces.crop import LooseCropper, crop_geometry
 from pipeline.stages.faces.rows import frame_rows, track_id, track_row
 from pipeline.stages.faces.tracking import Tracker, TrackerConfig
