@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -49,8 +50,6 @@ def explode(output: pa.Table, level: str) -> dict[str, pa.Table]:
             child_table = child_table.append_column(parent_key, pa.array([], output[parent_key].type))
         if child == "frames" and "frame" not in child_table.column_names:
             offsets = lists.offsets.to_numpy()
-            import numpy as np
-
             index = np.arange(len(flat)) - np.repeat(offsets[:-1], np.diff(offsets))
             child_table = child_table.append_column("frame", pa.array(index, pa.int32()))
         tables.update(explode(child_table, child))

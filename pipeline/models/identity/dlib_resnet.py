@@ -429,8 +429,6 @@ class DescriptorNet:
             raise ValueError(f"unknown engine {engine!r}; expected one of {ENGINES}")
         self.engine, self.module, self.session = engine, module, None
         if engine == "onnxruntime":
-            from pipeline.models.onnx_session import ort_session
-
             self.session = ort_session(export_onnx(module), threads)
             self.module = None  # the session holds its own copy of the weights
 

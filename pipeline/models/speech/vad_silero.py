@@ -15,6 +15,7 @@ import warnings
 import numpy as np
 
 from catalog.contract import AUDIO_RATE
+from pipeline.models.onnx_session import ort_session
 from pipeline.models.registry import ModelSpec, register, resolve
 
 log = logging.getLogger(__name__)
@@ -60,8 +61,6 @@ class SileroVad:
 
     def load(self) -> SileroVad:
         if self.engine == "onnx":
-            from pipeline.models.onnx_session import ort_session
-
             self.model = ort_session(resolve(SILERO, "data/silero_vad_16k_sequence.onnx"))
             return self
 
