@@ -19,7 +19,7 @@ from pipeline.models.speech import encoder_states, load_transcriber
 from test_audio_whisper import word_errors, words
 
 SENTENCE = "Open the window, it is getting very warm in this little room today."
-DEFAULT_JOB = Path(__file__).resolve().parents[3] / "jobs" / "default.toml"
+DEFAULT_JOB = Path(__file__).resolve().parents[4] / "jobs" / "default.toml"
 
 
 
