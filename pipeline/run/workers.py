@@ -1,5 +1,5 @@
-"""The runner's Ray workers: what runs inside Ray for pipeline/run/runner.py (the two modules are
-the only ones that know Ray). StageWorker runs a chain of stages row by row, as a task
+"""The runner's Ray workers: what runs inside Ray (pipeline/run/ is the only folder of the
+pipeline that knows Ray). StageWorker runs a chain of stages row by row, as a task
 (`run_chain_task`: the worker process keeps it, models loaded, for the run) or as an actor
 (`[runner] model_workers = "actors"`); a row's parts (Stage.parts) run as tasks of their own
 (`run_part`), and `staging_sink` writes the packed outputs under the staging area.
