@@ -20,7 +20,7 @@ test: $(STAMP)
 # The slow tests (CI runs them after `make test`); exit code 5 means none were selected.
 # A module that starts its own Ray cluster runs in a pytest process of its own: a process holds
 # one Ray connection, and Ray reads its auth mode once per process.
-OWN_CLUSTER := tests/pipeline/test_cluster.py tests/pipeline/test_faults.py
+OWN_CLUSTER := tests/pipeline/run/test_cluster.py tests/pipeline/run/test_faults.py
 test-slow: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m "slow and not gpu and not own_cluster" || [ $$? -eq 5 ]
 	for module in $(OWN_CLUSTER); do \

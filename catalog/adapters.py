@@ -20,7 +20,7 @@ def to_duckdb(root: str | Path | fs.Root, connection=None):
 
     Local catalogs: views over the files. Object stores: DuckDB would need its httpfs extension
     (a download at run time), so each table is read through pyarrow and registered in memory."""
-    import duckdb
+    import duckdb  # heavy: loaded on use
 
     root = fs.resolve(root)
     con = connection or duckdb.connect()
@@ -41,7 +41,7 @@ def to_duckdb(root: str | Path | fs.Root, connection=None):
 
 def to_ray_dataset(root: str | Path | fs.Root, table: str, columns: list[str] | None = None):
     """A Ray Dataset over the committed files of `table` (local or on the store)."""
-    import ray.data
+    import ray.data  # heavy: loaded on use
 
     root = fs.resolve(root)
     files = [root.path(r) for r in committed_rels(root, table)]

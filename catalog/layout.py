@@ -39,6 +39,21 @@ def commit_file(shard: int, seq: int) -> str:
     return f"{COMMITS}/shard-{shard:05d}-{seq:04d}.json"
 
 
+def media_relpath(shard: int, track_id: str, name: str) -> str:
+    """The catalog-relative path of a per-track media file: media/SSSSS/<track_id>/<name>."""
+    return f"{MEDIA}/{shard:05d}/{track_id}/{name}"
+
+
+def media_shard(relpath: str) -> int:
+    """The shard of a catalog-relative media path (media/SSSSS/...)."""
+    return int(relpath.split("/")[1])
+
+
+def staging_shard(shard: int) -> str:
+    """A shard's folder inside a run's staging area (its tables and media/ under it)."""
+    return f"shard-{shard:05d}"
+
+
 def local_root(root: str | os.PathLike) -> Path:
     """The local folder of `root` (a path or a file:// URI), for operations that need one.
     Raises UnsupportedRootError for object-store roots and other URI schemes."""

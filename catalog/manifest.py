@@ -11,9 +11,12 @@ import json
 import time
 from pathlib import Path
 
+import pyarrow.compute as pc
+
 from catalog import fs, layout, schema
 from catalog.commits import read_commits
 from catalog.fs import Root
+from catalog.read import read_table
 
 
 def catalog_version(root: str | Path | Root) -> str:
@@ -24,10 +27,6 @@ def catalog_version(root: str | Path | Root) -> str:
 
 def status_counts(root: str | Path | Root) -> dict[str, dict[str, dict[str, int]]]:
     """{table: {stage: {status: count}}} over committed files."""
-    import pyarrow.compute as pc
-
-    from catalog.read import read_table
-
     out: dict[str, dict[str, dict[str, int]]] = {}
     for table in schema.TABLES:
         names = [f.name for f in schema.table_schema(table) if f.name.endswith("_status")]

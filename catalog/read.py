@@ -8,6 +8,7 @@ with an error that says so, never read as empty or half-null tables.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 from pathlib import Path
 
@@ -98,8 +99,6 @@ def media_file(root: str | os.PathLike | Root, relpath: str, cache: str | os.Pat
     copy downloaded once into `cache` (default `$EMOFORGE_CACHE/media`, else
     ~/.cache/emoforge/media), under the catalog's hash and `relpath`; a copy whose size differs
     from the object's is fetched again."""
-    import hashlib
-
     root = fs.resolve(root)
     if root.local:
         return root.local_path() / relpath

@@ -16,6 +16,7 @@ kinds. `balance` then evens out the kept seconds per emotion or per intensity ba
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -179,8 +180,6 @@ def balance(selected: pa.Table, by: str, max_seconds: float | None = None, seed:
     group ends with about as many seconds). Dropped tracks get drop_reason "balanced out
     (<group>)"; kept tracks without a group (no emotion label / intensity) get "no <by> to
     balance by". Deterministic for a given catalog and seed."""
-    import hashlib
-
     if by not in BALANCE_BY:
         raise SelectionError(f"balance_by must be one of {BALANCE_BY}, got {by!r}")
     rows = selected.select(["track_id", "start_s", "end_s", "keep", "drop_reason",
@@ -305,7 +304,7 @@ def person_intensity(rows: list[dict], backend: str | None = None) -> dict[str, 
     bounded scores (BOUNDED_BACKENDS) the distance counts each component's rise above the
     neutral, clipped to [0, 1]. Tracks without person_id form one group per track.
     `backend`: only rows of this expression backend get an intensity."""
-    import numpy as np
+    import numpy as np  # lazy: the catalog imports only pyarrow and the standard library
 
     groups: dict[tuple, list[dict]] = {}
     for row in rows:

@@ -20,7 +20,7 @@ from typing import Any
 from catalog.select import SelectionError, Thresholds, thresholds_with
 
 # Every command's sections, in the order `--help` and errors list them. The curate stage
-# sections are the runner's stage names (pipeline.stage.STAGE_CLASSES).
+# sections are the runner's stage names (pipeline.stages.registry.STAGE_CLASSES).
 COMMAND_SECTIONS: dict[str, tuple[str, ...]] = {
     "curate": ("job", "runner", "storage", "select", "ingest", "scenes", "faces", "analyze"),
     "train": ("train", "model", "data", "select", "optim", "diffusion", "dropout"),

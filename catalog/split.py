@@ -1,10 +1,16 @@
-"""Person-disjoint train/val split of track ids (the trainer's and `catalog split`'s rule)."""
+"""Person-disjoint train/val split of track ids (the trainer's and `catalog split`'s rule), and
+the train/val lists `emoforge catalog split` writes."""
 
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
+
+from catalog import fs
+from catalog.read import read_table
 
 
 def person_split(tracks: pa.Table, val_fraction: float = 0.1,
@@ -35,3 +41,20 @@ def person_split(tracks: pa.Table, val_fraction: float = 0.1,
     train = sorted(t for p, members in groups.items() if p not in val_persons for t in members)
     val = sorted(t for p in val_persons for t in groups[p])
     return train, val
+
+
+def split_by_person(root: str | Path | fs.Root, val_fraction: float = 0.1, seed: int = 0, out: str | None = None) -> dict:
+    """Person-disjoint train/val lists of ok track ids (train.txt, val.txt) by
+    `catalog.person_split` (tracks without a person_id count as their own person)."""
+    tracks = read_table(root, "tracks", columns=["track_id", "person_id", "faces_status"])
+    train, val = person_split(tracks, val_fraction, seed)
+    ok = tracks.filter(pc.equal(tracks["faces_status"], "ok"))
+    persons = {p or f"track:{t}" for t, p in zip(ok["track_id"].to_pylist(), ok["person_id"].to_pylist())}
+    val_ids = set(val)
+    val_persons = {p or f"track:{t}" for t, p in zip(ok["track_id"].to_pylist(), ok["person_id"].to_pylist())
+                   if t in val_ids}
+    folder = fs.resolve(out or root)  # the catalog itself may be on a store
+    folder.write_bytes("train.txt", "".join(t + "\n" for t in train).encode())
+    folder.write_bytes("val.txt", "".join(t + "\n" for t in val).encode())
+    return {"train_tracks": len(train), "val_tracks": len(val), "persons": len(persons),
+            "val_persons": len(val_persons), "folder": folder.uri}

@@ -29,8 +29,8 @@ def usage_errors() -> tuple[type[Exception], ...]:
     from catalog.fs import RootError
     from catalog.select import SelectionError
     from catalog.spec import SpecError  # job and training specs alike
-    from pipeline.plan import FingerprintError
-    from pipeline.runner import LicenseError
+    from pipeline.run.plan import FingerprintError
+    from pipeline.run.runner import LicenseError
     from training.checkpoint import CheckpointError
     from training.generate_inputs import GenerationInputError
 
@@ -270,12 +270,12 @@ def cmd_catalog(args) -> int:
         steps = catalog.migrate(root)
         print("migrated: " + ", ".join(steps) if steps else "already current")
     elif args.action == "persons":
-        from pipeline.persons_pass import assign_persons
+        from pipeline.persons.catalog_pass import assign_persons
 
         summary = assign_persons(root)
         print(json.dumps(summary, indent=1))
     elif args.action == "split":
-        from pipeline.persons_pass import split_by_person
+        from catalog.split import split_by_person
 
         summary = split_by_person(root, args.val_fraction, args.seed, args.out)
         print(json.dumps(summary, indent=1))

@@ -7,6 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from jobs.spec import JobSpec
+from pipeline.persons.catalog_pass import assign_persons
+from pipeline.run import runner
 
 
 def curate(spec: JobSpec, inputs: list[str] | None = None, recompute: set[str] | None = None,
@@ -15,11 +17,8 @@ def curate(spec: JobSpec, inputs: list[str] | None = None, recompute: set[str] |
 
     Returns the runner's RunResult and the persons pass summary (None when it did not run:
     `persons` false or no faces stage)."""
-    from pipeline import runner
-
     result = runner.run(spec, inputs, set(recompute or ()), commercial_only)
     if not persons or "faces" not in spec.stages:
         return result, None
-    from pipeline.persons_pass import assign_persons
 
     return result, assign_persons(spec.out)

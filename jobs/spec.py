@@ -4,7 +4,7 @@
     inputs = ["videos/"]          # files or folders (searched recursively for video files)
     out = "out/catalog"
     stages = ["ingest", "scenes", "faces", "analyze"]
-    [runner]                      # pipeline.job.RunnerConfig
+    [runner]                      # pipeline.run.config.RunnerConfig
     num_shards = 64
     [scenes]                      # each stage's Config dataclass
     detector = "adaptive"
@@ -33,8 +33,9 @@ from catalog.spec import (
     select_from,
     with_overrides,
 )
-from pipeline.job import DEFAULT_STAGES, JobSpec, RunnerConfig
-from pipeline.stage import STAGE_CLASSES, load_stage_class
+from pipeline.run.config import RunnerConfig
+from pipeline.run.job import DEFAULT_STAGES, JobSpec
+from pipeline.stages.registry import STAGE_CLASSES, load_stage_class
 
 __all__ = ["DEFAULT_STAGES", "JobSpec", "SpecError", "build", "load", "scan_inputs"]
 

@@ -7,12 +7,16 @@ audio float32[N] mono in [-1, 1] at the requested sample rate.
 
 from __future__ import annotations
 
+import math
+import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
 
+from catalog import fs, fs_inputs
 from catalog.contract import AUDIO_RATE, CROP_FPS
 
 
@@ -30,9 +34,7 @@ class VideoFrame:
 def open_container(path: str):
     """A PyAV input container for a local path or an object-store URI (s3://; streamed through
     catalog.fs_inputs.open_input in 8 MiB ranged reads, no local copy)."""
-    import av
-
-    from catalog import fs, fs_inputs
+    import av  # heavy: loaded on use
 
     try:
         if fs.is_store_uri(str(path)):
@@ -46,6 +48,93 @@ def stream_start_s(stream) -> float:
     if stream.start_time is None or stream.time_base is None:
         return 0.0
     return float(stream.start_time * stream.time_base)
+
+
+def probe(path: str, vfr_tolerance: float = 0.1) -> dict:
+    """Container and stream facts for a `videos` row (frame count, duration, fps and variable frame
+    rate measured from the demuxed packets; rotation from the first decoded frame). Raises
+    MediaError for files without a decodable video."""
+    container = open_container(path)
+    try:
+        if not container.streams.video:
+            kinds = sorted({s.type for s in container.streams}) or ["none"]
+            raise MediaError(f"{path}: no video stream (streams: {', '.join(kinds)})")
+        video = container.streams.video[0]
+        audio = container.streams.audio[0] if container.streams.audio else None
+        info = {
+            "container": container.format.name,
+            "video_codec": video.codec_context.name,
+            "pix_fmt": video.codec_context.pix_fmt,
+            "has_audio": audio is not None,
+            "audio_codec": audio.codec_context.name if audio else None,
+            "audio_sample_rate": audio.codec_context.sample_rate if audio else None,
+            "audio_channels": audio.codec_context.channels if audio else None,
+            "audio_start_offset_s": (stream_start_s(audio) - stream_start_s(video)) if audio else None,
+        }
+        rotation = _first_frame_rotation(container, video)
+        container.seek(0)
+        pts = _video_packet_pts(container, video)
+    except MediaError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - PyAV errors come in many types
+        raise MediaError(f"{path}: probing failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        container.close()
+    if len(pts) == 0:
+        raise MediaError(f"{path}: video stream has no frames")
+    tb = float(video.time_base)
+    times = np.sort(np.asarray(pts, np.float64)) * tb
+    deltas = np.diff(times)
+    median = float(np.median(deltas)) if len(deltas) else 0.0
+    last = median if median > 0 else (1.0 / float(video.average_rate or 25))
+    width, height = video.codec_context.width, video.codec_context.height
+    if rotation % 180:
+        width, height = height, width
+    info.update({
+        "frame_count": int(len(times)),
+        "duration_s": float(times[-1] - times[0] + last),
+        "fps": float(len(times) / (times[-1] - times[0] + last)),
+        "variable_fps": bool(len(deltas) > 1 and median > 0
+                             and np.max(np.abs(deltas - median)) > vfr_tolerance * median),
+        "width": int(width),
+        "height": int(height),
+        "rotation": int(rotation),
+    })
+    return info
+
+
+def _first_frame_rotation(container, video) -> int:
+    for frame in container.decode(video):
+        return int(round(frame.rotation)) % 360
+    raise MediaError("video stream has no decodable frame")
+
+
+def _video_packet_pts(container, video) -> list[int]:
+    pts = []
+    for packet in container.demux(video):
+        if packet.pts is not None and packet.size:
+            pts.append(packet.pts)
+    return pts
+
+
+def probe_video(path: str) -> tuple[float, float]:
+    """(duration in s, average fps) of the first video stream from the container's header, without
+    demuxing: what the scenes stage plans its decode windows by. `probe` measures them."""
+    container = open_container(path)
+    try:
+        if not container.streams.video:
+            raise MediaError(f"{path}: no video stream")
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or stream.guessed_rate or 25)
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / 1e6 - stream_start_s(stream)
+        else:
+            duration = math.inf
+        return duration, fps
+    finally:
+        container.close()
 
 
 def apply_rotation(image: np.ndarray, ccw_degrees: int) -> np.ndarray:
@@ -74,7 +163,7 @@ def iter_frames(
     an swscale method, area averaging by default; "FAST_BILINEAR" is about half the cost),
     which is much cheaper than converting at full size and resizing. Frame indices count from the stream start, so they stay
     exact after a seek (frames are counted from the keyframe before start_s by pts order)."""
-    from av.video.reformatter import VideoReformatter
+    from av.video.reformatter import VideoReformatter  # heavy: loaded on use
 
     container = open_container(path)
     try:
@@ -156,7 +245,7 @@ def decode_audio(path: str, sample_rate: int = AUDIO_RATE,
     """Mono float32[N] audio of the whole file at `sample_rate`, sample k at time k / sample_rate
     (see read_audio: silence in front of a late audio stream, a leading part before time 0 cut);
     None when the file has no audio stream."""
-    import av
+    import av  # heavy: loaded on use
 
     container = open_container(path)
     try:
@@ -213,7 +302,7 @@ class VideoWriter:
     def __init__(self, path: str, width: int, height: int, fps: Fraction | int | float = CROP_FPS,
                  audio_rate: int | None = None, codec: str = "libx264", crf: int = 18,
                  threads: int | None = None):
-        import av
+        import av  # heavy: loaded on use
 
         self.container = av.open(str(path), mode="w")
         self.video = self.container.add_stream(codec, rate=Fraction(fps).limit_denominator(100000))
@@ -229,7 +318,7 @@ class VideoWriter:
             self.audio.layout = "mono"
 
     def write(self, image: np.ndarray) -> None:
-        import av
+        import av  # heavy: loaded on use
 
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
         for packet in self.video.encode(frame):
@@ -277,7 +366,7 @@ def write_video(
 def encode_audio(container, stream, samples: np.ndarray, sample_rate: int, start_s: float = 0.0) -> None:
     """Encode mono float32[N] samples in [-1, 1] into an open audio `stream` of `container` (in
     1024-sample frames) and flush it. `start_s` delays the stream's first sample."""
-    import av
+    import av  # heavy: loaded on use
 
     data = np.clip(np.asarray(samples, np.float32), -1, 1).reshape(1, -1)
     start = int(round(start_s * sample_rate))
@@ -296,10 +385,7 @@ def replace_audio(video: str, audio: np.ndarray, out: str, sample_rate: int = AU
     """Write `out` (mp4): `video`'s video packets copied without re-encoding, plus mono float32
     `audio` (AAC at `sample_rate`) starting with the video. Written to a temp file in the same
     folder and renamed into place; never overwrites `video`."""
-    import os
-    import tempfile
-
-    import av
+    import av  # heavy: loaded on use
 
     if os.path.abspath(video) == os.path.abspath(out):
         raise ValueError(f"replace_audio must write a new file, got the source path {video}")

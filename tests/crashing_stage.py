@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 
-from pipeline.stages.ingest import IngestStage
-from pipeline.stages.scenes import ScenesStage
+from pipeline.stages.ingest.stage import IngestStage
+from pipeline.stages.scenes.stage import ScenesStage
 
 
 class CrashingIngest(IngestStage):

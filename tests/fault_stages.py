@@ -1,4 +1,4 @@
-"""Test-only stages for the fault tests on a multi-node cluster (tests/pipeline/test_faults.py):
+"""Test-only stages for the fault tests on a multi-node cluster (tests/pipeline/run/test_faults.py):
 the real ingest, slowed down and reporting where it runs, or failing to set up once. Markers go
 under $EMOFORGE_TEST_FAULTS/<hash of the catalog path>, so every test has its own."""
 
@@ -9,7 +9,7 @@ import os
 import time
 from pathlib import Path
 
-from pipeline.stages.ingest import IngestStage
+from pipeline.stages.ingest.stage import IngestStage
 
 SLOW_S = 1.5
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from jobs.media.talking_face import Clip, Face, astronaut_face, real_face_clip
 from catalog.contract import SAMPLES_PER_FRAME
-from pipeline.analysis.base import DecodedTrack
+from pipeline.stages.analyze.base import DecodedTrack
 
 
 @lru_cache(maxsize=1)

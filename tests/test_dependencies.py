@@ -15,13 +15,13 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("catalog", "pipeline", "training", "jobs")
 HEAVY = ("torch", "onnxruntime", "mediapipe", "whisper", "ai_edge_litert", "dlib", "cv2", "ray")
 TRAINING_MAY_USE = ("catalog", "pipeline.models", "pipeline.media")
-RAY_ALLOWED = {"pipeline.runner", "pipeline.workers", "training.launcher"}
+RAY_ALLOWED = ("pipeline.run", "training.launcher")  # the runner's folder and the trainer's launcher
 RAY_LAZY_ALLOWED = {"catalog.adapters"}  # catalog.to_ray_dataset, imported inside the function
 
 
 @dataclass(frozen=True)
 class Import:
-    module: str  # the importing module, e.g. "pipeline.stages.faces"
+    module: str  # the importing module, e.g. "pipeline.stages.faces.stage"
     target: str  # the imported module, e.g. "pipeline.models.faces"
     lazy: bool  # inside a function (runs when called, not at import)
     line: int
@@ -87,10 +87,10 @@ def _ours(name: str) -> bool:
 def test_the_graph_sees_the_known_edges():
     """The parser resolves absolute, relative and `from package import module` forms."""
     seen = {(e.module, e.target) for e in EDGES}
-    assert ("pipeline.stages.faces", "pipeline.models.faces") in seen
-    assert ("pipeline.analysis.emotion", "pipeline.models.emotion") in seen
+    assert ("pipeline.stages.faces.stage", "pipeline.models.faces") in seen
+    assert ("pipeline.stages.analyze.emotion", "pipeline.models.emotion") in seen
     assert ("catalog", "catalog.select") in seen
-    assert any(e.module == "pipeline.runner" and e.target == "ray" for e in EDGES)
+    assert any(e.module == "pipeline.run.cluster" and e.target == "ray" for e in EDGES)
 
 
 def test_catalog_imports_only_pyarrow_and_the_standard_library_at_import():
@@ -118,10 +118,27 @@ def test_models_are_a_leaf():
 
 def test_ray_only_in_the_runner_and_the_launcher():
     bad = [str(e) for e in EDGES if e.target.split(".")[0] == "ray"
-           and e.module not in RAY_ALLOWED
+           and not any(_within(e.module, allowed) for allowed in RAY_ALLOWED)
            and not (e.lazy and e.module in RAY_LAZY_ALLOWED)]
-    assert not bad, ("Ray is imported by pipeline/runner.py, pipeline/workers.py and "
-                     "training/launcher.py only:\n" + "\n".join(bad))
+    assert not bad, ("Ray is imported by pipeline/run/ and training/launcher.py only:\n"
+                     + "\n".join(bad))
+
+
+def test_stages_use_only_the_contract_their_folder_the_models_media_and_catalog():
+    """A stage's folder imports the stage contract, its own folder, the model layer, media and the
+    catalog; never another stage's folder, the runner or persons."""
+    bad = []
+    for e in EDGES:
+        if not _within(e.module, "pipeline.stages") or not _ours(e.target):
+            continue
+        own = ".".join(e.module.split(".")[:3])  # pipeline.stages.<stage>
+        if own == "pipeline.stages.registry":  # the table of stages imports each stage's class
+            continue
+        allowed = (own, "pipeline.stages.contract", "pipeline.models", "pipeline.media", "catalog")
+        if not any(_within(e.target, a) for a in allowed):
+            bad.append(str(e))
+    assert not bad, "stages import the contract, the models, media and catalog only:\n" + \
+        "\n".join(bad)
 
 
 def test_training_uses_only_the_catalog_models_and_media():
@@ -138,19 +155,14 @@ def test_pipeline_never_imports_training_or_jobs():
     assert not bad, "\n".join(bad)
 
 
-def test_no_import_cycles_at_import_time():
-    """Module-level imports between emoforge modules form no cycle (a cycle means two modules
-    that are not layers of each other)."""
-    graph: dict[str, set[str]] = {}
-    for e in EDGES:
-        if not e.lazy and _ours(e.target) and e.target != e.module:
-            graph.setdefault(e.module, set()).add(e.target)
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan)."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
     cycles: list[list[str]] = []
 
-    def strongconnect(v: str) -> None:  # Tarjan's strongly connected components
+    def strongconnect(v: str) -> None:
         index[v] = low[v] = len(index)
         stack.append(v)
         for w in graph.get(v, ()):
@@ -172,14 +184,37 @@ def test_no_import_cycles_at_import_time():
     for v in sorted(graph):
         if v not in index:
             strongconnect(v)
+    return cycles
+
+
+def test_no_import_cycles_at_import_time():
+    """Module-level imports between emoforge modules form no cycle (a cycle means two modules
+    that are not layers of each other)."""
+    graph: dict[str, set[str]] = {}
+    for e in EDGES:
+        if not e.lazy and _ours(e.target) and e.target != e.module:
+            graph.setdefault(e.module, set()).add(e.target)
+    cycles = _cycles(graph)
     assert not cycles, f"import cycles: {cycles}"
+
+
+def test_the_model_layer_has_no_circle():
+    """Within pipeline.models no two modules import each other, even lazily inside functions
+    (a factory imports its backends; backends import shared helpers, never the factory)."""
+    graph: dict[str, set[str]] = {}
+    for e in EDGES:
+        if _within(e.module, "pipeline.models") and _within(e.target, "pipeline.models") \
+                and e.target != e.module:
+            graph.setdefault(e.module, set()).add(e.target)
+    cycles = _cycles(graph)
+    assert not cycles, f"circles in the model layer: {cycles}"
 
 
 @pytest.mark.parametrize("layer,forbidden", [
     ("catalog", ("pandas", "duckdb", "ray", "torch", "cv2", "av", "pipeline", "jobs")),
     ("pipeline.models", ("torch", "onnxruntime", "whisper", "ai_edge_litert", "mediapipe", "dlib",
-                         "cv2", "ray", "pipeline.faces", "pipeline.analysis", "pipeline.stages",
-                         "pipeline.runner", "pipeline.workers", "training", "jobs")),
+                         "cv2", "ray", "pipeline.stages", "pipeline.run", "pipeline.persons",
+                         "training", "jobs")),
 ])
 def test_importing_a_layer_loads_only_what_it_may(layer, forbidden):
     """Every module of the layer imported in a fresh interpreter: nothing forbidden is loaded

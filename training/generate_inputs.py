@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from catalog.contract import AUDIO_RATE, CROP_FPS
+from catalog.contract import AUDIO_RATE, CROP_FPS, SAMPLES_PER_FRAME
 from pipeline.models.expression import DEFAULT_EXPRESSION_BACKEND
+from pipeline.models.geometry import CROP_SCALE, CROP_SIZE, CropSpec
+from pipeline.models.signal import fill_gaps
 
 log = logging.getLogger(__name__)
-
-SAMPLES_PER_FRAME = AUDIO_RATE // CROP_FPS  # 640 audio samples per 25 fps frame
 
 
 class GenerationInputError(ValueError):
@@ -35,8 +35,8 @@ class CatalogSettings:
     """The curation settings generation must repeat (from the checkpoint's catalog stages)."""
 
     face_backend: str = "mediapipe"
-    crop_size: int = 256  # face-crop side of the catalog's clips (px)
-    crop_scale: float = 1.8  # crop side over the face box side
+    crop_size: int = CROP_SIZE  # face-crop side of the catalog's clips (px)
+    crop_scale: float = CROP_SCALE  # crop side over the face box side
     min_face_px: int = 64  # smallest face box side the catalog kept (px)
     speech_backend: str = "whisper-base"
     speech_encoder: str = "onnxruntime"  # the engine of the audio features' Whisper encoder
@@ -60,13 +60,15 @@ class CatalogSettings:
         if audio and not audio.get("features", True):
             log.warning("the checkpoint's catalog wrote no audio features (audio features = "
                         "false): its model never saw audio; generation computes them anyway")
-        portrait = bool(faces.get("portrait", False))  # the faces stage's portrait crop
+        # the crop geometry as the manifest records it resolved, else resolved from the config
+        resolved = ((stages.get("faces") or {}).get("resolved") or {}).get("crop")
+        crop = CropSpec(**resolved) if resolved else CropSpec.from_faces_config(faces)
         exp_keys = ("fit_iterations", "landmark_noise", "contour_weight", "batch_size", "device",
                     "pose_limit_deg")
         return cls(
             face_backend=faces.get("backend", "mediapipe"),
-            crop_size=512 if portrait else int(faces.get("crop_size", 256)),
-            crop_scale=3.0 if portrait else float(faces.get("crop_scale", 1.8)),
+            crop_size=crop.size,
+            crop_scale=crop.scale,
             min_face_px=int(faces.get("min_face_px", 64)),
             speech_backend=audio.get("speech_backend", "whisper-base"),
             # catalogs whose audio config has no encoder_engine ran the encoder on torch
@@ -301,24 +303,12 @@ def expression_trajectory(path: str | Path, settings: CatalogSettings,
             f"checkpoint's model expects expression_dim={expected_dim}")
     out = model(np.stack(crops), np.stack(marks).astype(np.float32))
     angles = np.asarray(angles, np.float64)
-    filled = [_fill(np.asarray(v, np.float64)) for v in
+    filled = [fill_gaps(np.asarray(v, np.float64).reshape(len(v), -1)) for v in
               (out.expression, out.jaw_pose, angles[:, :1], angles[:, 1:2], angles[:, 2:])]
     log.info("expression from %s: %d frames, %d without a face", path, len(crops),
              int(sum(np.isnan(m).all() for m in marks)))
     return Trajectory(*(v.astype(np.float32) for v in filled[:2]),
                       *(v[:, 0].astype(np.float32) for v in filled[2:]))
-
-
-def _fill(values: np.ndarray) -> np.ndarray:
-    """float[T,D] with NaN rows -> each column interpolated over the finite rows."""
-    values = values.reshape(len(values), -1).copy()
-    t = np.arange(len(values))
-    good = np.isfinite(values).all(1)
-    if not good.any():
-        return np.zeros_like(values)
-    for j in range(values.shape[1]):
-        values[:, j] = np.interp(t, t[good], values[good, j])
-    return values
 
 
 def neutral_of(expression: np.ndarray, fraction: float = 0.1) -> np.ndarray:

@@ -6,8 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from jobs.spec import SpecError, scan_inputs
-from pipeline.media import MediaError
-from pipeline.stages.ingest import probe
+from pipeline.media import MediaError, probe
 
 # bench name: its module
 BENCHES = {

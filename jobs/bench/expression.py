@@ -23,7 +23,7 @@ def _real_track(name: str = "single_face.mp4", repeat: int = 4):
 
     from catalog.contract import CROP_FPS
     from jobs.media.sources import media_file
-    from pipeline.analysis.base import DecodedTrack
+    from pipeline.stages.analyze.base import DecodedTrack
     from pipeline.media import iter_frames
 
     decoded = [(f.pts_s, f.image) for f in iter_frames(str(media_file(name)))]
@@ -58,8 +58,8 @@ def run(expression_backend: str | None = None,
     Returns {"frames": T, "<analyzer>/<backend>": frames per second, ..., "expression+emotion": fps}."""
     import torch
 
-    from pipeline.analysis.emotion import EmotionAnalyzer, EmotionConfig
-    from pipeline.analysis.expression import ExpressionAnalyzer, ExpressionConfig
+    from pipeline.stages.analyze.emotion import EmotionAnalyzer, EmotionConfig
+    from pipeline.stages.analyze.expression import ExpressionAnalyzer, ExpressionConfig
 
     from pipeline.models.expression import DEFAULT_EXPRESSION_BACKEND
 

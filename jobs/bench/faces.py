@@ -58,7 +58,7 @@ def _baseline(backend, frames) -> tuple[list[list[np.ndarray]], float]:
 def _tracked(backend, frames, config) -> tuple[dict[int, list[np.ndarray]], float, float, int]:
     """The tracker; returns boxes by frame, seconds, seconds spent in identity embeddings, and
     the number of embeddings."""
-    from pipeline.faces.tracking import Tracker
+    from pipeline.stages.faces.tracking import Tracker
 
     identity_s, calls = [0.0], [0]
     embed = backend.identity.embed
@@ -94,7 +94,7 @@ def run(files: list[str] | None = None, backend_name: str = "mediapipe", repeats
     (fraction of frames where the tracked box has IoU >= 0.7 with the per-frame loop's box)."""
     from pipeline.models.geometry import iou_matrix
     from pipeline.models.faces import load_face_backend
-    from pipeline.faces.tracking import TrackerConfig
+    from pipeline.stages.faces.tracking import TrackerConfig
     from pipeline.media import iter_frames
     from pipeline.models.thresholds import identity_distance
 

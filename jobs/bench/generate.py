@@ -29,9 +29,9 @@ def untrained_checkpoint(out: str | Path, model: dict | None = None, step: int =
     faces, audio and expression settings. `model`: ModelConfig overrides."""
     import torch
 
-    from pipeline.analysis.audio import AudioConfig
-    from pipeline.analysis.expression import ExpressionConfig
-    from pipeline.stages.faces import FacesConfig
+    from pipeline.stages.analyze.audio import AudioConfig
+    from pipeline.stages.analyze.expression import ExpressionConfig
+    from pipeline.stages.faces.stage import FacesConfig
     from training import checkpoint as ckpt
     from training import config
     from training.models import build_model

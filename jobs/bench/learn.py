@@ -78,7 +78,7 @@ def curate(inputs: list[str], root: Path) -> None:
     that an older version of a stage built is curated afresh: it is the bench's own)."""
     from jobs.curate import curate as curate_spec
     from jobs.spec import build
-    from pipeline.plan import FingerprintError
+    from pipeline.run.plan import FingerprintError
 
     spec = build({"job": {"inputs": inputs, "out": str(root)}})
     try:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from jobs.media.talking_face import drive_signal, mouth_interior_box
-from pipeline.models.av_sync import correlate_offsets
+from pipeline.models.lip_sync.av_sync import correlate_offsets
 
 
 def box_at_size(landmarks: np.ndarray, crop_size: int, size: int) -> tuple[int, int, int, int]:

@@ -196,9 +196,9 @@ def _direct_faces(path: str, flush_frames: int) -> None:
     """Track and crop the faces of one file in this process (one clip: the whole file)."""
     import pyarrow as pa
 
-    from pipeline.stage import StageContext
-    from pipeline.stages.faces import FacesConfig, FacesStage
-    from pipeline.stages.ingest import probe
+    from pipeline.stages.contract import StageContext
+    from pipeline.stages.faces.stage import FacesConfig, FacesStage
+    from pipeline.media import probe
 
     info = probe(path)
     with tempfile.TemporaryDirectory(prefix="emoforge-bench-faces-") as root:
@@ -220,10 +220,10 @@ def _direct(path: str) -> None:
     """Hash, ingest and scene-split one file in this process (the no-Ray memory baseline)."""
     import pyarrow as pa
 
-    from pipeline.hashing import assign_ids, hash_file
-    from pipeline.scenes import ScenesConfig
-    from pipeline.stages.ingest import IngestConfig, IngestStage
-    from pipeline.stages.scenes import ScenesStage
+    from pipeline.stages.ingest.hashing import assign_ids, hash_file
+    from pipeline.stages.scenes.detect import ScenesConfig
+    from pipeline.stages.ingest.stage import IngestConfig, IngestStage
+    from pipeline.stages.scenes.stage import ScenesStage
 
     row = assign_ids([hash_file(path)], {}, 1)[0]
     row = {**row, **IngestStage(IngestConfig(), None).process_row(row)}

@@ -16,7 +16,7 @@ import pyarrow as pa
 from catalog.commits import commit_shard, read_commits
 from catalog.read import read_table
 from jobs.media.synthetic_catalog import generate_persons_catalog
-from pipeline.persons_pass import assign_persons
+from pipeline.persons.catalog_pass import assign_persons
 
 
 def timed_pass(root: Path) -> dict:

@@ -89,7 +89,7 @@ def talking_head(seconds: float = DEFAULT_SECONDS, size: tuple[int, int] = SIZE)
 
 
 def duration_s(path: str) -> float:
-    from pipeline.stages.ingest import probe
+    from pipeline.media import probe
 
     return float(probe(path)["duration_s"])
 
@@ -230,10 +230,10 @@ def _row_with(parent: dict, child: dict) -> dict:
 def run_direct(paths: list[str], spec, folder: str) -> dict:
     """Every stage of `spec` in this process, without Ray, on the rows the runner would give
     them: {stage: {"seconds", "rows", "peak_rss_mib"}} plus "setup_s" per stage."""
-    from pipeline import hashing
-    from pipeline.runner import absolute_uri
-    from pipeline.stage import load_stage_class
-    from pipeline.stage import StageContext
+    from pipeline.stages.ingest import hashing
+    from pipeline.run.runner import absolute_uri
+    from pipeline.stages.registry import load_stage_class
+    from pipeline.stages.contract import StageContext
 
     context = StageContext(catalog=folder, staging=os.path.join(folder, "_staging", "direct"))
     stages = {n: load_stage_class(n)(spec.configs.get(n, load_stage_class(n).Config()), context)
@@ -276,8 +276,8 @@ def run_direct(paths: list[str], spec, folder: str) -> dict:
 def run_ray(paths: list[str], spec, folder: str) -> dict:
     """ray.init, then the job through the runner; per-stage seconds from its summaries, and the
     process tree's CPU split by process (`tree_split`, see `split_tree_cpu`)."""
-    from pipeline import runner
-    from pipeline.workers import STATS_ENV
+    from pipeline.run import runner
+    from pipeline.run.workers import STATS_ENV
 
     stats = tempfile.mkdtemp(prefix="worker-stats-")
     os.environ[STATS_ENV] = stats  # a local Ray's workers inherit it
@@ -304,7 +304,7 @@ def run_ray(paths: list[str], spec, folder: str) -> dict:
 
 
 def read_worker_stats(folder: str) -> dict[int, list[dict]]:
-    """pid -> the task records its worker process wrote (pipeline.workers.record_task)."""
+    """pid -> the task records its worker process wrote (pipeline.run.workers.record_task)."""
     out: dict[int, list[dict]] = {}
     for path in Path(folder).glob("*.jsonl"):
         events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -450,7 +450,7 @@ def emotion_stride_accuracy(files: list[str] | None = None,
     from dataclasses import replace
 
     from jobs.media.sources import media_file
-    from pipeline.analysis.emotion import EmotionAnalyzer, EmotionConfig
+    from pipeline.stages.analyze.emotion import EmotionAnalyzer, EmotionConfig
 
     paths = files or [str(media_file(SOURCE)), str(media_file("single_face.mp4"))]
     work = tempfile.mkdtemp(prefix="bench-emotion-")
@@ -483,11 +483,11 @@ def emotion_stride_accuracy(files: list[str] | None = None,
 
 def _face_tracks(paths: list[str], spec, folder: str) -> list[tuple[dict, object]]:
     """(track row, DecodedTrack) of every kept face track of `paths` (stages run in-process)."""
-    from pipeline import hashing
-    from pipeline.runner import absolute_uri
-    from pipeline.stage import load_stage_class
-    from pipeline.stage import StageContext
-    from pipeline.stages.analyze import decode_track
+    from pipeline.stages.ingest import hashing
+    from pipeline.run.runner import absolute_uri
+    from pipeline.stages.registry import load_stage_class
+    from pipeline.stages.contract import StageContext
+    from pipeline.stages.analyze.stage import decode_track
 
     context = StageContext(catalog=folder, staging=os.path.join(folder, "_staging", "e"))
     stages = {n: load_stage_class(n)(spec.configs.get(n, load_stage_class(n).Config()), context)

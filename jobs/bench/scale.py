@@ -19,7 +19,7 @@ where the serial time goes, a 100-node simulation with those costs, and a cost m
    core-seconds) per second of its content (video for ingest and scenes, clips for faces, face
    tracks for analyze), less the model set-up of its actors (measured apart, in this process).
 4. The driver's serial time by phase (RunResult.phases) and the Amdahl bound it implies.
-5. pipeline/simulate.py with those costs: 100 nodes x 16 CPUs, 10,000 videos of 1-10 minutes
+5. pipeline/run/simulate.py with those costs: 100 nodes x 16 CPUs, 10,000 videos of 1-10 minutes
    and 10 of 1-2 hours, the runner against a baseline that runs one wave at a time with pools
    of one row per actor); then a markdown cost model for 1,000 hours of video on N nodes.
 """
@@ -35,7 +35,7 @@ from pathlib import Path
 
 from jobs.bench import BenchInputError, video_inputs
 from jobs.bench.memory import TreeSampler
-from pipeline.simulate import Cluster, StageCost, corpus, simulate
+from pipeline.run.simulate import Cluster, StageCost, corpus, simulate
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def curate_with(files: list[str], out: Path, workers: int) -> dict:
     """Curate `files` into `out` on a fresh local Ray of `workers` CPUs, 1 CPU per stage worker."""
     from catalog.read import read_table
     from jobs.spec import build
-    from pipeline import runner
+    from pipeline.run import runner
 
     os.environ["EMOFORGE_PROGRESS"] = "0"
     spec = build({"job": {"inputs": files, "out": str(out)}})
@@ -134,8 +134,8 @@ def machine_speedup(loops: int = 12_000_000) -> float:
 def setup_seconds() -> dict[str, float]:
     """Model set-up of one actor of each model stage (default configs), in this process."""
     from jobs.spec import build
-    from pipeline.stage import load_stage_class
-    from pipeline.stage import StageContext
+    from pipeline.stages.registry import load_stage_class
+    from pipeline.stages.contract import StageContext
 
     spec = build({"job": {"inputs": ["x"]}})
     context = StageContext(catalog=tempfile.gettempdir(), staging=tempfile.gettempdir())
@@ -161,7 +161,7 @@ def stage_costs(one: dict, setup: dict[str, float]) -> dict[str, StageCost]:
 def simulate_cluster(costs: dict[str, StageCost], nodes: int = 100, cpus: float = 16.0,
                      videos: int = 10_000, long_videos: int = 10) -> dict:
     """The runner and the one-wave-at-a-time baseline, on `nodes` x `cpus` with a realistic corpus."""
-    from pipeline.runner import RunnerConfig
+    from pipeline.run.config import RunnerConfig
 
     shape = corpus(videos, long_videos=long_videos, long_s=(3600.0, 7200.0))
     hours = sum(v.duration_s for v in shape) / 3600

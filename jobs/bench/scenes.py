@@ -42,10 +42,10 @@ def run_direct(files: list[Path]) -> dict:
     """Hash + ingest + scenes stages called in this process (no Ray), per file in order."""
     import pyarrow as pa
 
-    from pipeline.hashing import assign_ids, hash_file
-    from pipeline.scenes import ScenesConfig
-    from pipeline.stages.ingest import IngestConfig, IngestStage
-    from pipeline.stages.scenes import ScenesStage
+    from pipeline.stages.ingest.hashing import assign_ids, hash_file
+    from pipeline.stages.scenes.detect import ScenesConfig
+    from pipeline.stages.ingest.stage import IngestConfig, IngestStage
+    from pipeline.stages.scenes.stage import ScenesStage
 
     config = ScenesConfig(trim_s=0.0)  # clip starts are then exactly the cut frames
     ingest, scenes = IngestStage(IngestConfig(), None), ScenesStage(config, None)

@@ -1,5 +1,5 @@
 """`emoforge bench simulate`: the runner's planning code on a simulated 100-node x 16-CPU cluster
-(pipeline/simulate.py) with the per-stage costs `bench scale` measured (jobs.bench.scale
+(pipeline/run/simulate.py) with the per-stage costs `bench scale` measured (jobs.bench.scale
 DEFAULT_COSTS), for three corpora of 1-10 minute videos: about 670 hours with ten of 1-2 hours,
 about 100 hours with two, and about 100 hours without. Reports utilization and where the idle
 time goes (model set-up, actors waiting on stragglers, stage barriers, the job's tail), for the

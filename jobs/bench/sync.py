@@ -155,7 +155,7 @@ def _stats(values: list[float]) -> dict:
 
 def evaluate(samples: list[Sample], rule: dict[str, float] | None = None) -> dict:
     """Score samples with the bundled backend and the keep rule; the report dict."""
-    from pipeline.models.av_sync import av_sync
+    from pipeline.models.lip_sync.av_sync import av_sync
     from catalog.select import LIP_SYNC_RULES
 
     rule = rule or LIP_SYNC_RULES["av_corr"]

@@ -19,7 +19,7 @@ def _gray(i: int, size=(64, 48)) -> np.ndarray:
 
 def vfr_video(path: Path) -> Path:
     """30 frames whose durations alternate 1/30 s and 2/30 s (variable frame rate)."""
-    import av
+    import av  # heavy: loaded on use
 
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=30)
@@ -38,7 +38,7 @@ def vfr_video(path: Path) -> Path:
 
 
 def hevc10_video(path: Path) -> Path:
-    import av
+    import av  # heavy: loaded on use
 
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx265", rate=25)
@@ -55,7 +55,7 @@ def hevc10_video(path: Path) -> Path:
 
 def late_audio_video(path: Path, delay_s: float = 0.5) -> Path:
     """1 s of video with an audio stream that starts `delay_s` after the video."""
-    import av
+    import av  # heavy: loaded on use
 
     with av.open(str(path), "w") as out:
         vs = out.add_stream("libx264", rate=25)
@@ -73,7 +73,7 @@ def late_audio_video(path: Path, delay_s: float = 0.5) -> Path:
 
 def audio_only(path: Path, seconds: float = 1.0) -> Path:
     """An AAC-only container (no video stream) of a `seconds` tone."""
-    import av
+    import av  # heavy: loaded on use
 
     with av.open(str(path), "w", format="mp4") as out:
         aud = out.add_stream("aac", rate=AUDIO_RATE)

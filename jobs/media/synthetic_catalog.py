@@ -18,13 +18,18 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from catalog import schema
-from catalog.contract import AUDIO_RATE, CROP_FPS
 from catalog.commits import commit_shard
+from catalog.contract import AUDIO_RATE, CROP_FPS
+from catalog.layout import media_relpath
 from catalog.manifest import write_manifest
 from catalog.read import conform
 from catalog.select import Thresholds
+from jobs.media.sources import media_file
+from pipeline.media import write_video
+from pipeline.models.registry import get_spec
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +46,7 @@ TRACK_FATES = {
     "too little speech": 0.08, "lip_sync failed": 0.02, "out of sync": 0.05,
     "low sync confidence": 0.10,
 }
-SYNC_BACKEND = "av_corr"  # the bundled lip-sync backend (pipeline.analysis.lip_sync); 10% syncnet
+SYNC_BACKEND = "av_corr"  # the bundled lip-sync backend (pipeline.stages.analyze.lip_sync); 10% syncnet
 SYNC_RANGES = {"av_corr": (0.0, 1.1), "syncnet": (0.0, 9.0)}  # confidence scales (lo, hi)
 VIDEO_FATES = {"ok": 0.91, "duplicate": 0.03, "ingest failed": 0.05, "scenes failed": 0.01}
 CLIP_FATES = {"faces ok": 0.82, "no face": 0.15, "faces failed": 0.03}
@@ -306,8 +311,6 @@ def _to_table(name: str, cols: dict) -> pa.Table:
 
 def _mask(lists: pa.Array, valid: np.ndarray) -> pa.Array:
     """Null out list entries where `valid` is false."""
-    import pyarrow.compute as pc
-
     return pc.if_else(pa.array(valid), lists, pa.nulls(len(lists), lists.type))
 
 
@@ -317,10 +320,8 @@ def _mask(lists: pa.Array, valid: np.ndarray) -> pa.Array:
 def _face_photos(size: int) -> dict[str, np.ndarray]:
     """emotion label -> a real face, uint8[2*size,2*size,3] RGB, loosely cropped around the face
     that dlib's HOG detector finds (the whole photo's center square when it finds none)."""
-    import dlib
-    from PIL import Image
-
-    from jobs.media.sources import media_file
+    import dlib  # heavy: loaded on use
+    from PIL import Image  # heavy: loaded on use
 
     detector = dlib.get_frontal_face_detector()
     faces: dict[str, np.ndarray] = {}
@@ -343,7 +344,7 @@ def _face_photos(size: int) -> dict[str, np.ndarray]:
 def crop_frames(face: np.ndarray, n: int, size: int, face_px: float, rng: np.random.Generator) -> np.ndarray:
     """uint8[n,size,size,3]: a slowly panning and zooming window over `face` (uint8[2s,2s,3]),
     blurred like an upscaled face when `face_px` < size."""
-    from PIL import Image
+    from PIL import Image  # heavy: loaded on use
 
     t = np.arange(n) / CROP_FPS
     phase = rng.uniform(0, 2 * np.pi)
@@ -364,8 +365,6 @@ def crop_frames(face: np.ndarray, n: int, size: int, face_px: float, rng: np.ran
 
 def _write_crop(path: Path, face: np.ndarray, seconds: float, size: int, face_px: float,
                 rng: np.random.Generator) -> None:
-    from pipeline.media import write_video
-
     n = max(2, round(seconds * CROP_FPS))
     frames = crop_frames(face, n, size, face_px, rng)
     samples = n * AUDIO_RATE // CROP_FPS
@@ -378,8 +377,6 @@ def _write_track_crops(tmp: Path, tracks: pa.Table, photos: dict, size: int,
                        rng: np.random.Generator) -> tuple[dict[str, Path], pa.Table]:
     """Write a crop mp4 for every ok track; returns the staged files and the table with
     crop_path set."""
-    from pipeline.stage import media_relpath
-
     staged: dict[str, Path] = {}
     rows = tracks.select(["track_id", "shard", "faces_status", "start_s", "end_s", "face_px_median",
                           "emotion_label"]).to_pylist()
@@ -409,8 +406,6 @@ def _write_pool(tmp: Path, photos: dict, size: int, rng: np.random.Generator) ->
 
 def _stages() -> dict[str, dict]:
     """The manifest's stage entries, with the registry's real model specs for each stage."""
-    from pipeline.models.registry import get_spec
-
     uses = {"ingest": [], "scenes": [], "faces": [("face_detection", "mediapipe"),
             ("face_landmarks", "dlib68"), ("identity", "dlib")], "audio": [("vad", "silero")],
             "lip_sync": [], "expression": [("expression", "3dmm")], "emotion": [("emotion", "fer")]}

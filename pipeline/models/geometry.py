@@ -1,12 +1,15 @@
 """Face geometry helpers: boxes, rotated square regions as affines, 68-point indices, mouth opening.
 
 Boxes are float32[4] x0, y0, x1, y1 in pixels; affines are float32[2,3] mapping source pixels to
-the pixels of a square crop (`cv2.warpAffine` convention).
+the pixels of a square crop (`cv2.warpAffine` convention). CropSpec is the one face-crop geometry
+the faces stage, the generator and the evaluator share.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -20,6 +23,42 @@ MESH_TO_68 = np.array([
     61, 39, 37, 0, 267, 269, 291, 405, 314, 17, 84, 181,
     78, 82, 13, 312, 308, 317, 14, 87,
 ], dtype=np.int64)
+
+
+# the face-crop geometry's defaults, and the portrait crop (head and shoulders)
+CROP_SIZE = 256  # px: the crop's side
+CROP_SCALE = 1.8  # the crop's side over the face box side (brows to chin)
+CROP_SMOOTH_SIGMA = 2.0  # 25 fps frames: Gaussian smoothing of centre, side and roll
+PORTRAIT_SIZE = 512
+PORTRAIT_SCALE = 3.0
+
+
+@dataclass(frozen=True)
+class CropSpec:
+    """The face-crop geometry: a square crop of `size` px whose side is `scale` times the face
+    box side, its centre, side and roll smoothed over time by a Gaussian of `smooth_sigma`
+    25 fps frames (pipeline.models.signal.gaussian_smooth with the ends held)."""
+
+    size: int = CROP_SIZE
+    scale: float = CROP_SCALE
+    smooth_sigma: float = CROP_SMOOTH_SIGMA
+
+    @classmethod
+    def resolve(cls, size: int = CROP_SIZE, scale: float = CROP_SCALE,
+                smooth_sigma: float = CROP_SMOOTH_SIGMA, portrait: bool = False) -> CropSpec:
+        """The spec a faces config asks for: `portrait` is the wider head-and-shoulders crop
+        (PORTRAIT_SIZE and PORTRAIT_SCALE, whatever `size` and `scale` say)."""
+        if portrait:
+            return cls(PORTRAIT_SIZE, PORTRAIT_SCALE, smooth_sigma)
+        return cls(size, scale, smooth_sigma)
+
+    @classmethod
+    def from_faces_config(cls, faces: dict[str, Any]) -> CropSpec:
+        """From a faces stage config as a catalog manifest records it (missing keys: defaults)."""
+        return cls.resolve(int(faces.get("crop_size", CROP_SIZE)),
+                           float(faces.get("crop_scale", CROP_SCALE)),
+                           float(faces.get("smooth_sigma", CROP_SMOOTH_SIGMA)),
+                           bool(faces.get("portrait", False)))
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -102,7 +141,7 @@ def laplacian_variance(image: np.ndarray) -> float:
     """Sharpness of one RGB crop uint8[H,W,3]: variance of the Laplacian of its gray image
     (the faces stage's `sharpness` of each crop). cv2.meanStdDev accumulates in float64: 0.2 ms
     a 256 px crop where numpy's float32 .var() took 0.75 (values equal to 1e-7 relative)."""
-    import cv2
+    import cv2  # heavy: loaded on use
 
     laplacian = cv2.Laplacian(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.CV_32F)
     return float(cv2.meanStdDev(laplacian)[1][0, 0]) ** 2
@@ -127,7 +166,7 @@ def reduced_region(image: np.ndarray, center: tuple[float, float], side: float,
     per output px: the part of the image around it, halved by 2x2 averaging until at most a 2x
     reduction is left, and float64[3,3] mapping its pixels to source pixels. Where no halving is
     needed, the whole image and the identity."""
-    import cv2
+    import cv2  # heavy: loaded on use
 
     halvings = max(0, math.floor(math.log2(max(reduction, 1.0))))
     if halvings == 0:
@@ -158,7 +197,7 @@ def crop_face(image: np.ndarray, points68: np.ndarray, size: int,
     uint8[H,W,3], points68 float[68,2] source px -> (crop uint8[size,size,3], affine
     float32[2,3] source px -> crop px, face box float32[4] source px). Large faces are halved
     first (reduced_region) so the crop does not alias; borders repeat the edge pixels."""
-    import cv2
+    import cv2  # heavy: loaded on use
 
     box = face_box_from_68(points68)
     centres, sides, angles = crop_squares(box[None], np.asarray(points68)[None], scale)
@@ -169,3 +208,24 @@ def crop_face(image: np.ndarray, points68: np.ndarray, size: int,
     crop = cv2.warpAffine(source, matrix, (size, size), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_REPLICATE)
     return crop, affine, box
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str = "union") -> np.ndarray:
+    """Greedy non-maximum suppression. boxes float[N,4] x0,y0,x1,y1, scores float[N] ->
+    int64 indices kept, best first. mode "union" (IoU) or "min" (intersection over the smaller)."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+    area = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+    keep = []
+    while order.size:
+        i, rest = order[0], order[1:]
+        keep.append(i)
+        lo = np.maximum(boxes[i, :2], boxes[rest, :2])
+        hi = np.minimum(boxes[i, 2:], boxes[rest, 2:])
+        inter = np.prod(np.clip(hi - lo, 0, None), axis=1)
+        if mode == "min":
+            overlap = inter / np.maximum(np.minimum(area[i], area[rest]), 1e-9)
+        else:
+            overlap = inter / np.maximum(area[i] + area[rest] - inter, 1e-9)
+        order = rest[overlap <= threshold]
+    return np.array(keep, np.int64)

@@ -12,7 +12,7 @@ log = logging.getLogger(__name__)
 def execution_providers(requested: Sequence[str] | None = None) -> list[str]:
     """The providers to ask for: `requested` as given, else CUDA when this onnxruntime build has it
     (onnxruntime-gpu), then CPU."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # heavy: loaded on use
 
     if requested:
         return list(requested)
@@ -24,7 +24,7 @@ def ort_session(path: str | Path | bytes, threads: int = 1, providers: Sequence[
     """An onnxruntime.InferenceSession on `path` (or a serialized model) with `threads` intra-op
     threads.
     providers: None = CPU only; "auto" picks CUDA when available (see execution_providers)."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # heavy: loaded on use
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(1, int(threads))
@@ -41,3 +41,15 @@ def ort_session(path: str | Path | bytes, threads: int = 1, providers: Sequence[
     log.debug("onnxruntime session on %s with %s",
               "an in-memory model" if isinstance(path, bytes) else path, session.get_providers())
     return session
+
+
+def graph_normalizes_input(path) -> bool:
+    """True when the ONNX graph subtracts and scales its input itself (mxnet exports start with
+    Sub/Mul nodes or a 'bn_data' batch norm); then the caller feeds raw 0..255 pixels."""
+    import onnx  # heavy: loaded on use
+
+    nodes = onnx.load(str(path), load_external_data=False).graph.node[:8]
+    sub = any(n.name.startswith(("Sub", "_minus")) for n in nodes)
+    mul = any(n.name.startswith(("Mul", "_mul")) for n in nodes)
+    bn = any(n.name == "bn_data" for n in nodes[:3])
+    return (sub and mul) or bn

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import functools
 import math
+import pickle
 
 import numpy as np
+
+from pipeline.models.registry import package_dir
+from pipeline.models.signal import fill_gaps
 
 PNP_POINTS = np.r_[17:27, 27:36, 36:48, 48:60, 0:17:2]  # rigid-ish points (no inner lips)
 
@@ -19,10 +23,6 @@ PNP_POINTS = np.r_[17:27, 27:36, 36:48, 48:60, 0:17:2]  # rigid-ish points (no i
 @functools.lru_cache(maxsize=1)
 def generic_face() -> np.ndarray:
     """float64[68,3] mean face in OpenCV camera axes (x right, y down, z away from camera)."""
-    import pickle
-
-    from pipeline.models.registry import package_dir
-
     base = package_dir("insightface")
     if base is None:
         raise FileNotFoundError("head pose needs the insightface package (meanshape_68.pkl)")
@@ -35,7 +35,7 @@ def generic_face() -> np.ndarray:
 
 def head_pose(points68: np.ndarray, image_size: tuple[int, int]) -> tuple[float, float, float]:
     """points68: float[68,2] image px, image_size: (width, height) -> (yaw, pitch, roll) degrees."""
-    import cv2
+    import cv2  # heavy: loaded on use
 
     w, h = image_size
     f = float(max(w, h))
@@ -73,7 +73,7 @@ def rotation_speed(yaw: np.ndarray, pitch: np.ndarray, roll: np.ndarray, fps: fl
     angles = np.stack([yaw, pitch, roll], 1).astype(np.float64)
     if len(angles) < 2:
         return np.zeros(len(angles), np.float32)
-    angles = _fill_nan(angles)
+    angles = np.stack([fill_gaps(angles[:, j]) for j in range(angles.shape[1])], 1)
     if smooth > 1 and len(angles) >= smooth:
         kernel = np.ones(smooth) / smooth
         pad = smooth // 2
@@ -81,12 +81,3 @@ def rotation_speed(yaw: np.ndarray, pitch: np.ndarray, roll: np.ndarray, fps: fl
         angles = np.stack([np.convolve(padded[:, i], kernel, "valid") for i in range(3)], 1)
     speed = np.linalg.norm(np.diff(angles, axis=0), axis=1) * fps
     return np.concatenate([speed[:1], speed]).astype(np.float32)
-
-
-def _fill_nan(x: np.ndarray) -> np.ndarray:
-    out = x.copy()
-    idx = np.arange(len(x))
-    for j in range(x.shape[1]):
-        ok = np.isfinite(x[:, j])
-        out[:, j] = np.interp(idx, idx[ok], x[ok, j]) if ok.any() else 0.0
-    return out

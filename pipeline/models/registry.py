@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib
 import importlib.util
 import os
+import pkgutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -175,12 +177,7 @@ def weights_checksum(spec: ModelSpec) -> str:
 
 
 def _import_backend_modules() -> None:
-    """Backends register their specs at import; import every module of pipeline.models (its
-    subpackages included)."""
-    import pkgutil
-
-    import pipeline.models as pkg
-
-    for info in pkgutil.walk_packages(pkg.__path__, prefix="pipeline.models."):
+    """Backends register their specs at import; import every module under pipeline/models/."""
+    for info in pkgutil.walk_packages([str(Path(__file__).parent)], "pipeline.models."):
         if info.name != __name__:
             importlib.import_module(info.name)

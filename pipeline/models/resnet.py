@@ -12,8 +12,8 @@ EXPANSION = 4
 def build_resnet(width: int = 64, layers: tuple[int, ...] = LAYERS_50) -> Any:
     """A ResNet with bottleneck blocks whose stem has `width` channels (64 for ResNet-50).
     forward: float[N,3,H,W] -> float[N, width*8*4] globally average-pooled features."""
-    import torch
-    from torch import nn
+    import torch  # heavy: loaded on use
+    from torch import nn  # heavy: loaded on use
 
     class Bottleneck(nn.Module):
         def __init__(self, inplanes: int, planes: int, stride: int, downsample: nn.Module | None):

@@ -96,13 +96,13 @@ def _set_buffer(model, index: int, values: np.ndarray) -> None:
 
 
 def _load(path: str | Path):
-    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert import schema_py_generated as schema  # heavy: loaded on use
 
     return schema.ModelT.InitFromPackedBuf(Path(path).read_bytes(), 0)
 
 
 def _pack(model) -> bytes:
-    import flatbuffers
+    import flatbuffers  # heavy: loaded on use
 
     builder = flatbuffers.Builder(1 << 20)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")

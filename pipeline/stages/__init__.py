@@ -1,0 +1,1 @@
+"""The stage contract (contract.py) and one folder per stage: its class and its algorithm."""

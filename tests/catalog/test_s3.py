@@ -162,7 +162,7 @@ def test_an_unreachable_store_is_retried_then_a_clear_error(s3, monkeypatch):
 
 def test_s3_inputs_open_through_the_store(s3, tmp_path):
     from jobs.media.synthetic import make_video
-    from pipeline import hashing
+    from pipeline.stages.ingest import hashing
     from pipeline.media import iter_frames
 
     import numpy as np
@@ -222,9 +222,9 @@ def test_a_store_outage_while_decoding_stops_the_job_not_the_row(s3, tmp_path, m
     import pyarrow as pa
 
     from jobs.media.synthetic import make_video
-    from pipeline.workers import StageWorker
-    from pipeline.stage import StageContext
-    from pipeline.stages.ingest import IngestConfig
+    from pipeline.run.workers import StageWorker
+    from pipeline.stages.contract import StageContext
+    from pipeline.stages.ingest.stage import IngestConfig
 
     local = tmp_path / "clip.mp4"
     make_video(local, lambda i: np.full((64, 64, 3), i * 9 % 255, np.uint8), 10)
@@ -241,7 +241,7 @@ def test_a_store_outage_while_decoding_stops_the_job_not_the_row(s3, tmp_path, m
             worker(pa.Table.from_pylist([row]))
     finally:
         s3.resume()
-    from pipeline.workers import unpack
+    from pipeline.run.workers import unpack
 
     packed = worker(pa.Table.from_pylist([row])).to_pylist()[0]  # the store is back: a real row
     assert unpack(packed["ipc"]).to_pylist()[0]["ingest_status"] == "ok"

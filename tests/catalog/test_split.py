@@ -46,7 +46,7 @@ def test_split_by_person_writes_what_person_split_returns(tmp_path):
     from catalog import schema
     from catalog.commits import commit_shard
     from catalog.manifest import write_manifest
-    from pipeline.persons_pass import split_by_person
+    from catalog.split import split_by_person
 
     tracks = _tracks().append_column("shard", pa.array([0] * 12, pa.int32()))
     full = pa.Table.from_pylist(tracks.to_pylist(), schema=schema.table_schema("tracks"))

@@ -9,7 +9,7 @@ import pytest
 from catalog.spec import COMMAND_SECTIONS, SpecError
 from jobs import cli
 from jobs import spec as job_spec
-from pipeline.stage import STAGE_CLASSES
+from pipeline.stages.registry import STAGE_CLASSES
 from training import config as train_config
 
 SELECT_OVERRIDES = [

@@ -18,13 +18,18 @@ import numpy as np
 
 from catalog.contract import AUDIO_RATE, CROP_FPS, SAMPLES_PER_FRAME
 from pipeline.models.faces import FaceBackend, Landmarks
-from pipeline.models.geometry import apply_affine, eye_angle, face_box_from_68, square_affine
+from pipeline.models.geometry import (
+    CropSpec,
+    apply_affine,
+    eye_angle,
+    face_box_from_68,
+    square_affine,
+)
+from pipeline.models.signal import fill_gaps, gaussian_smooth
 
 log = logging.getLogger(__name__)
 
-CROP_SIZE = 256  # the faces stage's CropSpec defaults
-CROP_SCALE = 1.8
-CROP_SMOOTH_SIGMA = 2.0
+CROP = CropSpec()  # the faces stage's default crop geometry
 
 
 class NoFaceError(ValueError):
@@ -119,23 +124,10 @@ def face_points(backend: FaceBackend, image: np.ndarray, prev: Landmarks | None 
 
 def crop_face_box(width: int, height: int) -> np.ndarray:
     """Where the face is in a frame that is itself a face crop of the catalog's geometry (what
-    `emoforge generate` writes): the central square of side min(width, height) / CROP_SCALE."""
-    side = min(width, height) / CROP_SCALE
+    `emoforge generate` writes): the central square of side min(width, height) / CROP.scale."""
+    side = min(width, height) / CROP.scale
     cx, cy = width / 2, height / 2
     return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], np.float32)
-
-
-def _smooth(x: np.ndarray, sigma: float) -> np.ndarray:
-    from scipy.ndimage import gaussian_filter1d
-
-    return gaussian_filter1d(x, sigma, axis=0, mode="nearest") if sigma > 0 and len(x) > 1 else x
-
-
-def _fill(x: np.ndarray, known: np.ndarray) -> np.ndarray:
-    idx = np.arange(len(x))
-    flat = x.reshape(len(x), -1)
-    out = np.stack([np.interp(idx, idx[known], flat[known, j]) for j in range(flat.shape[1])], 1)
-    return out.reshape(x.shape)
 
 
 def load_face_clip(path: str | Path, backend: FaceBackend, audio: np.ndarray | None = None,
@@ -166,17 +158,18 @@ def load_face_clip(path: str | Path, backend: FaceBackend, audio: np.ndarray | N
     known = np.isfinite(points).all((1, 2))
     if not known.any():
         raise NoFaceError(f"{path}: no face found in any of its {t} frames")
-    filled = _fill(points.astype(np.float64), known)
+    filled = fill_gaps(points.astype(np.float64), known)
     boxes = np.stack([face_box_from_68(p) for p in filled])
-    centers = _smooth((boxes[:, :2] + boxes[:, 2:]) / 2, CROP_SMOOTH_SIGMA)
-    sides = _smooth(np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) * CROP_SCALE,
-                    CROP_SMOOTH_SIGMA)
-    angles = _smooth(np.unwrap([eye_angle(p) for p in filled]), CROP_SMOOTH_SIGMA)
-    crops = np.empty((t, CROP_SIZE, CROP_SIZE, 3), np.uint8)
+    sigma = CROP.smooth_sigma
+    centers = gaussian_smooth((boxes[:, :2] + boxes[:, 2:]) / 2, sigma, ends="hold")
+    sides = gaussian_smooth(np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+                            * CROP.scale, sigma, ends="hold")
+    angles = gaussian_smooth(np.unwrap([eye_angle(p) for p in filled]), sigma, ends="hold")
+    crops = np.empty((t, CROP.size, CROP.size, 3), np.uint8)
     landmarks = np.full_like(points, np.nan)
     for i in range(t):
-        m = square_affine(tuple(centers[i]), float(sides[i]), float(angles[i]), CROP_SIZE)
-        crops[i] = cv2.warpAffine(frames[i], m.astype(np.float64), (CROP_SIZE, CROP_SIZE),
+        m = square_affine(tuple(centers[i]), float(sides[i]), float(angles[i]), CROP.size)
+        crops[i] = cv2.warpAffine(frames[i], m.astype(np.float64), (CROP.size, CROP.size),
                                   flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
         if known[i]:
             landmarks[i] = apply_affine(m, points[i])

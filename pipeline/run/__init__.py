@@ -1,0 +1,1 @@
+"""The Ray runner and what serves it: plan, waves, workers, staging, assembly, simulation."""

@@ -1,0 +1,1 @@
+"""ingest: content hashes of input files (video_id) and the container probe."""

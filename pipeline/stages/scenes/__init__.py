@@ -1,0 +1,1 @@
+"""scenes: shot boundaries (fast cuts, fades, black runs) and the stage that writes clips."""
