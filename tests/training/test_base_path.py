@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import wave
 from pathlib import Path
@@ -131,9 +132,9 @@ def speak_seconds(path: Path) -> float:
 def train_cli(catalog_root: str, models: Path, out: Path, stage: int, steps: int,
               precision: str = "bf16", init_from: Path | None = None) -> None:
     """`emoforge train jobs/train_base.toml` with the reduced layout and the fixture catalog."""
-    select = [f"select.{k}={v!r}".replace("'", '"').replace("True", "true").replace(
-        "False", "false") for k, v in dataclasses.asdict(FIXTURE_THRESHOLDS).items()
-        if v is not None]
+    select = [f"select.{k}={json.dumps(list(v) if isinstance(v, tuple) else v)}"
+              for k, v in dataclasses.asdict(FIXTURE_THRESHOLDS).items()
+              if v is not None and not isinstance(v, dict)]
     sets = [f'train.catalog="{catalog_root}"', f'train.out="{out}"',
             f'train.models_root="{models}"', f"train.stage={stage}",
             f"train.max_steps={steps}", f"train.checkpoint_every={STEPS // 2}",
@@ -151,7 +152,6 @@ def train_cli(catalog_root: str, models: Path, out: Path, stage: int, steps: int
     assert main(args) == 0
 
 
-@pytest.mark.slow
 def test_base_stages_resume_and_generate_through_the_cli(curated_catalog, models_root, tmp_path,
                                                          plain_gradients):
     import skimage.data
@@ -160,20 +160,25 @@ def test_base_stages_resume_and_generate_through_the_cli(curated_catalog, models
     from jobs.media.sources import speak
     from training.models import build_model
 
-    unused = {f"reference_net.{n}"
-              for n in build_model(reduced_base(models_root)).reference_net
-              .unused_by_reference_attention()}
-    # with weight decay 0 a parameter changes only where its gradient is non-zero
-    unused |= {n for n, g in plain_gradients.items() if not g.any()}
+    model = build_model(reduced_base(models_root))
+    parameters = {n for n, _ in model.named_parameters()}  # not buffers (positional tables)
+    unused = {f"reference_net.{n}" for n in model.reference_net.unused_by_reference_attention()}
+    # zero gradients in exact arithmetic; rounding under bf16 can leave them a trace that
+    # Adam's normalised step turns into a change: they may or may not move
+    optional = {n for n in plain_gradients if single_key_attention(n)}
+    # the learned nulls of the audio and expression: used only by samples that drop them (5%)
+    optional |= {"context.audio_null", "context.expression_null"}
     previous = None
     for stage in (1, 2, 3):
         out = tmp_path / f"stage{stage}"
         train_cli(curated_catalog, models_root, out, stage, STEPS // 2, init_from=previous)
         train_cli(curated_catalog, models_root, out, stage, STEPS, init_from=previous)  # resumes
         mid, last = checkpoint_weights(out, STEPS // 2), checkpoint_weights(out, STEPS)
-        changed = {n for n in mid.keys() & last.keys() if not torch.equal(mid[n], last[n])}
-        expected = {n for n in mid.keys() & last.keys() if expected_trainable(n, stage, unused)}
-        assert changed == expected, (stage, sorted(changed ^ expected)[:10])
+        both = mid.keys() & last.keys() & parameters
+        changed = {n for n in both if not torch.equal(mid[n], last[n])}
+        expected = {n for n in both if expected_trainable(n, stage, unused)}
+        assert expected - optional <= changed <= expected, (
+            stage, sorted((changed ^ expected) - optional)[:10])
         if stage == 1:  # with checkpointing, the ReferenceNet trained
             assert any(n.startswith("reference_net.") for n in changed)
         previous = out
@@ -191,7 +196,6 @@ def test_base_stages_resume_and_generate_through_the_cli(curated_catalog, models
     assert frames[0].shape == (64, 64, 3)
 
 
-@pytest.mark.slow
 def test_base_resume_equals_an_uninterrupted_fp32_run(curated_catalog, models_root, tmp_path,
                                                       one_thread):
     """Stage 2 in fp32 with gradient checkpointing: STEPS at once, and STEPS // 2 then resumed
