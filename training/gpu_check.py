@@ -75,8 +75,34 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="gradient checkpointing: auto = on with CUDA")
     p.add_argument("--work", help="folder for the weights and the resume checkpoint "
                    "(default: a temporary one)")
+    p.add_argument("--tests-junit", help="JUnit XML of the CUDA-marked tests, summarised in the JSON")
+    p.add_argument("--tests-log", help="their pytest log (named in the JSON)")
     p.add_argument("--child", help=argparse.SUPPRESS)  # the resume part's training process
     return p.parse_args(argv)
+
+
+def test_summary(junit: str | None, log: str | None) -> dict:
+    """passed / failed / skipped (with reasons) / errors (collection: a package absent there)
+    from pytest's JUnit XML; skipped as a whole when there is none."""
+    import xml.etree.ElementTree as ET
+
+    if not junit or not Path(junit).is_file():
+        return {"status": "skipped", "reason": "no JUnit XML (pytest absent or not run)"}
+    summary: dict = {"passed": [], "failed": [], "skipped": [], "errors": [], "log": log}
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        name = f"{case.get('classname')}::{case.get('name')}".strip(":")
+        if case.find("failure") is not None:
+            summary["failed"].append(name)
+        elif case.find("error") is not None:
+            message = (case.find("error").get("message") or "")[:200]
+            summary["errors"].append(f"{name}: {message}")
+        elif case.find("skipped") is not None:
+            reason = (case.find("skipped").get("message") or "")[:200]
+            summary["skipped"].append(f"{name}: {reason}")
+        else:
+            summary["passed"].append(name)
+    summary["status"] = "failed" if summary["failed"] else "passed"
+    return summary
 
 
 def missing_packages() -> list[str]:
@@ -393,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
                     "args": {k: v for k, v in vars(args).items() if k != "child"},
                     "python": sys.version.split()[0], "missing_packages": missing}
     out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not args.child:
+        report["cuda_tests"] = test_summary(args.tests_junit, args.tests_log)
     if missing:
         report["parts"] = {name: {"status": "skipped", "reason": f"needs {missing} (carry "
                                   "their wheels in scripts/gpu_wheels)"}
@@ -464,10 +493,10 @@ def argv_without_out(argv: list[str]) -> list[str]:
         if skip:
             skip = False
             continue
-        if arg in ("--out", "--work"):
+        if arg in ("--out", "--work", "--tests-junit", "--tests-log"):
             skip = True
             continue
-        if arg.startswith(("--out=", "--work=")):
+        if arg.startswith(("--out=", "--work=", "--tests-junit=", "--tests-log=")):
             continue
         out.append(arg)
     return out

@@ -9,10 +9,12 @@ video."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
+import os
+import subprocess
+import sys
 import wave
 from pathlib import Path
 
@@ -209,3 +211,31 @@ def test_base_resume_equals_an_uninterrupted_fp32_run(curated_catalog, models_ro
     assert any(not torch.equal(a[n], checkpoint_weights(part, STEPS // 2)[n]) for n in a)
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0)
+
+
+@pytest.mark.slow
+def test_gpu_check_script_runs_every_part_on_cpu(tmp_path):
+    """scripts/gpu_check.sh at a CPU size: the CUDA-marked tests (skipped here) and every part of
+    training.gpu_check, one JSON."""
+    out = tmp_path / "check"
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts" / "gpu_check.sh"), str(out), "--device", "cpu",
+         "--layout", "reduced", "--size", "64", "--steps", "2", "--seconds", "0.4",
+         "--sample-steps", "2"], env=env, cwd=REPO, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((out / "gpu_check.json").read_text())
+    parts = report["parts"]
+    assert {n: p["status"] for n, p in parts.items()} == dict.fromkeys(
+        ("model", "stage1", "stage2", "resume", "generate"), "passed")
+    assert parts["stage1"]["frames"] == 1 and parts["stage2"]["frames"] == 4
+    assert parts["stage2"]["motion_frames"] == 2
+    assert parts["stage1"]["trainable_parameters_m"] > parts["stage2"]["trainable_parameters_m"]
+    assert parts["resume"]["killed_after_step"] == 2
+    assert parts["resume"]["optimizer_state_device"] == "cpu"
+    assert parts["generate"]["frames"] == 10 and parts["generate"]["windows"] == 3
+    assert parts["generate"]["seconds_per_frame"] > 0
+    tests = report["cuda_tests"]
+    assert tests["status"] == "passed" and not tests["passed"]  # no CUDA here: all skipped
+    assert any("needs CUDA" in s or "CUDA" in s for s in tests["skipped"])
