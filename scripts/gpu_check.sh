@@ -35,13 +35,13 @@ command -v nvidia-smi >/dev/null && nvidia-smi -L | tee "$OUT_DIR/nvidia-smi.txt
 
 JUNIT="$OUT_DIR/cuda_tests.xml"
 if "$PY" -c "import pytest" 2>/dev/null; then
-    timeout 240 "$PY" -m pytest -q -m gpu -p no:cacheprovider --continue-on-collection-errors \
+    timeout 150 "$PY" -m pytest -q -m gpu -p no:cacheprovider --continue-on-collection-errors \
         --junitxml "$JUNIT" tests > "$OUT_DIR/cuda_tests.log" 2>&1
     echo "gpu_check: CUDA tests exit code $? (log: $OUT_DIR/cuda_tests.log)"
 else
     echo "gpu_check: pytest is absent: the CUDA tests are skipped"
 fi
-timeout 540 "$PY" -m training.gpu_check --out "$OUT_DIR/gpu_check.json" --tests-junit "$JUNIT" \
+timeout 420 "$PY" -m training.gpu_check --out "$OUT_DIR/gpu_check.json" --tests-junit "$JUNIT" \
     --tests-log "$OUT_DIR/cuda_tests.log" "$@"
 status=$?
 echo "gpu_check: exit code $status; figures in $OUT_DIR/gpu_check.json"

@@ -293,6 +293,7 @@ def resume_part(check: Check, argv: list[str]) -> dict:
     """Start the child, kill it once it saved, resume its run here."""
     import torch
 
+    reset_peak(torch.device(check.device))  # the child needs the memory this process cached
     folder = check.work / "resume"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / CHECKPOINT).unlink(missing_ok=True)

@@ -79,6 +79,17 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+def test_sd15_layout_is_the_base_presets():
+    """The full-width folder write_sd15 writes is the layout the base preset loads (checked
+    without writing its 3.4 GB)."""
+    from training.base_layout import SD15_UNET
+    from training.models import ModelConfig
+
+    cfg = ModelConfig.base("/models")
+    assert {k: getattr(cfg, k) for k in SD15_UNET} == SD15_UNET
+    assert model_overrides(reduced=False) == {}
+
+
 def reduced_base(models_root: Path, **extra):
     from training.models import ModelConfig
 
