@@ -3,7 +3,7 @@
 VENV := .venv
 STAMP := $(VENV)/.emoforge-installed
 
-.PHONY: setup demo test test-slow lint
+.PHONY: setup demo test test-slow lint gpu-check gpu-wheels
 
 $(STAMP): pyproject.toml requirements-nodeps.txt scripts/setup.sh
 	bash scripts/setup.sh
@@ -29,3 +29,14 @@ test-slow: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pipeline training catalog jobs tests
+
+# The device check (scripts/gpu_check.sh): on a machine with one NVIDIA GPU, with the Python there
+# (no venv: the lent machines have torch but no registry); JSON in out/gpu_check/.
+gpu-check:
+	bash scripts/gpu_check.sh out/gpu_check
+
+# The wheels gpu_check.sh installs offline where diffusers is absent (needs a registry here).
+gpu-wheels:
+	python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux_2_28_x86_64 -d scripts/gpu_wheels \
+		diffusers==0.42.1 importlib_metadata==10.2.0

@@ -9,7 +9,9 @@ any work), crop the reference with the catalog's face backend and crop geometry,
 audio features with the catalog's speech backend, then window by window (F frames each):
 motion frames = the previous window's last M generated latents (the first window: the
 reference repeated), DDIM with classifier-free guidance per condition on the EMA weights,
-decode, write. The video has ceil(samples / 640) frames at 25 fps (at least the audio's
+decode, write (sampling.denoise_window: the ReferenceNet runs once per window, a step's guidance
+branches as one batched call, bf16 autocast on CUDA; `fast=False` recomputes them per call,
+for comparison). The video has ceil(samples / 640) frames at 25 fps (at least the audio's
 duration, less than one frame more) and carries the input audio (AAC). One torch.Generator
 seeded with `seed` draws every window's noise in order: the same seed gives the same video.
 
@@ -100,7 +102,8 @@ class Generator:
     """A checkpoint's model (EMA weights, eval mode) and the catalog settings it was trained on;
     `prepare` checks and measures a request's inputs, `run` generates it, `generate` does both."""
 
-    def __init__(self, checkpoint: str | Path, device: str | None = None) -> None:
+    def __init__(self, checkpoint: str | Path, device: str | None = None,
+                 fast: bool = True) -> None:
         from training.config import from_resolved
         from training.diffusion import make_scheduler
         from training.models import build_model
@@ -117,6 +120,7 @@ class Generator:
         self.spec, self.model_cfg, self.data_cfg = spec, spec.model, spec.data
         self.settings = CatalogSettings.from_checkpoint(self.config)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.fast = fast  # sampling.denoise_window's fast path (cached reference, batched CFG)
         self.model = build_model(spec.model)
         load_weights(self.model, self.path, ema=True)
         self.model.to(self.device).eval()
@@ -224,10 +228,11 @@ class Generator:
                     shape = (1, f, *reference.shape[1:])
                     latents = denoise_window(self.model, self.scheduler, cond, shape, req.steps,
                                              req.guidance_reference, req.guidance_audio,
-                                             generator)
+                                             generator, fast=self.fast)
                     if m:  # the last M generated latents (earlier ones too when F < M)
                         motion = torch.cat([motion, latents], 1)[:, -m:]
-                    pixels = self.model.codec.decode(latents.flatten(0, 1))
+                    with self._autocast():
+                        pixels = self.model.codec.decode(latents.flatten(0, 1)).float()
                     keep = min(f, n - k * f)
                     for image in to_uint8(pixels[:keep]).cpu().numpy():
                         writer.write(image)
@@ -245,6 +250,11 @@ class Generator:
 
     def generate(self, request: Request, progress: bool = True) -> Result:
         return self.run(self.prepare(request), progress)
+
+    def _autocast(self):
+        """bf16 autocast on CUDA with the fast path, else nothing."""
+        enabled = self.fast and self.device.type == "cuda"
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled)
 
     def _pixels(self, crop: np.ndarray) -> torch.Tensor:
         """uint8[crop,crop,3] -> float32[1,3,S,S] in [-1,1], resized as training's data.decode

@@ -1,50 +1,128 @@
-"""Classifier-free guidance in `denoise_window`: the composed prediction against its formula, and
-the model calls each setting needs (a model whose output says which conditions it saw)."""
+"""`denoise_window`: the composed guidance against its formula and the branches each setting
+needs (a model whose output says which conditions each row saw), and the fast path (reference
+features once per window, branches batched) against one call per branch on the tiny model."""
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
 from torch import nn
 
+from tests.training.test_models import make_cond, perturb
 from training.config import DiffusionConfig
 from training.diffusion import make_scheduler
-from training.models import Conditions
+from training.models import Conditions, ModelConfig, build_model
 from training.sampling import denoise_window
 
 SHAPE = (1, 2, 3, 4, 4)
 
 
 class ConditionEcho(nn.Module):
-    """v = 0.1 if the reference is kept + 0.3 if the audio is kept; records each call."""
+    """v = 0.1 if the reference is kept + 0.3 if the audio is kept, per row; records each
+    call's rows as (reference kept, audio kept)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.anchor = nn.Parameter(torch.zeros(1))  # denoise_window reads the device from it
-        self.calls: list[tuple[bool, bool]] = []
+        self.calls: list[list[tuple[bool, bool]]] = []
 
     def forward(self, latents, timesteps, cond):
-        kept = {n: not bool(cond.drop.get(n, torch.zeros(1, dtype=torch.bool))[0])
-                for n in ("reference", "audio")}
-        self.calls.append((kept["reference"], kept["audio"]))
-        return torch.full_like(latents, 0.1 * kept["reference"] + 0.3 * kept["audio"])
+        n = latents.shape[0]
+        kept = {name: ~cond.drop.get(name, torch.zeros(n, dtype=torch.bool))
+                for name in ("reference", "audio")}
+        self.calls.append([(bool(r), bool(a)) for r, a in zip(kept["reference"], kept["audio"])])
+        value = 0.1 * kept["reference"].float() + 0.3 * kept["audio"].float()
+        return value.view(n, 1, 1, 1, 1).expand_as(latents).clone()
 
 
-@pytest.mark.parametrize("g_ref, g_audio, v, calls", [
-    (1.0, 1.0, 0.4, [(True, True)]),  # full only
-    (1.0, 3.0, 0.1 + 3 * 0.3, [(True, True), (True, False)]),  # ref + g_audio (full - ref)
-    (2.0, 3.0, 2 * 0.1 + 3 * 0.3, [(True, True), (True, False), (False, False)]),
+FULL, REF, UNCOND = (True, True), (True, False), (False, False)
+
+
+@pytest.mark.parametrize("g_ref, g_audio, v, branches", [
+    (1.0, 1.0, 0.4, [FULL]),  # full only
+    (1.0, 3.0, 0.1 + 3 * 0.3, [FULL, REF]),  # ref + g_audio (full - ref)
+    (2.0, 3.0, 2 * 0.1 + 3 * 0.3, [FULL, REF, UNCOND]),
 ])
-def test_guidance_composes_the_predictions_with_the_calls_it_needs(g_ref, g_audio, v, calls):
+@pytest.mark.parametrize("fast", [True, False])
+def test_guidance_composes_the_predictions_with_the_branches_it_needs(g_ref, g_audio, v,
+                                                                      branches, fast):
     model = ConditionEcho()
     cond = Conditions(reference_latent=torch.zeros(1, 3, 4, 4))
     scheduler = make_scheduler(DiffusionConfig(), "ddim")
     out = denoise_window(model, scheduler, cond, SHAPE, steps=1, guidance_reference=g_ref,
-                         guidance_audio=g_audio, generator=torch.Generator().manual_seed(0))
-    assert model.calls == calls
+                         guidance_audio=g_audio, generator=torch.Generator().manual_seed(0),
+                         fast=fast)
+    # fast: one call with a row per branch; else one call per branch
+    assert model.calls == ([branches] if fast else [[b] for b in branches])
     start = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
     manual = make_scheduler(DiffusionConfig(), "ddim")
     manual.set_timesteps(1)
     t = manual.timesteps[0]
     expected = manual.step(torch.full((2, 3, 4, 4), v), t, start.flatten(0, 1)).prev_sample
     torch.testing.assert_close(out, expected.reshape(SHAPE))
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    """The tiny layout at 32 px with its zero-initialised layers perturbed (so motion frames,
+    speed and the temporal layers act), eval mode, one thread."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    cfg = ModelConfig.tiny(image_size=32, frames=3, motion_frames=2)
+    model = build_model(cfg).eval()
+    perturb(model)
+    return cfg, model
+
+
+def count_reference_runs(model) -> list[int]:
+    runs = [0]
+
+    def hook(*_):
+        runs[0] += 1
+    model.reference_net.register_forward_hook(hook)
+    return runs
+
+
+@pytest.mark.parametrize("g_ref, g_audio", [(1.0, 1.0), (1.5, 3.5)])
+def test_cached_reference_features_give_the_frames_of_recomputing_them(tiny_model, g_ref,
+                                                                       g_audio):
+    """The fast path (ReferenceNet once per window, branches in one call) against one call
+    per branch that each runs the ReferenceNet: the same latents within fp32 tolerance, from
+    1 ReferenceNet run instead of steps x branches."""
+    cfg, base = tiny_model
+    cond = make_cond(cfg, 1, cfg.frames, cfg.motion_frames)
+    cond.drop = {"expression": torch.tensor([True])}  # a condition absent anyway stays absent
+    shape = (1, cfg.frames, 3, cfg.image_size, cfg.image_size)
+    steps, branches = 3, 1 if g_ref == g_audio == 1.0 else 3
+    out, runs = {}, {}
+    for fast in (True, False):
+        model = copy.deepcopy(base)
+        counter = count_reference_runs(model)
+        out[fast] = denoise_window(model, make_scheduler(DiffusionConfig(), "ddim"), cond, shape,
+                                   steps, g_ref, g_audio, torch.Generator().manual_seed(7),
+                                   fast=fast)
+        runs[fast] = counter[0]
+    assert runs == {True: 1, False: steps * branches}
+    torch.testing.assert_close(out[True], out[False], atol=1e-5, rtol=1e-4)
+    other = denoise_window(base, make_scheduler(DiffusionConfig(), "ddim"),
+                           make_cond(cfg, 1, cfg.frames, cfg.motion_frames, seed=5), shape,
+                           steps, g_ref, g_audio, torch.Generator().manual_seed(7))
+    assert (other - out[True]).abs().max() > 1e-2  # the conditions do reach the frames
+
+
+def test_forward_with_given_reference_features_equals_computing_them(tiny_model):
+    cfg, model = tiny_model
+    cond = make_cond(cfg, 2, cfg.frames, cfg.motion_frames)
+    cond.drop = {"reference": torch.tensor([False, True]), "motion": torch.tensor([True, False])}
+    noisy = torch.randn(2, cfg.frames, 3, cfg.image_size, cfg.image_size,
+                        generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([900, 100])
+    with torch.no_grad():
+        want = model(noisy, t, cond)
+        features = model.reference_features(cond.reference_latent, cond.motion_latents)
+        got = model(noisy, t, cond, reference=features)
+        assert torch.equal(got, want)
+        with pytest.raises(ValueError, match="motion frames"):
+            model(noisy, t, cond, reference=model.reference_features(cond.reference_latent))

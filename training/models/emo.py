@@ -102,6 +102,28 @@ class DenoiseContext:
     speed: list[torch.Tensor] | None
 
 
+@dataclass
+class ReferenceFeatures:
+    """The ReferenceNet's outputs for a batch's reference and motion frames, which do not depend
+    on the noisy input or the timestep: computed once (`EmoModel.reference_features`) and
+    passed to every denoiser call of a window (`EmoModel.forward(..., reference=)`).
+
+    features: attn1 path -> [B,L,C]; motion: per temporal layer [B*M,C,H,W], or None (M = 0);
+    motion_frames: M.
+    """
+
+    features: dict[str, torch.Tensor]
+    motion: list[torch.Tensor] | None
+    motion_frames: int
+
+    def repeat(self, n: int) -> ReferenceFeatures:
+        """The features of the batch repeated n times along the batch ([B,...] -> [n*B,...]):
+        for n guidance branches run as one call."""
+        features = {k: torch.cat([v] * n) for k, v in self.features.items()}
+        motion = None if self.motion is None else [torch.cat([o] * n) for o in self.motion]
+        return ReferenceFeatures(features, motion, self.motion_frames)
+
+
 def _unless_all(keep: torch.Tensor) -> torch.Tensor | None:
     """None when every sample keeps the condition (no mask needed: one device sync per call
     instead of one per layer)."""
@@ -173,22 +195,39 @@ class EmoModel(nn.Module):
                           else ~d.to(device=device, dtype=torch.bool))
         return keep
 
-    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor,
-                cond: Conditions) -> torch.Tensor:
-        b, f, _, h, w = noisy.shape
-        keep = self._keep(cond.drop, b, noisy.device)
-        ref = cond.reference_latent.to(noisy.dtype)[:, None]
-        m = 0 if cond.motion_latents is None else cond.motion_latents.shape[1]
-        if f + m > self.cfg.temporal_max_frames:
-            raise ValueError(f"{f} frames + {m} motion frames exceed temporal_max_frames "
-                             f"{self.cfg.temporal_max_frames}")
+    def reference_features(self, reference_latent: torch.Tensor,
+                           motion_latents: torch.Tensor | None = None) -> ReferenceFeatures:
+        """One ReferenceNet run over the reference [B,c,h,w] and motion frames [B,M,c,h,w]
+        (clean latents, t = 0): what `forward` attends to, for `forward(..., reference=)`."""
+        b = reference_latent.shape[0]
+        ref = reference_latent[:, None]
+        m = 0 if motion_latents is None else motion_latents.shape[1]
         if m:
-            ref = torch.cat([ref, cond.motion_latents.to(noisy.dtype)], dim=1)
+            ref = torch.cat([ref, motion_latents.to(ref.dtype)], dim=1)
         bank = self.reference_net(ref.flatten(0, 1))  # [B*(1+M), ...]
         features = {k: v.unflatten(0, (b, 1 + m))[:, 0] for k, v in bank.features.items()}
         motion = None
         if m:
             motion = [o.unflatten(0, (b, 1 + m))[:, 1:].flatten(0, 1) for o in bank.outputs]
+        return ReferenceFeatures(features, motion, m)
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: Conditions,
+                reference: ReferenceFeatures | None = None) -> torch.Tensor:
+        """`reference`: `reference_features(cond.reference_latent, cond.motion_latents)`
+        computed earlier (the same for every timestep); None computes it here."""
+        b, f, _, h, w = noisy.shape
+        keep = self._keep(cond.drop, b, noisy.device)
+        m = 0 if cond.motion_latents is None else cond.motion_latents.shape[1]
+        if f + m > self.cfg.temporal_max_frames:
+            raise ValueError(f"{f} frames + {m} motion frames exceed temporal_max_frames "
+                             f"{self.cfg.temporal_max_frames}")
+        if reference is None:
+            reference = self.reference_features(cond.reference_latent.to(noisy.dtype),
+                                                cond.motion_latents)
+        elif reference.motion_frames != m:
+            raise ValueError(f"the reference features hold {reference.motion_frames} motion "
+                             f"frames, the conditions {m}")
+        features, motion = reference.features, reference.motion
         context = self.context(b, f, cond.audio, cond.expression, cond.jaw_pose,
                                keep["audio"], keep["expression"])
         emotion = cond.emotion if cond.emotion is not None else torch.full(
