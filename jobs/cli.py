@@ -205,6 +205,9 @@ def add_bench(sub) -> None:
                        help="training time (bench learn; default 15)")
     bench.add_argument("--repeats", type=int, default=None,
                        help="runs per worker count, the fastest compared (bench scale; default 2)")
+    bench.add_argument("--tracks", type=int, default=None,
+                       help="bench train: the dataset index's memory on a synthetic catalog of "
+                            "this many 10 s tracks (instead of the step against the loader)")
     bench.set_defaults(handler=cmd_bench)
 
 
@@ -382,7 +385,7 @@ def cmd_bench(args) -> int:
     import inspect
 
     module = importlib.import_module(BENCHES[args.which])
-    extra = {k: getattr(args, k) for k in ("seconds", "minutes", "repeats") if getattr(args, k) is not None}
+    extra = {k: getattr(args, k) for k in ("seconds", "minutes", "repeats", "tracks") if getattr(args, k) is not None}
     for key in extra:
         if key not in inspect.signature(module.run).parameters:
             raise UsageError(f"bench {args.which} takes no --{key}")
