@@ -444,7 +444,7 @@ def write_training_catalog(root: str | Path, n_tracks: int, seconds: float = 10.
     (catalog.commits). With `media`, one face-crop clip of `seconds` (crop_px, real photo per
     emotion) and one float16 [T, 512] audio-feature file per emotion, shared by the tracks of
     that emotion. Returns the track ids (each its own selection row)."""
-    root = Path(root)
+    root = str(root)  # a local folder or an s3:// prefix
     rng = np.random.default_rng(seed)
     frames_n = int(round(seconds * CROP_FPS))
     ids = [f"{i:08d}{h}" for i, h in enumerate(_ids(rng, n_tracks))]
