@@ -126,3 +126,31 @@ def test_missing_files_are_named_when_read(tmp_path_factory):
         parquet.unlink()
     with pytest.raises(FrameTableError, match=r"frames/shard-00000-0000\.parquet"):
         ds.frame_arrays(0)
+
+
+def test_tracks_with_a_frame_without_geometry_are_left_out(tmp_path_factory):
+    """A track missing one frame row and a track with a null crop affine are left out with the
+    reason; the others keep their full length."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    root, ids = _catalog(tmp_path_factory, "gaps", 5, 4.0, media=False)
+    names = sorted(ids.column(0).to_pylist())
+    path = catalog.fs.resolve(root).local_path() / catalog.read.committed_rels(root, "frames")[0]
+    table = pq.read_table(path)
+    gap = pc.and_(pc.equal(table["track_id"], names[0]), pc.equal(table["frame"], 40))
+    table = table.filter(pc.invert(gap))
+    hole = pc.and_(pc.equal(table["track_id"], names[1]), pc.equal(table["frame"], 7))
+    affine = pc.if_else(hole, pa.nulls(len(table), table["crop_affine"].type),
+                        table["crop_affine"])
+    table = table.set_column(table.schema.get_field_index("crop_affine"),
+                             table.schema.field("crop_affine"), affine)
+    pq.write_table(table, path)
+    tracks = catalog.fs.resolve(root).local_path() / catalog.read.committed_rels(root, "tracks")[0]
+    rows = pq.read_table(tracks)  # give every track a clip path (none is opened)
+    rows = rows.set_column(rows.schema.get_field_index("crop_path"),
+                           rows.schema.field("crop_path"), pa.array(["media/x.mp4"] * len(rows)))
+    pq.write_table(rows, tracks)
+    ds = WindowDataset(root, ids, CFG, split="all")
+    assert ds.excluded == {"missing crop geometry (crop_affine)": 2}
+    assert [t.track_id for t in ds.tracks] == names[2:5] and {t.length for t in ds.tracks} == {100}
