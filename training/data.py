@@ -8,9 +8,14 @@
 A sample is a window of F frames of a track's 25 fps face-crop clip, the M motion frames before
 it and a reference frame of the same track at least `reference_margin_frames` away, with the
 audio-feature rows (+-audio_context), expression, jaw pose, emotion probabilities, face and
-valid masks and head speed of each window frame. Only the frames a sample needs are decoded
-(decord random access). Windows are drawn by (seed, epoch); every rank gets the same number of
-batches (training.batching).
+valid masks and head speed of each window frame. Windows are drawn by (seed, epoch); every rank
+gets the same number of batches (training.batching).
+
+The dataset holds one small `Track` per usable track (its files, length and where its frame
+rows lie in the frames table): nothing per frame. A sample's per-frame values are read when the
+sample is (training.frame_table: the row group(s) holding the track's rows), and only the
+frames it needs are decoded (decord random access) from the one clip it reads
+(docs/training-data.md).
 """
 
 from __future__ import annotations
@@ -33,13 +38,13 @@ import catalog
 from catalog.schema import EMOTION_CLASSES_FER, EXPRESSION_DIMS
 from pipeline.models.expression import DEFAULT_EXPRESSION_BACKEND
 from training import windows as geo
-from training.frame_table import read_frame_arrays
 from training.batching import (  # noqa: F401 - loader_throughput re-exported
     WindowBatches,
     draw_windows,
     loader_throughput,
     windows_per_track,
 )
+from training.frame_table import FrameReader, TrackRows, scan_frame_rows
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +58,21 @@ class EmptyDatasetError(ValueError):
     why. An empty val split is allowed (a one-person catalog has none) and has no windows."""
 
 
+class CropSizeError(ValueError):
+    """The catalog's face crops are smaller than the model's image size (they would be
+    upsampled); the message gives both sizes and the two ways out."""
+
+
+class MediaReadError(RuntimeError):
+    """A track's clip or audio features cannot be read as the catalog describes them; the
+    message names the file."""
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """What a training sample holds. Sizes in pixels, lengths in 25 fps frames."""
 
-    size: int = 64  # crop side after resizing (S)
+    size: int = 64  # crop side after resizing (S); the catalog's crop_size must be >= size
     frames: int = 4  # window frames (F)
     motion_frames: int = 2  # frames right before the window (M, may be 0)
     reference_margin_frames: int = 25  # least distance of the reference from motion + window
@@ -70,9 +85,10 @@ class DataConfig:
     seed: int = 0  # window draws: (seed, epoch)
     val_fraction: float = 0.1  # persons held out for validation
     split_seed: int = 0  # which persons are held out (catalog.person_split)
-    check_media: bool = True  # open every crop and sidecar when the dataset is built
+    # Accepted for existing specs and ignored: a track's clip and features are opened when a
+    # window of it is read (never all at start-up); a file that fails then is logged by name.
+    check_media: bool = True
     max_open_readers: int = 16  # decord readers kept open per worker
-
     def __post_init__(self) -> None:
         object.__setattr__(self, "emotion_classes", tuple(self.emotion_classes))  # TOML lists
         checks = {"size": self.size >= 8, "frames": self.frames >= 1,
@@ -111,22 +127,25 @@ class Window(NamedTuple):
     reference: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Track:
-    """A usable track: its files, size and the selection's labels."""
+    """A usable track: its files, size, the selection's labels and where its frame rows lie.
+    No per-frame values (those are read with a window: WindowDataset.frame_arrays)."""
 
     track_id: str
     person_id: str | None
-    crop_path: str  # absolute
-    features_path: str | None  # absolute; None: null audio condition
-    length: int  # usable frames (min of frames rows, crop clip and features)
+    crop_path: str  # the clip's location (a local path, or an s3:// URI)
+    features_path: str | None  # the audio features' location; None: null audio condition
+    length: int  # usable frames: the frames table's (last frame + 1)
     crop_size: int
     width: int  # source video size (px)
     height: int
     emotion: int  # index in DataConfig.emotion_classes, -1 unknown
     intensity: float
-    offset: int  # first row of this track in the dataset's per-frame arrays
-
+    crop_rel: str  # catalog-relative paths (catalog.media_file)
+    features_rel: str | None
+    emotion_backend: str | None  # class order of the track's emotion_probs
+    rows: TrackRows  # where its rows lie in the frames table
 
 
 def local_media(root: str, relpath: str) -> str | None:
@@ -150,10 +169,12 @@ class WindowDataset(torch.utils.data.Dataset):
         self.split = split
         self.config = config or DataConfig()
         self.excluded: dict[str, int] = {}  # reason -> tracks left out when built
-        self.decode_failures: dict[str, int] = {}  # track_id -> failed decodes (this process)
+        self.decode_failures: dict[str, int] = {}  # track_id -> failed reads (this process)
         self.tracks: list[Track] = []
         self._readers: OrderedDict = OrderedDict()
         self._reader_pid = os.getpid()
+        self._frames = FrameReader(self.root, self.config.expression_dim,
+                                   self.config.emotion_classes)
         self._build(selection)
 
     # ---------------------------------------------------------------- building
@@ -162,6 +183,8 @@ class WindowDataset(torch.utils.data.Dataset):
         self.excluded[reason] = self.excluded.get(reason, 0) + 1
 
     def _build(self, selection: pa.Table) -> None:
+        """The index: catalog tables read for the selected tracks only, frame rows located
+        (frame_table.scan_frame_rows); no media file is opened."""
         cfg = self.config
         if "track_id" not in selection.column_names:
             raise ValueError("the selection needs a track_id column (catalog.training_index)")
@@ -177,50 +200,54 @@ class WindowDataset(torch.utils.data.Dataset):
             if tid not in found:
                 self._exclude(tid, "not in the catalog's tracks")
         tracks = self._split(tracks)
-        videos = catalog.read_table(self.root, "videos", columns=["video_id", "width", "height"])
+        self._check_crop_size(tracks)
+        videos = catalog.read_table(self.root, "videos", columns=["video_id", "width", "height"],
+                                    filters=pc.field("video_id").isin(
+                                        _strings(list(set(tracks["video_id"].to_pylist())))))
         sizes = {v["video_id"]: (v["width"], v["height"]) for v in videos.to_pylist()}
         rows = sorted(tracks.to_pylist(), key=lambda r: r["track_id"])
-        frames = read_frame_arrays(self.root, {r["track_id"]: r["emotion_backend"] for r in rows},
-                                   cfg.expression_dim, cfg.emotion_classes)
-        self._arrays: dict[str, np.ndarray] = {}
-        parts: dict[str, list[np.ndarray]] = {}
+        located = scan_frame_rows(self.root, [r["track_id"] for r in rows])
+        store = catalog.fs.resolve(self.root)
         need = geo.min_track_frames(cfg.frames, cfg.motion_frames, cfg.reference_margin_frames)
-        offset = 0
+        frames = 0
         for row in rows:
             tid = row["track_id"]
-            arrays = frames.get(tid)
-            reason, length, crop, feats = self._check_files(row, arrays)
+            where = located.get(tid)
             width, height = sizes.get(row["video_id"], (None, None))
-            if reason is None and not (width and height):
+            if where is None:
+                reason = "no frames rows"
+            elif not row["crop_path"]:
+                reason = "no face-crop clip"
+            elif not (width and height):
                 reason = "source video size unknown"
-            if reason is None and length < need:
+            elif where.frames < need:
                 reason = f"too short for a window (< {need} frames)"
-            if reason is None and not np.all(np.isfinite(arrays["crop_affine"][:length])):
+            elif not where.complete:
                 reason = "missing crop geometry (crop_affine)"
+            else:
+                reason = None
             if reason is not None:
                 self._exclude(tid, reason)
                 continue
             value = intensity.get(tid)
             label = row["emotion_label"]
+            feats = row["audio_features_path"] or None
             self.tracks.append(Track(
-                track_id=tid, person_id=row["person_id"], crop_path=crop, features_path=feats,
-                length=length, crop_size=int(row["crop_size"] or 0), width=int(width),
-                height=int(height),
+                track_id=tid, person_id=row["person_id"], crop_path=store.uri_of(row["crop_path"]),
+                features_path=store.uri_of(feats) if feats else None, length=where.frames,
+                crop_size=int(row["crop_size"] or 0), width=int(width), height=int(height),
                 emotion=cfg.emotion_classes.index(label) if label in cfg.emotion_classes else -1,
                 intensity=1.0 if value is None or not np.isfinite(value) else float(value),
-                offset=offset))
-            for name, values in arrays.items():
-                parts.setdefault(name, []).append(values[:length])
-            offset += length
-        for name, chunks in parts.items():
-            self._arrays[name] = np.concatenate(chunks)
+                crop_rel=row["crop_path"], features_rel=feats,
+                emotion_backend=row["emotion_backend"], rows=where))
+            frames += where.frames
         if not self.tracks and self.split != "val":
             counts = ", ".join(f"{n} {r}" for r, n in sorted(self.excluded.items())) or "none"
             raise EmptyDatasetError(
                 f"no usable track for split {self.split!r} of {len(ids)} selected in "
                 f"{self.root} (left out: {counts})")
         log.info("data: %s split: %d tracks, %d frames; left out %s", self.split,
-                 len(self.tracks), offset, self.excluded or "none")
+                 len(self.tracks), frames, self.excluded or "none")
 
     def _split(self, tracks: pa.Table) -> pa.Table:
         if self.split == "all":
@@ -230,37 +257,19 @@ class WindowDataset(torch.utils.data.Dataset):
         keep = train if self.split == "train" else val
         return tracks.filter(pc.field("track_id").isin(_strings(keep)))
 
-    def _check_files(self, row: dict,
-                     arrays: dict | None) -> tuple[str | None, int, str, str | None]:
-        """(reason to leave the track out or None, usable length, crop path, features path)."""
-        if arrays is None:
-            return "no frames rows", 0, "", None
-        length = len(arrays["frame_present"])
-        if not row["crop_path"]:
-            return "no face-crop clip", 0, "", None
-        crop = local_media(self.root, row["crop_path"])
-        if crop is None or not os.path.isfile(crop):
-            return "face-crop clip missing", 0, crop or row["crop_path"], None
-        feats = None
-        if row["audio_features_path"]:
-            feats = local_media(self.root, row["audio_features_path"])
-            if feats is None or not os.path.isfile(feats):
-                return "audio features missing", 0, crop, feats
-        if self.config.check_media:
-            try:
-                length = min(length, len(decord.VideoReader(crop, num_threads=1)))
-            except Exception as exc:  # noqa: BLE001 - decord raises its own and RuntimeErrors
-                return f"face-crop clip unreadable ({type(exc).__name__})", 0, crop, feats
-            if feats is not None:
-                try:
-                    table = np.load(feats, mmap_mode="r")
-                except Exception as exc:  # noqa: BLE001 - np.load raises several types
-                    return f"audio features unreadable ({type(exc).__name__})", 0, crop, feats
-                if table.ndim != 2 or table.shape[1] != self.config.audio_dim:
-                    return (f"audio features of shape {tuple(table.shape)}, expected "
-                            f"[T, {self.config.audio_dim}]"), 0, crop, feats
-                length = min(length, table.shape[0])
-        return None, length, crop, feats
+    def _check_crop_size(self, tracks: pa.Table) -> None:
+        """CropSizeError when any track's face crops are smaller than the model's image size
+        (they would be upsampled)."""
+        sizes = np.asarray(pc.fill_null(tracks["crop_size"], 0).to_numpy(zero_copy_only=False))
+        small = (sizes > 0) & (sizes < self.config.size)
+        if small.any():
+            crop = int(sizes[small].min())
+            raise CropSizeError(
+                f"{self.root}: {int(small.sum())} of {len(sizes)} selected tracks have "
+                f"{crop} px face crops, smaller than the model's {self.config.size} px image "
+                f"size (they would be upsampled): curate the catalog with a crop size of at "
+                f"least {self.config.size} px (faces stage crop_size), or train a model with "
+                f"image_size <= {crop}")
 
     # ---------------------------------------------------------------- windows and batches
     def windows(self, epoch: int) -> np.ndarray:
@@ -304,29 +313,80 @@ class WindowDataset(torch.utils.data.Dataset):
         state["_readers"] = OrderedDict()  # decord readers are per process, opened lazily
         return state
 
-    def _reader(self, path: str):
+    def _local(self, rel: str) -> str:
+        """A local path of a catalog media file (downloaded once from an object store);
+        MediaReadError naming it when it does not exist."""
+        path = local_media(self.root, rel)
+        if path is None or not os.path.isfile(path):
+            raise MediaReadError(f"{catalog.fs.resolve(self.root).uri_of(rel)}: no such file")
+        return path
+
+    def _reader(self, rel: str):
         if self._reader_pid != os.getpid():  # a forked process: never share the parent's readers
             self._readers, self._reader_pid = OrderedDict(), os.getpid()
-        reader = self._readers.pop(path, None) or decord.VideoReader(path, num_threads=1)
-        self._readers[path] = reader
+        reader = self._readers.pop(rel, None)
+        if reader is None:
+            path = self._local(rel)
+            try:
+                reader = decord.VideoReader(path, num_threads=1)
+            except Exception as exc:  # noqa: BLE001 - decord raises its own and RuntimeErrors
+                raise MediaReadError(f"{path}: face-crop clip unreadable ({type(exc).__name__}: "
+                                     f"{exc})") from exc
+        self._readers[rel] = reader
         while len(self._readers) > self.config.max_open_readers:
             self._readers.popitem(last=False)
         return reader
 
     def decode(self, track: int, indices: np.ndarray) -> np.ndarray:
-        """uint8[N, S, S, 3] RGB frames `indices` of a track's crop clip, resized to size."""
+        """uint8[N, S, S, 3] RGB frames `indices` of a track's crop clip, resized to size.
+        MediaReadError naming the clip when it is missing, unreadable or too short."""
+        t = self.tracks[track]
         unique, inverse = np.unique(np.asarray(indices, np.int64), return_inverse=True)
-        raw = self._reader(self.tracks[track].crop_path).get_batch(unique.tolist()).asnumpy()
+        reader = self._reader(t.crop_rel)
+        if len(unique) and unique[-1] >= len(reader):
+            raise MediaReadError(f"{t.crop_path}: the face-crop clip has {len(reader)} frames, "
+                                 f"the catalog's frames table {t.length}; frame {unique[-1]} "
+                                 "was asked for")
+        try:
+            raw = reader.get_batch(unique.tolist()).asnumpy()
+        except Exception as exc:  # noqa: BLE001 - decord raises its own and RuntimeErrors
+            raise MediaReadError(f"{t.crop_path}: decoding frames failed ({type(exc).__name__}: "
+                                 f"{exc})") from exc
         size = self.config.size
         if raw.shape[1:3] != (size, size):
             mode = cv2.INTER_AREA if raw.shape[1] > size else cv2.INTER_LINEAR
             raw = np.stack([cv2.resize(f, (size, size), interpolation=mode) for f in raw])
         return raw[inverse.reshape(-1)]
 
+    def features(self, track: int) -> np.ndarray | None:
+        """float16[T, audio_dim] audio features of a track (memory-mapped; T >= its length),
+        None when it has none. MediaReadError naming the file when it is missing, unreadable
+        or of another shape."""
+        t = self.tracks[track]
+        if t.features_rel is None:
+            return None
+        path = self._local(t.features_rel)
+        try:
+            table = np.load(path, mmap_mode="r")
+        except Exception as exc:  # noqa: BLE001 - np.load raises several types
+            raise MediaReadError(f"{path}: audio features unreadable ({type(exc).__name__}: "
+                                 f"{exc})") from exc
+        if table.ndim != 2 or table.shape[1] != self.config.audio_dim or len(table) < t.length:
+            raise MediaReadError(f"{path}: audio features of shape {tuple(table.shape)}, "
+                                 f"expected [>= {t.length}, {self.config.audio_dim}]")
+        return table[: t.length]
+
+    def frame_arrays(self, track: int) -> dict[str, np.ndarray]:
+        """A track's dense per-frame arrays (frame_table.FrameReader.track_arrays), read from
+        the frames table now (cached per process); shared with the cache: read only."""
+        t = self.tracks[track]
+        return self._frames.track_arrays(t.track_id, t.rows, t.emotion_backend)
+
     def __getitem__(self, window: Window | tuple[int, int, int]) -> dict[str, np.ndarray]:
-        """One sample as numpy arrays (collate's keys, without the batch axis). A clip that
-        fails to decode now (damaged after the dataset was built) is logged and the sample is
-        taken from the next track instead (its first window), so training goes on."""
+        """One sample as numpy arrays (collate's keys, without the batch axis). A track whose
+        clip or features fail to read now (missing, damaged) is logged with the file's name
+        and the sample is taken from the next track instead (its first window), so training
+        goes on; when no track reads, MediaReadError."""
         track_index, start, reference = (int(v) for v in window)
         cfg = self.config
         for _ in range(len(self.tracks)):
@@ -335,12 +395,12 @@ class WindowDataset(torch.utils.data.Dataset):
             try:
                 pixels = self.decode(track_index,
                                      np.concatenate([motion_idx, window_idx, [reference]]))
+                features = self.features(track_index)
                 break
-            except Exception as exc:  # noqa: BLE001 - decord raises its own and RuntimeErrors
-                log.error("data: decoding %s failed (%s: %s); using the next track's window",
-                          self.tracks[track_index].crop_path, type(exc).__name__, exc)
-                self.decode_failures[self.tracks[track_index].track_id] = (
-                    self.decode_failures.get(self.tracks[track_index].track_id, 0) + 1)
+            except MediaReadError as exc:
+                log.error("data: %s; using the next track's window", exc)
+                tid = self.tracks[track_index].track_id
+                self.decode_failures[tid] = self.decode_failures.get(tid, 0) + 1
                 track_index = (track_index + 1) % len(self.tracks)
                 length = self.tracks[track_index].length
                 start = int(geo.valid_starts(length, cfg.frames, cfg.motion_frames,
@@ -349,15 +409,15 @@ class WindowDataset(torch.utils.data.Dataset):
                                                cfg.frames, cfg.motion_frames,
                                                cfg.reference_margin_frames)
         else:
-            raise RuntimeError(f"no track of {self.root} decodes any more; last tried "
-                               f"{self.tracks[track_index].crop_path}")
+            raise MediaReadError(f"no track of {self.root} reads any more; last tried "
+                                 f"{self.tracks[track_index].crop_path}")
         t = self.tracks[track_index]
         pixels = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2), dtype=np.float32)
         pixels *= 1 / 127.5
         pixels -= 1.0
         m = cfg.motion_frames
-        rows = t.offset + window_idx
-        arrays = self._arrays
+        rows = window_idx
+        arrays = self.frame_arrays(track_index)
         expression = arrays["expression"][rows]
         expression_valid = bool(np.all(np.isfinite(expression)))
         crop_size = t.crop_size or pixels.shape[-1]
@@ -366,17 +426,15 @@ class WindowDataset(torch.utils.data.Dataset):
         face = np.stack([f for f, _ in masks])
         valid = np.stack([v for _, v in masks])
         mouth = np.stack([geo.mouth_mask(arrays["mouth_box"][r], crop_size, cfg.size) for r in rows])
-        reference_mouth = geo.mouth_mask(arrays["mouth_box"][t.offset + reference], crop_size,
-                                         cfg.size)
+        reference_mouth = geo.mouth_mask(arrays["mouth_box"][reference], crop_size, cfg.size)
         audio_dim, a = cfg.audio_dim, 2 * cfg.audio_context + 1
-        if t.features_path is not None:
-            features = np.load(t.features_path, mmap_mode="r")[: t.length]
+        if features is not None:
             audio = geo.audio_rows(features, window_idx, cfg.audio_context)
         else:
             audio = np.zeros((cfg.frames, a, audio_dim), np.float32)
         return {
             "frames": pixels[m: m + cfg.frames], "motion": pixels[:m], "reference": pixels[-1],
-            "audio": audio, "audio_valid": t.features_path is not None,
+            "audio": audio, "audio_valid": features is not None,
             "expression": expression if expression_valid else np.zeros_like(expression),
             "jaw_pose": np.nan_to_num(arrays["jaw_pose"][rows]),
             "expression_valid": expression_valid,
@@ -390,8 +448,7 @@ class WindowDataset(torch.utils.data.Dataset):
     def frame_values(self, track: int, name: str) -> np.ndarray:
         """A track's per-frame array `name` (box, crop_affine, expression, jaw_pose,
         emotion_probs, head_speed, mouth_box, frame_present) over its usable frames."""
-        t = self.tracks[track]
-        return self._arrays[name][t.offset: t.offset + t.length]
+        return self.frame_arrays(track)[name][: self.tracks[track].length]
 
 
 FLOAT_KEYS = ("frames", "motion", "reference", "audio", "expression", "jaw_pose", "emotion_probs",

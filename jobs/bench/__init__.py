@@ -76,6 +76,8 @@ OPTIONS = (
     Option("--steps", "steps", ("generate", "learn", "train"),
            "DDIM steps (generate: one or more) or training steps", int, many=True),
     Option("--batch-size", "batch_size", ("train",), "batch size (default 2)", int),
+    Option("--tracks", "tracks", ("train",), "the dataset index's memory on a synthetic catalog "
+           "of this many 10 s tracks (instead of the step against the loader)", int),
     Option("--max-steps", "max_steps", ("learn",), "training steps instead of minutes", int),
     Option("--identities", "identities", ("learn",), "identities in the corpus (default 4)", int),
     Option("--sentences", "sentences", ("learn",), "sentences per identity (default 4)", int),

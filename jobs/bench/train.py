@@ -1,16 +1,29 @@
-"""`emoforge bench train [CATALOG]`: the tiny config's training step against its data loader.
+"""`emoforge bench train [CATALOG]`: the tiny config's training step against its data loader;
+`emoforge bench train --tracks N`: the dataset index's memory on a corpus of N tracks.
 
-Measures, in one run on one catalog (default: the demo's, `make demo`): samples per second of
-the training step alone (forward, backward, AdamW on batches already in memory), of the data
-loader alone (decode, masks, collate), and of the two together in the real loop; the goal is a
-loader at least 3x the step rate, so training never waits on data. Peak memory is the process's
-maximum resident set.
+Without --tracks, measures in one run on one catalog (default: the demo's, `make demo`): samples
+per second of the training step alone (forward, backward, AdamW on batches already in memory), of
+the data loader alone (decode, masks, collate), and of the two together in the real loop; the
+goal is a loader at least 3x the step rate, so training never waits on data. Peak memory is the
+process's maximum resident set.
+
+With --tracks N, writes a synthetic catalog of N selected 10 s tracks (every per-frame column,
+jobs.media.synthetic_catalog.write_training_catalog) and, in a fresh process as a rank would,
+builds the train split's WindowDataset and reads its first batch through one loader worker:
+the rank's peak RSS over the build and its growth over the RSS before it, the worker's peak RSS
+(it unpickles the dataset and reads a batch), the pickled dataset's size, and the seconds to the
+first batch. Run it for two N: the goal is a peak RSS that grows less than 1.2x from 1,000 to
+20,000 tracks (docs/training-data.md).
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+import pickle
 import resource
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -18,7 +31,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run(files: list[str] | None = None, steps: int = 10, batch_size: int = 2) -> dict:
+def run(files: list[str] | None = None, steps: int = 10, batch_size: int = 2,
+        tracks: int | None = None) -> dict:
+    if tracks is not None:
+        if files:
+            raise ValueError("bench train --tracks writes its own catalog and takes no CATALOG")
+        return index_memory(tracks, batch_size=batch_size)
+    return loader_and_step(files, steps, batch_size)
+
+
+def loader_and_step(files: list[str] | None = None, steps: int = 10, batch_size: int = 2) -> dict:
+    """The tiny config's step, loader and loop rates on a curated catalog (module doc)."""
     import torch
 
     from training import config
@@ -76,3 +99,117 @@ def run(files: list[str] | None = None, steps: int = 10, batch_size: int = 2) ->
         "loop_note": "train() end to end, including dataset building and one checkpoint",
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+
+
+def index_memory(tracks: int, seconds: float = 10.0, batch_size: int = 2,
+                 folder: str | None = None) -> dict:
+    """The dataset index's memory and time to the first batch on a synthetic catalog of
+    `tracks` tracks of `seconds` (written into `folder`, default a temporary one, removed)."""
+    from jobs.media.synthetic_catalog import write_training_catalog
+
+    if tracks < 1:
+        raise ValueError(f"--tracks must be >= 1, got {tracks}")
+    work = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="emoforge-bench-index-"))
+    try:
+        started = time.perf_counter()
+        root = work / "catalog"
+        ids = write_training_catalog(root, tracks, seconds=seconds)
+        write_seconds = time.perf_counter() - started
+        frames_bytes = sum(f.stat().st_size for f in (root / "frames").glob("*.parquet"))
+        context = multiprocessing.get_context("spawn")
+        queue = context.Queue()
+        rank = context.Process(target=_rank, args=(str(root), ids, batch_size, queue))
+        rank.start()  # a fresh process: a rank before its dataset
+        result = queue.get()
+        rank.join()
+        if isinstance(result, str):
+            raise RuntimeError(f"the measuring process failed: {result}")
+    finally:
+        if folder is None:
+            shutil.rmtree(work, ignore_errors=True)
+    return {"tracks": tracks, "track_seconds": seconds, "frame_rows": tracks * round(seconds * 25),
+            "frames_table_mib": frames_bytes / 2**20, "catalog_write_seconds": write_seconds,
+            **result,
+            "goal": "peak_rss_rank_mib and peak_rss_worker_mib grow < 1.2x from 1,000 to 20,000 "
+                    "tracks"}
+
+
+def _rank(root: str, ids: list[str], batch_size: int, queue) -> None:
+    """In a fresh process: `_measure`'s figures (or its error's text) into `queue`."""
+    try:
+        queue.put(_measure(root, ids, batch_size))
+    except Exception as exc:  # noqa: BLE001 - reported by the parent
+        queue.put(f"{type(exc).__name__}: {exc}")
+
+
+def _measure(root: str, ids: list[str], batch_size: int) -> dict:
+    """Build the train split's dataset, then read its first batch through one spawned loader
+    worker; memory from psutil and the kernel's peak (VmHWM)."""
+    import numpy as np
+    import psutil
+    import pyarrow as pa
+
+    from training.data import DataConfig, WindowDataset
+    from training.frame_table import FrameReader
+
+    me = psutil.Process()
+    reset = _reset_peak()
+    before = me.memory_info().rss
+    started = time.perf_counter()
+    dataset = WindowDataset(root, pa.table({"track_id": ids}), DataConfig(), split="train")
+    build_seconds = time.perf_counter() - started
+    peak = _peak_rss(os.getpid())
+    after = me.memory_info().rss
+    pickled = len(pickle.dumps(dataset))
+    started = time.perf_counter()
+    loader = dataset.loader(0, batch_size, num_workers=1)
+    iterator = iter(loader)
+    next(iterator)
+    first_batch = time.perf_counter() - started
+    workers = me.children(recursive=True)
+    worker_peak = max((_peak_rss(w.pid) for w in workers), default=0)
+    worker_rss = max((w.memory_info().rss for w in workers), default=0)
+    del iterator, loader
+    reads = []
+    for track in np.random.default_rng(0).choice(len(dataset.tracks), 20, replace=False):
+        t = dataset.tracks[int(track)]
+        reader = FrameReader(root, dataset.config.expression_dim,
+                             dataset.config.emotion_classes)  # cold: nothing cached
+        started = time.perf_counter()
+        reader.track_arrays(t.track_id, t.rows, t.emotion_backend)
+        reads.append(time.perf_counter() - started)
+    mib = 2**20
+    return {"train_tracks": len(dataset.tracks), "build_seconds": build_seconds,
+            "peak_rss_rank_mib": peak / mib, "peak_rss_rank_build_growth_mib": (peak - before) / mib,
+            "rss_rank_index_mib": (after - before) / mib, "rss_before_build_mib": before / mib,
+            "peak_rss_reset": reset, "peak_rss_worker_mib": worker_peak / mib,
+            "rss_worker_after_first_batch_mib": worker_rss / mib,
+            "pickled_dataset_mib": pickled / mib, "pickled_bytes_per_track": pickled / len(ids),
+            "first_batch_seconds_one_worker": first_batch,
+            "first_batch_seconds_from_build": build_seconds + first_batch,
+            "track_rows_read_seconds_median": float(np.median(reads)),
+            "track_rows_read_note": "one track's per-frame values read with nothing cached "
+                                    "(its 64k-row row group, every column the window uses)"}
+
+
+def _reset_peak() -> bool:
+    """Reset this process's peak RSS to its current RSS (Linux clear_refs 5); False where the
+    kernel does not allow it (the peak then counts from the process's start)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss(pid: int) -> int:
+    """Peak resident set (bytes) of a live process: VmHWM of /proc/PID/status (Linux)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0

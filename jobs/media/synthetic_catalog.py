@@ -497,3 +497,129 @@ def _frames_rows(rng: np.random.Generator, track_ids: np.ndarray, per_track: int
         "roll": pa.array(rng.normal(0, 5, n).astype(np.float32)),
     }
     return conform(pa.table(cols), target)
+
+
+# ---------------------------------------------------------------------------------------------
+# a training corpus: the tables the trainer's index reads, every per-frame column filled
+# ---------------------------------------------------------------------------------------------
+TRAINING_SOURCE = (640, 480)  # source video width, height (px)
+
+
+def write_training_catalog(root: str | Path, n_tracks: int, seconds: float = 10.0,
+                           tracks_per_shard: int = 500, crop_px: int = 64, seed: int = 0,
+                           media: bool = True) -> list[str]:
+    """Write a catalog of `n_tracks` usable talking-head tracks of `seconds` each for the
+    trainer: videos, tracks and frames tables (every per-frame column a curated catalog has:
+    box, 68 landmarks, crop affine, head angles, expression (3dmm, 10), jaw and head pose, FER
+    emotion probabilities; smooth motion with float32 noise, so the Parquet files are as
+    incompressible as real ones) in shards of `tracks_per_shard` tracks, 64k-row row groups
+    (catalog.commits). With `media`, one face-crop clip of `seconds` (crop_px, real photo per
+    emotion) and one float16 [T, 512] audio-feature file per emotion, shared by the tracks of
+    that emotion. Returns the track ids (each its own selection row)."""
+    root = str(root)  # a local folder or an s3:// prefix
+    rng = np.random.default_rng(seed)
+    frames_n = int(round(seconds * CROP_FPS))
+    ids = [f"{i:08d}{h}" for i, h in enumerate(_ids(rng, n_tracks))]
+    emotions = rng.choice(len(EMOTIONS), size=n_tracks, p=EMOTION_WEIGHTS)
+    with tempfile.TemporaryDirectory(prefix="emoforge-train-synth-") as tmp:
+        staged = _write_training_media(Path(tmp), frames_n, crop_px, rng) if media else {}
+        for shard, lo in enumerate(range(0, n_tracks, tracks_per_shard)):
+            part = np.arange(lo, min(n_tracks, lo + tracks_per_shard))
+            tables = _training_tables(rng, [ids[i] for i in part], emotions[part], shard,
+                                      frames_n, crop_px, media)
+            commit_shard(root, shard, tables, staged_media=staged if shard == 0 else {},
+                         fingerprints={})
+    write_manifest(root, {"job": {"inputs": ["synthetic"], "out": str(root)}}, _stages(),
+                   "synthetic")
+    return ids
+
+
+def _write_training_media(tmp: Path, frames_n: int, size: int,
+                          rng: np.random.Generator) -> dict[str, Path]:
+    photos = _face_photos(size)
+    staged = {}
+    for emotion in EMOTIONS:
+        rel = f"media/pool/{emotion}.mp4"
+        _write_crop(tmp / rel, photos[emotion], frames_n / CROP_FPS, size, 150.0, rng)
+        feats = f"media/pool/{emotion}_audio_features.npy"
+        np.save(tmp / feats, rng.normal(0, 1, (frames_n, 512)).astype(np.float16))
+        staged[rel], staged[feats] = tmp / rel, tmp / feats
+    return staged
+
+
+def _training_tables(rng: np.random.Generator, ids: list[str], emotions: np.ndarray, shard: int,
+                     frames_n: int, crop_px: int, media: bool) -> dict[str, pa.Table]:
+    n = len(ids)
+    width, height = TRAINING_SOURCE
+    video_ids = [f"v{t}" for t in ids]
+    labels = [EMOTIONS[e] for e in emotions]
+    videos = conform(pa.table({
+        "video_id": video_ids, "uri": [f"synthetic://{v}.mp4" for v in video_ids],
+        "shard": pa.array(np.full(n, shard), pa.int32()),
+        "width": pa.array(np.full(n, width), pa.int32()),
+        "height": pa.array(np.full(n, height), pa.int32())}), schema.table_schema("videos"))
+    tracks = conform(pa.table({
+        "track_id": ids, "clip_id": [f"c{t}" for t in ids], "video_id": video_ids,
+        "shard": pa.array(np.full(n, shard), pa.int32()),
+        "frame_count": pa.array(np.full(n, frames_n), pa.int32()),
+        "person_id": [f"p{int(t[:8]) // 5:08d}" for t in ids],
+        "crop_path": [f"media/pool/{e}.mp4" for e in labels] if media else [None] * n,
+        "crop_size": pa.array(np.full(n, crop_px), pa.int32()),
+        "audio_features_path": ([f"media/pool/{e}_audio_features.npy" for e in labels]
+                                if media else [None] * n),
+        "emotion_backend": ["fer"] * n, "emotion_label": labels,
+        "faces_status": ["ok"] * n}), schema.table_schema("tracks"))
+    return {"videos": videos.sort_by("video_id"), "tracks": tracks.sort_by("track_id"),
+            "frames": _training_frames(rng, ids, frames_n, crop_px)}
+
+
+def _training_frames(rng: np.random.Generator, ids: list[str], frames_n: int,
+                     crop_px: int) -> pa.Table:
+    """Frame rows of `ids` (sorted), frames_n each: a face moving smoothly in the source frame,
+    its crop affine, landmarks in crop px, angles, expression, jaw/head pose and emotions."""
+    n, rows = len(ids), len(ids) * frames_n
+    t = np.tile(np.arange(frames_n, dtype=np.float32), n) / CROP_FPS
+    phase = np.repeat(rng.uniform(0, 2 * np.pi, n), frames_n).astype(np.float32)
+    width, height = TRAINING_SOURCE
+    side = np.float32(160) + 10 * np.sin(0.7 * t + phase)
+    cx = width / 2 + 40 * np.sin(0.3 * t + phase)
+    cy = height / 2 + 20 * np.cos(0.4 * t + phase)
+    box = np.stack([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], 1)
+    scale = crop_px / (2 * side)  # the crop spans twice the face box
+    zero = np.zeros(rows, np.float32)
+    affine = np.stack([scale, zero, crop_px / 2 - scale * cx, zero, scale,
+                       crop_px / 2 - scale * cy], 1)
+    template = rng.uniform(0.2, 0.8, (1, 136)).astype(np.float32) * crop_px
+    landmarks = template + rng.normal(0, 0.3, (rows, 136)).astype(np.float32)
+    angles = 15 * np.sin(0.5 * t[:, None] + phase[:, None] + np.arange(3)) + rng.normal(
+        0, 0.2, (rows, 3))
+    emotion = rng.dirichlet(np.ones(len(EMOTIONS)), rows)
+
+    def vectors(values: np.ndarray, fixed: bool = True) -> pa.Array:
+        flat = pa.array(np.asarray(values, np.float32).reshape(-1))
+        width_ = values.shape[1]
+        if fixed:
+            return pa.FixedSizeListArray.from_arrays(flat, width_)
+        return pa.ListArray.from_arrays(pa.array(np.arange(0, flat.__len__() + 1, width_,
+                                                           dtype=np.int32)), flat)
+
+    columns = {
+        "track_id": pa.array(np.repeat(np.asarray(ids, object), frames_n), pa.string()),
+        "frame": pa.array(np.tile(np.arange(frames_n, dtype=np.int32), n)),
+        "pts_s": pa.array(t.astype(np.float64)), "box": vectors(box),
+        "landmarks": vectors(landmarks), "crop_affine": vectors(affine),
+        "yaw": pa.array(angles[:, 0].astype(np.float32)),
+        "pitch": pa.array(angles[:, 1].astype(np.float32)),
+        "roll": pa.array(angles[:, 2].astype(np.float32)),
+        "mouth_open": pa.array(rng.uniform(0, 0.5, rows).astype(np.float32)),
+        "det_confidence": pa.array(rng.uniform(0.8, 1, rows).astype(np.float32)),
+        "lip_sync_frame_confidence": pa.array(rng.uniform(0, 1, rows).astype(np.float32)),
+        "expression": vectors(rng.normal(0, 1, (rows, 10)), fixed=False),
+        "jaw_pose": vectors(rng.normal(0, 0.1, (rows, 3))),
+        "head_pose": vectors(np.deg2rad(angles)),
+        "emotion_probs": vectors(emotion, fixed=False),
+    }
+    target = schema.table_schema("frames")
+    arrays = [columns[f.name].cast(f.type) if f.name in columns else pa.nulls(rows, f.type)
+              for f in target]
+    return pa.Table.from_arrays(arrays, schema=target)

@@ -15,7 +15,14 @@ import torch
 import catalog
 from training import windows as geo
 from training.batching import WindowBatches, draw_windows, loader_throughput
-from training.data import DataConfig, EmptyDatasetError, Window, WindowDataset, collate
+from training.data import (
+    CropSizeError,
+    DataConfig,
+    EmptyDatasetError,
+    Window,
+    WindowDataset,
+    collate,
+)
 
 CFG = DataConfig(size=64, frames=4, motion_frames=2, reference_margin_frames=25)
 
@@ -384,28 +391,97 @@ def test_loader_batches_follow_the_contract(dataset_all):
 
 
 @pytest.mark.ray
-def test_missing_or_broken_files_are_left_out_and_counted(curated_catalog, curated_index,
-                                                          tmp_path, caplog):
+def test_missing_or_broken_files_are_named_when_read(curated_catalog, curated_index, tmp_path,
+                                                     caplog):
+    """The dataset opens no clip when built; a window of a track whose clip is missing, or
+    whose features are not a numpy file, logs the file's name and comes from the next track,
+    and so does a clip damaged later."""
     root = tmp_path / "cat"
     shutil.copytree(curated_catalog, root)
+    kept = sorted(curated_index["track_id"].to_pylist())
     tracks = {r["track_id"]: r for r in catalog.read_table(root, "tracks").to_pylist()}
-    kept = curated_index["track_id"].to_pylist()
-    with_features = [t for t in kept if tracks[t]["audio_features_path"]]
-    (root / tracks[kept[0]]["crop_path"]).unlink()
-    broken = next(t for t in with_features if t != kept[0])
-    (root / tracks[broken]["audio_features_path"]).write_bytes(b"not a numpy file")
-    with caplog.at_level("WARNING", logger="training.data"):
-        ds = WindowDataset(root, curated_index, CFG, split="all")
-    assert ds.excluded == {"face-crop clip missing": 1,
-                           "audio features unreadable (ValueError)": 1}
-    assert kept[0] in caplog.text and "face-crop clip missing" in caplog.text
-    assert len(ds.tracks) == len(kept) - 2
+    assert all(tracks[t]["audio_features_path"] for t in kept[:2])
+    missing = root / tracks[kept[0]]["crop_path"]
+    missing.unlink()
+    broken = root / tracks[kept[1]]["audio_features_path"]
+    broken.write_bytes(b"not a numpy file")
+    ds = WindowDataset(root, curated_index, CFG, split="all")
+    assert ds.excluded == {} and [t.track_id for t in ds.tracks] == kept
+    with caplog.at_level("ERROR", logger="training.data"):
+        sample = ds[Window(0, 10, 60)]
+    assert sample["track_index"] == 2
+    assert f"{missing}: no such file" in caplog.text
+    assert f"{broken}: audio features unreadable" in caplog.text
+    assert ds.decode_failures == {kept[0]: 1, kept[1]: 1}
     assert len(next(iter(ds.loader(0, 1)))["frames"]) == 1
-    # a clip damaged after the dataset was built: its sample comes from the next track
-    gone = ds.tracks[0]
-    Path(gone.crop_path).write_bytes(b"\0" * 100)
-    sample = ds[Window(0, 10, 60)]
-    assert sample["track_index"] == 1 and ds.decode_failures == {gone.track_id: 1}
+    Path(ds.tracks[2].crop_path).write_bytes(b"\0" * 100)
+    assert ds[Window(2, 10, 60)]["track_index"] == 3
+
+
+@pytest.mark.ray
+def test_every_window_carries_the_catalog_rows_read_with_pandas(dataset_all, curated_catalog):
+    """Window draws (from the frames table's track lengths) and every sample's per-frame values
+    of two epochs against the frames table, tracks and features read here with pandas/numpy:
+    equal bit for bit (the same float32 values, the same geometry)."""
+    import pandas as pd
+
+    files = catalog.read.committed_files(curated_catalog, "frames")
+    frames = pd.concat([pd.read_parquet(f) for f in files]).set_index(["track_id", "frame"])
+    tracks = pd.concat([pd.read_parquet(f) for f in catalog.read.committed_files(
+        curated_catalog, "tracks")]).set_index("track_id")
+    videos = pd.concat([pd.read_parquet(f) for f in catalog.read.committed_files(
+        curated_catalog, "videos")]).set_index("video_id")
+    ids = [t.track_id for t in dataset_all.tracks]
+    assert ids == sorted(ids)
+    lengths = [int(frames.loc[t].index.max()) + 1 for t in ids]
+    assert lengths == [dataset_all.tracks[i].length for i in range(len(ids))]
+    for epoch in (0, 1):
+        windows = dataset_all.windows(epoch)
+        assert np.array_equal(windows, draw_windows(lengths, CFG.frames, CFG.motion_frames,
+                                                    CFG.reference_margin_frames,
+                                                    CFG.windows_per_second, CFG.seed, epoch))
+        for track, start, ref in windows:
+            sample = dataset_all[Window(int(track), int(start), int(ref))]
+            tid = ids[track]
+            row, rows = tracks.loc[tid], frames.loc[tid].sort_index()
+            video = videos.loc[row["video_id"]]
+            window = rows.iloc[start: start + CFG.frames]
+            classes = catalog.schema.EMOTION_CLASSES[row["emotion_backend"]]
+            order = [classes.index(c) for c in CFG.emotion_classes]
+            assert np.array_equal(sample["expression"], np.stack(window["expression"]))
+            assert np.array_equal(sample["jaw_pose"], np.stack(window["jaw_pose"]))
+            assert np.array_equal(sample["emotion_probs"],
+                                  np.stack(window["emotion_probs"])[:, order])
+            speed = geo.head_speed(*(rows[c].to_numpy(np.float32) for c in ("yaw", "pitch",
+                                                                               "roll")))
+            assert np.array_equal(sample["head_speed"], speed[start: start + CFG.frames])
+            crop = int(row["crop_size"])
+            for j, (_, r) in enumerate(window.iterrows()):
+                face, valid = geo.frame_masks(np.asarray(r["crop_affine"], np.float32),
+                                              np.asarray(r["box"], np.float32),
+                                              int(video["width"]), int(video["height"]), crop,
+                                              CFG.size)
+                assert np.array_equal(sample["face_mask"][j, 0], face)
+                assert np.array_equal(sample["valid_mask"][j, 0], valid)
+            boxes = geo.mouth_boxes(np.stack(rows["landmarks"]).astype(np.float32))
+            mouth = [geo.mouth_mask(boxes[k], crop, CFG.size) for k in range(start, start + 4)]
+            assert np.array_equal(sample["mouth_mask"][:, 0], np.stack(mouth))
+            assert np.array_equal(sample["reference_mouth"][0],
+                                  geo.mouth_mask(boxes[ref], crop, CFG.size))
+            features = np.load(Path(curated_catalog) / row["audio_features_path"])
+            idx = np.clip(np.arange(start, start + CFG.frames)[:, None] + np.arange(-2, 3), 0,
+                          len(rows) - 1)
+            assert np.array_equal(sample["audio"], features[idx].astype(np.float32))
+            assert sample["emotion"] == CFG.emotion_classes.index(row["emotion_label"])
+
+
+@pytest.mark.ray
+def test_crops_smaller_than_the_model_image_are_refused(curated_catalog, curated_index):
+    """The fixture's 256 px crops for a 512 px model (the base config's size)."""
+    base_size = DataConfig(**{**CFG.__dict__, "size": 512})
+    with pytest.raises(CropSizeError, match=r"have 256 px face crops, smaller than the model's "
+                                            r"512 px image size"):
+        WindowDataset(curated_catalog, curated_index, base_size, split="all")
 
 
 @pytest.mark.ray

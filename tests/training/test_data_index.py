@@ -1,0 +1,156 @@
+"""The dataset's index on synthetic training catalogs (jobs.media.synthetic_catalog): one small
+entry per track and nothing per frame, what a loader worker receives, the crop-size refusal and
+errors that name the file (no Ray, no curated catalog)."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+import catalog
+from jobs.media.synthetic_catalog import write_training_catalog
+from training import windows as geo
+from training.batching import draw_windows
+from training.data import CropSizeError, DataConfig, MediaReadError, Window, WindowDataset
+from training.frame_table import FrameTableError
+
+CFG = DataConfig(size=64, frames=4, motion_frames=2, reference_margin_frames=25)
+
+
+def _catalog(tmp_path_factory, name: str, tracks: int, seconds: float, **options):
+    root = tmp_path_factory.mktemp(name) / "catalog"
+    ids = write_training_catalog(root, tracks, seconds=seconds, tracks_per_shard=7, **options)
+    return str(root), pa.table({"track_id": ids})
+
+
+@pytest.fixture(scope="module")
+def short_catalog(tmp_path_factory):
+    return _catalog(tmp_path_factory, "short", 12, 4.0)
+
+
+@pytest.fixture(scope="module")
+def long_catalog(tmp_path_factory):
+    return _catalog(tmp_path_factory, "long", 12, 16.0)
+
+
+def _arrays(value, path="dataset", seen=None):
+    """(path, array) of every numpy array reachable from `value` (attributes, slots, dicts,
+    lists, tuples)."""
+    seen = set() if seen is None else seen
+    if id(value) in seen:
+        return []
+    seen.add(id(value))
+    if isinstance(value, np.ndarray):
+        return [(path, value)]
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    elif dataclasses.is_dataclass(value):
+        items = ((f.name, getattr(value, f.name)) for f in dataclasses.fields(value))
+    elif hasattr(value, "__dict__") and type(value).__module__.startswith("training"):
+        items = vars(value).items()
+    else:
+        return []
+    return [a for k, v in items for a in _arrays(v, f"{path}.{k}", seen)]
+
+
+def test_the_index_holds_nothing_per_frame(short_catalog, long_catalog):
+    """The same tracks four times as long: the same index size (a frame count is a number in
+    it, not an axis), and no array anywhere in what a loader worker unpickles, even after
+    windows were read (the per-process caches stay behind)."""
+    sizes = {}
+    for name, (root, ids) in (("short", short_catalog), ("long", long_catalog)):
+        ds = WindowDataset(root, ids, CFG, split="all")
+        assert len(ds.tracks) == 12 and ds.excluded == {}
+        for row in ds.windows(0)[:6]:
+            ds[Window(*(int(v) for v in row))]
+        sent = pickle.dumps(ds)
+        worker = pickle.loads(sent)
+        assert _arrays(worker) == []
+        assert all(isinstance(getattr(t, f.name), (str, int, float, type(None), type(t.rows)))
+                   for t in worker.tracks for f in dataclasses.fields(t))
+        sizes[name] = len(sent)
+    assert {t.length for t in WindowDataset(*long_catalog, CFG, split="all").tracks} == {400}
+    assert abs(sizes["long"] - sizes["short"]) < 0.02 * sizes["short"]
+    assert sizes["short"] < 12 * 1024  # under 1 KB a track
+
+
+def test_synthetic_windows_carry_the_catalog_rows(short_catalog):
+    """Each window's per-frame values against the frames table read with pandas."""
+    root, ids = short_catalog
+    ds = WindowDataset(root, ids, CFG, split="all")
+    files = catalog.read.committed_files(root, "frames")
+    rows = pd.concat([pd.read_parquet(f) for f in files]).set_index(["track_id", "frame"])
+    lengths = [int(rows.loc[t.track_id].index.max()) + 1 for t in ds.tracks]
+    assert np.array_equal(ds.windows(1), draw_windows(lengths, CFG.frames, CFG.motion_frames,
+                                                      CFG.reference_margin_frames,
+                                                      CFG.windows_per_second, CFG.seed, 1))
+    for track, start, ref in ds.windows(1):
+        sample = ds[Window(int(track), int(start), int(ref))]
+        frame = rows.loc[ds.tracks[track].track_id].sort_index()
+        window = frame.iloc[start: start + CFG.frames]
+        assert np.array_equal(sample["expression"], np.stack(window["expression"]))
+        assert np.array_equal(sample["jaw_pose"], np.stack(window["jaw_pose"]))
+        assert np.array_equal(sample["emotion_probs"], np.stack(window["emotion_probs"]))
+        speed = geo.head_speed(*(frame[c].to_numpy(np.float32) for c in ("yaw", "pitch", "roll")))
+        assert np.array_equal(sample["head_speed"], speed[start: start + CFG.frames])
+
+
+def test_crops_smaller_than_the_image_size_are_refused(short_catalog):
+    root, ids = short_catalog
+    with pytest.raises(CropSizeError, match=r"12 of 12 selected tracks have 64 px face crops, "
+                                            r"smaller than the model's 128 px image size.*"
+                                            r"crop size of at least 128 px.*image_size <= 64"):
+        WindowDataset(root, ids, DataConfig(**{**CFG.__dict__, "size": 128}), split="all")
+
+
+def test_missing_files_are_named_when_read(tmp_path_factory):
+    """No file is opened at build; a missing clip or frames file read later is named."""
+    root, ids = _catalog(tmp_path_factory, "missing", 3, 4.0)
+    local = catalog.fs.resolve(root).local_path()
+    tracks = catalog.read_table(root, "tracks", columns=["track_id", "crop_path"]).to_pylist()
+    clip = local / next(t["crop_path"] for t in tracks if t["track_id"] == min(ids.column(0)
+                                                                            .to_pylist()))
+    clip.unlink()
+    ds = WindowDataset(root, ids, CFG, split="all")  # builds: it opens no clip
+    assert len(ds.tracks) == 3 and ds.tracks[0].crop_path == str(clip)
+    with pytest.raises(MediaReadError, match=f"{clip}: no such file"):
+        ds.decode(0, np.arange(3))
+    for parquet in (local / "frames").glob("*.parquet"):
+        parquet.unlink()
+    with pytest.raises(FrameTableError, match=r"frames/shard-00000-0000\.parquet"):
+        ds.frame_arrays(0)
+
+
+def test_tracks_with_a_frame_without_geometry_are_left_out(tmp_path_factory):
+    """A track missing one frame row and a track with a null crop affine are left out with the
+    reason; the others keep their full length."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    root, ids = _catalog(tmp_path_factory, "gaps", 5, 4.0, media=False)
+    names = sorted(ids.column(0).to_pylist())
+    path = catalog.fs.resolve(root).local_path() / catalog.read.committed_rels(root, "frames")[0]
+    table = pq.read_table(path)
+    gap = pc.and_(pc.equal(table["track_id"], names[0]), pc.equal(table["frame"], 40))
+    table = table.filter(pc.invert(gap))
+    hole = pc.and_(pc.equal(table["track_id"], names[1]), pc.equal(table["frame"], 7))
+    affine = pc.if_else(hole, pa.nulls(len(table), table["crop_affine"].type),
+                        table["crop_affine"])
+    table = table.set_column(table.schema.get_field_index("crop_affine"),
+                             table.schema.field("crop_affine"), affine)
+    pq.write_table(table, path)
+    tracks = catalog.fs.resolve(root).local_path() / catalog.read.committed_rels(root, "tracks")[0]
+    rows = pq.read_table(tracks)  # give every track a clip path (none is opened)
+    rows = rows.set_column(rows.schema.get_field_index("crop_path"),
+                           rows.schema.field("crop_path"), pa.array(["media/x.mp4"] * len(rows)))
+    pq.write_table(rows, tracks)
+    ds = WindowDataset(root, ids, CFG, split="all")
+    assert ds.excluded == {"missing crop geometry (crop_affine)": 2}
+    assert [t.track_id for t in ds.tracks] == names[2:5] and {t.length for t in ds.tracks} == {100}
