@@ -19,7 +19,8 @@ from training.batching import draw_windows
 from training.data import CropSizeError, DataConfig, MediaReadError, Window, WindowDataset
 from training.frame_table import FrameTableError
 
-CFG = DataConfig(size=64, frames=4, motion_frames=2, reference_margin_frames=25)
+CFG = DataConfig(size=64, frames=4, motion_frames=2, reference_margin_frames=25,
+                 expression_dim=10)  # the synthetic catalog holds 3dmm vectors
 
 
 def _catalog(tmp_path_factory, name: str, tracks: int, seconds: float, **options):
