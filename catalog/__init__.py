@@ -3,7 +3,7 @@
     import catalog
     tracks = catalog.read_table("out/catalog", "tracks")          # pyarrow.Table, full schema
     catalog.validate("out/catalog")                                # [] when valid
-    kept = catalog.training_index("out/catalog", catalog.Thresholds(min_face_px=128))
+    kept = catalog.training_index("out/catalog", catalog.Thresholds(min_face_px_median=128))
 
 Roots are local folders or s3:// prefixes (catalog/fs.py); `media_file(root, crop_path)` gives a
 local copy of a store's media file for readers that need a path.

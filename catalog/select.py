@@ -47,7 +47,7 @@ class SelectionError(ValueError):
 
 @dataclass(frozen=True)
 class Thresholds:
-    min_face_px: float = 96.0
+    min_face_px_median: float = 96.0  # a track's face_px_median at least this (source px)
     min_track_s: float = 1.0
     max_abs_yaw_deg: float = 60.0
     min_speech_ratio: float = 0.3
@@ -66,7 +66,9 @@ class Thresholds:
         names = {f.name for f in fields(cls)}
         unknown = set(values) - names
         if unknown:
-            raise SelectionError(f"unknown thresholds {sorted(unknown)}; valid: {sorted(names)}")
+            hint = (" (min_face_px is the faces stage's gate, [faces]; the selection's threshold "
+                    "on a track's median face is min_face_px_median)") if "min_face_px" in unknown else ""
+            raise SelectionError(f"unknown thresholds {sorted(unknown)}; valid: {sorted(names)}{hint}")
         values = dict(values)
         if "emotions" in values:
             values["emotions"] = tuple(values["emotions"])
@@ -226,7 +228,7 @@ def _balance_group(row: dict, by: str) -> str | None:
 def _drop_reason(row: dict, t: Thresholds, intensity: float | None) -> str | None:
     if row.get("faces_status") != "ok":
         return f"faces {row.get('faces_status')}"
-    if (row.get("face_px_median") or 0) < t.min_face_px:
+    if (row.get("face_px_median") or 0) < t.min_face_px_median:
         return "face too small"
     if (row.get("end_s") or 0) - (row.get("start_s") or 0) < t.min_track_s:
         return "track too short"

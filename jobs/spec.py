@@ -9,7 +9,7 @@
     [scenes]                      # each stage's Config dataclass
     detector = "adaptive"
     [select]                      # catalog.Thresholds: what the report (and training) select
-    min_face_px = 128
+    min_face_px_median = 128
     lip_sync_rules.av_corr.min_confidence = 0.7
     [storage]                     # s3:// inputs and catalogs (else the AWS_* variables)
     endpoint_url = "http://minio:9000"

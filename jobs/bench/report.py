@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 TARGET_TRACKS = 1_000_000
 TRACKS_PER_VIDEO = 2.8  # expected tracks per input video under jobs.media.synthetic_catalog's fate mix
 SHARDS = 16
-COMPARE = ["min_face_px=128", "lip_sync_rules.av_corr.min_confidence=0.8"]
+COMPARE = ["min_face_px_median=128", "lip_sync_rules.av_corr.min_confidence=0.8"]
 
 
 def generated_catalog(tracks: int = TARGET_TRACKS) -> Path:

@@ -136,9 +136,9 @@ def _draw(rng: np.random.Generator, n_videos: int, shards: int, max_track_s: flo
     dur = rng.uniform(t.min_track_s + 0.2, max(max_track_s, t.min_track_s + 0.5), T)
     short = tfate == "track too short"
     dur[short] = rng.uniform(0.3 * t.min_track_s, 0.95 * t.min_track_s, short.sum())
-    face_px = np.exp(rng.uniform(np.log(t.min_face_px + 4), np.log(max(400, 2 * t.min_face_px)), T))
+    face_px = np.exp(rng.uniform(np.log(t.min_face_px_median + 4), np.log(max(400, 2 * t.min_face_px_median)), T))
     small = tfate == "face too small"
-    face_px[small] = rng.uniform(0.67 * t.min_face_px, t.min_face_px - 1, small.sum())
+    face_px[small] = rng.uniform(0.67 * t.min_face_px_median, t.min_face_px_median - 1, small.sum())
     yaw = np.clip(rng.normal(0, 15, T), 5 - t.max_abs_yaw_deg, t.max_abs_yaw_deg - 5)
     away = tfate == "head turned away"
     yaw[away] = rng.choice([-1, 1], away.sum()) * rng.uniform(t.max_abs_yaw_deg + 2, 89, away.sum())

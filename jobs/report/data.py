@@ -41,7 +41,7 @@ TRACK_STAGES = ("faces", "audio", "lip_sync", "expression", "emotion")
 # thresholds
 # ---------------------------------------------------------------------------------------------
 def parse_overrides(items: list[str]) -> dict:
-    """`["min_face_px=128", "emotions=['happy']", "lip_sync_rules.syncnet.min_confidence=4"]`
+    """`["min_face_px_median=128", "emotions=['happy']", "lip_sync_rules.syncnet.min_confidence=4"]`
     -> a dict; values are TOML scalars or arrays (bare words are strings)."""
     out: dict = {}
     for item in items:

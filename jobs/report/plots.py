@@ -135,7 +135,7 @@ def distributions(tracks: pa.Table, clips: pa.Table, keep: pa.Array, t: Threshol
         ("Clip duration", histogram("Clip duration", "s", [("clips", values(clips["duration_s"]), ALL_COLOR)],
                                     log_x=True)),
         ("Face size", histogram("Face size (median box side)", "px", pair("face_px_median"),
-                                lines=[t.min_face_px], log_x=True)),
+                                lines=[t.min_face_px_median], log_x=True)),
         ("Head yaw", histogram("Head yaw (track mean)", "deg", pair("yaw_mean"),
                                lines=[-t.max_abs_yaw_deg, t.max_abs_yaw_deg])),
         ("Head pitch and roll", histogram("Head pitch and roll (track mean)", "deg", [

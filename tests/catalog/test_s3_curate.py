@@ -106,7 +106,7 @@ def test_training_windows_decode_from_the_store(curated, inputs, tmp_path):
     from training.data import DataConfig, WindowDataset
 
     selection = catalog.training_index(curated, catalog.Thresholds(
-        require_lip_sync=False, min_speech_ratio=0.0, min_face_px=0.0))
+        require_lip_sync=False, min_speech_ratio=0.0, min_face_px_median=0.0))
     data = WindowDataset(curated, selection, DataConfig(size=64, frames=2, motion_frames=0),
                          split="all")
     assert len(data.tracks) == 1 and data.excluded == {}

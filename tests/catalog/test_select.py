@@ -118,3 +118,10 @@ def test_bounded_scores_count_only_the_rise_above_the_neutral():
     old = {r["track_id"]: r["intensity"] for r in catalog.select(
         None, catalog.Thresholds(expression_backend="3dmm"), tracks=tracks).to_pylist()}
     assert old["old"] == 0.0 and old["old1"] == pytest.approx(1.0)
+
+
+def test_the_faces_gate_name_in_select_names_the_selection_threshold():
+    with pytest.raises(select_module.SelectionError,
+                       match="min_face_px is the faces stage's gate.*min_face_px_median"):
+        catalog.Thresholds.from_dict({"min_face_px": 128})
+    assert catalog.Thresholds.from_dict({"min_face_px_median": 128}).min_face_px_median == 128

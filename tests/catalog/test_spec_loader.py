@@ -33,23 +33,23 @@ def test_override_values_are_read_as_toml_and_bare_words_as_text():
     assert parse_value("content") == "content"
 
 
-@pytest.mark.parametrize("override", ["select", "select.=1", "min_face_px=3", "=3"])
+@pytest.mark.parametrize("override", ["select", "select.=1", "min_face_px_median=3", "=3"])
 def test_malformed_overrides_are_errors(override):
     with pytest.raises(SpecError, match="not section.key=value"):
         with_overrides({}, [override], "curate")
 
 
 def test_an_override_below_a_value_is_an_error():
-    with pytest.raises(SpecError, match="select.min_face_px is a value, not a table"):
-        with_overrides({"select": {"min_face_px": 96}}, ["select.min_face_px.x=1"], "train")
+    with pytest.raises(SpecError, match="select.min_face_px_median is a value, not a table"):
+        with_overrides({"select": {"min_face_px_median": 96}}, ["select.min_face_px_median.x=1"], "train")
 
 
 def test_select_is_merged_rule_by_rule_onto_the_defaults():
-    t = select_from({"lip_sync_rules": {"av_corr": {"min_confidence": 0.7}}, "min_face_px": 128})
+    t = select_from({"lip_sync_rules": {"av_corr": {"min_confidence": 0.7}}, "min_face_px_median": 128})
     assert t.lip_sync_rules == {"av_corr": {"max_abs_offset_frames": 1, "min_confidence": 0.7},
                                 "syncnet": LIP_SYNC_RULES["syncnet"]}
-    assert t.min_face_px == 128 and t.min_track_s == Thresholds().min_track_s
-    with pytest.raises(SpecError, match=r"\[select\].*unknown thresholds.*valid:.*min_face_px"):
+    assert t.min_face_px_median == 128 and t.min_track_s == Thresholds().min_track_s
+    with pytest.raises(SpecError, match=r"\[select\].*unknown thresholds.*valid:.*min_face_px_median"):
         select_from({"min_face": 3})
 
 
@@ -71,6 +71,6 @@ def test_dataclass_from_lists_the_valid_keys_and_makes_tuples():
 def test_missing_and_malformed_spec_files_are_errors(tmp_path):
     with pytest.raises(SpecError, match="missing.toml does not exist"):
         read_toml(tmp_path / "missing.toml")
-    (tmp_path / "bad.toml").write_text("[select\nmin_face_px = 3\n")
+    (tmp_path / "bad.toml").write_text("[select\nmin_face_px_median = 3\n")
     with pytest.raises(SpecError, match="bad.toml is not valid TOML"):
         read_toml(tmp_path / "bad.toml")

@@ -174,9 +174,9 @@ def test_a_key_error_inside_the_library_is_a_runtime_failure(monkeypatch, capsys
 
 
 def test_select_section_and_overrides_in_a_spec():
-    spec = build({"job": {"inputs": ["x"]}, "select": {"min_face_px": 128, "emotions": ["happy"]}},
+    spec = build({"job": {"inputs": ["x"]}, "select": {"min_face_px_median": 128, "emotions": ["happy"]}},
                  ["select.lip_sync_rules.av_corr.min_confidence=0.8", "select.balance_by=\"emotion\""])
-    assert spec.select.min_face_px == 128 and spec.select.emotions == ("happy",)
+    assert spec.select.min_face_px_median == 128 and spec.select.emotions == ("happy",)
     assert spec.select.lip_sync_rules["av_corr"] == {"max_abs_offset_frames": 1, "min_confidence": 0.8}
     assert spec.select.balance_by == "emotion"
     assert spec.resolved()["select"]["emotions"] == ["happy"]

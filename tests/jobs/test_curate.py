@@ -34,7 +34,7 @@ def curated(tmp_path_factory, ray_local):
     (folder / "README.txt").write_text("not a video\n")
     (folder / "notes").write_text("no extension\n")
     spec = tmp_path_factory.mktemp("spec") / "job.toml"
-    spec.write_text('[select]\nmin_face_px = 123\nemotions = ["happy"]\n')
+    spec.write_text('[select]\nmin_face_px_median = 123\nemotions = ["happy"]\n')
     out = tmp_path_factory.mktemp("cat") / "catalog"
     code = cli.main(["curate", str(spec), "--input", str(folder), "--out", str(out),
                      "--stages", "ingest,scenes,faces",
@@ -61,11 +61,11 @@ def test_select_section_reaches_the_manifest_and_the_report(curated):
     curated, _ = curated
     manifest = json.loads((curated / "_manifest.json").read_text())
     select = manifest["job_spec"]["select"]
-    assert select["min_face_px"] == 123 and select["emotions"] == ["happy"]
+    assert select["min_face_px_median"] == 123 and select["emotions"] == ["happy"]
     assert select["lip_sync_rules"]["av_corr"] == {"max_abs_offset_frames": 1, "min_confidence": 0.9}
     assert select["lip_sync_rules"]["syncnet"] == LIP_SYNC_RULES["syncnet"]  # untouched rule kept
     data = report_data.collect(curated)
-    assert data["thresholds"]["min_face_px"] == 123
+    assert data["thresholds"]["min_face_px_median"] == 123
     assert data["thresholds"]["lip_sync_rules"]["av_corr"]["min_confidence"] == 0.9
 
 

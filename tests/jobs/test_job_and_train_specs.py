@@ -15,7 +15,7 @@ from training import config as train_config
 SELECT_OVERRIDES = [
     "select.lip_sync_rules.av_corr.min_confidence=0.7",
     "select.lip_sync_rules.syncnet.max_abs_offset_frames=2",
-    "select.min_face_px=128",
+    "select.min_face_px_median=128",
     'select.emotions=["happy", "neutral"]',
     'select.balance_by="emotion"',
 ]
@@ -36,7 +36,7 @@ def test_the_same_select_overrides_resolve_the_same_in_curate_and_train():
 def test_the_training_spec_takes_nested_overrides_from_its_toml():
     spec = train_config.load("jobs/train_tiny.toml", SELECT_OVERRIDES[:1])
     assert spec.select.lip_sync_rules["av_corr"]["min_confidence"] == 0.7
-    assert spec.select.min_face_px == 64  # the TOML's value, kept
+    assert spec.select.min_face_px_median == 64  # the TOML's value, kept
 
 
 @pytest.mark.parametrize("build", [
@@ -44,7 +44,7 @@ def test_the_training_spec_takes_nested_overrides_from_its_toml():
     lambda o: train_config.build({}, o),
 ])
 def test_unknown_keys_list_the_valid_ones_in_both_commands(build):
-    with pytest.raises(SpecError, match=r"unknown thresholds \['min_face'\]; valid:.*min_face_px"):
+    with pytest.raises(SpecError, match=r"unknown thresholds \['min_face'\]; valid:.*min_face_px_median"):
         build(["select.min_face=3"])
 
 
@@ -67,12 +67,12 @@ def test_curate_sections_are_the_runner_stages_and_the_job_sections():
 def test_a_curate_spec_is_what_the_runner_takes_whole(tmp_path):
     path = tmp_path / "job.toml"
     path.write_text('[job]\ninputs = ["a.mp4"]\nstages = ["scenes", "ingest"]\n'
-                    '[runner]\nnum_shards = 4\n[select]\nmin_face_px = 100\n')
+                    '[runner]\nnum_shards = 4\n[select]\nmin_face_px_median = 100\n')
     job = job_spec.load(path, ["select.lip_sync_rules.av_corr.min_confidence=0.7"])
     assert job.stages == ("ingest", "scenes") and job.runner.num_shards == 4
     assert set(job.configs) == {"ingest", "scenes"}
     resolved = job.resolved()
-    assert resolved["select"]["min_face_px"] == 100
+    assert resolved["select"]["min_face_px_median"] == 100
     assert resolved["select"]["lip_sync_rules"]["av_corr"]["min_confidence"] == 0.7
     assert resolved["runner"] == dataclasses.asdict(job.runner)
 

@@ -55,7 +55,7 @@ def larger(tmp_path_factory):
 def page(small, tmp_path_factory) -> Path:
     """The small catalog's report, with a compared threshold set."""
     root, _ = small
-    return write_report(root, tmp_path_factory.mktemp("page") / "report.html", ["min_face_px=64"])
+    return write_report(root, tmp_path_factory.mktemp("page") / "report.html", ["min_face_px_median=64"])
 
 
 def _count(truth: dict, level: str, *fates: str) -> int:
@@ -132,7 +132,7 @@ def test_compare_equals_select_over_whole_catalog(larger, monkeypatch):
     including per-person intensity thresholds."""
     root, _ = larger
     monkeypatch.setattr(select_module, "SELECT_CHUNK_ROWS", 7)
-    overrides = ["min_face_px=128", "min_intensity=0.8", "emotions=['happy', 'neutral', 'sad']",
+    overrides = ["min_face_px_median=128", "min_intensity=0.8", "emotions=['happy', 'neutral', 'sad']",
                  "lip_sync_rules.av_corr.min_confidence=0.8"]
     data = report_data.collect(root, overrides)
     other = report_data.thresholds_with(Thresholds(), report_data.parse_overrides(overrides))
@@ -151,7 +151,7 @@ def test_compare_equals_select_over_whole_catalog(larger, monkeypatch):
 def test_chunked_verdicts_balance_like_the_whole_catalog(larger, monkeypatch, by):
     root, _ = larger
     monkeypatch.setattr(select_module, "SELECT_CHUNK_ROWS", 7)
-    thresholds = Thresholds(balance_by=by, min_face_px=64)
+    thresholds = Thresholds(balance_by=by, min_face_px_median=64)
     tracks = report_data.read_tracks(root)
     keep, drop = report_data.select_verdicts(tracks, thresholds)
     whole = catalog.balance(catalog.select(root, thresholds), by)
@@ -163,12 +163,12 @@ def test_chunked_verdicts_balance_like_the_whole_catalog(larger, monkeypatch, by
 
 
 def test_parse_overrides():
-    parsed = report_data.parse_overrides(["min_face_px=128", "emotions=['happy']", "require_lip_sync=false",
+    parsed = report_data.parse_overrides(["min_face_px_median=128", "emotions=['happy']", "require_lip_sync=false",
                                           "expression_backend=3dmm", "lip_sync_rules.syncnet.min_confidence=4"])
-    assert parsed == {"min_face_px": 128, "emotions": ["happy"], "require_lip_sync": False,
+    assert parsed == {"min_face_px_median": 128, "emotions": ["happy"], "require_lip_sync": False,
                       "expression_backend": "3dmm", "lip_sync_rules": {"syncnet": {"min_confidence": 4}}}
     with pytest.raises(SelectionError, match="KEY=VALUE"):
-        report_data.parse_overrides(["min_face_px"])
+        report_data.parse_overrides(["min_face_px_median"])
     with pytest.raises(SelectionError, match="unknown thresholds"):
         report_data.thresholds_with(Thresholds(), {"min_face": 3})
 
@@ -309,7 +309,7 @@ def test_cli_writes_the_report(small, tmp_path):
     root, _ = small
     out = tmp_path / "cli.html"
     done = subprocess.run([sys.executable, "-m", "jobs.cli", "catalog", "report", str(root), "--out", str(out),
-                           "--compare", "min_face_px=64"], check=False, capture_output=True, text=True, timeout=300)
+                           "--compare", "min_face_px_median=64"], check=False, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert out.is_file() and "What the compared thresholds would keep" in out.read_text()
     bad = subprocess.run([sys.executable, "-m", "jobs.cli", "catalog", "report", str(root), "--out", str(out),

@@ -52,7 +52,7 @@ CLICK_OFFSET_S = 0.02  # the click's centre after the flash frame's start: mid-f
 NOISE_FLOOR = 2e-3  # standard deviation of the noise added to every clip's audio
 
 # Thresholds for the fixture catalog: small generated faces, short clips, and a silent clip.
-FIXTURE_THRESHOLDS = catalog.Thresholds(min_face_px=48, min_track_s=1.0, min_speech_ratio=0.0,
+FIXTURE_THRESHOLDS = catalog.Thresholds(min_face_px_median=48, min_track_s=1.0, min_speech_ratio=0.0,
                                         require_lip_sync=False, max_abs_yaw_deg=90.0)
 
 

@@ -177,7 +177,7 @@ def test_resume_refuses_another_model_config(curated_catalog, tmp_path, tiny_spe
 
 
 def test_empty_selection_lists_the_drop_reasons(curated_catalog, tmp_path, tiny_spec):
-    spec = tiny_spec(curated_catalog, tmp_path, select={"min_face_px": 5000})
+    spec = tiny_spec(curated_catalog, tmp_path, select={"min_face_px_median": 5000})
     with pytest.raises(TrainingError, match=r"face too small: \d+"):
         train(spec)
 
