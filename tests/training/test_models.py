@@ -12,7 +12,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor
 
-from training.models import DROPPABLE, Conditions, ModelConfig, build_model
+from training.models import DROPPABLE, Conditions, ModelConfig, build_codec, build_model
 
 SMALL = dict(image_size=32, frames=3, motion_frames=2)  # fast variant of tiny: 4x4 attention
 
@@ -54,7 +54,7 @@ def perturb(model: torch.nn.Module, seed: int = 3, parts: tuple[str, ...] | None
     with torch.no_grad():
         for name, p in model.named_parameters():
             top = name.split(".")[0]
-            if top in ("denoiser", "reference_net", "codec") or bool(p.any()):
+            if top in ("denoiser", "reference_net") or bool(p.any()):
                 continue
             if parts is None or any(name.startswith(q) for q in parts):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.2)
@@ -120,8 +120,9 @@ def test_tiny_forward_shapes(f, m):
     out = run(model, noisy, t, make_cond(cfg, 2, f, m))
     assert out.shape == (2, f, 3, 64, 64) and torch.isfinite(out).all()
     pixels = torch.rand(2, 3, 64, 64) * 2 - 1
-    assert torch.equal(model.codec.encode(pixels), pixels)
-    assert not any(p.requires_grad for p in model.codec.parameters())
+    codec = build_codec(cfg)
+    assert torch.equal(codec.encode(pixels), pixels)
+    assert not any(p.requires_grad for p in codec.parameters())
 
 
 # --- zero-initialised layers against a plain diffusers UNet --------------------------------------
@@ -494,8 +495,10 @@ def test_base_loads_a_diffusers_folder(sd15_root):
         for k, v in saved.items():
             assert torch.equal(state[k], v), k
     pixels = torch.rand(1, 3, 32, 32) * 2 - 1
-    latents = model.codec.encode(pixels)
-    assert latents.shape == (1, 4, 16, 16) and model.codec.decode(latents).shape == (1, 3, 32, 32)
+    codec = build_codec(small_base(sd15_root))
+    latents = codec.encode(pixels)
+    assert latents.shape == (1, 4, 16, 16) and codec.decode(latents).shape == (1, 3, 32, 32)
+    assert not any(name.startswith("codec.") for name in model.state_dict())
     noisy = torch.randn(1, 2, 4, 16, 16)
     cond = Conditions(reference_latent=latents, motion_latents=latents[:, None],
                       audio=torch.randn(1, 2, 5, 512), expression=torch.randn(1, 2, 10),
