@@ -514,3 +514,33 @@ def test_base_missing_or_mismatched_folder(sd15_root, tmp_path):
     assert "stable-diffusion-v1-5" in str(err.value)
     with pytest.raises(ValueError, match="block_out_channels"):
         build_model(ModelConfig.base(sd15_root))  # the SD 1.5 layout vs the tiny saved UNet
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_a_bf16_frozen_reference_net_trains_the_video_stages_under_autocast(perturbed, stage):
+    """Stages 2-3 with the frozen ReferenceNet cast to bf16 (what the trainer does on CUDA; CPU
+    autocast here): the trained parameters stay fp32 and get gradients close to fp32's."""
+    cfg, base = perturbed
+    grads = []
+    for half in (False, True):
+        model = copy.deepcopy(base).train()
+        params = model.trainable_parameters(stage)
+        if half:
+            model.frozen_to(torch.bfloat16, stage)
+        noisy, t = make_input(cfg, 2, 3)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=half):
+            model(noisy, t, make_cond(cfg, 2, 3, 2)).float().pow(2).mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in params]))
+        if half:
+            assert {p.dtype for p in model.reference_net.parameters()} == {torch.bfloat16}
+            assert {p.dtype for p in params} == {torch.float32}
+    cosine = torch.nn.functional.cosine_similarity(grads[0], grads[1].float(), dim=0)
+    assert cosine > 0.95, float(cosine)
+
+
+def test_frozen_to_keeps_a_trained_reference_net_in_fp32(small):
+    cfg, base = small
+    model = copy.deepcopy(base)
+    for stage in (0, 1):
+        model.frozen_to(torch.bfloat16, stage)
+        assert {p.dtype for p in model.reference_net.parameters()} == {torch.float32}
