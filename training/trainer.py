@@ -72,7 +72,8 @@ def train(spec: TrainSpec, resume: str | None = None, worker: Worker | None = No
     codec = build_codec(spec.model)
     model = build_model(spec.model, spec.data.emotion_classes)
     init = ckpt.resolve(t_cfg.init_from) if t_cfg.init_from else None
-    if init is not None:
+    if init is not None:  # the previous stage, on the base weights it was trained from
+        ckpt.check_base_weights(ckpt.read_config(init), spec.model.models_root)
         ckpt.load_weights(model, init, ema=True)
     trainable = [p for p in model.trainable_parameters(t_cfg.stage)]
     names = {id(p): n for n, p in model.named_parameters()}
