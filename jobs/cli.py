@@ -154,6 +154,8 @@ def add_generate(sub) -> None:
     gen.add_argument("--head-speed", type=float, metavar="DEG_S", help="head rotation speed "
                      "(default: the expression video's, else 0)")
     gen.add_argument("--device", help="torch device (default cuda when available, else cpu)")
+    gen.add_argument("--models-root", metavar="DIR", help="model root holding the checkpoint's "
+                     "base weights (default $EMOFORGE_MODELS, else the training machine's)")
     gen.add_argument("--batch", metavar="REQUESTS.toml", help="generate a TOML list of requests "
                      "([[request]] tables; top-level keys are defaults)")
     gen.set_defaults(handler=cmd_generate)
@@ -325,7 +327,8 @@ def cmd_generate(args) -> int:
         requests = [Request(**options)]
     if not checkpoint:
         raise UsageError("generate needs --checkpoint DIR (or checkpoint = ... in the batch file)")
-    for result in generate_batch(checkpoint, requests, args.device):
+    for result in generate_batch(checkpoint, requests, args.device,
+                                 models_root=args.models_root):
         print(f"{result.out}: {result.frames} frames ({result.audio_seconds:.2f} s of audio) in "
               f"{result.seconds:.1f} s")
     return 0

@@ -31,6 +31,7 @@ from catalog.spec import (
 )
 
 CONDITIONS = ("audio", "reference", "expression", "emotion", "motion")
+OPTIMIZERS = ("adamw", "adamw8bit")
 
 
 # a training spec or override that cannot be used: the loader's error, shared with curate
@@ -46,6 +47,13 @@ class OptimConfig:
     warmup_steps: int = 50  # linear warm-up from 0, then constant
     grad_accum: int = 1  # micro-batches per optimizer step
     max_grad_norm: float = 1.0  # gradient clipping (0: off)
+    # "adamw" (torch) or "adamw8bit" (bitsandbytes' 8-bit AdamW: a quarter of the optimizer
+    # state's memory; needs the bitsandbytes package and a CUDA device)
+    optimizer: str = "adamw"
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
 
 
 @dataclass(frozen=True)
@@ -92,7 +100,7 @@ class TrainConfig:
     max_steps: int = 200  # optimizer steps
     max_minutes: float = 0.0  # stop (with a checkpoint) after this much training time; 0: off
     ema_decay: float = 0.999
-    log_every: int = 10
+    log_every: int = 10  # TensorBoard scalars and metrics reported to Ray (a barrier) every N steps
     validate_every: int = 100  # validation loss (EMA weights); 0: off
     val_batches: int = 2
     sample_every: int = 0  # a sample video from the EMA weights; 0: off

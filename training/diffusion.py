@@ -129,3 +129,48 @@ def pixel_weights(valid_mask: torch.Tensor, mouth_mask: torch.Tensor, size: tupl
             mouth = F.adaptive_max_pool2d(mouth, size)
         weights = weights * (1.0 + mouth_weight * mouth.reshape(b, f, 1, *size))
     return weights
+
+
+def diffusion_loss(model, codec, scheduler, batch: dict, generators: list[torch.Generator],
+                   spec) -> torch.Tensor:
+    """The masked, min-SNR-weighted v-prediction loss of one collated micro-batch (`spec`: the
+    TrainSpec). `model`: the EmoModel (or its DDP wrapper); `codec`: the frozen codec beside it;
+    `generators`: one random stream per sample (sample_generator)."""
+    with torch.no_grad():
+        latents = encode_frames(codec, batch["frames"])
+        reference = codec.encode(batch["reference"])
+        motion = encode_frames(codec, batch["motion"])
+    noise, t, drop = draw_noise(latents, generators, spec.diffusion, spec.dropout)
+    motion = augment_motion(motion, generators, spec.diffusion.motion_noise)
+    noisy, target = add_noise(scheduler, latents, noise, t)
+    prediction = model(noisy, t, batch_conditions(batch, reference, motion, drop))
+    weights = min_snr_weights(scheduler, t, spec.diffusion.min_snr_gamma)
+    mask = pixel_weights(batch["valid_mask"], batch["mouth_mask"], tuple(latents.shape[-2:]),
+                         spec.diffusion.mouth_weight)
+    return masked_loss(prediction, target, mask, weights)
+
+
+def batch_conditions(batch: dict, reference: torch.Tensor, motion: torch.Tensor,
+                     drop: dict[str, torch.Tensor]):
+    """models.Conditions of a collated batch with encoded reference/motion latents; conditions
+    a sample lacks (no audio features, no expression, unknown emotion) are dropped for it."""
+    from training.models import Conditions  # diffusers, through training.models.emo
+
+    drop = {**drop, "audio": drop["audio"] | ~batch["audio_valid"],
+            "expression": drop["expression"] | ~batch["expression_valid"],
+            "emotion": drop["emotion"] | (batch["emotion"] < 0)}
+    return Conditions(reference_latent=reference, motion_latents=motion, audio=batch["audio"],
+                      expression=batch["expression"], jaw_pose=batch["jaw_pose"],
+                      emotion=batch["emotion"], intensity=batch["intensity"],
+                      face_mask=batch["face_mask"], mouth_mask=batch["reference_mouth"],
+                      head_speed=batch["head_speed"], drop=drop)
+
+
+def encode_frames(codec, frames: torch.Tensor) -> torch.Tensor:
+    """[B,F,3,S,S] pixels -> [B,F,c,h,w] latents (F may be 0)."""
+    b, f = frames.shape[:2]
+    if f == 0:
+        probe = codec.encode(frames.new_zeros((1, *frames.shape[2:])))
+        return probe.new_zeros((b, 0, *probe.shape[1:]))
+    latents = codec.encode(frames.flatten(0, 1))
+    return latents.reshape(b, f, *latents.shape[1:])

@@ -33,7 +33,7 @@ import math
 import os
 import time
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -103,11 +103,10 @@ class Generator:
     `prepare` checks and measures a request's inputs, `run` generates it, `generate` does both."""
 
     def __init__(self, checkpoint: str | Path, device: str | None = None,
-                 fast: bool = True) -> None:
+                 models_root: str | Path | None = None, fast: bool = True) -> None:
         from training.config import from_resolved
         from training.diffusion import make_scheduler
-        from training.models import build_model
-        from training.trainer import load_weights
+        from training.models import build_codec, build_model
 
         torch.set_flush_denormal(True)  # denormal floats slow CPU arithmetic many times over
         self.path = ckpt.resolve(checkpoint)
@@ -117,12 +116,17 @@ class Generator:
         except (ValueError, KeyError) as exc:
             raise ckpt.CheckpointError(f"{self.path}/{ckpt.CONFIG_FILE} is not a training "
                                        f"config ({type(exc).__name__}: {exc})") from exc
+        if spec.model.init == "sd15":  # base weights: models_root, else $EMOFORGE_MODELS
+            root = ckpt.models_root(models_root, spec.model.models_root)
+            ckpt.check_base_weights(self.config, root)
+            spec = replace(spec, model=replace(spec.model, models_root=root))
         self.spec, self.model_cfg, self.data_cfg = spec, spec.model, spec.data
         self.settings = CatalogSettings.from_checkpoint(self.config)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.fast = fast  # sampling.denoise_window's fast path (cached reference, batched CFG)
-        self.model = build_model(spec.model)
-        load_weights(self.model, self.path, ema=True)
+        self.codec = build_codec(spec.model).to(self.device)  # beside the model, as a VAE
+        self.model = build_model(spec.model, spec.data.emotion_classes)
+        ckpt.load_weights(self.model, self.path, ema=True)
         self.model.to(self.device).eval()
         self.scheduler = make_scheduler(spec.diffusion, "ddim")
         log.info("generator: %s (%s model, %d px, F=%d, M=%d) on %s", self.path, spec.train.model,
@@ -187,7 +191,7 @@ class Generator:
         feats = prepared.features
         dev = self.device
         ref_pixels = self._pixels(prepared.face.crop)  # [1,3,S,S]
-        reference = self.model.codec.encode(ref_pixels)
+        reference = self.codec.encode(ref_pixels)
         face = geo.face_mask(prepared.face.affine, prepared.face.box, self.settings.crop_size,
                              size)
         face_mask = torch.from_numpy(face)[None, None, None].expand(1, f, 1, size, size).to(dev)
@@ -232,7 +236,7 @@ class Generator:
                     if m:  # the last M generated latents (earlier ones too when F < M)
                         motion = torch.cat([motion, latents], 1)[:, -m:]
                     with self._autocast():
-                        pixels = self.model.codec.decode(latents.flatten(0, 1)).float()
+                        pixels = self.codec.decode(latents.flatten(0, 1)).float()
                     keep = min(f, n - k * f)
                     for image in to_uint8(pixels[:keep]).cpu().numpy():
                         writer.write(image)
@@ -273,7 +277,7 @@ class Generator:
 
 
 def generate_batch(checkpoint: str | Path, requests: list[Request], device: str | None = None,
-                   progress: bool = True) -> list[Result]:
+                   progress: bool = True, models_root: str | Path | None = None) -> list[Result]:
     """Every request's inputs are checked first (an error names the request), then each is
     generated in turn with one loaded model."""
     for i, request in enumerate(requests):  # missing files: before the model loads
@@ -282,7 +286,7 @@ def generate_batch(checkpoint: str | Path, requests: list[Request], device: str 
             if value is not None and not Path(value).is_file():
                 raise GenerationInputError(f"request {i + 1} ({request.out}): {what} {value} "
                                            "does not exist")
-    gen = Generator(checkpoint, device)
+    gen = Generator(checkpoint, device, models_root)
     prepared = []
     for i, request in enumerate(requests):
         try:

@@ -120,20 +120,22 @@ def model_config(check: Check):
 
 
 def build(check: Check, stage: int):
-    """(model on the device with `stage`'s trainable set, trainable parameters by name)."""
+    """(model on the device with `stage`'s trainable set, trainable parameters by name, the
+    frozen codec beside it)."""
     import torch
 
-    from training.models import build_model
+    from training.models import build_codec, build_model
 
     torch.manual_seed(0)
     model = build_model(model_config(check)).to(check.device)
     trainable = model.trainable_parameters(stage)
     model.set_gradient_checkpointing(check.checkpointing)
     names = {id(p): n for n, p in model.named_parameters()}
-    return model.train(), {names[id(p)]: p for p in trainable}
+    codec = build_codec(model_config(check)).to(check.device).eval()
+    return model.train(), {names[id(p)]: p for p in trainable}, codec
 
 
-def synthetic_batch(model, frames: int, motion: int, seed: int) -> dict:
+def synthetic_batch(model, codec, frames: int, motion: int, seed: int) -> dict:
     """A batch of 1: smooth random images (reference, window, motion frames) through the codec,
     random conditions; tensors on the model's device."""
     import torch
@@ -150,7 +152,7 @@ def synthetic_batch(model, frames: int, motion: int, seed: int) -> dict:
 
     with torch.no_grad():
         pixels = images(1 + frames + motion).to(device)
-        latents = model.codec.encode(pixels)
+        latents = codec.encode(pixels)
     mask = torch.zeros(1, frames, 1, s, s)
     mask[..., s // 4: 3 * s // 4, s // 4: 3 * s // 4] = 1
     return {
@@ -249,10 +251,10 @@ def stage_part(check: Check, stage: int) -> dict:
 
     device = torch.device(check.device)
     reset_peak(device)
-    model, trainable = build(check, stage)
+    model, trainable, codec = build(check, stage)
     optimizer = optimizer_for(trainable)
     frames, motion = window(check, stage)
-    batch = synthetic_batch(model, frames, motion, seed=stage)
+    batch = synthetic_batch(model, codec, frames, motion, seed=stage)
     times = train_steps(check, model, trainable, optimizer, batch, check.steps)
     measured = times[1:] or times
     result = {"frames": frames, "motion_frames": motion, "steps": len(times),
@@ -272,10 +274,10 @@ def child(check: Check, folder: Path) -> None:
     then trains on until it is killed."""
     import torch
 
-    model, trainable = build(check, 2)
+    model, trainable, codec = build(check, 2)
     optimizer = optimizer_for(trainable)
     frames, motion = window(check, 2)
-    batch = synthetic_batch(model, frames, motion, seed=2)
+    batch = synthetic_batch(model, codec, frames, motion, seed=2)
 
     def save(step: int) -> None:
         if step != 2:
@@ -317,7 +319,7 @@ def resume_part(check: Check, argv: list[str]) -> dict:
             proc.kill()
             proc.wait()
         log.close()
-    model, trainable = build(check, 2)  # on the device first ...
+    model, trainable, codec = build(check, 2)  # on the device first ...
     state = torch.load(folder / CHECKPOINT, map_location="cpu")
     with torch.no_grad():
         for name, p in trainable.items():
@@ -330,7 +332,7 @@ def resume_part(check: Check, argv: list[str]) -> dict:
         raise RuntimeError(f"optimizer state on {sorted(where)} after resume, parameters on "
                            f"{next(iter(trainable.values())).device}")
     frames, motion = window(check, 2)
-    batch = synthetic_batch(model, frames, motion, seed=2)
+    batch = synthetic_batch(model, codec, frames, motion, seed=2)
     train_steps(check, model, trainable, optimizer, batch, 2, first=state["step"])
     counts = {int(s["step"]) for s in optimizer.state.values() if "step" in s}
     if counts != {state["step"] + 2}:
@@ -354,12 +356,12 @@ def generate_part(check: Check) -> dict:
 
     device = torch.device(check.device)
     reset_peak(device)
-    model, _ = build(check, 2)
+    model, _, codec = build(check, 2)
     model.eval()
     cfg = model.cfg
     f, m = cfg.frames, cfg.motion_frames
     n = math.ceil(check.seconds * 25)
-    batch = synthetic_batch(model, f, 0, seed=5)
+    batch = synthetic_batch(model, codec, f, 0, seed=5)
     reference = batch["reference"]
     motion = reference[:, None].expand(1, m, *reference.shape[1:]).clone()
     scheduler = make_scheduler(DiffusionConfig(), "ddim")
@@ -375,7 +377,7 @@ def generate_part(check: Check) -> dict:
         latents = denoise_window(model, scheduler, cond, (1, f, *reference.shape[1:]),
                                  check.sample_steps, 1.5, 3.5, generator, fast=fast)
         with torch.no_grad(), autocast:
-            model.codec.decode(latents.flatten(0, 1))
+            codec.decode(latents.flatten(0, 1))
         return latents
 
     windows = math.ceil(n / f)
@@ -476,14 +478,14 @@ def write_weights(check: Check) -> dict:
     write_sd15(check.work / "models", reduced=check.reduced)
     written = time.perf_counter() - started
     started = time.perf_counter()
-    model, trainable = build(check, 1)
+    model, trainable, codec = build(check, 1)
     built = time.perf_counter() - started
     cfg = model.cfg
     result = {"layout": "reduced" if check.reduced else "sd15", "image_size": cfg.image_size,
               "frames": cfg.frames, "motion_frames": cfg.motion_frames,
               "write_seconds": round(written, 1), "build_seconds": round(built, 1),
               "parameters_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1)}
-    del model, trainable
+    del model, trainable, codec
     return result
 
 

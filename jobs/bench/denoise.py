@@ -51,16 +51,17 @@ def denoising_profile(checkpoint: str, batch_size: int = 4, ddim_steps: int = 25
     from training.diffusion import add_noise, make_scheduler
     from training.generate import Generator
     from training.sampling import denoise_window
-    from training.trainer import Worker, batch_conditions, build_datasets, encode_frames, make_loader
+    from training.datasets import build_datasets, make_loader
+    from training.diffusion import batch_conditions, encode_frames
 
     generator = Generator(checkpoint, "cpu")
-    model, spec = generator.model, generator.spec
+    model, codec, spec = generator.model, generator.codec, generator.spec
     dataset = build_datasets(spec)["train"]
-    batch = next(iter(make_loader(dataset, 0, 0, batch_size, Worker(device="cpu"))))
-    frames = encode_frames(model.codec, batch["frames"])
+    batch = next(iter(make_loader(dataset, 0, 0, batch_size)))
+    frames = encode_frames(codec, batch["frames"])
     keep_all = {name: torch.zeros(len(frames), dtype=torch.bool) for name in CONDITIONS}
-    cond = batch_conditions(batch, model.codec.encode(batch["reference"]),
-                            encode_frames(model.codec, batch["motion"]), keep_all)
+    cond = batch_conditions(batch, codec.encode(batch["reference"]),
+                            encode_frames(codec, batch["motion"]), keep_all)
     scheduler = make_scheduler(spec.diffusion)
     noise = torch.randn(frames.shape, generator=torch.Generator().manual_seed(seed))
     per_t = []
@@ -73,12 +74,12 @@ def denoising_profile(checkpoint: str, batch_size: int = 4, ddim_steps: int = 25
         per_t.append({"t": t, "sigma": float((1 - alpha_bar).sqrt()),
                       "x0_rmse": float((x0 - frames).pow(2).mean().sqrt()),
                       "v_loss": float((v - target).pow(2).mean())})
-    audio = audio_response(model, dataset, scheduler, seed=seed)
+    audio = audio_response(model, codec, dataset, scheduler, seed=seed)
     window = denoise_window(model, make_scheduler(spec.diffusion, "ddim"), cond,
                             tuple(frames.shape), steps=ddim_steps,
                             generator=torch.Generator().manual_seed(seed))
-    real = model.codec.decode(frames.flatten(0, 1))
-    fake = model.codec.decode(window.flatten(0, 1))
+    real = codec.decode(frames.flatten(0, 1))
+    fake = codec.decode(window.flatten(0, 1))
     return {"windows": len(frames), "per_timestep": per_t,
             "ddim": {"steps": ddim_steps, "rmse": float((fake - real).pow(2).mean().sqrt()),
                      "high_pass_rms": high_pass_rms(fake)},
@@ -129,13 +130,13 @@ def paired_windows(dataset, pairs: int) -> dict:
 
 
 @torch.no_grad()
-def audio_response(model, dataset, scheduler, pairs: int = 8, seed: int = 1) -> dict:
+def audio_response(model, codec, dataset, scheduler, pairs: int = 8, seed: int = 1) -> dict:
     """Per t of AUDIO_TIMESTEPS: `response` of the mouth-brightness change that swapping the
     audio between the partners of `pairs` window pairs makes to the x0 prediction, against the
     real change (module doc)."""
     from training.config import CONDITIONS
     from training.diffusion import add_noise
-    from training.trainer import batch_conditions, encode_frames
+    from training.diffusion import batch_conditions, encode_frames
 
     batch = paired_windows(dataset, pairs)
     b = len(batch["frames"])
@@ -144,12 +145,12 @@ def audio_response(model, dataset, scheduler, pairs: int = 8, seed: int = 1) -> 
     other = torch.arange(b) ^ 1  # each window gets its partner's audio (same track, other time)
     drop = {name: torch.zeros(b, dtype=torch.bool) for name in CONDITIONS}
     drop["expression"] = torch.ones(b, dtype=torch.bool)
-    reference = model.codec.encode(batch["reference"])
-    motion = encode_frames(model.codec, batch["motion"])
+    reference = codec.encode(batch["reference"])
+    motion = encode_frames(codec, batch["motion"])
     own = batch_conditions(batch, reference, motion, drop)
     swapped = batch_conditions({**batch, "audio": batch["audio"][other],
                                 "audio_valid": batch["audio_valid"][other]}, reference, motion, drop)
-    frames = encode_frames(model.codec, batch["frames"])
+    frames = encode_frames(codec, batch["frames"])
     mouth = batch["mouth_mask"]
     real = mouth_brightness(batch["frames"], mouth)
     wanted = real - real[other]
@@ -161,7 +162,7 @@ def audio_response(model, dataset, scheduler, pairs: int = 8, seed: int = 1) -> 
         alpha_bar = scheduler.alphas_cumprod[t]
         x0 = [alpha_bar.sqrt() * noisy - (1 - alpha_bar).sqrt() * model(noisy, steps, c)
               for c in (own, swapped)]
-        decoded = [model.codec.decode(x.flatten(0, 1)).reshape(batch["frames"].shape) for x in x0]
+        decoded = [codec.decode(x.flatten(0, 1)).reshape(batch["frames"].shape) for x in x0]
         effect = mouth_brightness(decoded[0], mouth) - mouth_brightness(decoded[1], mouth)
         rows.append({"t": t, **response(effect, wanted)})
     return {"windows": b, "real_change_std": float(wanted[torch.isfinite(wanted)].std()),

@@ -42,22 +42,20 @@ def untrained_checkpoint(out: str | Path, model: dict | None = None, step: int =
     from training import checkpoint as ckpt
     from training import config
     from training.models import build_model
-    from training.trainer import _identity, model_state
 
     spec = config.build({"train": {"model": "tiny", "catalog": "none", "out": str(out),
                                    **(train or {})},
                          "model": model or {}})
     resolved = spec.resolved()
     torch.manual_seed(0)
-    net = build_model(spec.model)
-    state = model_state(net)
+    net = build_model(spec.model, spec.data.emotion_classes)
     ema = {n: p.detach().clone() for n, p in net.named_parameters() if p.requires_grad}
     stages = {name: {"backend": getattr(cfg, "backend", None), "config": dataclasses.asdict(cfg)}
               for name, cfg in (("faces", FacesConfig()), ("audio", AudioConfig()),
                                 ("expression", ExpressionConfig()))}
-    cfg = {**_identity(resolved), "spec": resolved, "step": step,
+    cfg = {**ckpt.identity(resolved), "spec": resolved, "step": step,
            "catalog": {"root": None, "version": None, "schema_version": None, "stages": stages}}
-    return ckpt.save(out, step, state, ema, {"step": step}, cfg)
+    return ckpt.save(out, step, net, ema, {"step": step}, cfg)
 
 
 def decode_frames(path: Path):

@@ -46,9 +46,10 @@ def loader_and_step(files: list[str] | None = None, steps: int = 10, batch_size:
 
     from training import config
     from training.batching import loader_throughput
-    from training.diffusion import make_scheduler, sample_generator
-    from training.models import build_model
-    from training.trainer import build_datasets, diffusion_loss, train
+    from training.datasets import build_datasets
+    from training.diffusion import diffusion_loss, make_scheduler, sample_generator
+    from training.models import build_codec, build_model
+    from training.trainer import train
 
     root = files[0] if files else "out/demo/catalog"
     if not Path(root).is_dir():
@@ -63,7 +64,8 @@ def loader_and_step(files: list[str] | None = None, steps: int = 10, batch_size:
         loader = loader_throughput(dataset, batch_size, batches=steps)
 
         torch.manual_seed(0)
-        model = build_model(spec.model)
+        model = build_model(spec.model, spec.data.emotion_classes)
+        codec = build_codec(spec.model)
         params = list(model.trainable_parameters(spec.train.stage))
         optimizer = torch.optim.AdamW(params, lr=1e-4)
         scheduler = make_scheduler(spec.diffusion)
@@ -73,7 +75,7 @@ def loader_and_step(files: list[str] | None = None, steps: int = 10, batch_size:
             batch = batches[i % len(batches)]
             started = time.perf_counter()
             gens = [sample_generator(0, i, j) for j in range(batch_size)]
-            loss = diffusion_loss(model, model, scheduler, batch, gens, spec)
+            loss = diffusion_loss(model, codec, scheduler, batch, gens, spec)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -36,7 +36,7 @@ def checkpoint_weights(run: Path, step: int) -> dict[str, torch.Tensor]:
     a checkpoint may hold only the trainable weights)."""
     from training import checkpoint as ckpt
 
-    return ckpt.load_tensors(ckpt.checkpoints_dir(run) / f"step-{step:08d}", ckpt.MODEL_FILE)
+    return ckpt.load_tensors(ckpt.checkpoints_dir(run) / f"step-{step:08d}", ckpt.MODEL_DIR)
 
 
 # --- EMO's stages, as the test expects them ------------------------------------------------------

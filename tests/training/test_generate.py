@@ -6,6 +6,7 @@ sampler, and the CLI's exit codes for bad input."""
 from __future__ import annotations
 
 import math
+import shutil
 import wave
 
 import av
@@ -98,7 +99,7 @@ def test_windows_chain_motion_frames_and_audio_rows(inputs, monkeypatch):
     f, m = gen.model_cfg.frames, gen.model_cfg.motion_frames
     n = result.frames
     assert len(calls) == math.ceil(n / f) == result.windows > 1
-    ref_latent = gen.model.codec.encode(gen._pixels(prepared.face.crop))
+    ref_latent = gen.codec.encode(gen._pixels(prepared.face.crop))
     assert torch.equal(calls[0][0][0], ref_latent.expand(m, -1, -1, -1))
     for k in range(1, len(calls)):
         assert torch.equal(calls[k][0], calls[k - 1][2][:, -m:])
@@ -165,11 +166,11 @@ def test_cli_bad_inputs_exit_2_before_any_work(inputs, tmp_path, capsys, monkeyp
     assert "not one of the checkpoint's classes" in capsys.readouterr().err
     broken = tmp_path / "broken"
     broken.mkdir()
-    for name in (ckpt.EMA_FILE, ckpt.CONFIG_FILE):
-        (broken / name).write_bytes((folder / name).read_bytes())
+    shutil.copytree(folder / ckpt.EMA_DIR, broken / ckpt.EMA_DIR)
+    (broken / ckpt.CONFIG_FILE).write_bytes((folder / ckpt.CONFIG_FILE).read_bytes())
     assert main(["generate", "--checkpoint", str(broken), "--out", str(out), "--reference",
                  str(reference), "--audio", str(speech)]) == 2
-    assert "missing model.safetensors" in capsys.readouterr().err
+    assert "missing model/diffusion_pytorch_model.safetensors" in capsys.readouterr().err
     assert main(["generate", "--checkpoint", str(folder), "--audio", str(speech)]) == 2
     assert "--reference" in capsys.readouterr().err
     assert not out.exists()

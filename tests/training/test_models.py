@@ -12,7 +12,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor
 
-from training.models import DROPPABLE, Conditions, ModelConfig, build_model
+from training.models import DROPPABLE, Conditions, ModelConfig, build_codec, build_model
 
 SMALL = dict(image_size=32, frames=3, motion_frames=2)  # fast variant of tiny: 4x4 attention
 
@@ -54,7 +54,7 @@ def perturb(model: torch.nn.Module, seed: int = 3, parts: tuple[str, ...] | None
     with torch.no_grad():
         for name, p in model.named_parameters():
             top = name.split(".")[0]
-            if top in ("denoiser", "reference_net", "codec") or bool(p.any()):
+            if top in ("denoiser", "reference_net") or bool(p.any()):
                 continue
             if parts is None or any(name.startswith(q) for q in parts):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.2)
@@ -120,8 +120,9 @@ def test_tiny_forward_shapes(f, m):
     out = run(model, noisy, t, make_cond(cfg, 2, f, m))
     assert out.shape == (2, f, 3, 64, 64) and torch.isfinite(out).all()
     pixels = torch.rand(2, 3, 64, 64) * 2 - 1
-    assert torch.equal(model.codec.encode(pixels), pixels)
-    assert not any(p.requires_grad for p in model.codec.parameters())
+    codec = build_codec(cfg)
+    assert torch.equal(codec.encode(pixels), pixels)
+    assert not any(p.requires_grad for p in codec.parameters())
 
 
 # --- zero-initialised layers against a plain diffusers UNet --------------------------------------
@@ -494,8 +495,10 @@ def test_base_loads_a_diffusers_folder(sd15_root):
         for k, v in saved.items():
             assert torch.equal(state[k], v), k
     pixels = torch.rand(1, 3, 32, 32) * 2 - 1
-    latents = model.codec.encode(pixels)
-    assert latents.shape == (1, 4, 16, 16) and model.codec.decode(latents).shape == (1, 3, 32, 32)
+    codec = build_codec(small_base(sd15_root))
+    latents = codec.encode(pixels)
+    assert latents.shape == (1, 4, 16, 16) and codec.decode(latents).shape == (1, 3, 32, 32)
+    assert not any(name.startswith("codec.") for name in model.state_dict())
     noisy = torch.randn(1, 2, 4, 16, 16)
     cond = Conditions(reference_latent=latents, motion_latents=latents[:, None],
                       audio=torch.randn(1, 2, 5, 512),
@@ -512,3 +515,33 @@ def test_base_missing_or_mismatched_folder(sd15_root, tmp_path):
     assert "stable-diffusion-v1-5" in str(err.value)
     with pytest.raises(ValueError, match="block_out_channels"):
         build_model(ModelConfig.base(sd15_root))  # the SD 1.5 layout vs the tiny saved UNet
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_a_bf16_frozen_reference_net_trains_the_video_stages_under_autocast(perturbed, stage):
+    """Stages 2-3 with the frozen ReferenceNet cast to bf16 (what the trainer does on CUDA; CPU
+    autocast here): the trained parameters stay fp32 and get gradients close to fp32's."""
+    cfg, base = perturbed
+    grads = []
+    for half in (False, True):
+        model = copy.deepcopy(base).train()
+        params = model.trainable_parameters(stage)
+        if half:
+            model.frozen_to(torch.bfloat16, stage)
+        noisy, t = make_input(cfg, 2, 3)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=half):
+            model(noisy, t, make_cond(cfg, 2, 3, 2)).float().pow(2).mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in params]))
+        if half:
+            assert {p.dtype for p in model.reference_net.parameters()} == {torch.bfloat16}
+            assert {p.dtype for p in params} == {torch.float32}
+    cosine = torch.nn.functional.cosine_similarity(grads[0], grads[1].float(), dim=0)
+    assert cosine > 0.95, float(cosine)
+
+
+def test_frozen_to_keeps_a_trained_reference_net_in_fp32(small):
+    cfg, base = small
+    model = copy.deepcopy(base)
+    for stage in (0, 1):
+        model.frozen_to(torch.bfloat16, stage)
+        assert {p.dtype for p in model.reference_net.parameters()} == {torch.float32}

@@ -14,8 +14,10 @@ import torch
 import catalog
 from training import checkpoint as ckpt
 from training import config
-from training.diffusion import draw_noise, sample_generator
-from training.trainer import TrainingError, build_datasets, diffusion_loss, train
+from training.datasets import TrainingError, build_datasets
+from training.diffusion import diffusion_loss, draw_noise, sample_generator
+from training.models import PixelCodec
+from training.trainer import train
 
 
 @pytest.fixture
@@ -42,7 +44,7 @@ def make_spec(thresholds, root, out, select=None, model=None, optim=None, dropou
 
 
 def final_weights(out) -> dict[str, torch.Tensor]:
-    return ckpt.load_tensors(ckpt.latest(out), ckpt.MODEL_FILE)
+    return ckpt.load_tensors(ckpt.latest(out), ckpt.MODEL_DIR)
 
 
 def fixed_noise(n: int, shape, t_range: tuple[int, int]) -> list:
@@ -101,7 +103,7 @@ def overfit(build_model, spec, batch, steps: int, t_range: tuple[int, int]):
     overfit.state = model, scheduler, streams  # for loss_with
 
     def loss_of():
-        return diffusion_loss(model, model, scheduler, batch, [s() for s in streams], spec)
+        return diffusion_loss(model, PixelCodec(), scheduler, batch, [s() for s in streams], spec)
 
     with torch.no_grad():
         first = float(loss_of())
@@ -117,7 +119,7 @@ def overfit(build_model, spec, batch, steps: int, t_range: tuple[int, int]):
 @torch.no_grad()
 def loss_with(spec, run_spec, batch) -> float:
     model, scheduler, streams = overfit.state
-    return float(diffusion_loss(model, model, scheduler, batch, [s() for s in streams], run_spec))
+    return float(diffusion_loss(model, PixelCodec(), scheduler, batch, [s() for s in streams], run_spec))
 
 
 def test_resume_is_exact(curated_catalog, tmp_path, tiny_spec):
@@ -239,7 +241,7 @@ def test_a_checkpoint_from_before_input_images_rebuilds_its_model():
 def test_two_ray_workers_match_one_worker_with_twice_the_batch(curated_catalog, tmp_path, ray_local, tiny_spec):
     from training import launcher
     from training.models import build_model
-    from training.trainer import load_weights, seed_everything
+    from training.trainer import seed_everything
 
     one = launcher.run(tiny_spec(curated_catalog, tmp_path / "one", batch_size=2, max_steps=2))
     two = launcher.run(tiny_spec(curated_catalog, tmp_path / "two", batch_size=1, max_steps=2,
@@ -256,4 +258,4 @@ def test_two_ray_workers_match_one_worker_with_twice_the_batch(curated_catalog, 
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-4, rtol=1e-3)
     model = build_model(spec.model)
-    load_weights(model, ckpt.resolve(tmp_path / "two"), ema=True)
+    ckpt.load_weights(model, ckpt.resolve(tmp_path / "two"), ema=True)

@@ -13,6 +13,7 @@ from pipeline.models.expression import DEFAULT_EXPRESSION_BACKEND
 CODECS = ("pixel", "vae")
 INITS = ("scratch", "sd15")
 INPUT_IMAGES = ("reference", "motion")  # images that can join the denoiser's input channels
+WEIGHT_SOURCE_KEYS = ("init", "models_root")  # where the starting weights come from, not shape
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,12 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         """`dataclasses.asdict(self)`: JSON-serialisable (tuples become lists in JSON)."""
         return dataclasses.asdict(self)
+
+    def architecture(self) -> dict[str, Any]:
+        """The fields that shape the network (every field but where its starting weights come
+        from: `init` and the machine path `models_root`): EmoModel's registered config and what
+        a resumed checkpoint must match."""
+        return {k: v for k, v in self.to_dict().items() if k not in WEIGHT_SOURCE_KEYS}
 
     def unet_kwargs(self, sample_size: int) -> dict[str, Any]:
         """Keyword arguments of diffusers' `UNet2DConditionModel` for this layout."""

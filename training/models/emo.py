@@ -28,18 +28,20 @@ from functools import partial
 from typing import Any
 
 import torch
-from diffusers import UNet2DConditionModel
+from diffusers import ConfigMixin, ModelMixin, UNet2DConditionModel
+from diffusers.configuration_utils import register_to_config
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from catalog.schema import EMOTION_CLASSES_FER
 from training.models.codec import PixelCodec, VaeCodec
 from training.models.conditions import (
     AudioLocator, ContextTokens, EmotionEmbedding, FaceLocator, FrameAudio, SpeedLayers)
-from training.models.config import ModelConfig
+from training.models.config import WEIGHT_SOURCE_KEYS, ModelConfig
 from training.models.reference import (
     ReferenceAttnProcessor, ReferenceNet, set_processors, transformer_paths)
-from training.models.sd15 import load_unet, load_vae
+from training.models.sd15 import load_unet, load_vae, vae_downsample
 from training.models.temporal import MotionLayer, TemporalLayer, to_tokens
 
 log = logging.getLogger(__name__)
@@ -130,13 +132,34 @@ def _unless_all(keep: torch.Tensor) -> torch.Tensor | None:
     return None if bool(keep.all()) else keep
 
 
-class EmoModel(nn.Module):
-    """forward(noisy [B,F,c,h,w], timesteps int64 [B], cond) -> v-prediction [B,F,c,h,w]."""
+class EmoModel(ModelMixin, ConfigMixin):
+    """forward(noisy [B,F,c,h,w], timesteps int64 [B], cond) -> v-prediction [B,F,c,h,w].
 
-    def __init__(self, cfg: ModelConfig, codec: nn.Module, unet: UNet2DConditionModel) -> None:
+    A diffusers model: `save_pretrained`/`from_pretrained` write and read its config
+    (`model`: ModelConfig.architecture(), `emotion_classes`: the class names of the emotion
+    labels, in label order) and weights. The codec (pixels <-> latents) is not part of it: it
+    is held beside it (build_codec), as a diffusers pipeline holds its VAE. `unet` (not in the
+    config): a UNet of the layout whose weights the denoiser and the ReferenceNet start from;
+    None builds one from scratch.
+    """
+
+    ignore_for_config = ["unet"]
+
+    @register_to_config
+    def __init__(self, model: dict | None = None,
+                 emotion_classes: tuple[str, ...] | list[str] = EMOTION_CLASSES_FER,
+                 unet: UNet2DConditionModel | None = None) -> None:
         super().__init__()
+        cfg = ModelConfig.from_dict({k: v for k, v in (model or {}).items()
+                                     if k not in WEIGHT_SOURCE_KEYS})
+        if len(emotion_classes) != cfg.num_emotions:
+            raise ValueError(f"{len(emotion_classes)} emotion classes {list(emotion_classes)} "
+                             f"for a model of num_emotions={cfg.num_emotions}: set [model] "
+                             f"num_emotions = {len(emotion_classes)}")
         self.cfg = cfg
-        self.codec = codec.requires_grad_(False)
+        self.emotion_classes = tuple(emotion_classes)
+        if unet is None:
+            unet = UNet2DConditionModel(**cfg.unet_kwargs(latent_size(cfg)))
         self.reference_net = ReferenceNet(copy.deepcopy(unet), cfg.reference_tokens)
         widen_conv_in(unet, cfg.latent_channels * len(cfg.input_images))
         self.denoiser = unet
@@ -290,6 +313,12 @@ class EmoModel(nn.Module):
                 chosen.append(p)
         return chosen
 
+    def frozen_to(self, dtype: torch.dtype, stage: int) -> None:
+        """Cast the parts `stage` keeps frozen as a whole to `dtype` (the ReferenceNet in stages
+        2 and 3; its features then enter the denoiser in that dtype, under autocast)."""
+        if "reference_net" not in STAGES[stage]:
+            self.reference_net.to(dtype)
+
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         """Recompute the UNets' resnets/transformer blocks and the temporal layers in backward."""
         for unet in (self.denoiser, self.reference_net.unet):
@@ -316,25 +345,39 @@ def widen_conv_in(unet: UNet2DConditionModel, extra: int) -> None:
     unet.register_to_config(in_channels=old.in_channels + extra)
 
 
-def build_model(cfg: ModelConfig) -> EmoModel:
-    """The EmoModel of `cfg`: pixel or VAE codec; UNet from scratch or SD 1.5 (`cfg.models_root`),
-    the ReferenceNet starting as a copy of the denoiser's UNet."""
+def latent_size(cfg: ModelConfig) -> int:
+    """Side of the denoiser's input in latent cells for a UNet built from scratch: image_size
+    over the codec's downsampling (8 for an SD VAE; the UNet records it, it does not use it)."""
+    return cfg.image_size // (1 if cfg.codec == "pixel" else 8)
+
+
+def build_codec(cfg: ModelConfig) -> nn.Module:
+    """The frozen codec of `cfg`: PixelCodec, or the SD 1.5 VAE of `cfg.models_root`."""
     if cfg.codec == "vae":
         if cfg.init != "sd15":
             raise ValueError("codec='vae' loads the SD 1.5 VAE: it needs init='sd15'")
-        codec: nn.Module = VaeCodec(load_vae(cfg))
-    else:
-        codec = PixelCodec()
+        return VaeCodec(load_vae(cfg))
+    return PixelCodec()
+
+
+def codec_downsample(cfg: ModelConfig) -> int:
+    """How many pixels a latent cell spans (the VAE's from its config.json, no weights read)."""
+    return 1 if cfg.codec == "pixel" else vae_downsample(cfg)
+
+
+def build_model(cfg: ModelConfig,
+                emotion_classes: tuple[str, ...] | list[str] = EMOTION_CLASSES_FER) -> EmoModel:
+    """The EmoModel of `cfg`: its UNet from scratch or SD 1.5 (`cfg.models_root`), the
+    ReferenceNet starting as a copy of the denoiser's UNet."""
     levels = len(cfg.block_out_channels)
-    unit = codec.downsample * 2 ** (levels - 1)
+    unit = codec_downsample(cfg) * 2 ** (levels - 1)
     if cfg.image_size % unit:
         raise ValueError(f"image_size {cfg.image_size} must be a multiple of {unit} (codec "
                          f"downsampling x {levels - 1} UNet downsamplings)")
-    if cfg.init == "sd15":
-        unet = load_unet(cfg)
-    else:
-        unet = UNet2DConditionModel(**cfg.unet_kwargs(cfg.image_size // codec.downsample))
-    model = EmoModel(cfg, codec, unet)
+    if cfg.codec == "vae" and cfg.init != "sd15":
+        raise ValueError("codec='vae' loads the SD 1.5 VAE: it needs init='sd15'")
+    unet = load_unet(cfg) if cfg.init == "sd15" else None
+    model = EmoModel(cfg.architecture(), tuple(emotion_classes), unet=unet)
     log.info("EmoModel: %.2fM parameters (%s)",
              sum(p.numel() for p in model.parameters()) / 1e6, cfg.init)
     return model

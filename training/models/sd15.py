@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -63,6 +64,25 @@ def load_unet(cfg: ModelConfig) -> UNet2DConditionModel:
         raise ValueError(f"UNet at {folder} does not match the model config: " + "; ".join(differ))
     log.info("loaded the SD 1.5 UNet from %s", folder)
     return unet
+
+
+def vae_downsample(cfg: ModelConfig) -> int:
+    """2 ^ (VAE blocks - 1): pixels per latent cell of the VAE of `cfg.models_root` (its
+    config.json)."""
+    config = json.loads((sd15_folder(cfg.models_root, "vae") / "config.json").read_text())
+    return 2 ** (len(config["block_out_channels"]) - 1)
+
+
+def weight_files(models_root: str | Path) -> list[str]:
+    """The SD 1.5 weight files the model starts from (UNet and VAE), relative to `models_root`
+    (what a checkpoint records by checksum)."""
+    root = Path(models_root)
+    found = []
+    for part in ("unet", "vae"):
+        folder = sd15_folder(root, part)
+        found += sorted(str(p.relative_to(root)) for p in folder.iterdir()
+                        if p.suffix in (".safetensors", ".bin"))
+    return found
 
 
 def load_vae(cfg: ModelConfig) -> AutoencoderKL:
