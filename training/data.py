@@ -161,7 +161,9 @@ class WindowDataset(torch.utils.data.Dataset):
     """Map-style dataset indexed by Window (see `loader`/`batches` for the order)."""
 
     def __init__(self, root: str | Path, selection: pa.Table, config: DataConfig | None = None,
-                 split: str = "train") -> None:
+                 split: str = "train", frame_cache: str | Path | None = None) -> None:
+        """`frame_cache`: the folder of compacted frames-table row groups shared by the
+        processes of a machine (default frame_table.default_cache_dir(): $EMOFORGE_CACHE/frames)."""
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         root = str(root)
@@ -174,7 +176,7 @@ class WindowDataset(torch.utils.data.Dataset):
         self._readers: OrderedDict = OrderedDict()
         self._reader_pid = os.getpid()
         self._frames = FrameReader(self.root, self.config.expression_dim,
-                                   self.config.emotion_classes)
+                                   self.config.emotion_classes, cache_dir=frame_cache)
         self._build(selection)
 
     # ---------------------------------------------------------------- building
