@@ -13,8 +13,8 @@ gets the same number of batches (training.batching).
 
 The dataset holds one small `Track` per usable track (its files, length and where its frame
 rows lie in the frames table): nothing per frame. A sample's per-frame values are read when the
-sample is (training.frame_table: the row group(s) holding the track's rows), and only the
-frames it needs are decoded (decord random access) from the one clip it reads
+sample is (training.frame_table: the row group(s) holding the track's rows, mapped from the
+machine's frame cache once read from Parquet), and only the frames it needs are decoded (decord random access) from the one clip it reads
 (docs/training-data.md).
 """
 
