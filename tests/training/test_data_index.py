@@ -250,3 +250,28 @@ def test_an_unwritable_frame_cache_still_reads_the_frames_table(short_catalog, t
     for name in names[:2]:
         assert _same(reader.track_arrays(name, rows[name], "fer"),
                      _reference_arrays(root, rows[name], name))
+
+
+def test_tracks_spanning_row_groups_read_from_both_cached_groups(tmp_path_factory, tmp_path,
+                                                                 monkeypatch):
+    """Frames rewritten in 150-row groups (100-frame tracks: every other track spans two):
+    every track read from the cache alone equals its Parquet rows densified."""
+    import pyarrow.parquet as pq
+
+    root, ids = _catalog(tmp_path_factory, "spanning", 4, 4.0, media=False)
+    names = sorted(ids.column(0).to_pylist())
+    path = catalog.fs.resolve(root).local_path() / catalog.read.committed_rels(root, "frames")[0]
+    pq.write_table(pq.read_table(path), path, row_group_size=150)
+    assert pq.ParquetFile(path).metadata.num_row_groups == 3
+    rows = scan_frame_rows(root, names)
+    FrameReader(root, CFG.expression_dim, CFG.emotion_classes, cache_dir=tmp_path).track_arrays(
+        names[1], rows[names[1]], "fer")  # rows 100..199: groups 0 and 1
+    FrameReader(root, CFG.expression_dim, CFG.emotion_classes, cache_dir=tmp_path).track_arrays(
+        names[3], rows[names[3]], "fer")  # rows 300..399: group 2
+    assert len(list(tmp_path.glob("*/group-*.arrow"))) == 3
+    expected = {n: _reference_arrays(root, rows[n], n) for n in names}
+    monkeypatch.setattr(frame_table, "_open", lambda store, rel: pytest.fail(f"{rel} opened"))
+    reader = FrameReader(root, CFG.expression_dim, CFG.emotion_classes, cache_dir=tmp_path,
+                         row_groups=1)
+    for name in reversed(names):
+        assert _same(reader.track_arrays(name, rows[name], "fer"), expected[name])
