@@ -13,8 +13,8 @@ gets the same number of batches (training.batching).
 
 The dataset holds one small `Track` per usable track (its files, length and where its frame
 rows lie in the frames table): nothing per frame. A sample's per-frame values are read when the
-sample is (training.frame_table: the row group(s) holding the track's rows), and only the
-frames it needs are decoded (decord random access) from the one clip it reads
+sample is (training.frame_table: the row group(s) holding the track's rows, mapped from the
+machine's frame cache once read from Parquet), and only the frames it needs are decoded (decord random access) from the one clip it reads
 (docs/training-data.md).
 """
 
@@ -161,7 +161,9 @@ class WindowDataset(torch.utils.data.Dataset):
     """Map-style dataset indexed by Window (see `loader`/`batches` for the order)."""
 
     def __init__(self, root: str | Path, selection: pa.Table, config: DataConfig | None = None,
-                 split: str = "train") -> None:
+                 split: str = "train", frame_cache: str | Path | None = None) -> None:
+        """`frame_cache`: the folder of compacted frames-table row groups shared by the
+        processes of a machine (default frame_table.default_cache_dir(): $EMOFORGE_CACHE/frames)."""
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         root = str(root)
@@ -174,7 +176,7 @@ class WindowDataset(torch.utils.data.Dataset):
         self._readers: OrderedDict = OrderedDict()
         self._reader_pid = os.getpid()
         self._frames = FrameReader(self.root, self.config.expression_dim,
-                                   self.config.emotion_classes)
+                                   self.config.emotion_classes, cache_dir=frame_cache)
         self._build(selection)
 
     # ---------------------------------------------------------------- building

@@ -12,8 +12,10 @@ jobs.media.synthetic_catalog.write_training_catalog) and, in a fresh process as 
 builds the train split's WindowDataset and reads its first batch through one loader worker:
 the rank's peak RSS over the build and its growth over the RSS before it, the worker's peak RSS
 (it unpickles the dataset and reads a batch), the pickled dataset's size, and the seconds to the
-first batch. Run it for two N: the goal is a peak RSS that grows less than 1.2x from 1,000 to
-20,000 tracks (docs/training-data.md).
+first batch; then one process's loader rate (samples/s) over random windows with an empty
+frame cache (cold) and with the cache filled (warm), and a single track's read both ways. Run
+it for two N: the goal is a peak RSS that grows less than 1.2x from 1,000 to 20,000 tracks
+(docs/training-data.md).
 """
 
 from __future__ import annotations
@@ -120,7 +122,7 @@ def index_memory(tracks: int, seconds: float = 10.0, batch_size: int = 2,
         frames_bytes = sum(f.stat().st_size for f in (root / "frames").glob("*.parquet"))
         context = multiprocessing.get_context("spawn")
         queue = context.Queue()
-        rank = context.Process(target=_rank, args=(str(root), ids, batch_size, queue))
+        rank = context.Process(target=_rank, args=(str(root), ids, batch_size, str(work), queue))
         rank.start()  # a fresh process: a rank before its dataset
         result = queue.get()
         rank.join()
@@ -136,17 +138,21 @@ def index_memory(tracks: int, seconds: float = 10.0, batch_size: int = 2,
                     "tracks"}
 
 
-def _rank(root: str, ids: list[str], batch_size: int, queue) -> None:
+def _rank(root: str, ids: list[str], batch_size: int, work: str, queue) -> None:
     """In a fresh process: `_measure`'s figures (or its error's text) into `queue`."""
     try:
-        queue.put(_measure(root, ids, batch_size))
+        queue.put(_measure(root, ids, batch_size, Path(work)))
     except Exception as exc:  # noqa: BLE001 - reported by the parent
         queue.put(f"{type(exc).__name__}: {exc}")
 
 
-def _measure(root: str, ids: list[str], batch_size: int) -> dict:
+def _measure(root: str, ids: list[str], batch_size: int, work: Path,
+             samples: int = 40) -> dict:
     """Build the train split's dataset, then read its first batch through one spawned loader
-    worker; memory from psutil and the kernel's peak (VmHWM)."""
+    worker; memory from psutil and the kernel's peak (VmHWM). Then, in this process, the
+    loader's rate over `samples` windows of epoch 1 (spread over the corpus) with an empty frame
+    cache (cold) and again in fresh process state with the cache filled (warm), and single
+    track reads both ways. Frame caches are folders of `work`."""
     import numpy as np
     import psutil
     import pyarrow as pa
@@ -158,7 +164,9 @@ def _measure(root: str, ids: list[str], batch_size: int) -> dict:
     reset = _reset_peak()
     before = me.memory_info().rss
     started = time.perf_counter()
-    dataset = WindowDataset(root, pa.table({"track_id": ids}), DataConfig(), split="train")
+    selection = pa.table({"track_id": ids})
+    dataset = WindowDataset(root, selection, DataConfig(), split="train",
+                            frame_cache=work / "cache-worker")
     build_seconds = time.perf_counter() - started
     peak = _peak_rss(os.getpid())
     after = me.memory_info().rss
@@ -172,14 +180,19 @@ def _measure(root: str, ids: list[str], batch_size: int) -> dict:
     worker_peak = max((_peak_rss(w.pid) for w in workers), default=0)
     worker_rss = max((w.memory_info().rss for w in workers), default=0)
     del iterator, loader
-    reads = []
-    for track in np.random.default_rng(0).choice(len(dataset.tracks), 20, replace=False):
+    rates = _loader_rates(WindowDataset(root, selection, DataConfig(), split="train",
+                                        frame_cache=work / "cache-loader"), samples)
+    reads: dict[str, list[float]] = {"cold": [], "warm": []}
+    cfg = dataset.config
+    for i, track in enumerate(np.random.default_rng(0).choice(len(dataset.tracks), 20,
+                                                               replace=False)):
         t = dataset.tracks[int(track)]
-        reader = FrameReader(root, dataset.config.expression_dim,
-                             dataset.config.emotion_classes)  # cold: nothing cached
-        started = time.perf_counter()
-        reader.track_arrays(t.track_id, t.rows, t.emotion_backend)
-        reads.append(time.perf_counter() - started)
+        for phase in ("cold", "warm"):  # an empty frame cache, then the one the cold read filled
+            reader = FrameReader(root, cfg.expression_dim, cfg.emotion_classes,
+                                 cache_dir=work / "cache-reads" / str(i))
+            started = time.perf_counter()
+            reader.track_arrays(t.track_id, t.rows, t.emotion_backend)
+            reads[phase].append(time.perf_counter() - started)
     mib = 2**20
     return {"train_tracks": len(dataset.tracks), "build_seconds": build_seconds,
             "peak_rss_rank_mib": peak / mib, "peak_rss_rank_build_growth_mib": (peak - before) / mib,
@@ -189,9 +202,31 @@ def _measure(root: str, ids: list[str], batch_size: int) -> dict:
             "pickled_dataset_mib": pickled / mib, "pickled_bytes_per_track": pickled / len(ids),
             "first_batch_seconds_one_worker": first_batch,
             "first_batch_seconds_from_build": build_seconds + first_batch,
-            "track_rows_read_seconds_median": float(np.median(reads)),
-            "track_rows_read_note": "one track's per-frame values read with nothing cached "
-                                    "(its 64k-row row group, every column the window uses)"}
+            **rates,
+            "track_rows_read_seconds_median": float(np.median(reads["cold"])),
+            "track_rows_read_cached_seconds_median": float(np.median(reads["warm"])),
+            "track_rows_read_note": "one track's per-frame values in fresh process state: with "
+                                    "an empty frame cache (its 64k-row row group read from "
+                                    "Parquet, compacted and written to the cache), then with "
+                                    "the cache holding its row group (mapped)"}
+
+
+def _loader_rates(dataset, samples: int) -> dict:
+    """Samples/s of `dataset[window]` over `samples` windows of epoch 1 in one process: cold
+    (an empty frame cache, nothing in process memory) and warm (the cache filled by the cold
+    pass, fresh process state again: a pickled copy, as a loader worker receives it)."""
+    from training.data import Window
+
+    windows = [Window(*(int(v) for v in row)) for row in dataset.windows(1)[:samples]]
+    rates = {}
+    for phase in ("cold", "warm"):
+        fresh = pickle.loads(pickle.dumps(dataset))
+        started = time.perf_counter()
+        for window in windows:
+            fresh[window]
+        rates[f"loader_samples_per_s_{phase}"] = len(windows) / (time.perf_counter() - started)
+    rates["loader_samples"] = len(windows)
+    return rates
 
 
 def _reset_peak() -> bool:

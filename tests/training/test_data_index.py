@@ -1,10 +1,12 @@
 """The dataset's index on synthetic training catalogs (jobs.media.synthetic_catalog): one small
 entry per track and nothing per frame, what a loader worker receives, the crop-size refusal and
-errors that name the file (no Ray, no curated catalog)."""
+errors that name the file, and the frame cache shared by a machine's readers (no Ray, no curated
+catalog)."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import pickle
 
 import numpy as np
@@ -17,7 +19,14 @@ from jobs.media.synthetic_catalog import write_training_catalog
 from training import windows as geo
 from training.batching import draw_windows
 from training.data import CropSizeError, DataConfig, MediaReadError, Window, WindowDataset
-from training.frame_table import FrameTableError
+from training import frame_table
+from training.frame_table import (
+    FRAME_COLUMNS,
+    FrameReader,
+    FrameTableError,
+    dense_arrays,
+    scan_frame_rows,
+)
 
 CFG = DataConfig(size=64, frames=4, motion_frames=2, reference_margin_frames=25,
                  expression_dim=10)  # the synthetic catalog holds 3dmm vectors
@@ -155,3 +164,114 @@ def test_tracks_with_a_frame_without_geometry_are_left_out(tmp_path_factory):
     ds = WindowDataset(root, ids, CFG, split="all")
     assert ds.excluded == {"missing crop geometry (crop_affine)": 2}
     assert [t.track_id for t in ds.tracks] == names[2:5] and {t.length for t in ds.tracks} == {100}
+
+
+def _reference_arrays(root: str, rows, track_id: str) -> dict[str, np.ndarray]:
+    """A track's dense arrays from its rows read straight from the Parquet file (no cache)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    path = catalog.fs.resolve(root).local_path() / rows.file
+    table = pq.read_table(path, columns=FRAME_COLUMNS)
+    return dense_arrays(table.filter(pc.equal(table["track_id"], track_id)), "fer",
+                        CFG.expression_dim, CFG.emotion_classes)
+
+
+def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    return a.keys() == b.keys() and all(
+        a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k], equal_nan=True) for k in a)
+
+
+def test_a_cached_row_group_serves_its_other_tracks_without_the_parquet_file(
+        short_catalog, tmp_path, monkeypatch):
+    """A reader in fresh process state reading another track of a row group already read by
+    another reader maps it from the frame cache: the frames file is never opened, and the
+    arrays equal those densified from the Parquet rows."""
+    root, ids = short_catalog
+    names = sorted(ids.column(0).to_pylist())
+    rows = scan_frame_rows(root, names)
+    first, second = names[0], names[1]
+    assert rows[first].file == rows[second].file  # one shard, one row group
+    reader = FrameReader(root, CFG.expression_dim, CFG.emotion_classes, cache_dir=tmp_path)
+    assert _same(reader.track_arrays(first, rows[first], "fer"),
+                 _reference_arrays(root, rows[first], first))
+    opened = []
+
+    def refuse(store, rel):
+        opened.append(rel)
+        raise AssertionError(f"{rel} opened")
+
+    monkeypatch.setattr(frame_table, "_open", refuse)
+    fresh = pickle.loads(pickle.dumps(reader))  # what a loader worker receives: no cache in memory
+    assert not fresh._groups and not fresh._tracks and not fresh._files
+    arrays = fresh.track_arrays(second, rows[second], "fer")
+    assert opened == []
+    monkeypatch.undo()
+    assert _same(arrays, _reference_arrays(root, rows[second], second))
+    assert not _same(arrays, _reference_arrays(root, rows[first], first))
+
+
+def test_a_replaced_frames_file_is_not_read_from_the_cache(tmp_path_factory, tmp_path):
+    """After the frames file is replaced (other values, same rows), a new reader reads the new
+    file, not the cached row group of the old one."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    root, ids = _catalog(tmp_path_factory, "replaced", 3, 4.0, media=False)
+    names = sorted(ids.column(0).to_pylist())
+    rows = scan_frame_rows(root, names)
+    old = FrameReader(root, CFG.expression_dim, CFG.emotion_classes, cache_dir=tmp_path)
+    before = old.track_arrays(names[0], rows[names[0]], "fer")
+    path = catalog.fs.resolve(root).local_path() / rows[names[0]].file
+    table = pq.read_table(path)
+    box = table.schema.get_field_index("box")
+    shifted = pa.FixedSizeListArray.from_arrays(
+        pc.add(pc.list_flatten(table["box"].combine_chunks()), 1.0).cast(pa.float32()), 4).cast(table.schema.field(
+            "box").type)
+    pq.write_table(table.set_column(box, table.schema.field("box"), shifted),
+                   tmp_path / "replacement.parquet")
+    os.replace(tmp_path / "replacement.parquet", path)
+    after = FrameReader(root, CFG.expression_dim, CFG.emotion_classes, cache_dir=tmp_path)
+    arrays = after.track_arrays(names[0], rows[names[0]], "fer")
+    assert _same(arrays, _reference_arrays(root, rows[names[0]], names[0]))
+    assert np.array_equal(arrays["box"], before["box"] + np.float32(1.0), equal_nan=True)
+    assert len(list(tmp_path.glob("*/group-*.arrow"))) == 2  # one per version of the file
+
+
+def test_an_unwritable_frame_cache_still_reads_the_frames_table(short_catalog, tmp_path):
+    """A frame cache that cannot be created (a file where its folder would be) is skipped: the
+    values are read from the frames table as they are."""
+    root, ids = short_catalog
+    names = sorted(ids.column(0).to_pylist())
+    rows = scan_frame_rows(root, names)
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    reader = FrameReader(root, CFG.expression_dim, CFG.emotion_classes, cache_dir=blocked / "x")
+    for name in names[:2]:
+        assert _same(reader.track_arrays(name, rows[name], "fer"),
+                     _reference_arrays(root, rows[name], name))
+
+
+def test_tracks_spanning_row_groups_read_from_both_cached_groups(tmp_path_factory, tmp_path,
+                                                                 monkeypatch):
+    """Frames rewritten in 150-row groups (100-frame tracks: every other track spans two):
+    every track read from the cache alone equals its Parquet rows densified."""
+    import pyarrow.parquet as pq
+
+    root, ids = _catalog(tmp_path_factory, "spanning", 4, 4.0, media=False)
+    names = sorted(ids.column(0).to_pylist())
+    path = catalog.fs.resolve(root).local_path() / catalog.read.committed_rels(root, "frames")[0]
+    pq.write_table(pq.read_table(path), path, row_group_size=150)
+    assert pq.ParquetFile(path).metadata.num_row_groups == 3
+    rows = scan_frame_rows(root, names)
+    FrameReader(root, CFG.expression_dim, CFG.emotion_classes, cache_dir=tmp_path).track_arrays(
+        names[1], rows[names[1]], "fer")  # rows 100..199: groups 0 and 1
+    FrameReader(root, CFG.expression_dim, CFG.emotion_classes, cache_dir=tmp_path).track_arrays(
+        names[3], rows[names[3]], "fer")  # rows 300..399: group 2
+    assert len(list(tmp_path.glob("*/group-*.arrow"))) == 3
+    expected = {n: _reference_arrays(root, rows[n], n) for n in names}
+    monkeypatch.setattr(frame_table, "_open", lambda store, rel: pytest.fail(f"{rel} opened"))
+    reader = FrameReader(root, CFG.expression_dim, CFG.emotion_classes, cache_dir=tmp_path,
+                         row_groups=1)
+    for name in reversed(names):
+        assert _same(reader.track_arrays(name, rows[name], "fer"), expected[name])
