@@ -82,12 +82,7 @@ def generate_catalog(
                                            None)
         for shard in range(shards):
             staged = {rel: path for rel, path in pool.items()} if shard == 0 else {}
-            tables = {}
-            for name, cols in (("videos", videos), ("clips", clips), ("tracks", tracks)):
-                mask = cols["shard"] == shard
-                part = {k: tuple(x[mask] for x in v) if isinstance(v, tuple) else v[mask]
-                        for k, v in cols.items()}
-                tables[name] = _to_table(name, part)
+            tables = _shard_tables(shard, videos, clips, tracks)
             if crops == "per_track":
                 media, tables["tracks"] = _write_track_crops(Path(tmp), tables["tracks"], photos,
                                                              crop_px, rng)
@@ -288,6 +283,17 @@ def _truth(vfate, vdur, cfate, clip_dur, tfate, dur) -> dict:
             "tracks": count_hours(tfate, dur)}
 
 
+def _shard_tables(shard: int, videos: dict, clips: dict, tracks: dict) -> dict[str, pa.Table]:
+    """The videos, clips and tracks rows of `shard` (column dicts of drawn values) as tables."""
+    tables = {}
+    for name, cols in (("videos", videos), ("clips", clips), ("tracks", tracks)):
+        mask = cols["shard"] == shard
+        part = {k: tuple(x[mask] for x in v) if isinstance(v, tuple) else v[mask]
+                for k, v in cols.items()}
+        tables[name] = _to_table(name, part)
+    return tables
+
+
 def _to_table(name: str, cols: dict) -> pa.Table:
     target = schema.table_schema(name)
     arrays = {}
@@ -452,12 +458,7 @@ def generate_persons_catalog(root: str | Path, n_videos: int = 36_000, shards: i
     tracks["identity_backend"] = np.where(ok, "dlib", None)
     frames_written = 0
     for shard in range(shards):
-        tables = {}
-        for name, cols in (("videos", videos), ("clips", clips), ("tracks", tracks)):
-            mask = cols["shard"] == shard
-            part = {k: tuple(x[mask] for x in v) if isinstance(v, tuple) else v[mask]
-                    for k, v in cols.items()}
-            tables[name] = _to_table(name, part)
+        tables = _shard_tables(shard, videos, clips, tracks)
         mask = tracks["shard"] == shard
         order = np.argsort(tracks["track_id"][mask])  # _to_table sorts tracks by track_id
         vectors = embedding[mask][order]

@@ -305,14 +305,19 @@ def test_every_trainable_parameter_gets_a_gradient(perturbed, stage, f, m):
 
 
 def test_reference_net_unused_parameters_are_exactly_the_gradientless_ones(small):
-    """Stage 1 (no motion): the ReferenceNet parameters without gradient are the listed ones."""
+    """Stage 1 (no motion): the ReferenceNet parameters without gradient are the listed ones:
+    none at all, or zero but for rounding (the query and key paths of the cross-attention to its
+    one token: about 1e-16 against gradients of about 1e-4)."""
     cfg, base = small
     model = copy.deepcopy(base)
     for p in model.parameters():
         p.requires_grad_(True)
     noisy, t = make_input(cfg, 1, 1)
     model(noisy, t, make_cond(cfg, 1, 1, 0)).pow(2).mean().backward()
-    no_grad = {n for n, p in model.reference_net.named_parameters() if p.grad is None}
+    grads = dict(model.reference_net.named_parameters())
+    largest = max(p.grad.abs().max() for p in grads.values() if p.grad is not None)
+    no_grad = {n for n, p in grads.items()
+               if p.grad is None or p.grad.abs().max() < 1e-9 * largest}
     assert no_grad == set(model.reference_net.unused_by_reference_attention())
     assert no_grad  # the last transformer's tail and the unused up path exist
 

@@ -136,7 +136,7 @@ class ReferenceNet(nn.Module):
 
     forward(latents [N,c,h,w]) -> ReferenceBank. Its cross-attention attends to
     `reference_tokens` learned tokens. The run stops after the last `Transformer2DModel`;
-    `unused_parameter_names()` lists what that leaves without gradient (kept frozen).
+    `unused_by_reference_attention()` lists what that leaves without gradient (kept frozen).
     """
 
     def __init__(self, unet: UNet2DConditionModel, context_tokens: int) -> None:
@@ -180,8 +180,9 @@ class ReferenceNet(nn.Module):
     def unused_by_reference_attention(self) -> list[str]:
         """Parameter names (in this module) that no captured self-attention input depends on:
         the last transformer's last block after its norm1 and its proj_out (used only by motion
-        features, i.e. not in stage 1, where the ReferenceNet trains) and everything after that
-        transformer (never run). They stay frozen in every stage."""
+        features, i.e. not in stage 1, where the ReferenceNet trains), everything after that
+        transformer (never run) and, with one context token, the cross-attention's query and
+        key paths. They stay frozen in every stage."""
         last = self.paths[-1]  # "up_blocks.{b}.attentions.{j}" (ModelConfig asks for one)
         block, attn = int(last.split(".")[1]), int(last.split(".")[3])
         n_blocks = len(self.unet.get_submodule(f"{last}.transformer_blocks"))
@@ -191,5 +192,14 @@ class ReferenceNet(nn.Module):
         after += [f"up_blocks.{block}.resnets.{r}." for r in range(attn + 1, n_resnets)]
         after += [f"up_blocks.{b}." for b in range(block + 1, len(self.unet.up_blocks))]
         keep = f"{last}.transformer_blocks.{n_blocks - 1}.norm1."
-        return [f"unet.{name}" for name, _ in self.unet.named_parameters()
-                if any(name.startswith(p) for p in after) and not name.startswith(keep)]
+        unused = [f"unet.{name}" for name, _ in self.unet.named_parameters()
+                  if any(name.startswith(p) for p in after) and not name.startswith(keep)]
+        if self.context.shape[0] == 1:
+            # cross-attention to one token: its softmax is 1 whatever the query, so the query
+            # and key paths (attn2's to_q, to_k and the norm before them) get exactly zero
+            # gradient; trained, bf16 rounding would leave them traces Adam turns into steps
+            unused += [f"unet.{name}" for name, _ in self.unet.named_parameters()
+                       if f"unet.{name}" not in unused and (
+                           ".attn2.to_q." in name or ".attn2.to_k." in name
+                           or (".transformer_blocks." in name and ".norm2." in name))]
+        return unused
