@@ -67,7 +67,8 @@ class Spy(Worker):
         self.reports.append(metrics["step"])
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])])
 def test_optimizer_state_is_on_the_parameters_device_after_resume(
         curated_catalog, curated_thresholds, tmp_path, monkeypatch, device):
     import training.trainer as trainer
