@@ -63,7 +63,7 @@ _DLIB: dict = {}
 def dlib_models():
     """(HOG face detector, 68-point shape predictor), loaded once per process."""
     if not _DLIB:
-        import dlib
+        import dlib  # heavy: loaded on use
 
         _DLIB["det"] = dlib.get_frontal_face_detector()
         _DLIB["sp"] = _predictor()
