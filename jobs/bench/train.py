@@ -109,7 +109,7 @@ def index_memory(tracks: int, seconds: float = 10.0, batch_size: int = 2,
                  folder: str | None = None) -> dict:
     """The dataset index's memory and time to the first batch on a synthetic catalog of
     `tracks` tracks of `seconds` (written into `folder`, default a temporary one, removed)."""
-    from jobs.media.synthetic_catalog import write_training_catalog  # lazy: the measured rank stays lean
+    from jobs.media.synthetic_catalog import write_training_catalog  # lazy: measured rank
 
     if tracks < 1:
         raise ValueError(f"--tracks must be >= 1, got {tracks}")
@@ -153,9 +153,9 @@ def _measure(root: str, ids: list[str], batch_size: int, work: Path,
     loader's rate over `samples` windows of epoch 1 (spread over the corpus) with an empty frame
     cache (cold) and again in fresh process state with the cache filled (warm), and single
     track reads both ways. Frame caches are folders of `work`."""
-    import numpy as np  # lazy: the measured rank stays lean
-    import psutil  # lazy: the measured rank stays lean
-    import pyarrow as pa  # lazy: the measured rank stays lean
+    import numpy as np  # lazy: measured rank
+    import psutil  # lazy: measured rank
+    import pyarrow as pa  # lazy: measured rank
 
     from training.data import DataConfig, WindowDataset  # heavy: training imports torch
     from training.frame_table import FrameReader  # heavy: training imports torch
