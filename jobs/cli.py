@@ -12,10 +12,23 @@ import importlib
 import inspect
 import json
 import logging
+import os
+import platform
 import sys
 from pathlib import Path
 
+import catalog
+from catalog import fs
+from catalog.fs import RootError
+from catalog.select import SelectionError
+from catalog.spec import SpecError  # job and training specs alike
+from catalog.split import split_by_person
+from jobs import spec as specs
 from jobs.bench import BENCHES, FILES, OPTIONS, BenchInputError, video_inputs
+from jobs.report import write_report
+from pipeline.models.registry import all_specs, file_path, files_present
+from pipeline.persons.catalog_pass import assign_persons
+from pipeline.run.plan import FingerprintError
 
 log = logging.getLogger("emoforge")
 
@@ -26,13 +39,9 @@ class UsageError(Exception):
 def usage_errors() -> tuple[type[Exception], ...]:
     """Exceptions that mean "the command or its configuration is wrong" (exit 2). Anything else,
     KeyError included, is a runtime failure (exit 1)."""
-    from catalog.fs import RootError
-    from catalog.select import SelectionError
-    from catalog.spec import SpecError  # job and training specs alike
-    from pipeline.run.plan import FingerprintError
-    from pipeline.run.runner import LicenseError
-    from training.checkpoint import CheckpointError
-    from training.generate_inputs import GenerationInputError
+    from pipeline.run.runner import LicenseError  # start-up: the runner, out of --help
+    from training.checkpoint import CheckpointError  # heavy: training imports torch
+    from training.generate_inputs import GenerationInputError  # heavy: training imports torch
 
     return (UsageError, SpecError, FingerprintError, SelectionError, LicenseError,
             RootError, CheckpointError, GenerationInputError, BenchInputError)
@@ -207,8 +216,7 @@ SUBCOMMANDS = [add_curate, add_catalog, add_models, add_demo, add_train, add_gen
 
 
 def cmd_curate(args) -> int:
-    from jobs import spec as specs
-    from jobs.curate import curate
+    from jobs.curate import curate  # start-up: the runner, out of --help
 
     data = specs.read_toml(args.job) if args.job else {}
     job = data.setdefault("job", {})
@@ -251,10 +259,6 @@ def print_summary(result, ignored: dict[str, int] | None = None) -> None:
 
 
 def cmd_catalog(args) -> int:
-    import catalog
-
-    from catalog import fs
-
     root = args.catalog
     if not fs.resolve(root).is_dir():  # a store root: its access is checked here (exit 2)
         raise UsageError(f"catalog {root} does not exist")
@@ -272,25 +276,19 @@ def cmd_catalog(args) -> int:
         steps = catalog.migrate(root)
         print("migrated: " + ", ".join(steps) if steps else "already current")
     elif args.action == "persons":
-        from pipeline.persons.catalog_pass import assign_persons
-
         summary = assign_persons(root)
         print(json.dumps(summary, indent=1))
     elif args.action == "split":
-        from catalog.split import split_by_person
-
         summary = split_by_person(root, args.val_fraction, args.seed, args.out)
         print(json.dumps(summary, indent=1))
     elif args.action == "report":
-        report = importlib.import_module("jobs.report")
-        path = report.write_report(root, args.out, args.compare)
+        path = write_report(root, args.out, args.compare)
         print(f"report written to {path}")
     return 0
 
 
 def cmd_models_list(args) -> int:
-    from pipeline.models.registry import all_specs, file_path, files_present
-    from training.weights import SPECS as TRAINING_SPECS
+    from training.weights import SPECS as TRAINING_SPECS  # heavy: training imports torch
 
     specs = sorted({s.key: s for s in (*all_specs(), *TRAINING_SPECS)}.values(),
                    key=lambda s: s.key)
@@ -310,7 +308,12 @@ def cmd_models_list(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from training.generate import REQUEST_KEYS, Request, generate_batch, load_requests
+    from training.generate import (  # heavy: training imports torch
+        REQUEST_KEYS,
+        Request,
+        generate_batch,
+        load_requests,
+    )
 
     options = {k: getattr(args, k) for k in REQUEST_KEYS if getattr(args, k, None) is not None}
     checkpoint = args.checkpoint
@@ -335,7 +338,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from training import config, launcher
+    from training import config, launcher  # heavy: training imports torch
 
     overrides = list(args.set) + ([f"train.num_workers={args.workers}"] if args.workers else [])
     summary = launcher.run(config.load(args.job, overrides), args.resume)
@@ -344,7 +347,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from jobs.demo import run_demo
+    from jobs.demo import run_demo  # start-up: the runner, out of --help
 
     run_demo(args.out, args.stages.split(",") if args.stages else None,
              0.0 if args.no_train else args.train_minutes)
@@ -352,7 +355,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from training.evaluate import (
+    from training.evaluate import (  # heavy: training imports torch
         EvaluationInputError,
         Evaluator,
         catalog_expression_backend,
@@ -426,9 +429,6 @@ def _json_value(value):
 def machine_info() -> dict:
     """Where a benchmark ran: CPU model, cores, memory, OS, Python (results are ratios, but
     the machine explains them)."""
-    import os
-    import platform
-
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo") as f:

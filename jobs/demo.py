@@ -11,12 +11,15 @@ its evaluation to <out>/generated.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import catalog
-from jobs.media.demo_corpus import build_demo_inputs
 from jobs.curate import curate
+from jobs.media.demo_corpus import build_demo_inputs
+from jobs.media.sources import speak
+from jobs.media.talking_corpus import build_talking_corpus, face_of
 from jobs.spec import DEFAULT_STAGES, build
 
 log = logging.getLogger(__name__)
@@ -27,8 +30,6 @@ GENERATE_TEXT = "Nice to meet you. I learned to talk from a few short clips."
 
 
 def demo_inputs(folder: Path) -> list[Path]:
-    from jobs.media.talking_corpus import build_talking_corpus
-
     files = build_demo_inputs(folder)
     files += [c.path for c in build_talking_corpus(folder, DEMO_SPEAKERS, sentences=2)]
     broken = folder / "broken_truncated.mp4"
@@ -60,15 +61,11 @@ def run_demo(out: str | Path, stages: list[str] | None = None, train_minutes: fl
 def train_and_generate(out: Path, minutes: float) -> dict:
     """The tiny config on the demo catalog for `minutes`, then one clip of the astronaut saying
     a sentence no corpus clip says, evaluated against its speech and photo."""
-    import json
+    from PIL import Image  # heavy: PIL, kept out of emoforge --help
 
-    from PIL import Image
-
-    from jobs.media.sources import speak
-    from jobs.media.talking_corpus import face_of
-    from training import config, launcher
-    from training.evaluate import Evaluator, evaluate, markdown_table
-    from training.generate import Generator, Request
+    from training import config, launcher  # heavy: training imports torch
+    from training.evaluate import Evaluator, evaluate, markdown_table  # heavy: torch
+    from training.generate import Generator, Request  # heavy: training imports torch
 
     repo = Path(__file__).resolve().parents[1]
     spec = config.load(repo / "jobs" / "train_tiny.toml", [

@@ -47,12 +47,12 @@ def denoising_profile(checkpoint: str, batch_size: int = 4, ddim_steps: int = 25
                       seed: int = 1) -> dict:
     """The profile of `checkpoint` (EMA weights) on its own catalog's training windows (the
     first `batch_size` of epoch 0, every condition present)."""
-    from training.config import CONDITIONS
-    from training.diffusion import add_noise, make_scheduler
-    from training.generate import Generator
-    from training.sampling import denoise_window
-    from training.datasets import build_datasets, make_loader
-    from training.diffusion import batch_conditions, encode_frames
+    from training.config import CONDITIONS  # heavy: training imports torch
+    from training.diffusion import add_noise, make_scheduler  # heavy: training imports torch
+    from training.generate import Generator  # heavy: training imports torch
+    from training.sampling import denoise_window  # heavy: training imports torch
+    from training.datasets import build_datasets, make_loader  # heavy: training imports torch
+    from training.diffusion import batch_conditions, encode_frames  # heavy: training imports torch
 
     generator = Generator(checkpoint, "cpu")
     model, codec, spec = generator.model, generator.codec, generator.spec
@@ -109,8 +109,8 @@ def paired_windows(dataset, pairs: int) -> dict:
     """A collated batch of 2 x `pairs` windows: two per track (the first `pairs` tracks with
     room for two windows that do not overlap), at a quarter and three quarters of the track,
     with the same reference frame; windows 2k and 2k+1 are partners."""
-    from training import windows as geo
-    from training.data import Window, collate
+    from training import windows as geo  # heavy: training imports torch
+    from training.data import Window, collate  # heavy: training imports torch
 
     cfg = dataset.config
     samples = []
@@ -134,9 +134,9 @@ def audio_response(model, codec, dataset, scheduler, pairs: int = 8, seed: int =
     """Per t of AUDIO_TIMESTEPS: `response` of the mouth-brightness change that swapping the
     audio between the partners of `pairs` window pairs makes to the x0 prediction, against the
     real change (module doc)."""
-    from training.config import CONDITIONS
-    from training.diffusion import add_noise
-    from training.diffusion import batch_conditions, encode_frames
+    from training.config import CONDITIONS  # heavy: training imports torch
+    from training.diffusion import add_noise  # heavy: training imports torch
+    from training.diffusion import batch_conditions, encode_frames  # heavy: training imports torch
 
     batch = paired_windows(dataset, pairs)
     b = len(batch["frames"])

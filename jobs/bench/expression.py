@@ -7,6 +7,17 @@ import os
 import time
 
 import numpy as np
+import importlib.util
+
+import cv2
+
+from catalog.contract import CROP_FPS
+from jobs.media.sources import media_file
+from pipeline.media import iter_frames
+from pipeline.models.expression import DEFAULT_EXPRESSION_BACKEND
+from pipeline.stages.analyze.base import DecodedTrack
+from pipeline.stages.analyze.emotion import EmotionAnalyzer, EmotionConfig
+from pipeline.stages.analyze.expression import ExpressionAnalyzer, ExpressionConfig
 
 log = logging.getLogger(__name__)
 
@@ -16,15 +27,7 @@ CROP = 256
 def _real_track(name: str = "single_face.mp4", repeat: int = 4):
     """A DecodedTrack of a real face: single_face.mp4 on the 25 fps grid, cropped around dlib's
     HOG box (found once), with dlib's 68 landmarks per frame (not timed); `repeat` loops it."""
-    import importlib.util
-
-    import cv2
-    import dlib
-
-    from catalog.contract import CROP_FPS
-    from jobs.media.sources import media_file
-    from pipeline.stages.analyze.base import DecodedTrack
-    from pipeline.media import iter_frames
+    import dlib  # heavy: dlib
 
     decoded = [(f.pts_s, f.image) for f in iter_frames(str(media_file(name)))]
     grid, j = [], 0
@@ -56,12 +59,7 @@ def run(expression_backend: str | None = None,
         emotion_backends: tuple[str, ...] = ("fer+facex", "fer", "facex")) -> dict:
     """Time the analyzers on one core (torch, litert and BLAS limited to one thread).
     Returns {"frames": T, "<analyzer>/<backend>": frames per second, ..., "expression+emotion": fps}."""
-    import torch
-
-    from pipeline.stages.analyze.emotion import EmotionAnalyzer, EmotionConfig
-    from pipeline.stages.analyze.expression import ExpressionAnalyzer, ExpressionConfig
-
-    from pipeline.models.expression import DEFAULT_EXPRESSION_BACKEND
+    import torch  # heavy: torch
 
     expression_backend = expression_backend or DEFAULT_EXPRESSION_BACKEND
     torch.set_num_threads(1)

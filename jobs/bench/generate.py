@@ -20,6 +20,16 @@ import tempfile
 import time
 from pathlib import Path
 
+import av
+import numpy as np
+import skimage.data
+import skimage.io
+
+from jobs.media.sources import speak
+from pipeline.stages.analyze.audio import AudioConfig
+from pipeline.stages.analyze.expression import ExpressionConfig
+from pipeline.stages.faces.stage import FacesConfig
+
 PEERS = {
     "hallo": "about 1.6 s per frame on an A100 (512 px, SD 1.5 backbone; ../shared/PEERS.md)",
     "memo": "about 1 s per frame on an H100 (512 px)",
@@ -34,14 +44,11 @@ def untrained_checkpoint(out: str | Path, model: dict | None = None, step: int =
     the tiny config (or `train`'s preset) with its initial weights; the catalog stages record the
     pipeline's default faces, audio and expression settings. `model`: ModelConfig overrides;
     `train`: [train] values (e.g. model="base", models_root=...)."""
-    import torch
+    import torch  # heavy: torch
 
-    from pipeline.stages.analyze.audio import AudioConfig
-    from pipeline.stages.analyze.expression import ExpressionConfig
-    from pipeline.stages.faces.stage import FacesConfig
-    from training import checkpoint as ckpt
-    from training import config
-    from training.models import build_model
+    from training import checkpoint as ckpt  # heavy: training imports torch
+    from training import config  # heavy: training imports torch
+    from training.models import build_model  # heavy: training imports torch
 
     spec = config.build({"train": {"model": "tiny", "catalog": "none", "out": str(out),
                                    **(train or {})},
@@ -60,9 +67,6 @@ def untrained_checkpoint(out: str | Path, model: dict | None = None, step: int =
 
 def decode_frames(path: Path):
     """uint8[T,H,W,3] frames of an mp4 (PyAV)."""
-    import av
-    import numpy as np
-
     with av.open(str(path)) as container:
         return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
 
@@ -71,11 +75,9 @@ def compare_paths(name: str, folder: Path, reference: Path, audio: Path, steps: 
                   tmp: Path) -> dict:
     """One untrained checkpoint generating the same request with the fast and the per-branch
     sampling path: seconds per frame of each, and the difference of their decoded frames."""
-    import numpy as np
+    from training.generate import Generator, Request  # heavy: training imports torch
 
-    from training.generate import Generator, Request
-
-    import training.sampling as sampling
+    import training.sampling as sampling  # heavy: training imports torch
 
     gen = Generator(folder, "cpu")
     started = time.perf_counter()
@@ -127,12 +129,9 @@ def compare_paths(name: str, folder: Path, reference: Path, audio: Path, steps: 
 
 def run(steps: tuple[int, ...] = (3,)) -> dict:
     """Both configs, both sampling paths, `steps[0]` DDIM steps with guidance."""
-    import skimage.data
-    import skimage.io
-    import torch
+    import torch  # heavy: torch
 
-    from jobs.media.sources import speak
-    from training.base_layout import model_overrides, write_sd15
+    from training.base_layout import model_overrides, write_sd15  # heavy: training imports torch
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

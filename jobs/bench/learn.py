@@ -24,7 +24,21 @@ import shutil
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
+import pyarrow.compute as pc
+from PIL import Image
+
+import catalog
+from catalog.contract import AUDIO_RATE
+from jobs.bench.lip_truth import box_at_size, clip_truth
+from jobs.curate import curate as curate_spec
+from jobs.media.sources import speak
+from jobs.media.talking_corpus import HELD_OUT, IDENTITIES, build_talking_corpus, face_of
+from jobs.media.talking_face import SENTENCES
+from jobs.spec import build
+from pipeline.media import iter_frames, read_audio, read_frames, write_video
+from pipeline.run.plan import FingerprintError
 
 REPO = Path(__file__).resolve().parents[2]
 log = logging.getLogger(__name__)
@@ -33,8 +47,7 @@ log = logging.getLogger(__name__)
 def run(files: list[str] | None = None, minutes: float = 15.0, identities: int = 4,
         sentences: int = 4, out: str | Path = "out/bench_learn", steps: int = 10,
         fresh_training: bool = True, max_steps: int | None = None) -> dict:
-    from jobs.bench.denoise import denoising_profile
-    from jobs.media.talking_corpus import IDENTITIES, build_talking_corpus
+    from jobs.bench.denoise import denoising_profile  # heavy: imports torch
 
     if files:
         raise ValueError("bench learn builds its own corpus and takes no files")
@@ -76,10 +89,6 @@ def run(files: list[str] | None = None, minutes: float = 15.0, identities: int =
 def curate(inputs: list[str], root: Path) -> None:
     """Every stage and the persons pass (committed shards are skipped on a re-run; a catalog
     that an older version of a stage built is curated afresh: it is the bench's own)."""
-    from jobs.curate import curate as curate_spec
-    from jobs.spec import build
-    from pipeline.run.plan import FingerprintError
-
     spec = build({"job": {"inputs": inputs, "out": str(root)}})
     try:
         curate_spec(spec)
@@ -92,7 +101,7 @@ def curate(inputs: list[str], root: Path) -> None:
 def train_tiny(root: Path, run_dir: Path, minutes: float, fresh: bool,
                max_steps: int | None = None) -> dict:
     """The tiny config on the bench's catalog for `minutes` (and at most `max_steps` steps)."""
-    from training import config, launcher
+    from training import config, launcher  # heavy: training imports torch
 
     if fresh and run_dir.exists():
         shutil.rmtree(run_dir)
@@ -113,16 +122,8 @@ def generate_and_evaluate(checkpoint: str, names: tuple[str, ...], folder: Path,
                           steps: int, guidance_audio: float = 1.0) -> list[dict]:
     """Per identity: its photo speaking the held-out sentence; lip sync against that sentence
     and against another one, identity against the photo."""
-    from PIL import Image
-
-    from catalog.contract import AUDIO_RATE
-    from jobs.bench.lip_truth import box_at_size, clip_truth
-    from jobs.media.sources import speak
-    from jobs.media.talking_corpus import HELD_OUT, face_of
-    from jobs.media.talking_face import SENTENCES
-    from pipeline.media import read_audio, read_frames
-    from training.evaluate import Evaluator
-    from training.generate import Generator, Request
+    from training.evaluate import Evaluator  # heavy: training imports torch
+    from training.generate import Generator, Request  # heavy: training imports torch
 
     folder.mkdir(parents=True, exist_ok=True)
     held_out = speak(HELD_OUT, folder / "held_out.wav")
@@ -156,13 +157,8 @@ def real_at_model_size(root: Path, checkpoint: str, folder: Path, limit: int = 4
     """The lip-sync range that real in-sync clips reach at the model's resolution: the first
     `limit` face crops of the corpus (by track id), resized to the checkpoint's image size the
     way training resizes them, with their own audio, evaluated like the generated clips."""
-    import cv2
-
-    import catalog
-    from jobs.bench.lip_truth import box_at_size, clip_truth
-    from pipeline.media import iter_frames, read_audio, write_video
-    from training import checkpoint as ckpt
-    from training.evaluate import Evaluator
+    from training import checkpoint as ckpt  # heavy: training imports torch
+    from training.evaluate import Evaluator  # heavy: training imports torch
 
     size = ckpt.read_config(ckpt.resolve(checkpoint))["model"]["image_size"]
     tracks = catalog.read_table(root, "tracks", columns=["track_id", "crop_path", "crop_size"])
@@ -189,10 +185,6 @@ def real_at_model_size(root: Path, checkpoint: str, folder: Path, limit: int = 4
 
 def track_landmarks(root: Path, track_id: str) -> np.ndarray:
     """float[68, 2]: the median over a track's frames of its 68 landmarks (crop pixels)."""
-    import pyarrow.compute as pc
-
-    import catalog
-
     table = catalog.read_table(root, "frames", columns=["landmarks"],
                                filters=pc.field("track_id") == track_id)
     points = np.array([p for p in table["landmarks"].to_pylist() if p is not None], np.float64)

@@ -168,7 +168,7 @@ def run(files: list[str | Path] | None = None) -> dict:
 def faces_memory() -> dict:
     """Peak memory of the faces stage (no Ray) on a 15 s and a 60 s generated face clip, crop
     clips streamed, and on the 60 s clip with every crop kept to the end."""
-    from jobs.bench.faces import generate_inputs
+    from jobs.bench.faces import generate_inputs  # lazy: measured process
 
     folder = cache_root() / "bench" / "memory"
     paths = {}
@@ -194,11 +194,11 @@ def faces_memory() -> dict:
 
 def _direct_faces(path: str, flush_frames: int) -> None:
     """Track and crop the faces of one file in this process (one clip: the whole file)."""
-    import pyarrow as pa
+    import pyarrow as pa  # lazy: measured process
 
-    from pipeline.stages.contract import StageContext
-    from pipeline.stages.faces.stage import FacesConfig, FacesStage
-    from pipeline.media import probe
+    from pipeline.stages.contract import StageContext  # lazy: measured process
+    from pipeline.stages.faces.stage import FacesConfig, FacesStage  # lazy: measured process
+    from pipeline.media import probe  # lazy: measured process
 
     info = probe(path)
     with tempfile.TemporaryDirectory(prefix="emoforge-bench-faces-") as root:
@@ -218,12 +218,12 @@ def _direct_faces(path: str, flush_frames: int) -> None:
 
 def _direct(path: str) -> None:
     """Hash, ingest and scene-split one file in this process (the no-Ray memory baseline)."""
-    import pyarrow as pa
+    import pyarrow as pa  # lazy: measured process
 
-    from pipeline.stages.ingest.hashing import assign_ids, hash_file
-    from pipeline.stages.scenes.detect import ScenesConfig
-    from pipeline.stages.ingest.stage import IngestConfig, IngestStage
-    from pipeline.stages.scenes.stage import ScenesStage
+    from pipeline.stages.ingest.hashing import assign_ids, hash_file  # lazy: measured process
+    from pipeline.stages.scenes.detect import ScenesConfig  # lazy: measured process
+    from pipeline.stages.ingest.stage import IngestConfig, IngestStage  # lazy: measured process
+    from pipeline.stages.scenes.stage import ScenesStage  # lazy: measured process
 
     row = assign_ids([hash_file(path)], {}, 1)[0]
     row = {**row, **IngestStage(IngestConfig(), None).process_row(row)}

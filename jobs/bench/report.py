@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from catalog.read import read_table
+from jobs.media.synthetic_catalog import generate_catalog
 from pipeline.models.registry import cache_root
 
 log = logging.getLogger(__name__)
@@ -29,9 +31,6 @@ COMPARE = ["min_face_px_median=128", "lip_sync_rules.av_corr.min_confidence=0.8"
 
 def generated_catalog(tracks: int = TARGET_TRACKS) -> Path:
     """The cached synthetic catalog with about `tracks` tracks (generated on first use)."""
-    from catalog.read import read_table
-    from jobs.media.synthetic_catalog import generate_catalog
-
     root = cache_root() / "bench" / f"report-{tracks}-v2"
     done = root / "_bench_done"
     if not done.is_file():
@@ -66,8 +65,6 @@ def measure(root: Path, out_html: Path, compare: list[str]) -> dict:
 
 def run(files: list[str] | None = None) -> dict:
     """Benchmark the report on `files` (catalog folders) or the generated million-track catalog."""
-    from catalog.read import read_table
-
     roots = [Path(f) for f in files] if files else [generated_catalog()]
     result: dict = {"compare": COMPARE, "catalogs": []}
     for root in roots:

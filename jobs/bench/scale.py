@@ -28,14 +28,23 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import multiprocessing
 import os
 import tempfile
 import time
 from pathlib import Path
 
+from catalog.read import read_table
 from jobs.bench import BenchInputError, video_inputs
 from jobs.bench.memory import TreeSampler
+from jobs.media.talking_corpus import build_talking_corpus
+from jobs.spec import build
+from pipeline.models.registry import cache_root
+from pipeline.run import runner
+from pipeline.run.config import RunnerConfig
 from pipeline.run.simulate import Cluster, StageCost, corpus, simulate
+from pipeline.stages.contract import StageContext
+from pipeline.stages.registry import load_stage_class
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +65,6 @@ def inputs(files: list[str] | None) -> list[str]:
     """`files` (files or folders: video_inputs), or the cached synthetic talking-face corpus."""
     if files:
         return video_inputs(files)
-    from jobs.media.talking_corpus import build_talking_corpus
-    from pipeline.models.registry import cache_root
 
     clips = build_talking_corpus(cache_root() / "bench" / "scale", ("astronaut", "happy", "surprise", "anger"),
                                  4, size=256)
@@ -66,10 +73,6 @@ def inputs(files: list[str] | None) -> list[str]:
 
 def curate_with(files: list[str], out: Path, workers: int) -> dict:
     """Curate `files` into `out` on a fresh local Ray of `workers` CPUs, 1 CPU per stage worker."""
-    from catalog.read import read_table
-    from jobs.spec import build
-    from pipeline.run import runner
-
     os.environ["EMOFORGE_PROGRESS"] = "0"
     spec = build({"job": {"inputs": files, "out": str(out)}})
     config = runner.RunnerConfig(num_cpus=workers, wave_videos=10_000, waves_in_flight=1,
@@ -118,8 +121,6 @@ def _spin(loops: int) -> int:
 def machine_speedup(loops: int = 12_000_000) -> float:
     """The machine's own 2-process speedup (the ceiling for 2 workers): the same CPU-bound loop
     twice in one process, then in two processes at once (the best of two tries each)."""
-    import multiprocessing
-
     context = multiprocessing.get_context("spawn")
     best: dict[int, float] = {}
     for processes in (1, 2, 1, 2):
@@ -133,10 +134,6 @@ def machine_speedup(loops: int = 12_000_000) -> float:
 
 def setup_seconds() -> dict[str, float]:
     """Model set-up of one actor of each model stage (default configs), in this process."""
-    from jobs.spec import build
-    from pipeline.stages.registry import load_stage_class
-    from pipeline.stages.contract import StageContext
-
     spec = build({"job": {"inputs": ["x"]}})
     context = StageContext(catalog=tempfile.gettempdir(), staging=tempfile.gettempdir())
     out = {}
@@ -161,8 +158,6 @@ def stage_costs(one: dict, setup: dict[str, float]) -> dict[str, StageCost]:
 def simulate_cluster(costs: dict[str, StageCost], nodes: int = 100, cpus: float = 16.0,
                      videos: int = 10_000, long_videos: int = 10) -> dict:
     """The runner and the one-wave-at-a-time baseline, on `nodes` x `cpus` with a realistic corpus."""
-    from pipeline.run.config import RunnerConfig
-
     shape = corpus(videos, long_videos=long_videos, long_s=(3600.0, 7200.0))
     hours = sum(v.duration_s for v in shape) / 3600
     out = {"nodes": nodes, "cpus_per_node": cpus, "videos": len(shape), "video_hours": hours}

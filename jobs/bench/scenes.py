@@ -20,9 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import pyarrow as pa
 
 from jobs.media.synthetic import generated_video
 from pipeline.models.registry import cache_root
+from pipeline.stages.ingest.hashing import assign_ids, hash_file
+from pipeline.stages.ingest.stage import IngestConfig, IngestStage
+from pipeline.stages.scenes.detect import ScenesConfig
+from pipeline.stages.scenes.stage import ScenesStage
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +45,6 @@ def default_files() -> list[Path]:
 
 def run_direct(files: list[Path]) -> dict:
     """Hash + ingest + scenes stages called in this process (no Ray), per file in order."""
-    import pyarrow as pa
-
-    from pipeline.stages.ingest.hashing import assign_ids, hash_file
-    from pipeline.stages.scenes.detect import ScenesConfig
-    from pipeline.stages.ingest.stage import IngestConfig, IngestStage
-    from pipeline.stages.scenes.stage import ScenesStage
-
     config = ScenesConfig(trim_s=0.0)  # clip starts are then exactly the cut frames
     ingest, scenes = IngestStage(IngestConfig(), None), ScenesStage(config, None)
     ingest.setup()
@@ -132,7 +130,7 @@ def compare_cuts(ours: dict[str, list[int]], theirs: dict[str, list[int]],
 
 def run(files: list[str | Path] | None = None) -> dict:
     """Run the benchmark on `files` (generated 720p media when empty)."""
-    import scenedetect
+    import scenedetect  # optional: the PySceneDetect comparison only
 
     files = [Path(f) for f in files] if files else default_files()
     with tempfile.TemporaryDirectory(prefix="emoforge-bench-scenes-") as tmp:

@@ -22,6 +22,19 @@ from pathlib import Path
 
 import numpy as np
 
+from catalog.contract import SAMPLES_PER_FRAME
+from catalog.select import LIP_SYNC_RULES
+from jobs.media.sources import MediaSourceError, media_file
+from jobs.media.talking_face import (
+    SENTENCES,
+    astronaut_face,
+    make_clip,
+    photo_face,
+    real_face_clip,
+    speech,
+)
+from pipeline.models.lip_sync.av_sync import av_sync
+
 log = logging.getLogger(__name__)
 
 PHOTOS = ("single_face.jpg", "happy.jpg", "surprise.jpg", "anger.jpg", "disgust.jpg")
@@ -47,8 +60,6 @@ class Sample:
 
 
 def _faces(max_photos: int) -> list[tuple[str, object]]:
-    from jobs.media.talking_face import astronaut_face, photo_face
-
     faces = [("astronaut", astronaut_face())]
     for name in PHOTOS[:max_photos]:
         try:
@@ -62,8 +73,6 @@ def collect(
     workdir: Path, clips_per_set: int = 16, max_photos: int = 5, real: bool = True
 ) -> list[Sample]:
     """Generate and measure the labelled clips (deterministic by index)."""
-    from jobs.media.talking_face import SENTENCES, make_clip
-
     faces = _faces(max_photos)
     samples: list[Sample] = []
     n_sent = len(SENTENCES)
@@ -96,10 +105,6 @@ def collect(
 
 
 def _real_unrelated(count: int) -> list[Sample]:
-    from jobs.media.sources import MediaSourceError, media_file
-    from jobs.media.talking_face import SENTENCES, real_face_clip, speech
-    from catalog.contract import SAMPLES_PER_FRAME
-
     out: list[Sample] = []
     k = 0
     for name, starts in REAL_VIDEOS:
@@ -155,9 +160,6 @@ def _stats(values: list[float]) -> dict:
 
 def evaluate(samples: list[Sample], rule: dict[str, float] | None = None) -> dict:
     """Score samples with the bundled backend and the keep rule; the report dict."""
-    from pipeline.models.lip_sync.av_sync import av_sync
-    from catalog.select import LIP_SYNC_RULES
-
     rule = rule or LIP_SYNC_RULES["av_corr"]
     rows = []
     for s in samples:

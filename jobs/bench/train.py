@@ -44,14 +44,14 @@ def run(files: list[str] | None = None, steps: int = 10, batch_size: int = 2,
 
 def loader_and_step(files: list[str] | None = None, steps: int = 10, batch_size: int = 2) -> dict:
     """The tiny config's step, loader and loop rates on a curated catalog (module doc)."""
-    import torch
+    import torch  # heavy: torch
 
-    from training import config
-    from training.batching import loader_throughput
-    from training.datasets import build_datasets
-    from training.diffusion import diffusion_loss, make_scheduler, sample_generator
-    from training.models import build_codec, build_model
-    from training.trainer import train
+    from training import config  # heavy: training imports torch
+    from training.batching import loader_throughput  # heavy: training imports torch
+    from training.datasets import build_datasets  # heavy: training imports torch
+    from training.diffusion import diffusion_loss, make_scheduler, sample_generator  # heavy: torch
+    from training.models import build_codec, build_model  # heavy: training imports torch
+    from training.trainer import train  # heavy: training imports torch
 
     root = files[0] if files else "out/demo/catalog"
     if not Path(root).is_dir():
@@ -109,7 +109,7 @@ def index_memory(tracks: int, seconds: float = 10.0, batch_size: int = 2,
                  folder: str | None = None) -> dict:
     """The dataset index's memory and time to the first batch on a synthetic catalog of
     `tracks` tracks of `seconds` (written into `folder`, default a temporary one, removed)."""
-    from jobs.media.synthetic_catalog import write_training_catalog
+    from jobs.media.synthetic_catalog import write_training_catalog  # lazy: measured rank
 
     if tracks < 1:
         raise ValueError(f"--tracks must be >= 1, got {tracks}")
@@ -153,12 +153,12 @@ def _measure(root: str, ids: list[str], batch_size: int, work: Path,
     loader's rate over `samples` windows of epoch 1 (spread over the corpus) with an empty frame
     cache (cold) and again in fresh process state with the cache filled (warm), and single
     track reads both ways. Frame caches are folders of `work`."""
-    import numpy as np
-    import psutil
-    import pyarrow as pa
+    import numpy as np  # lazy: measured rank
+    import psutil  # lazy: measured rank
+    import pyarrow as pa  # lazy: measured rank
 
-    from training.data import DataConfig, WindowDataset
-    from training.frame_table import FrameReader
+    from training.data import DataConfig, WindowDataset  # heavy: training imports torch
+    from training.frame_table import FrameReader  # heavy: training imports torch
 
     me = psutil.Process()
     reset = _reset_peak()
@@ -215,7 +215,7 @@ def _loader_rates(dataset, samples: int) -> dict:
     """Samples/s of `dataset[window]` over `samples` windows of epoch 1 in one process: cold
     (an empty frame cache, nothing in process memory) and warm (the cache filled by the cold
     pass, fresh process state again: a pickled copy, as a loader worker receives it)."""
-    from training.data import Window
+    from training.data import Window  # heavy: training imports torch
 
     windows = [Window(*(int(v) for v in row)) for row in dataset.windows(1)[:samples]]
     rates = {}

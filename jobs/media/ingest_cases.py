@@ -6,6 +6,7 @@ import os
 from fractions import Fraction
 from pathlib import Path
 
+import av
 import numpy as np
 
 from catalog.contract import AUDIO_RATE
@@ -19,8 +20,6 @@ def _gray(i: int, size=(64, 48)) -> np.ndarray:
 
 def vfr_video(path: Path) -> Path:
     """30 frames whose durations alternate 1/30 s and 2/30 s (variable frame rate)."""
-    import av  # heavy: loaded on use
-
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=30)
         stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
@@ -38,8 +37,6 @@ def vfr_video(path: Path) -> Path:
 
 
 def hevc10_video(path: Path) -> Path:
-    import av  # heavy: loaded on use
-
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx265", rate=25)
         stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p10le"
@@ -55,8 +52,6 @@ def hevc10_video(path: Path) -> Path:
 
 def late_audio_video(path: Path, delay_s: float = 0.5) -> Path:
     """1 s of video with an audio stream that starts `delay_s` after the video."""
-    import av  # heavy: loaded on use
-
     with av.open(str(path), "w") as out:
         vs = out.add_stream("libx264", rate=25)
         vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv420p"
@@ -73,8 +68,6 @@ def late_audio_video(path: Path, delay_s: float = 0.5) -> Path:
 
 def audio_only(path: Path, seconds: float = 1.0) -> Path:
     """An AAC-only container (no video stream) of a `seconds` tone."""
-    import av  # heavy: loaded on use
-
     with av.open(str(path), "w", format="mp4") as out:
         aud = out.add_stream("aac", rate=AUDIO_RATE)
         aud.layout = "mono"

@@ -35,7 +35,7 @@ def make_video(
     `fps`; `audio` float32[N] mono in [-1, 1] at `sample_rate` (AAC). `rotation` (0/90/180/270,
     counter-clockwise as FFmpeg's display matrix) is written as container metadata only: the
     coded pixels are the same as the unrotated file's."""
-    import av  # heavy: loaded on use
+    import av  # lazy: memory bench's measured process
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,7 +74,7 @@ def make_video(
 def texture(seed: int, size: tuple[int, int], detail: float = 6.0) -> np.ndarray:
     """A smooth colour texture uint8[H,W,3] (size = (W, H)) with fine grain: each seed gives a
     different palette and layout, so two textures differ strongly in hue, saturation and value."""
-    import cv2  # heavy: loaded on use
+    import cv2  # lazy: memory bench's measured process
 
     rng = np.random.default_rng(seed)
     width, height = size
@@ -124,7 +124,7 @@ def shots(
 def slow_motion(size: tuple[int, int], seed: int = 0, n: int = 100) -> FrameFn:
     """One shot without cuts: a slow zoom and pan over one texture plus a slow brightness drift
     (+-10 levels over `n` frames). No frame should be a cut."""
-    import cv2  # heavy: loaded on use
+    import cv2  # lazy: memory bench's measured process
 
     width, height = size
     tex = texture(seed, (width * 2, height * 2))

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from PIL import Image
 
 from catalog import schema
 from catalog.commits import commit_shard
@@ -327,7 +328,6 @@ def _face_photos(size: int) -> dict[str, np.ndarray]:
     """emotion label -> a real face, uint8[2*size,2*size,3] RGB, loosely cropped around the face
     that dlib's HOG detector finds (the whole photo's center square when it finds none)."""
     import dlib  # heavy: loaded on use
-    from PIL import Image  # heavy: loaded on use
 
     detector = dlib.get_frontal_face_detector()
     faces: dict[str, np.ndarray] = {}
@@ -350,8 +350,6 @@ def _face_photos(size: int) -> dict[str, np.ndarray]:
 def crop_frames(face: np.ndarray, n: int, size: int, face_px: float, rng: np.random.Generator) -> np.ndarray:
     """uint8[n,size,size,3]: a slowly panning and zooming window over `face` (uint8[2s,2s,3]),
     blurred like an upscaled face when `face_px` < size."""
-    from PIL import Image  # heavy: loaded on use
-
     t = np.arange(n) / CROP_FPS
     phase = rng.uniform(0, 2 * np.pi)
     full = face.shape[0]

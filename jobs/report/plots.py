@@ -66,7 +66,7 @@ def histogram(title: str, unit: str, series: list[tuple[str, np.ndarray, str]],
             ax.stairs(counts, edges, label=f"{label} ({len(v):,})", color=color,
                       fill=color == ALL_COLOR, alpha=0.6 if color == ALL_COLOR else 1.0, linewidth=1.4)
         if log_x and lo > 0:
-            from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+            from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # heavy: on use
 
             ax.set_xscale("log")
             ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
