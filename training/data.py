@@ -49,6 +49,7 @@ from training.frame_table import FrameReader, TrackRows, scan_frame_rows
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "all")
+EXPRESSION_MODES = ("clip", "frame")  # DataConfig.expression_mode
 TRACK_COLUMNS = ["track_id", "video_id", "person_id", "crop_path", "crop_size", "frame_count",
                  "audio_features_path", "emotion_backend", "emotion_label"]
 
@@ -80,6 +81,12 @@ class DataConfig:
     audio_dim: int = 512  # audio-feature width (Whisper base encoder: 512)
     # expression vector length (the default backend's; 3dmm 10, deca 50, blendshapes 45)
     expression_dim: int = EXPRESSION_DIMS[DEFAULT_EXPRESSION_BACKEND]
+    # "clip": every frame of a window carries its track's mean expression relative to the
+    # person's neutral and no jaw pose (EMOdiffhead's conditioning: emotion and intensity, not
+    # the mouth's motion, which the model must take from the audio); "frame": each frame's own
+    # expression and jaw pose (drives the face from a video, frame by frame: the mouth can
+    # follow the expression instead of the audio)
+    expression_mode: str = "clip"
     emotion_classes: tuple[str, ...] = EMOTION_CLASSES_FER  # order of emotion_probs and labels
     windows_per_second: float = 1.0  # windows per track and epoch, per second of track
     seed: int = 0  # window draws: (seed, epoch)
@@ -96,6 +103,7 @@ class DataConfig:
                   "reference_margin_frames": self.reference_margin_frames >= 0,
                   "audio_context": self.audio_context >= 0, "audio_dim": self.audio_dim >= 1,
                   "expression_dim": self.expression_dim >= 1,
+                  "expression_mode": self.expression_mode in EXPRESSION_MODES,
                   "emotion_classes": len(self.emotion_classes) >= 1,
                   "windows_per_second": self.windows_per_second > 0,
                   "val_fraction": 0.0 <= self.val_fraction <= 1.0,
@@ -146,6 +154,9 @@ class Track:
     features_rel: str | None
     emotion_backend: str | None  # class order of the track's emotion_probs
     rows: TrackRows  # where its rows lie in the frames table
+    # the track's mean expression relative to its person's neutral (catalog.select's
+    # expression_relative); None without one
+    expression: tuple[float, ...] | None = None
 
 
 def local_media(root: str, relpath: str) -> str | None:
@@ -195,6 +206,8 @@ class WindowDataset(torch.utils.data.Dataset):
         ids = [t for t in selection["track_id"].to_pylist() if t is not None]
         intensity = dict(zip(ids, selection["intensity"].to_pylist())) if (
             "intensity" in selection.column_names) else {}
+        relative = dict(zip(ids, selection["expression_relative"].to_pylist())) if (
+            "expression_relative" in selection.column_names) else {}
         tracks = catalog.read_table(self.root, "tracks", columns=TRACK_COLUMNS,
                                     filters=pc.field("track_id").isin(_strings(ids)))
         found = set(tracks["track_id"].to_pylist())
@@ -233,6 +246,9 @@ class WindowDataset(torch.utils.data.Dataset):
                 continue
             value = intensity.get(tid)
             label = row["emotion_label"]
+            vector = relative.get(tid)
+            usable = (vector is not None and len(vector) == cfg.expression_dim
+                      and all(np.isfinite(vector)))
             feats = row["audio_features_path"] or None
             self.tracks.append(Track(
                 track_id=tid, person_id=row["person_id"], crop_path=store.uri_of(row["crop_path"]),
@@ -241,7 +257,8 @@ class WindowDataset(torch.utils.data.Dataset):
                 emotion=cfg.emotion_classes.index(label) if label in cfg.emotion_classes else -1,
                 intensity=1.0 if value is None or not np.isfinite(value) else float(value),
                 crop_rel=row["crop_path"], features_rel=feats,
-                emotion_backend=row["emotion_backend"], rows=where))
+                emotion_backend=row["emotion_backend"], rows=where,
+                expression=tuple(float(v) for v in vector) if usable else None))
             frames += where.frames
         if not self.tracks and self.split != "val":
             counts = ", ".join(f"{n} {r}" for r, n in sorted(self.excluded.items())) or "none"
@@ -420,13 +437,22 @@ class WindowDataset(torch.utils.data.Dataset):
         m = cfg.motion_frames
         rows = window_idx
         arrays = self.frame_arrays(track_index)
-        expression = arrays["expression"][rows]
-        expression_valid = bool(np.all(np.isfinite(expression)))
+        if cfg.expression_mode == "clip":
+            expression_valid = t.expression is not None
+            expression = np.broadcast_to(np.asarray(t.expression if expression_valid else
+                                                    np.zeros(cfg.expression_dim), np.float32),
+                                         (cfg.frames, cfg.expression_dim))
+            jaw_pose = np.zeros((cfg.frames, 3), np.float32)
+        else:
+            expression = arrays["expression"][rows]
+            expression_valid = bool(np.all(np.isfinite(expression)))
+            jaw_pose = np.nan_to_num(arrays["jaw_pose"][rows])
         crop_size = t.crop_size or pixels.shape[-1]
-        masks = [geo.frame_masks(arrays["crop_affine"][r], arrays["box"][r], t.width, t.height,
-                                 crop_size, cfg.size) for r in rows]
-        face = np.stack([f for f, _ in masks])
-        valid = np.stack([v for _, v in masks])
+        valid = np.stack([geo.valid_mask(arrays["crop_affine"][r], t.width, t.height, crop_size,
+                                         cfg.size) for r in rows])
+        locator = geo.locator_mask(arrays["crop_affine"][rows], arrays["box"][rows], crop_size,
+                                   cfg.size)
+        face = np.broadcast_to(locator, (cfg.frames, cfg.size, cfg.size))
         mouth = np.stack([geo.mouth_mask(arrays["mouth_box"][r], crop_size, cfg.size) for r in rows])
         reference_mouth = geo.mouth_mask(arrays["mouth_box"][reference], crop_size, cfg.size)
         audio_dim, a = cfg.audio_dim, 2 * cfg.audio_context + 1
@@ -438,7 +464,7 @@ class WindowDataset(torch.utils.data.Dataset):
             "frames": pixels[m: m + cfg.frames], "motion": pixels[:m], "reference": pixels[-1],
             "audio": audio, "audio_valid": features is not None,
             "expression": expression if expression_valid else np.zeros_like(expression),
-            "jaw_pose": np.nan_to_num(arrays["jaw_pose"][rows]),
+            "jaw_pose": jaw_pose,
             "expression_valid": expression_valid,
             "emotion_probs": np.nan_to_num(arrays["emotion_probs"][rows]),
             "emotion": t.emotion, "intensity": t.intensity,

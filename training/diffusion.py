@@ -11,6 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from training.config import CONDITIONS, DiffusionConfig, DropoutConfig
+from training.sampling import GUIDED, first_window_motion
+
+# what the grouped drops take away (DropoutConfig.reference_only, .unconditional): the
+# conditions the sampler's "reference only" and unconditional branches leave out
+REFERENCE_ONLY_DROPS = tuple(n for n in GUIDED if n != "reference")
+UNCONDITIONAL_DROPS = GUIDED
 
 
 def make_scheduler(cfg: DiffusionConfig, kind: str = "ddpm"):
@@ -36,8 +42,9 @@ def sample_generator(seed: int, step: int, index: int) -> torch.Generator:
 def draw_noise(latents: torch.Tensor, generators: list[torch.Generator], cfg: DiffusionConfig,
                dropout: DropoutConfig) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """Per sample: noise like latents[b] (offset noise per channel when configured), a timestep,
-    and the condition-dropout flags. latents: [B,F,C,H,W]. Returns (noise, timesteps[B] int64,
-    drop: name -> bool[B])."""
+    and the condition-dropout flags: the sample's group (unconditional, reference only or
+    neither, DropoutConfig's shares), then each condition's own coin. latents: [B,F,C,H,W].
+    Returns (noise, timesteps[B] int64, drop: name -> bool[B])."""
     noises, steps, drops = [], [], {name: [] for name in CONDITIONS}
     shape = latents.shape[1:]
     for g in generators:
@@ -46,9 +53,12 @@ def draw_noise(latents: torch.Tensor, generators: list[torch.Generator], cfg: Di
             noise = noise + cfg.noise_offset * torch.randn((1, shape[1], 1, 1), generator=g)
         noises.append(noise)
         steps.append(int(torch.randint(0, cfg.num_train_timesteps, (1,), generator=g)))
-        coins = torch.rand(len(CONDITIONS), generator=g)
-        for name, coin in zip(CONDITIONS, coins.tolist()):
-            drops[name].append(coin < getattr(dropout, name))
+        group, *coins = torch.rand(len(CONDITIONS) + 1, generator=g).tolist()
+        grouped = (UNCONDITIONAL_DROPS if group < dropout.unconditional
+                   else REFERENCE_ONLY_DROPS if group < dropout.unconditional + dropout.reference_only
+                   else ())
+        for name, coin in zip(CONDITIONS, coins):
+            drops[name].append(name in grouped or coin < getattr(dropout, name))
     device = latents.device
     return (torch.stack(noises).to(device, latents.dtype),
             torch.tensor(steps, dtype=torch.long, device=device),
@@ -68,6 +78,20 @@ def augment_motion(motion: torch.Tensor, generators: list[torch.Generator],
         noise = torch.randn(frames.shape, generator=g).to(frames.device, frames.dtype)
         noisy.append(frames + std * noise)
     return torch.stack(noisy)
+
+
+@torch.no_grad()
+def motion_from_reference(motion: torch.Tensor, reference: torch.Tensor,
+                          generators: list[torch.Generator], share: float) -> torch.Tensor:
+    """Motion latents [B,M,c,h,w] where a `share` of the samples (a coin from each sample's own
+    stream, after augment_motion's draws) take the reference latent [B,c,h,w] repeated instead,
+    as generation's first window does (sampling.first_window_motion): clean, no motion noise."""
+    if share <= 0 or motion.shape[1] == 0:
+        return motion
+    first = first_window_motion(reference, motion.shape[1]).to(motion.dtype)
+    coins = torch.tensor([float(torch.rand(1, generator=g)) < share for g in generators],
+                         device=motion.device)
+    return torch.where(coins.view(-1, 1, 1, 1, 1), first, motion)
 
 
 def add_noise(scheduler, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor):
@@ -142,6 +166,7 @@ def diffusion_loss(model, codec, scheduler, batch: dict, generators: list[torch.
         motion = encode_frames(codec, batch["motion"])
     noise, t, drop = draw_noise(latents, generators, spec.diffusion, spec.dropout)
     motion = augment_motion(motion, generators, spec.diffusion.motion_noise)
+    motion = motion_from_reference(motion, reference, generators, spec.diffusion.reference_motion)
     noisy, target = add_noise(scheduler, latents, noise, t)
     prediction = model(noisy, t, batch_conditions(batch, reference, motion, drop))
     weights = min_snr_weights(scheduler, t, spec.diffusion.min_snr_gamma)

@@ -15,15 +15,17 @@ for comparison). The video has ceil(samples / 640) frames at 25 fps (at least th
 duration, less than one frame more) and carries the input audio (AAC). One torch.Generator
 seeded with `seed` draws every window's noise in order: the same seed gives the same video.
 
-Emotion: `emotion` is one of the checkpoint's emotion classes and `intensity` the training's
-intensity (catalog.select: the distance of a track's mean expression from the person's neutral,
-over the person's median distance; 1 = the person's usual departure from neutral, 0 = neutral);
-the model scales the emotion's embedding by it. The expression condition is then left out (its
-learned null). With `expression_from`, the expression and jaw pose are the trajectory the
-catalog's expression backend measures on that video (looped over the audio's length), each frame
-moved from the trajectory's neutral by `intensity` (generate_inputs.scale_expression); the
-emotion condition is left out. Head speed: `head_speed` deg/s for every frame, else the driving
-video's (from its head angles, as training computes it), else 0 (a still head).
+Expression (training.expression): a checkpoint trained with clip-level expression (its
+`spec.data.expression_mode`, "clip" by default) gets one vector for the whole video: with
+`emotion`, the training set's mean neutral-relative expression of that emotion scaled to
+`intensity` (the catalog's intensity: 1 = a person's usual departure from neutral, 0 = neutral),
+and the emotion's embedding scaled alike; with `expression_from`, that video's mean expression
+relative to its own neutral, times `intensity` (the emotion left out); with neither, both left
+out (their learned nulls). A checkpoint trained with per-frame expression ("frame") takes the
+driving video's trajectory frame by frame (each frame moved from its neutral by `intensity`,
+generate_inputs.scale_expression) with its jaw pose, and with `emotion` leaves the expression
+out. Head speed: `head_speed` deg/s for every frame, else the driving video's (from its head
+angles, as training computes it), else 0 (a still head).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from catalog.contract import AUDIO_RATE, CROP_FPS
 from catalog.select import BOUNDED_BACKENDS
 from training import checkpoint as ckpt
 from training import windows as geo
+from training.expression import clip_vector, vector_for_emotion
 from training.generate_inputs import (
     CatalogSettings,
     GenerationInputError,
@@ -55,6 +58,9 @@ from training.generate_inputs import (
     reference_mouth,
     scale_expression,
 )
+from training.sampling import first_window_motion
+
+MAX_INTENSITY = 3.0  # intensities above this lie far outside any person's range in training
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +90,8 @@ class Prepared:
     face: ReferenceFace
     speech: Speech
     features: np.ndarray  # float32[frames, Da] audio features on the 25 fps grid
-    expression: np.ndarray | None = None  # float32[frames, De]
-    jaw_pose: np.ndarray | None = None
+    expression: np.ndarray | None = None  # float32[frames, De] (None: left out)
+    jaw_pose: np.ndarray | None = None  # float32[frames, 3]
     head_speed: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
 
@@ -122,6 +128,10 @@ class Generator:
             spec = replace(spec, model=replace(spec.model, models_root=root))
         self.spec, self.model_cfg, self.data_cfg = spec, spec.model, spec.data
         self.settings = CatalogSettings.from_checkpoint(self.config)
+        # "clip" (one neutral-relative vector per video) or "frame" (per-frame tokens: a
+        # checkpoint trained before clip-level expression)
+        self.expression_mode = spec.data.expression_mode
+        self.expression_statistics = self.config.get("expression_statistics")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.fast = fast  # sampling.denoise_window's fast path (cached reference, batched CFG)
         self.codec = build_codec(spec.model).to(self.device)  # beside the model, as a VAE
@@ -141,8 +151,11 @@ class Generator:
                                        f"checkpoint's classes {classes}")
         if request.emotion is not None and request.expression_from is not None:
             raise GenerationInputError("give either an emotion or an expression video, not both")
-        if not (math.isfinite(request.intensity) and request.intensity >= 0):
-            raise GenerationInputError(f"intensity must be >= 0, got {request.intensity}")
+        if not (math.isfinite(request.intensity) and 0 <= request.intensity <= MAX_INTENSITY):
+            raise GenerationInputError(f"intensity must be within [0, {MAX_INTENSITY:g}], got "
+                                       f"{request.intensity}")
+        if request.emotion is not None and self.expression_mode == "clip":
+            vector_for_emotion(self.expression_statistics, request.emotion, request.intensity)
         if request.steps < 1:
             raise GenerationInputError(f"steps must be at least 1, got {request.steps}")
         if request.head_speed is not None and request.head_speed < 0:
@@ -160,14 +173,25 @@ class Generator:
         features = audio_features(speech, self.settings, str(self.device), self.model_cfg.audio_dim)
         prepared = Prepared(request, face, speech, features)
         speed = request.head_speed
+        bounded = self.settings.expression_backend in BOUNDED_BACKENDS
+        clip = self.expression_mode == "clip"
+        if request.emotion is not None and clip:
+            vector = vector_for_emotion(self.expression_statistics, request.emotion,
+                                        request.intensity, bounded)
+            prepared.expression = np.repeat(vector[None], n, axis=0)
+            prepared.jaw_pose = np.zeros((n, 3), np.float32)
         if request.expression_from is not None:
             traj = expression_trajectory(request.expression_from, self.settings,
                                          self.model_cfg.expression_dim)
             loop = np.arange(n) % len(traj.expression)
-            bounded = self.settings.expression_backend in BOUNDED_BACKENDS
-            prepared.expression = scale_expression(traj.expression, request.intensity,
-                                                   bounded)[loop]
-            prepared.jaw_pose = traj.jaw_pose[loop]
+            if clip:
+                vector = clip_vector(traj.expression, request.intensity, bounded)
+                prepared.expression = np.repeat(vector[None], n, axis=0)
+                prepared.jaw_pose = np.zeros((n, 3), np.float32)
+            else:
+                prepared.expression = scale_expression(traj.expression, request.intensity,
+                                                       bounded)[loop]
+                prepared.jaw_pose = traj.jaw_pose[loop]
             if speed is None:
                 prepared.head_speed = geo.head_speed(traj.yaw, traj.pitch, traj.roll)[loop]
         if speed is not None or request.expression_from is None:
@@ -192,8 +216,8 @@ class Generator:
         dev = self.device
         ref_pixels = self._pixels(prepared.face.crop)  # [1,3,S,S]
         reference = self.codec.encode(ref_pixels)
-        face = geo.face_mask(prepared.face.affine, prepared.face.box, self.settings.crop_size,
-                             size)
+        face = geo.locator_mask(prepared.face.affine[None], prepared.face.box[None],
+                                self.settings.crop_size, size)
         face_mask = torch.from_numpy(face)[None, None, None].expand(1, f, 1, size, size).to(dev)
         mouth_mask = torch.from_numpy(reference_mouth(prepared.face, self.settings.crop_size,
                                                       size))[None, None].to(dev)
@@ -204,7 +228,7 @@ class Generator:
                 "expression": torch.tensor([not with_expression], device=dev),
                 "emotion": torch.tensor([emotion < 0], device=dev),
                 "motion": torch.zeros(1, dtype=torch.bool, device=dev)}
-        motion = reference[:, None].expand(1, m, *reference.shape[1:]).clone()
+        motion = first_window_motion(reference, m)
         generator = torch.Generator().manual_seed(int(req.seed))
         windows = math.ceil(n / f)
         out = Path(req.out)

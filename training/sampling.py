@@ -31,6 +31,13 @@ def _repeat(value, n: int):
     return None if value is None else torch.cat([value] * n)
 
 
+def first_window_motion(reference: torch.Tensor, frames: int) -> torch.Tensor:
+    """The motion frames of a video's first window: the reference latent [B,c,h,w] repeated
+    `frames` times, [B,frames,c,h,w] (generation has no earlier frames; training shows this
+    case for DiffusionConfig.reference_motion of its windows)."""
+    return reference[:, None].expand(reference.shape[0], frames, *reference.shape[1:]).clone()
+
+
 def branch_conditions(cond, branches: list[tuple[str, ...]], device: torch.device):
     """One Conditions for all guidance branches: every tensor repeated per branch and the
     drops of branch i (its names dropped for every sample, on top of `cond.drop`) in rows

@@ -21,6 +21,7 @@ import torch
 
 from training import checkpoint as ckpt
 from training.config import CONDITIONS, TrainSpec
+from training.expression import emotion_statistics
 from training.datasets import TrainingError, build_datasets, make_loader
 from training.diffusion import (
     batch_conditions,
@@ -121,7 +122,7 @@ def train(spec: TrainSpec, resume: str | None = None, worker: Worker | None = No
         raise TrainingError(f"the training split gives {per_epoch} batches of {b} per worker per "
                             f"epoch, fewer than grad_accum={accum}: select more tracks or lower "
                             "batch_size")
-    saved_config = checkpoint_config(spec, resolved, init) if worker.rank == 0 else {}
+    saved_config = checkpoint_config(spec, resolved, init, train_set) if worker.rank == 0 else {}
     writer = summary_writer(out) if worker.rank == 0 else None
     started, losses = time.monotonic(), []
     progress = progress_bar(t_cfg.max_steps, step, worker.rank)
@@ -263,16 +264,20 @@ def catalog_uri(root: str) -> str:
     return root if "://" in str(root) else str(Path(root).resolve())
 
 
-def checkpoint_config(spec: TrainSpec, resolved: dict, init: Path | None) -> dict:
+def checkpoint_config(spec: TrainSpec, resolved: dict, init: Path | None, train_set) -> dict:
     """A checkpoint's config.json (but its step): identity, spec, catalog version, the base
-    weights' checksums and the checkpoint the run started from."""
+    weights' checksums, the checkpoint the run started from and, with clip-level expression,
+    the training set's expression statistics per emotion (what generation's --emotion uses)."""
     import catalog
     from training.models.sd15 import weight_files
 
     manifest = catalog.read_manifest(spec.train.catalog)
     root = spec.model.models_root
     base = ckpt.base_checksums(root, weight_files(root)) if spec.model.init == "sd15" else {}
+    statistics = (emotion_statistics(train_set.tracks, spec.data.emotion_classes)
+                  if spec.data.expression_mode == "clip" else None)
     return {**ckpt.identity(resolved), "spec": resolved, "base_weights": base,
+            "expression_statistics": statistics,
             "init_from": ckpt.init_record(init) if init is not None else None,
             "catalog": {"root": catalog_uri(spec.train.catalog),
                         "version": manifest.get("version"),

@@ -118,6 +118,17 @@ def face_mask(affine: np.ndarray, box: np.ndarray, crop_size: int, size: int,
     return inside.astype(np.float32)
 
 
+def locator_mask(affines: np.ndarray, boxes: np.ndarray, crop_size: int, size: int) -> np.ndarray:
+    """float32[size, size]: EMO's face-locator mask of a window, the union of the face boxes of
+    the frames given (affines float[N, 2, 3] or [N, 6], boxes float[N, 4] in source px; frames
+    without a box add nothing). Training gives the window's frames; generation, which has no
+    frame yet, gives the reference's: one mask for every frame of the window in both."""
+    mask = np.zeros((size, size), np.float32)
+    for affine, box in zip(np.asarray(affines, np.float64), np.asarray(boxes, np.float64)):
+        np.maximum(mask, face_mask(affine, box, crop_size, size), out=mask)
+    return mask
+
+
 def valid_mask(affine: np.ndarray, width: int, height: int, crop_size: int, size: int,
                xy: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """float32[size, size]: 1 where the whole footprint of the resized crop pixel maps inside

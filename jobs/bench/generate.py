@@ -39,11 +39,13 @@ SENTENCE = "Hello there."
 
 
 def untrained_checkpoint(out: str | Path, model: dict | None = None, step: int = 0,
-                         train: dict | None = None) -> Path:
+                         train: dict | None = None,
+                         expression_statistics: dict | None = None) -> Path:
     """A checkpoint folder (training.checkpoint layout, config.json as the trainer writes it) of
     the tiny config (or `train`'s preset) with its initial weights; the catalog stages record the
     pipeline's default faces, audio and expression settings. `model`: ModelConfig overrides;
-    `train`: [train] values (e.g. model="base", models_root=...)."""
+    `train`: [train] values (e.g. model="base", models_root=...); `expression_statistics`: what
+    training.expression.emotion_statistics would have recorded (default: none)."""
     import torch  # heavy: torch
 
     from training import checkpoint as ckpt  # heavy: training imports torch
@@ -61,6 +63,7 @@ def untrained_checkpoint(out: str | Path, model: dict | None = None, step: int =
               for name, cfg in (("faces", FacesConfig()), ("audio", AudioConfig()),
                                 ("expression", ExpressionConfig()))}
     cfg = {**ckpt.identity(resolved), "spec": resolved, "step": step,
+           "expression_statistics": expression_statistics,
            "catalog": {"root": None, "version": None, "schema_version": None, "stages": stages}}
     return ckpt.save(out, step, net, ema, {"step": step}, cfg)
 

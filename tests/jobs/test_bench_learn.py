@@ -76,24 +76,41 @@ def test_an_injected_offset_is_recovered(talking, delay):
     assert result["driving"]["offset_frames"] == delay
 
 
-def test_verdict_checks_both_measures_against_their_own_real_floor():
-    row = {"speaker": "a",
-           "lip_sync": {"av_corr": {"offset_frames": 4, "confidence": 0.3}},
-           "lip_sync_mismatched": {"av_corr": {"offset_frames": 0, "confidence": 0.4}},
-           "lip_sync_truth": {"driving": {"offset_frames": -1, "confidence": 0.6},
-                              "mismatched": {"offset_frames": 7, "confidence": 0.2}},
-           "identity": {"dlib": {"same_person": True}}}
-    real = [{"confidence": 0.5, "lip_sync_truth": {"driving": {"confidence": 0.9}}},
-            {"confidence": 0.7, "lip_sync_truth": {"driving": {"confidence": 0.55}}}]
-    out = verdict([row], real)
-    assert out["real_confidence_floor"] == {"av_corr": 0.5, "truth": 0.55}
-    one = out["per_identity"][0]
-    assert one["same_person"] is True
-    assert one["av_corr"] == {"offset_frames": 4, "offset_within_1": False, "confidence": 0.3,
-                              "mismatched_confidence": 0.4, "above_mismatched": False,
-                              "in_real_range": False}
-    assert one["truth"]["offset_within_1"] and one["truth"]["above_mismatched"]
-    assert one["truth"]["in_real_range"]
+def test_verdict_checks_each_goal_per_identity_and_mode():
+    """Truth against 0.9x the same identity's real clip, av_corr against the catalog's keep
+    threshold (0.6), the expression video's own sentence at half the driving audio's at most;
+    the pass counts per mode and the overall verdict."""
+    def row(speaker, mode, truth_conf, av_conf, av_offset=0, same=True, own=None):
+        out = {"speaker": speaker, "mode": mode,
+               "lip_sync": {"av_corr": {"offset_frames": av_offset, "confidence": av_conf}},
+               "lip_sync_mismatched": {"av_corr": {"offset_frames": 3, "confidence": 0.3}},
+               "lip_sync_truth": {"driving": {"offset_frames": 0, "confidence": truth_conf},
+                                  "mismatched": {"offset_frames": 5, "confidence": 0.2}},
+               "identity": {"dlib": {"same_person": same}}}
+        if own is not None:
+            out["lip_sync_truth_expression_audio"] = {"offset_frames": 2, "confidence": own}
+        return out
+
+    real = [{"speaker": "a", "lip_sync_truth": {"driving": {"confidence": 1.0}}},
+            {"speaker": "b", "lip_sync_truth": {"driving": {"confidence": 0.5}}}]
+    rows = [row("a", "emotion", 0.95, 0.7), row("b", "emotion", 0.44, 0.5, av_offset=2),
+            row("a", "expression_from", 0.92, 0.65, own=0.4),
+            row("b", "expression_from", 0.6, 0.8, same=False, own=0.35)]
+    out = verdict(rows, real)
+    a_emotion, b_emotion, a_expr, b_expr = out["per_identity"]
+    assert a_emotion["truth"]["in_real_range"] and a_emotion["truth"]["real_confidence"] == 1.0
+    assert not b_emotion["truth"]["in_real_range"]  # 0.44 < 0.9 x 0.5
+    assert a_emotion["av_corr"]["in_real_range"] and not b_emotion["av_corr"]["in_real_range"]
+    assert not b_emotion["av_corr"]["offset_within_1"]
+    assert a_expr["follows_driving_audio"]["ok"]  # 0.92 >= 2 x 0.4
+    assert not b_expr["follows_driving_audio"]["ok"]  # 0.6 < 2 x 0.35
+    assert "follows_driving_audio" not in a_emotion
+    assert out["passed"]["emotion"]["truth_in_real_range"] == [1, 2]
+    assert out["passed"]["emotion"]["av_corr_keep_threshold"] == [1, 1]  # all but one
+    assert out["passed"]["expression_from"]["same_person"] == [1, 2]
+    assert out["passed"]["expression_from"]["follows_driving_audio"] == [1, 2]
+    assert out["all_goals_met"] is False
+    assert verdict([row("a", "emotion", 0.95, 0.7)], real[:1])["all_goals_met"] is True
     assert sync_goals({}, {}, None) == {"offset_frames": None, "offset_within_1": None,
                                         "confidence": None, "mismatched_confidence": None,
                                         "above_mismatched": None, "in_real_range": None}

@@ -178,6 +178,28 @@ def dataset_all(curated_catalog, curated_index):
     return WindowDataset(curated_catalog, curated_index, CFG, split="all")
 
 
+@pytest.fixture(scope="module")
+def dataset_frames(curated_catalog, curated_index):
+    """Per-frame expression and jaw pose (expression_mode "frame")."""
+    config = DataConfig(**{**CFG.__dict__, "expression_mode": "frame"})
+    return WindowDataset(curated_catalog, curated_index, config, split="all")
+
+
+def relative_expressions(tracks) -> dict[str, np.ndarray]:
+    """track_id -> its mean expression minus its person's neutral, from the tracks table (a
+    pandas frame indexed by track_id): the neutral is the mean of the person's tracks labelled
+    neutral, else the person's track of least expression_magnitude (3dmm: unbounded)."""
+    out = {}
+    for _, group in tracks[tracks["expression_status"] == "ok"].groupby("person_id"):
+        labelled = group[group["emotion_label"] == "neutral"]
+        neutral_rows = labelled if len(labelled) else group.loc[[group["expression_magnitude"]
+                                                                 .idxmin()]]
+        neutral = np.mean(np.stack(neutral_rows["expression_mean"]), axis=0)
+        for tid, mean in group["expression_mean"].items():
+            out[tid] = np.asarray(mean, np.float64) - neutral
+    return out
+
+
 def _track_index(dataset, track_id):
     return [t.track_id for t in dataset.tracks].index(track_id)
 
@@ -220,15 +242,15 @@ def test_alignment_of_flash_frame_and_click_row(dataset_all, curated_tracks):
 
 
 @pytest.mark.ray
-def test_per_frame_values_equal_the_catalog_rows(dataset_all, curated_catalog):
+def test_per_frame_values_equal_the_catalog_rows(dataset_frames, curated_catalog):
     frames = catalog.read_table(curated_catalog, "frames").to_pylist()
     rows = {(r["track_id"], r["frame"]): r for r in frames}
     tracks = {r["track_id"]: r for r in catalog.read_table(curated_catalog, "tracks").to_pylist()}
-    windows = dataset_all.windows(0)
+    windows = dataset_frames.windows(0)
     assert len(windows) >= 8
     for track, start, ref in windows[:6]:
-        sample = dataset_all[Window(track, start, ref)]
-        tid = dataset_all.tracks[track].track_id
+        sample = dataset_frames[Window(track, start, ref)]
+        tid = dataset_frames.tracks[track].track_id
         classes = catalog.schema.EMOTION_CLASSES[tracks[tid]["emotion_backend"]]
         for j in range(CFG.frames):
             r = rows[(tid, int(start) + j)]
@@ -435,6 +457,7 @@ def test_every_window_carries_the_catalog_rows_read_with_pandas(dataset_all, cur
     assert ids == sorted(ids)
     lengths = [int(frames.loc[t].index.max()) + 1 for t in ids]
     assert lengths == [dataset_all.tracks[i].length for i in range(len(ids))]
+    relative = relative_expressions(tracks)
     for epoch in (0, 1):
         windows = dataset_all.windows(epoch)
         assert np.array_equal(windows, draw_windows(lengths, CFG.frames, CFG.motion_frames,
@@ -448,21 +471,28 @@ def test_every_window_carries_the_catalog_rows_read_with_pandas(dataset_all, cur
             window = rows.iloc[start: start + CFG.frames]
             classes = catalog.schema.EMOTION_CLASSES[row["emotion_backend"]]
             order = [classes.index(c) for c in CFG.emotion_classes]
-            assert np.array_equal(sample["expression"], np.stack(window["expression"]))
-            assert np.array_equal(sample["jaw_pose"], np.stack(window["jaw_pose"]))
+            # clip-level expression: the same neutral-relative vector on every frame, no jaw
+            assert np.allclose(sample["expression"], np.tile(relative[tid], (CFG.frames, 1)),
+                               atol=1e-6)
+            assert not sample["jaw_pose"].any()
             assert np.array_equal(sample["emotion_probs"],
                                   np.stack(window["emotion_probs"])[:, order])
             speed = geo.head_speed(*(rows[c].to_numpy(np.float32) for c in ("yaw", "pitch",
                                                                                "roll")))
             assert np.array_equal(sample["head_speed"], speed[start: start + CFG.frames])
             crop = int(row["crop_size"])
+            faces = []
             for j, (_, r) in enumerate(window.iterrows()):
                 face, valid = geo.frame_masks(np.asarray(r["crop_affine"], np.float32),
                                               np.asarray(r["box"], np.float32),
                                               int(video["width"]), int(video["height"]), crop,
                                               CFG.size)
-                assert np.array_equal(sample["face_mask"][j, 0], face)
+                faces.append(face)
                 assert np.array_equal(sample["valid_mask"][j, 0], valid)
+            # the face locator: one mask for the window, the union of its frames' face boxes
+            assert np.array_equal(sample["face_mask"][:, 0],
+                                  np.broadcast_to(np.max(faces, axis=0), (CFG.frames, CFG.size,
+                                                                          CFG.size)))
             boxes = geo.mouth_boxes(np.stack(rows["landmarks"]).astype(np.float32))
             mouth = [geo.mouth_mask(boxes[k], crop, CFG.size) for k in range(start, start + 4)]
             assert np.array_equal(sample["mouth_mask"][:, 0], np.stack(mouth))

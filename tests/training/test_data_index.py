@@ -83,7 +83,8 @@ def test_the_index_holds_nothing_per_frame(short_catalog, long_catalog):
         sent = pickle.dumps(ds)
         worker = pickle.loads(sent)
         assert _arrays(worker) == []
-        assert all(isinstance(getattr(t, f.name), (str, int, float, type(None), type(t.rows)))
+        assert all(isinstance(getattr(t, f.name), (str, int, float, tuple, type(None),
+                                                    type(t.rows)))
                    for t in worker.tracks for f in dataclasses.fields(t))
         sizes[name] = len(sent)
     assert {t.length for t in WindowDataset(*long_catalog, CFG, split="all").tracks} == {400}
@@ -92,9 +93,10 @@ def test_the_index_holds_nothing_per_frame(short_catalog, long_catalog):
 
 
 def test_synthetic_windows_carry_the_catalog_rows(short_catalog):
-    """Each window's per-frame values against the frames table read with pandas."""
+    """Each window's per-frame values against the frames table read with pandas (per-frame
+    expression mode: each frame's own expression and jaw pose)."""
     root, ids = short_catalog
-    ds = WindowDataset(root, ids, CFG, split="all")
+    ds = WindowDataset(root, ids, dataclasses.replace(CFG, expression_mode="frame"), split="all")
     files = catalog.read.committed_files(root, "frames")
     rows = pd.concat([pd.read_parquet(f) for f in files]).set_index(["track_id", "frame"])
     lengths = [int(rows.loc[t.track_id].index.max()) + 1 for t in ds.tracks]

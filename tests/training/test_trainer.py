@@ -95,6 +95,27 @@ def test_each_condition_is_wired_in(curated_catalog, tmp_path, tiny_spec, condit
     assert loss_with(spec, without, batch) > 1.02 * last
 
 
+def test_audio_alone_fits_the_mouth_better_with_its_own_audio(curated_catalog, tmp_path,
+                                                               tiny_spec):
+    """The default expression mode gives no per-frame jaw pose or expression: a model that may
+    see only the audio (every other condition dropped, motion frames too) fits a fixed batch at
+    high noise, and on the mouth region (the loss restricted to the windows' mouth masks) each
+    sample's own audio fits better than another sample's (the batch's audio rolled by one)."""
+    from training.models import build_model
+
+    only_audio = {c: 0.0 if c == "audio" else 1.0 for c in config.CONDITIONS}
+    spec = tiny_spec(curated_catalog, tmp_path, dropout=only_audio)
+    assert spec.data.expression_mode == "clip"
+    batch = next(iter(build_datasets(spec)["train"].loader(0, batch_size=4)))
+    assert not batch["jaw_pose"].any()
+    assert (batch["expression"] == batch["expression"][:, :1]).all()  # one vector per window
+    _, last = overfit(build_model, spec, batch, steps=40, t_range=(700, 999))
+    mouth = {**batch, "valid_mask": batch["valid_mask"] * batch["mouth_mask"]}
+    other = {**mouth, "audio": batch["audio"].roll(1, 0)}
+    assert not torch.equal(other["audio"], mouth["audio"])
+    assert loss_with(spec, spec, other) > 1.02 * loss_with(spec, spec, mouth)
+
+
 def overfit(build_model, spec, batch, steps: int, t_range: tuple[int, int]):
     """(first loss, last loss) of `steps` AdamW steps on one batch with fixed noise draws."""
     from training.diffusion import make_scheduler
