@@ -149,11 +149,13 @@ def add_generate(sub) -> None:
     gen.add_argument("--reference", metavar="FACE", help="portrait photo (its largest face)")
     gen.add_argument("--audio", metavar="SPEECH", help="speech audio (any format FFmpeg reads)")
     gen.add_argument("--out", metavar="OUT.mp4", help="output video (H.264 + AAC, 25 fps)")
-    gen.add_argument("--emotion", help="one of the checkpoint's emotion classes")
-    gen.add_argument("--intensity", type=float, help="departure from the person's neutral "
-                     "(1 = their usual, 0 = neutral; default 1)")
+    gen.add_argument("--emotion", help="one of the checkpoint's emotion classes that its "
+                     "training set had tracks of (its expression vector from their statistics)")
+    gen.add_argument("--intensity", type=float, help="departure from the person's neutral, "
+                     "within [0, 3] (1 = their usual, 0 = neutral; default 1)")
     gen.add_argument("--expression-from", metavar="VIDEO",
-                     help="drive expression with the trajectory measured on this video")
+                     help="take the expression measured on this video (its clip-level vector; "
+                     "frame by frame for a checkpoint trained with per-frame expression)")
     gen.add_argument("--seed", type=int, help="noise seed (default 0): same seed, same video")
     gen.add_argument("--steps", type=int, help="DDIM steps per window (default 25)")
     gen.add_argument("--guidance-audio", type=float, help="guidance weight of audio, "

@@ -93,12 +93,11 @@ def train_and_generate(out: Path, minutes: float) -> dict:
     video = folder / "astronaut.mp4"
     generator = Generator(trained["checkpoint"])
     # the emotion most of the training tracks show, at intensity 1 (its expression vector from
-    # the checkpoint's statistics); 10 steps without guidance: about 0.2-0.5 s a frame on 2
-    # cores (guidance doubles or triples it)
+    # the checkpoint's statistics); 10 DDIM steps with `emoforge generate`'s guidance: about
+    # 0.5-1 s a frame on 2 cores
     emotion = most_trained_emotion(generator.expression_statistics)
     prepared = generator.prepare(Request(reference=str(photo), audio=str(speech), out=str(video),
-                                         emotion=emotion, steps=10, guidance_audio=1.0,
-                                         guidance_reference=1.0))
+                                         emotion=emotion, steps=10))
     generator.run(prepared)
     result = evaluate([video], reference=photo, audio=speech, evaluator=Evaluator(face_crop=True))
     row = result["clips"][0]

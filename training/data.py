@@ -7,8 +7,10 @@
 
 A sample is a window of F frames of a track's 25 fps face-crop clip, the M motion frames before
 it and a reference frame of the same track at least `reference_margin_frames` away, with the
-audio-feature rows (+-audio_context), expression, jaw pose, emotion probabilities, face and
-valid masks and head speed of each window frame. Windows are drawn by (seed, epoch); every rank
+audio-feature rows (+-audio_context), the expression condition (DataConfig.expression_mode:
+the track's clip-level vector, or each frame's expression and jaw pose), emotion
+probabilities, the face-locator mask (the union of the window's face boxes), the valid and
+mouth masks and head speed of each window frame. Windows are drawn by (seed, epoch); every rank
 gets the same number of batches (training.batching).
 
 The dataset holds one small `Track` per usable track (its files, length and where its frame

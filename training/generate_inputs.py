@@ -245,7 +245,8 @@ def expression_trajectory(path: str | Path, settings: CatalogSettings,
                           expected_dim: int) -> Trajectory:
     """Expression, jaw pose and head angles per 25 fps frame of a driving video, measured as the
     catalog measured its tracks: the largest face per frame, the catalog's crop, then the
-    catalog's expression backend on the crops and their landmarks. Frames without a face take
+    catalog's expression backend on the crops and their landmarks. GenerationInputError naming
+    the file when no face is found in more than half the frames. Frames without a face take
     their values from the nearest frames that have one (linear interpolation)."""
     from pipeline.media import MediaError, iter_frames
     from pipeline.models.expression import load_expression
@@ -294,8 +295,13 @@ def expression_trajectory(path: str | Path, settings: CatalogSettings,
                 add(measure(prev))
     except MediaError as exc:
         raise GenerationInputError(f"expression video {path} cannot be decoded: {exc}") from exc
-    if not crops or all(np.isnan(m).all() for m in marks):
+    missing = sum(bool(np.isnan(m).all()) for m in marks)
+    if not crops or missing == len(marks):
         raise GenerationInputError(f"no face found in any frame of the expression video {path}")
+    if missing > len(marks) / 2:
+        raise GenerationInputError(
+            f"no face found in {missing} of the {len(marks)} frames of the expression video "
+            f"{path} (at least half must show one): use a video where the face stays in view")
     model = load_expression(settings.expression_backend, **dict(settings.expression_options))
     if model.dim != expected_dim:
         raise GenerationInputError(
@@ -305,8 +311,7 @@ def expression_trajectory(path: str | Path, settings: CatalogSettings,
     angles = np.asarray(angles, np.float64)
     filled = [fill_gaps(np.asarray(v, np.float64).reshape(len(v), -1)) for v in
               (out.expression, out.jaw_pose, angles[:, :1], angles[:, 1:2], angles[:, 2:])]
-    log.info("expression from %s: %d frames, %d without a face", path, len(crops),
-             int(sum(np.isnan(m).all() for m in marks)))
+    log.info("expression from %s: %d frames, %d without a face", path, len(crops), missing)
     return Trajectory(*(v.astype(np.float32) for v in filled[:2]),
                       *(v[:, 0].astype(np.float32) for v in filled[2:]))
 

@@ -96,15 +96,6 @@ def crop_to_source(affine: np.ndarray, crop_size: int, size: int) -> tuple[np.nd
     return x, y
 
 
-def frame_masks(affine: np.ndarray, box: np.ndarray, width: int, height: int, crop_size: int,
-                size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(face_mask, valid_mask) of one frame, each float32[size, size] (see those functions),
-    from one evaluation of the pixel grid's source coordinates."""
-    xy = crop_to_source(affine, crop_size, size)
-    return (face_mask(affine, box, crop_size, size, xy),
-            valid_mask(affine, width, height, crop_size, size, xy))
-
-
 def face_mask(affine: np.ndarray, box: np.ndarray, crop_size: int, size: int,
               xy: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """float32[size, size]: 1 where the pixel centre's source position lies inside the face box

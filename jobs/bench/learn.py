@@ -29,6 +29,7 @@ import logging
 import os
 import shutil
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import cv2
@@ -61,6 +62,7 @@ def run(files: list[str] | None = None, minutes: float = 15.0, identities: int =
         sentences: int = 4, out: str | Path = "out/bench_learn", steps: int = 10,
         fresh_training: bool = True, max_steps: int | None = None) -> dict:
     from jobs.bench.denoise import denoising_profile  # heavy: imports torch
+    from training.generate import Request  # heavy: training imports torch
 
     if files:
         raise ValueError("bench learn builds its own corpus and takes no files")
@@ -85,6 +87,8 @@ def run(files: list[str] | None = None, minutes: float = 15.0, identities: int =
     return {
         "identities": list(names), "clips": len(clips), "sentences_per_identity": sentences,
         "train": {k: summary[k] for k in ("steps", "seconds", "tracks", "excluded", "overrides")},
+        "generation": {"ddim_steps": steps, **{f.name: f.default for f in fields(Request)
+                                               if f.name.startswith("guidance")}},
         "final_loss_mean_last_50": float(np.mean(summary["losses"][-50:])),
         "first_loss_mean_first_10": float(np.mean(summary["losses"][:10])),
         "seconds": {"corpus": corpus_s, "curate": curate_s, "train": train_s,
@@ -126,8 +130,8 @@ def train_tiny(root: Path, run_dir: Path, minutes: float, fresh: bool,
 
 
 def generate_and_evaluate(checkpoint: str, names: tuple[str, ...], clips: list, folder: Path,
-                          steps: int, guidance_audio: float = 1.0,
-                          guidance_reference: float = 1.0) -> list[dict]:
+                          steps: int, guidance_audio: float | None = None,
+                          guidance_reference: float | None = None) -> list[dict]:
     """Per identity and generation mode (MODES): its photo speaking the held-out sentence; lip
     sync against that sentence and against another one (and, with an expression video, against
     that video's sentence), identity against the photo."""
@@ -150,11 +154,12 @@ def generate_and_evaluate(checkpoint: str, names: tuple[str, ...], clips: list, 
         driver = min((c for c in clips if c.identity == name), key=lambda c: c.sentence)
         for mode in MODES:
             video = folder / f"{name}_held_out_{mode}.mp4"
-            # unguided by default (one model call per step): what the model itself learned, at
-            # a half to a third of the guided cost
+            # `emoforge generate`'s guidance unless given (1 and 1: unguided, a third the cost)
+            guidance = {k: v for k, v in (("guidance_audio", guidance_audio),
+                                          ("guidance_reference", guidance_reference))
+                        if v is not None}
             request = Request(reference=str(photo), audio=str(held_out), out=str(video),
-                              steps=steps, guidance_audio=guidance_audio,
-                              guidance_reference=guidance_reference,
+                              steps=steps, **guidance,
                               emotion=emotion if mode == "emotion" else None,
                               expression_from=str(driver.path) if mode != "emotion" else None)
             prepared = generator.prepare(request)

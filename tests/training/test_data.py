@@ -483,10 +483,10 @@ def test_every_window_carries_the_catalog_rows_read_with_pandas(dataset_all, cur
             crop = int(row["crop_size"])
             faces = []
             for j, (_, r) in enumerate(window.iterrows()):
-                face, valid = geo.frame_masks(np.asarray(r["crop_affine"], np.float32),
-                                              np.asarray(r["box"], np.float32),
-                                              int(video["width"]), int(video["height"]), crop,
-                                              CFG.size)
+                affine = np.asarray(r["crop_affine"], np.float32)
+                face = geo.face_mask(affine, np.asarray(r["box"], np.float32), crop, CFG.size)
+                valid = geo.valid_mask(affine, int(video["width"]), int(video["height"]), crop,
+                                       CFG.size)
                 faces.append(face)
                 assert np.array_equal(sample["valid_mask"][j, 0], valid)
             # the face locator: one mask for the window, the union of its frames' face boxes

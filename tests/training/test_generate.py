@@ -292,6 +292,24 @@ def test_expression_from_video_and_intensity(inputs):
         assert prepared.head_speed.shape == (n,) and np.isfinite(prepared.head_speed).all()
 
 
+def test_an_expression_video_mostly_without_a_face_is_refused(inputs, tmp_path):
+    """12 of 20 frames blank: refused naming the file and the count, before any generation."""
+    import skimage.data
+
+    from pipeline.media import write_video
+
+    tmp, _, reference, speech, gen = inputs
+    face = skimage.data.astronaut()[:320, 96:416]
+    frames = [face] * 8 + [np.full_like(face, 128)] * 12
+    video = tmp_path / "mostly_blank.mp4"
+    write_video(str(video), frames, fps=25)
+    with pytest.raises(generate_inputs.GenerationInputError,
+                       match=r"no face found in 12 of the 20 frames of the expression video "
+                             r".*mostly_blank.mp4"):
+        gen.prepare(Request(str(reference), str(speech), str(tmp / "z.mp4"),
+                            expression_from=str(video), **FAST))
+
+
 def test_emotion_gives_the_statistics_vector_scaled_by_intensity(inputs):
     tmp, _, reference, speech, gen = inputs
     prepared = gen.prepare(Request(str(reference), str(speech), str(tmp / "x.mp4"),
