@@ -123,7 +123,7 @@ LEARN_STEPS = 1300  # what the test trains; see docs/benchmarks.md, `learn`, for
 @pytest.mark.timeout(3600)  # the suite's default is 900 s a test
 def test_a_short_bench_learn_generates_lips_that_follow_the_driving_speech(tmp_path):
     """bench learn end to end (corpus, curation, jobs/train_tiny.toml as shipped trained
-    LEARN_STEPS steps, generation in both modes, evaluation: about 22 minutes on 2 cores). The
+    LEARN_STEPS steps, generation in both modes, evaluation: about 20 minutes on 2 cores). The
     renderer's truth says whether each identity's generated mouth follows the held-out sentence:
     within a frame, and better than it follows another sentence; with an expression video of
     another sentence, the lips still follow the driving audio."""
