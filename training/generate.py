@@ -176,18 +176,15 @@ class Generator:
         bounded = self.settings.expression_backend in BOUNDED_BACKENDS
         clip = self.expression_mode == "clip"
         if request.emotion is not None and clip:
-            vector = vector_for_emotion(self.expression_statistics, request.emotion,
-                                        request.intensity, bounded)
-            prepared.expression = np.repeat(vector[None], n, axis=0)
-            prepared.jaw_pose = np.zeros((n, 3), np.float32)
+            self._clip_expression(prepared, vector_for_emotion(
+                self.expression_statistics, request.emotion, request.intensity, bounded))
         if request.expression_from is not None:
             traj = expression_trajectory(request.expression_from, self.settings,
                                          self.model_cfg.expression_dim)
             loop = np.arange(n) % len(traj.expression)
             if clip:
-                vector = clip_vector(traj.expression, request.intensity, bounded)
-                prepared.expression = np.repeat(vector[None], n, axis=0)
-                prepared.jaw_pose = np.zeros((n, 3), np.float32)
+                self._clip_expression(prepared, clip_vector(traj.expression, request.intensity,
+                                                            bounded))
             else:
                 prepared.expression = scale_expression(traj.expression, request.intensity,
                                                        bounded)[loop]
@@ -197,6 +194,13 @@ class Generator:
         if speed is not None or request.expression_from is None:
             prepared.head_speed = np.full(n, speed or 0.0, np.float32)
         return prepared
+
+    @staticmethod
+    def _clip_expression(prepared: Prepared, vector: np.ndarray) -> None:
+        """One clip-level expression vector on every frame, no jaw pose (as training gives)."""
+        n = prepared.speech.frames
+        prepared.expression = np.repeat(vector[None], n, axis=0)
+        prepared.jaw_pose = np.zeros((n, 3), np.float32)
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
