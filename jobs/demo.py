@@ -18,7 +18,7 @@ from pathlib import Path
 import catalog
 from catalog.contract import AUDIO_RATE
 from catalog.select import LIP_SYNC_RULES
-from jobs.bench.lip_truth import box_at_size, clip_truth
+from jobs.bench.lip_truth import box_at_size, clip_truth, sync_goals
 from jobs.curate import curate
 from jobs.media.demo_corpus import build_demo_inputs
 from jobs.media.sources import speak
@@ -125,13 +125,12 @@ def demo_goals(row: dict) -> dict:
     same = ((row.get("identity") or {}).get("dlib") or {}).get("same_person")
     truth = row.get("lip_sync_truth") or {}
     driving, mismatched = truth.get("driving") or {}, truth.get("mismatched") or {}
-    truth_ok = (driving.get("offset_frames") is not None and abs(driving["offset_frames"]) <= 1
-                and (driving.get("confidence") or 0) > (mismatched.get("confidence") or 0))
+    truth_goals = sync_goals(driving, mismatched, None)
+    truth_ok = bool(truth_goals["offset_within_1"] and truth_goals["above_mismatched"])
     av = ((row.get("lip_sync") or {}).get("av_corr")) or {}
     rule = LIP_SYNC_RULES["av_corr"]
-    av_ok = (av.get("offset_frames") is not None
-             and abs(av["offset_frames"]) <= rule["max_abs_offset_frames"]
-             and (av.get("confidence") or 0) >= rule["min_confidence"])
+    av_goals = sync_goals(av, {}, rule["min_confidence"])
+    av_ok = bool(av_goals["offset_within_1"] and av_goals["in_real_range"])
     goals = {
         "face_found": {"value": round(face, 3), "goal": f">= {MIN_FACE_FRACTION:.0%}",
                        "ok": face >= MIN_FACE_FRACTION},

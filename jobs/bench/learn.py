@@ -39,7 +39,7 @@ from PIL import Image
 
 import catalog
 from catalog.contract import AUDIO_RATE
-from jobs.bench.lip_truth import box_at_size, clip_truth
+from jobs.bench.lip_truth import box_at_size, clip_truth, sync_goals
 from jobs.curate import curate as curate_spec
 from jobs.media.sources import speak
 from catalog.select import LIP_SYNC_RULES
@@ -281,15 +281,3 @@ def verdict(rows: list[dict], real: list[dict] | None = None) -> dict:
     return {"per_identity": out, "passed": passed, "all_goals_met": met,
             "goals": {"truth_real_ratio": REAL_RATIO, "av_corr_keep": KEEP_CONFIDENCE,
                       "expression_audio_ratio": EXPRESSION_AUDIO_RATIO}}
-
-
-def sync_goals(driving: dict, mismatched: dict, floor: float | None) -> dict:
-    """The lip-sync goals for one measure's results (offset_frames, confidence) against
-    the driving and a mismatched audio; `in_real_range`: the confidence reaches `floor`;
-    None where a number is missing."""
-    conf, other = driving.get("confidence"), mismatched.get("confidence")
-    offset = driving.get("offset_frames")
-    return {"offset_frames": offset, "offset_within_1": None if offset is None else abs(offset) <= 1,
-            "confidence": conf, "mismatched_confidence": other,
-            "above_mismatched": None if conf is None or other is None else conf > other,
-            "in_real_range": None if conf is None or floor is None else conf >= floor}

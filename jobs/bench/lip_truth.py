@@ -54,3 +54,15 @@ def clip_truth(frames: np.ndarray, box: tuple[int, int, int, int], audio: np.nda
     if mismatched is not None:
         out["mismatched"] = truth_sync(darkness, mismatched)
     return out
+
+
+def sync_goals(driving: dict, mismatched: dict, floor: float | None) -> dict:
+    """The lip-sync goals for one measure's results (offset_frames, confidence) against
+    the driving and a mismatched audio; `in_real_range`: the confidence reaches `floor`;
+    None where a number is missing."""
+    conf, other = driving.get("confidence"), mismatched.get("confidence")
+    offset = driving.get("offset_frames")
+    return {"offset_frames": offset, "offset_within_1": None if offset is None else abs(offset) <= 1,
+            "confidence": conf, "mismatched_confidence": other,
+            "above_mismatched": None if conf is None or other is None else conf > other,
+            "in_real_range": None if conf is None or floor is None else conf >= floor}

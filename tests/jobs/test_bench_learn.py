@@ -7,7 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from jobs.bench.learn import sync_goals, verdict
+from jobs.bench.learn import verdict
+from jobs.bench.lip_truth import sync_goals
 from jobs.bench.lip_truth import box_at_size, clip_truth, mouth_darkness
 from jobs.media.talking_face import (
     SENTENCES, drive_signal, mouth_interior_box, render, speech)
