@@ -44,7 +44,11 @@ class OptimConfig:
     weight_decay: float = 1e-2
     beta1: float = 0.9
     beta2: float = 0.999
-    warmup_steps: int = 50  # linear warm-up from 0, then constant
+    warmup_steps: int = 50  # linear warm-up from 0 to lr
+    # then lr until decay_steps optimizer steps (0: constant, no decay), falling on a half cosine
+    # to lr * final_lr_fraction from warm-up's end to decay_steps, constant after
+    decay_steps: int = 0
+    final_lr_fraction: float = 0.1
     grad_accum: int = 1  # micro-batches per optimizer step
     max_grad_norm: float = 1.0  # gradient clipping (0: off)
     # "adamw" (torch) or "adamw8bit" (bitsandbytes' 8-bit AdamW: a quarter of the optimizer
@@ -54,6 +58,11 @@ class OptimConfig:
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.decay_steps and self.decay_steps <= self.warmup_steps:
+            raise ValueError(f"decay_steps ({self.decay_steps}) must exceed warmup_steps "
+                             f"({self.warmup_steps}), or be 0 for a constant rate")
+        if not 0.0 <= self.final_lr_fraction <= 1.0:
+            raise ValueError(f"final_lr_fraction must be in [0, 1], got {self.final_lr_fraction}")
 
 
 @dataclass(frozen=True)
