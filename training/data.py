@@ -66,6 +66,12 @@ class CropSizeError(ValueError):
     upsampled); the message gives both sizes and the two ways out."""
 
 
+class ExpressionDimError(ValueError):
+    """The selected tracks' expression vectors have another length than the model's expression
+    condition (a catalog curated with another expression backend); training would silently
+    go without the condition, so it is refused with the lengths and the setting to change."""
+
+
 class MediaReadError(RuntimeError):
     """A track's clip or audio features cannot be read as the catalog describes them; the
     message names the file."""
@@ -227,6 +233,7 @@ class WindowDataset(torch.utils.data.Dataset):
         store = catalog.fs.resolve(self.root)
         need = geo.min_track_frames(cfg.frames, cfg.motion_frames, cfg.reference_margin_frames)
         frames = 0
+        other_lengths: dict[int, int] = {}  # expression vector length -> tracks
         for row in rows:
             tid = row["track_id"]
             where = located.get(tid)
@@ -249,6 +256,8 @@ class WindowDataset(torch.utils.data.Dataset):
             value = intensity.get(tid)
             label = row["emotion_label"]
             vector = relative.get(tid)
+            if vector is not None and len(vector) != cfg.expression_dim:
+                other_lengths[len(vector)] = other_lengths.get(len(vector), 0) + 1
             usable = (vector is not None and len(vector) == cfg.expression_dim
                       and all(np.isfinite(vector)))
             feats = row["audio_features_path"] or None
@@ -262,6 +271,13 @@ class WindowDataset(torch.utils.data.Dataset):
                 emotion_backend=row["emotion_backend"], rows=where,
                 expression=tuple(float(v) for v in vector) if usable else None))
             frames += where.frames
+        if other_lengths:
+            found = ", ".join(f"{n} tracks of {d} values" for d, n in sorted(other_lengths.items()))
+            raise ExpressionDimError(
+                f"{self.root}: the selected tracks' expression vectors ({found}) do not match "
+                f"the model's expression_dim {cfg.expression_dim}: set [model] expression_dim to "
+                f"the catalog's (blendshapes 45, 3dmm 10, deca 50), or select one backend's "
+                f"tracks with [select] expression_backend")
         if not self.tracks and self.split != "val":
             counts = ", ".join(f"{n} {r}" for r, n in sorted(self.excluded.items())) or "none"
             raise EmptyDatasetError(

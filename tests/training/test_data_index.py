@@ -18,7 +18,8 @@ import catalog
 from jobs.media.synthetic_catalog import write_training_catalog
 from training import windows as geo
 from training.batching import draw_windows
-from training.data import CropSizeError, DataConfig, MediaReadError, Window, WindowDataset
+from training.data import (CropSizeError, DataConfig, ExpressionDimError, MediaReadError, Window,
+                           WindowDataset)
 from training import frame_table
 from training.frame_table import (
     FRAME_COLUMNS,
@@ -120,6 +121,18 @@ def test_crops_smaller_than_the_image_size_are_refused(short_catalog):
                                             r"smaller than the model's 128 px image size.*"
                                             r"crop size of at least 128 px.*image_size <= 64"):
         WindowDataset(root, ids, DataConfig(**{**CFG.__dict__, "size": 128}), split="all")
+
+
+def test_expression_vectors_of_another_length_than_the_model_are_refused(short_catalog):
+    """A 3dmm catalog (10 values) under a model that takes blendshapes' 45 would otherwise train
+    without its expression condition."""
+    root, ids = short_catalog
+    # a selection as catalog.training_index writes it: each track's neutral-relative mean
+    ids = ids.append_column("expression_relative",
+                            pa.array([[0.1] * 10] * len(ids), pa.list_(pa.float32())))
+    WindowDataset(root, ids, CFG, split="all")  # the catalog's own length trains
+    with pytest.raises(ExpressionDimError, match=r"12 tracks of 10 values.*expression_dim 45"):
+        WindowDataset(root, ids, DataConfig(**{**CFG.__dict__, "expression_dim": 45}), split="all")
 
 
 def test_missing_files_are_named_when_read(tmp_path_factory):
