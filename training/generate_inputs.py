@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from catalog.contract import AUDIO_RATE, CROP_FPS, SAMPLES_PER_FRAME
+from catalog.schema import EXPRESSION_DIMS
 from pipeline.models.expression import DEFAULT_EXPRESSION_BACKEND
 from pipeline.models.geometry import CROP_SCALE, CROP_SIZE, CropSpec
 from pipeline.models.signal import fill_gaps
@@ -75,8 +76,16 @@ class CatalogSettings:
             speech_encoder=audio.get("encoder_engine", "torch" if audio else "onnxruntime"),
             vad=(float(audio.get("vad_threshold", 0.5)), float(audio.get("min_speech_s", 0.25)),
                  float(audio.get("min_silence_s", 0.1))),
-            expression_backend=expression.get("backend", DEFAULT_EXPRESSION_BACKEND),
+            expression_backend=expression.get("backend") or backend_of_model(config),
             expression_options=tuple((k, expression[k]) for k in exp_keys if k in expression))
+
+
+def backend_of_model(config: dict) -> str:
+    """The expression backend whose vector length the checkpoint's model takes (for a
+    checkpoint whose catalog recorded no expression stage); the default where none matches."""
+    dim = (((config.get("spec") or {}).get("model") or {}).get("expression_dim"))
+    by_length = {length: name for name, length in EXPRESSION_DIMS.items()}
+    return by_length.get(dim, DEFAULT_EXPRESSION_BACKEND)
 
 
 @dataclass

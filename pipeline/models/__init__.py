@@ -6,7 +6,7 @@ per task (heavy libraries load inside the factories):
     faces.load_face_backend(name="mediapipe", identity="dlib", threads=1) -> FaceBackend
     faces.load_identity(name="dlib", threads=1) -> IdentityEmbedder
     emotion.load_emotion(backend="fer+facex") -> EmotionModel  (crop_faces frames the input)
-    expression.load_expression(backend="3dmm", ...) -> ExpressionModel
+    expression.load_expression(backend="blendshapes", ...) -> ExpressionModel
     lip_sync.load_lip_sync(backend="av_corr", max_offset_frames=15, ...) -> LipSyncScorer
     speech.load_encoder(backend="whisper-base", engine="onnxruntime"), speech.load_vad(...),
     speech.encoder_features(encoder, audio, frames) -> float16[frames, D]

