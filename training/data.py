@@ -273,11 +273,12 @@ class WindowDataset(torch.utils.data.Dataset):
             frames += where.frames
         if other_lengths:
             found = ", ".join(f"{n} tracks of {d} values" for d, n in sorted(other_lengths.items()))
+            lengths = ", ".join(f"{name} {d}" for name, d in EXPRESSION_DIMS.items())
             raise ExpressionDimError(
                 f"{self.root}: the selected tracks' expression vectors ({found}) do not match "
                 f"the model's expression_dim {cfg.expression_dim}: set [model] expression_dim to "
-                f"the catalog's (blendshapes 45, 3dmm 10, deca 50), or select one backend's "
-                f"tracks with [select] expression_backend")
+                f"the catalog's ({lengths}), or select one backend's tracks with [select] "
+                f"expression_backend")
         if not self.tracks and self.split != "val":
             counts = ", ".join(f"{n} {r}" for r, n in sorted(self.excluded.items())) or "none"
             raise EmptyDatasetError(

@@ -85,7 +85,7 @@ OPTIONS = (
     Option("--backend", "backend_name", ("faces",), "face detector backend (default mediapipe)",
            str),
     Option("--expression-backend", "expression_backend", ("expression",),
-           "expression backend (default: the analyzer's, 3dmm)", str),
+           "expression backend (default: the analyzer's, blendshapes)", str),
     Option("--emotion-backends", "emotion_backends", ("expression",),
            "emotion backends compared", str, many=True),
     Option("--clips-per-set", "clips_per_set", ("sync",), "clips per test set (default 16)", int),
