@@ -258,8 +258,7 @@ class WindowDataset(torch.utils.data.Dataset):
             vector = relative.get(tid)
             if vector is not None and len(vector) != cfg.expression_dim:
                 other_lengths[len(vector)] = other_lengths.get(len(vector), 0) + 1
-            usable = (vector is not None and len(vector) == cfg.expression_dim
-                      and all(np.isfinite(vector)))
+            usable = vector is not None and all(np.isfinite(vector))  # other lengths: raised below
             feats = row["audio_features_path"] or None
             self.tracks.append(Track(
                 track_id=tid, person_id=row["person_id"], crop_path=store.uri_of(row["crop_path"]),

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from jobs.bench.learn import verdict
-from jobs.bench.lip_truth import sync_goals
-from jobs.bench.lip_truth import box_at_size, clip_truth, mouth_darkness
+from jobs.bench.lip_truth import box_at_size, clip_truth, mouth_darkness, sync_goals
 from jobs.media.talking_face import (
     SENTENCES, drive_signal, mouth_interior_box, render, speech)
 from tests.talking_face import face
