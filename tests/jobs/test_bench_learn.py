@@ -116,21 +116,20 @@ def test_verdict_checks_each_goal_per_identity_and_mode():
                                         "above_mismatched": None, "in_real_range": None}
 
 
-LEARN_STEPS = 1300  # what the test trains; see docs/benchmarks.md, `learn`, for the margin
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(3600)  # the suite's default is 900 s a test
 def test_a_short_bench_learn_generates_lips_that_follow_the_driving_speech(tmp_path):
-    """bench learn end to end (corpus, curation, jobs/train_tiny.toml as shipped trained
-    LEARN_STEPS steps, generation in both modes, evaluation: about 20 minutes on 2 cores). The
-    renderer's truth says whether each identity's generated mouth follows the held-out sentence:
-    within a frame, and better than it follows another sentence; with an expression video of
-    another sentence, the lips still follow the driving audio."""
+    """bench learn end to end with its defaults (corpus, curation, jobs/train_tiny.toml as
+    shipped trained learn.LEARN_STEPS steps, generation in both modes, evaluation: about 27
+    minutes on 2 cores). The renderer's truth says whether each identity's generated mouth
+    follows the held-out sentence: within a frame, better than it follows another sentence, and
+    most of the way to a real clip of the same identity at the model's size; with an expression
+    video of another sentence, the lips still follow the driving audio. See docs/benchmarks.md,
+    `learn`, for the figures these bounds leave a margin under."""
     from jobs.bench import learn
 
-    result = learn.run(minutes=90, max_steps=LEARN_STEPS, out=tmp_path / "bench_learn")
-    assert result["train"]["steps"] == LEARN_STEPS
+    result = learn.run(out=tmp_path / "bench_learn")
+    assert result["train"]["steps"] == learn.LEARN_STEPS
     assert [o.split("=")[0] for o in result["train"]["overrides"]] == [
         "train.catalog", "train.out", "train.max_minutes", "train.max_steps"]
     for mode in learn.MODES:
@@ -141,5 +140,7 @@ def test_a_short_bench_learn_generates_lips_that_follow_the_driving_speech(tmp_p
         assert len(in_sync) >= 3, per
         margin = np.mean([p["truth"]["confidence"] - p["truth"]["mismatched_confidence"]
                           for p in per])
-        assert margin > 0.1, per
+        assert margin > 0.2, per
+        ratio = np.mean([p["truth"]["confidence"] / p["truth"]["real_confidence"] for p in per])
+        assert ratio > 0.75, per
         assert sum(bool(p["same_person"]) for p in per) >= 3, per
