@@ -118,7 +118,7 @@ def test_verdict_checks_each_goal_per_identity_and_mode():
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)  # the suite's default is 900 s a test
-def test_a_short_bench_learn_generates_lips_that_follow_the_driving_speech(tmp_path):
+def test_bench_learn_generates_lips_that_follow_the_driving_speech(tmp_path):
     """bench learn end to end with its defaults (corpus, curation, jobs/train_tiny.toml as
     shipped trained learn.LEARN_STEPS steps, generation in both modes, evaluation: about 27
     minutes on 2 cores). The renderer's truth says whether each identity's generated mouth
