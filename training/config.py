@@ -193,7 +193,8 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Train
 # Fields added after checkpoints were written, per section, with the value that rebuilds what
 # those checkpoints were trained with (a missing field would otherwise take today's default)
 ADDED_FIELDS = {
-    "model": {"input_images": [], "audio_time_embedding": False, "audio_locator": False},
+    "model": {"input_images": [], "audio_time_embedding": False, "audio_locator": False,
+              "residual_scale": 0.0},
     "data": {"expression_mode": "frame"},
     "dropout": {"reference_only": 0.0, "unconditional": 0.0},
     "diffusion": {"reference_motion": 0.0},

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from training.config import CONDITIONS, DiffusionConfig, DropoutConfig
-from training.sampling import GUIDED, first_window_motion
+from training.sampling import GUIDED, first_window_motion, to_diffused
 
 # what the grouped drops take away (DropoutConfig.reference_only, .unconditional): the
 # conditions the sampler's "reference only" and unconditional branches leave out
@@ -158,11 +158,13 @@ def pixel_weights(valid_mask: torch.Tensor, mouth_mask: torch.Tensor, size: tupl
 def diffusion_loss(model, codec, scheduler, batch: dict, generators: list[torch.Generator],
                    spec) -> torch.Tensor:
     """The masked, min-SNR-weighted v-prediction loss of one collated micro-batch (`spec`: the
-    TrainSpec). `model`: the EmoModel (or its DDP wrapper); `codec`: the frozen codec beside it;
+    TrainSpec), on the frames' latents or their residual to the reference's (to_diffused).
+    `model`: the EmoModel (or its DDP wrapper); `codec`: the frozen codec beside it;
     `generators`: one random stream per sample (sample_generator)."""
     with torch.no_grad():
-        latents = encode_frames(codec, batch["frames"])
         reference = codec.encode(batch["reference"])
+        latents = to_diffused(encode_frames(codec, batch["frames"]), reference,
+                              spec.model.residual_scale)
         motion = encode_frames(codec, batch["motion"])
     noise, t, drop = draw_noise(latents, generators, spec.diffusion, spec.dropout)
     motion = augment_motion(motion, generators, spec.diffusion.motion_noise)

@@ -78,7 +78,10 @@ class Request:
     seed: int = 0
     steps: int = 25  # DDIM steps per window
     guidance_audio: float = 3.5  # weight of (full - reference only): audio, expression, emotion
-    guidance_reference: float = 1.5  # weight of (reference only - unconditional)
+    # weight of (reference only - unconditional); 1 leaves the unconditional branch out: a
+    # model that denoises the residual to the reference (the tiny one) draws the reference
+    # from it already, and more cost the identity (docs/design.md#training)
+    guidance_reference: float = 1.0
     head_speed: float | None = None  # deg/s; None: from expression_from, else 0
 
 

@@ -38,6 +38,23 @@ def first_window_motion(reference: torch.Tensor, frames: int) -> torch.Tensor:
     return reference[:, None].expand(reference.shape[0], frames, *reference.shape[1:]).clone()
 
 
+def to_diffused(latents: torch.Tensor, reference: torch.Tensor,
+                residual_scale: float) -> torch.Tensor:
+    """Frame latents [B,F,c,h,w] -> the denoiser's sample: themselves when `residual_scale`
+    (ModelConfig.residual_scale) is 0, else residual_scale x (latents - reference [B,c,h,w])."""
+    if not residual_scale:
+        return latents
+    return (latents - reference[:, None].to(latents.dtype)) * residual_scale
+
+
+def from_diffused(sample: torch.Tensor, reference: torch.Tensor,
+                  residual_scale: float) -> torch.Tensor:
+    """The inverse of `to_diffused`: the denoiser's sample [B,F,c,h,w] -> frame latents."""
+    if not residual_scale:
+        return sample
+    return sample / residual_scale + reference[:, None].to(sample.dtype)
+
+
 def branch_conditions(cond, branches: list[tuple[str, ...]], device: torch.device):
     """One Conditions for all guidance branches: every tensor repeated per branch and the
     drops of branch i (its names dropped for every sample, on top of `cond.drop`) in rows
@@ -59,10 +76,12 @@ def branch_conditions(cond, branches: list[tuple[str, ...]], device: torch.devic
 def denoise_window(model, scheduler, cond, shape: tuple[int, ...], steps: int = 25,
                    guidance_reference: float = 1.0, guidance_audio: float = 1.0,
                    generator: torch.Generator | None = None, fast: bool = True) -> torch.Tensor:
-    """Latents [B,F,c,h,w] (float32) for one window. `scheduler` is a DDIMScheduler with the
-    training schedule (training.diffusion.make_scheduler(cfg, "ddim")); `cond` a
+    """Frame latents [B,F,c,h,w] (float32) for one window. `scheduler` is a DDIMScheduler with
+    the training schedule (training.diffusion.make_scheduler(cfg, "ddim")); `cond` a
     models.Conditions whose `drop` says which conditions are absent anyway (a track without
-    audio). `fast`: reference features once per window, branches batched, bf16 on CUDA."""
+    audio). `fast`: reference features once per window, branches batched, bf16 on CUDA. A model
+    whose config (`model.cfg`) has a residual_scale denoises the residual to the reference,
+    which is added back (from_diffused)."""
     device = next(model.parameters()).device
     latents = torch.randn(shape, generator=generator).to(device)
     scheduler.set_timesteps(steps)
@@ -102,7 +121,8 @@ def denoise_window(model, scheduler, cond, shape: tuple[int, ...], steps: int = 
             v = base + guidance_audio * (v - v_ref)
         flat = scheduler.step(v.flatten(0, 1), t, latents.flatten(0, 1)).prev_sample
         latents = flat.reshape(shape)
-    return latents
+    residual_scale = getattr(getattr(model, "cfg", None), "residual_scale", 0.0)
+    return from_diffused(latents, cond.reference_latent.to(latents.device), residual_scale)
 
 
 def to_uint8(pixels: torch.Tensor) -> torch.Tensor:

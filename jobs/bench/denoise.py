@@ -50,8 +50,8 @@ def denoising_profile(checkpoint: str, batch_size: int = 4, ddim_steps: int = 25
     from training.config import CONDITIONS  # heavy: training imports torch
     from training.diffusion import add_noise, make_scheduler  # heavy: training imports torch
     from training.generate import Generator  # heavy: training imports torch
-    from training.sampling import denoise_window  # heavy: training imports torch
     from training.datasets import build_datasets, make_loader  # heavy: training imports torch
+    from training.sampling import denoise_window, from_diffused, to_diffused  # heavy: torch
     from training.diffusion import batch_conditions, encode_frames  # heavy: training imports torch
 
     generator = Generator(checkpoint, "cpu")
@@ -60,17 +60,19 @@ def denoising_profile(checkpoint: str, batch_size: int = 4, ddim_steps: int = 25
     batch = next(iter(make_loader(dataset, 0, 0, batch_size)))
     frames = encode_frames(codec, batch["frames"])
     keep_all = {name: torch.zeros(len(frames), dtype=torch.bool) for name in CONDITIONS}
-    cond = batch_conditions(batch, codec.encode(batch["reference"]),
-                            encode_frames(codec, batch["motion"]), keep_all)
+    reference = codec.encode(batch["reference"])
+    cond = batch_conditions(batch, reference, encode_frames(codec, batch["motion"]), keep_all)
+    scale = model.cfg.residual_scale
+    sample = to_diffused(frames, reference, scale)
     scheduler = make_scheduler(spec.diffusion)
     noise = torch.randn(frames.shape, generator=torch.Generator().manual_seed(seed))
     per_t = []
     for t in TIMESTEPS:
         steps = torch.full((len(frames),), t, dtype=torch.long)
-        noisy, target = add_noise(scheduler, frames, noise, steps)
+        noisy, target = add_noise(scheduler, sample, noise, steps)
         v = model(noisy, steps, cond)
         alpha_bar = scheduler.alphas_cumprod[t]
-        x0 = alpha_bar.sqrt() * noisy - (1 - alpha_bar).sqrt() * v
+        x0 = from_diffused(alpha_bar.sqrt() * noisy - (1 - alpha_bar).sqrt() * v, reference, scale)
         per_t.append({"t": t, "sigma": float((1 - alpha_bar).sqrt()),
                       "x0_rmse": float((x0 - frames).pow(2).mean().sqrt()),
                       "v_loss": float((v - target).pow(2).mean())})
@@ -137,6 +139,7 @@ def audio_response(model, codec, dataset, scheduler, pairs: int = 8, seed: int =
     from training.config import CONDITIONS  # heavy: training imports torch
     from training.diffusion import add_noise  # heavy: training imports torch
     from training.diffusion import batch_conditions, encode_frames  # heavy: training imports torch
+    from training.sampling import from_diffused, to_diffused  # heavy: training imports torch
 
     batch = paired_windows(dataset, pairs)
     b = len(batch["frames"])
@@ -150,18 +153,19 @@ def audio_response(model, codec, dataset, scheduler, pairs: int = 8, seed: int =
     own = batch_conditions(batch, reference, motion, drop)
     swapped = batch_conditions({**batch, "audio": batch["audio"][other],
                                 "audio_valid": batch["audio_valid"][other]}, reference, motion, drop)
-    frames = encode_frames(codec, batch["frames"])
+    scale = model.cfg.residual_scale
+    sample = to_diffused(encode_frames(codec, batch["frames"]), reference, scale)
     mouth = batch["mouth_mask"]
     real = mouth_brightness(batch["frames"], mouth)
     wanted = real - real[other]
-    noise = torch.randn(frames.shape, generator=torch.Generator().manual_seed(seed))
+    noise = torch.randn(sample.shape, generator=torch.Generator().manual_seed(seed))
     rows = []
     for t in AUDIO_TIMESTEPS:
         steps = torch.full((b,), t, dtype=torch.long)
-        noisy, _ = add_noise(scheduler, frames, noise, steps)
+        noisy, _ = add_noise(scheduler, sample, noise, steps)
         alpha_bar = scheduler.alphas_cumprod[t]
-        x0 = [alpha_bar.sqrt() * noisy - (1 - alpha_bar).sqrt() * model(noisy, steps, c)
-              for c in (own, swapped)]
+        x0 = [from_diffused(alpha_bar.sqrt() * noisy - (1 - alpha_bar).sqrt() * model(noisy, steps, c),
+                            reference, scale) for c in (own, swapped)]
         decoded = [codec.decode(x.flatten(0, 1)).reshape(batch["frames"].shape) for x in x0]
         effect = mouth_brightness(decoded[0], mouth) - mouth_brightness(decoded[1], mouth)
         rows.append({"t": t, **response(effect, wanted)})

@@ -17,6 +17,7 @@ import pytest
 
 import catalog
 from catalog.select import LIP_SYNC_RULES, SelectionError, Thresholds
+from jobs.demo import demo_goals
 from jobs.media.sources import MediaSourceError
 from jobs.media.synthetic_catalog import generate_catalog
 from jobs.report import data as report_data
@@ -320,8 +321,10 @@ def test_cli_writes_the_report(small, tmp_path):
 @pytest.mark.slow
 @needs_chromium
 def test_demo_catalog_report(tmp_path):
-    """`emoforge demo`, then its report in Chromium; the funnel matches plain Parquet reads.
-    EMOFORGE_DEMO_CATALOG=<folder> reuses a demo catalog already built."""
+    """`emoforge demo`, then its report in Chromium; the funnel matches plain Parquet reads. The
+    demo's generated clip meets the demo's goals (a face in 90% of the frames, the photo's
+    person, lips in sync with the speech: jobs.demo.demo_goals on the clip's evaluation).
+    EMOFORGE_DEMO_CATALOG=<folder> reuses a demo catalog already built (no clip, no goals)."""
     import os
 
     import pandas as pd
@@ -332,6 +335,10 @@ def test_demo_catalog_report(tmp_path):
                               check=False, capture_output=True, text=True, timeout=3000)
         assert done.returncode == 0, done.stderr[-3000:]
         root = next(p.parent for p in (tmp_path / "demo").rglob("_manifest.json"))
+        evaluation = json.loads((tmp_path / "demo" / "generated" / "evaluation.json").read_text())
+        goals = demo_goals(evaluation["clips"][0])
+        assert goals["all_met"] and goals == evaluation["demo_goals"], goals
+        assert "all demo goals met: yes" in done.stdout
     root = Path(root)
     out = write_report(root, tmp_path / "demo.html")
     shot = tmp_path / "demo.png"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from training.config import CONDITIONS, DiffusionConfig, DropoutConfig, branch_p
 from training.diffusion import (
     add_noise,
     augment_motion,
+    diffusion_loss,
     draw_noise,
     motion_from_reference,
     latent_mask,
@@ -24,7 +26,8 @@ from training.diffusion import (
     pixel_weights,
     sample_generator,
 )
-from training.sampling import GUIDED, first_window_motion
+from training.models import PixelCodec
+from training.sampling import GUIDED, first_window_motion, from_diffused, to_diffused
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -100,6 +103,56 @@ def test_v_target_and_noisy_input_follow_the_definitions():
     torch.testing.assert_close(noisy, a * x0 + s * noise)
     torch.testing.assert_close(target, a * noise - s * x0)
     torch.testing.assert_close(noisy[1], noise[1])  # terminal step: pure noise
+
+
+def test_the_residual_space_is_the_scaled_difference_to_the_reference():
+    frames = torch.randn(2, 3, 3, 4, 4)
+    reference = torch.randn(2, 3, 4, 4)
+    residual = to_diffused(frames, reference, 3.0)
+    torch.testing.assert_close(residual[1, 2], 3.0 * (frames[1, 2] - reference[1]))
+    torch.testing.assert_close(from_diffused(residual, reference, 3.0), frames)
+    assert to_diffused(frames, reference, 0.0) is frames  # EMO's: the frames themselves
+    assert from_diffused(frames, reference, 0.0) is frames
+
+
+class NoisyInputRecorder(torch.nn.Module):
+    """Predicts v = 0 and keeps the noisy sample it was given."""
+
+    def forward(self, noisy, t, cond):
+        self.noisy = noisy
+        return torch.zeros_like(noisy)
+
+
+@pytest.mark.parametrize("scale", [0.0, 3.0])
+def test_the_loss_noises_what_the_model_config_says_the_denoiser_diffuses(scale):
+    """The noisy input of the loss is a x sample + s x noise with the sample the frames
+    (residual_scale 0) or residual_scale x (frames - reference), with the noise and timestep
+    drawn from each sample's stream; its v = 0 prediction's loss is the target's square."""
+    b, f, s = 2, 3, 8
+    g = torch.Generator().manual_seed(0)
+    batch = {"frames": torch.rand(b, f, 3, s, s, generator=g) * 2 - 1,
+             "reference": torch.rand(b, 3, s, s, generator=g) * 2 - 1,
+             "motion": torch.zeros(b, 0, 3, s, s), "valid_mask": torch.ones(b, f, 1, s, s),
+             "mouth_mask": torch.zeros(b, f, 1, s, s), "audio": torch.zeros(b, f, 5, 8),
+             "audio_valid": torch.ones(b, dtype=torch.bool),
+             "expression": torch.zeros(b, f, 10),
+             "expression_valid": torch.ones(b, dtype=torch.bool),
+             "jaw_pose": torch.zeros(b, f, 3), "emotion": torch.zeros(b, dtype=torch.long),
+             "intensity": torch.ones(b), "face_mask": torch.ones(b, f, 1, s, s),
+             "reference_mouth": torch.zeros(b, 1, s, s), "head_speed": torch.zeros(b, f)}
+    spec = SimpleNamespace(model=SimpleNamespace(residual_scale=scale),
+                           diffusion=DiffusionConfig(min_snr_gamma=0), dropout=DropoutConfig())
+    sched = make_scheduler(spec.diffusion)
+    model = NoisyInputRecorder()
+    streams = lambda: [sample_generator(1, 0, j) for j in range(b)]  # noqa: E731
+    loss = diffusion_loss(model, PixelCodec(), sched, batch, streams(), spec)
+    sample = (batch["frames"] if scale == 0
+              else scale * (batch["frames"] - batch["reference"][:, None]))
+    noise, t, _ = draw_noise(sample, streams(), spec.diffusion, spec.dropout)
+    a = sched.alphas_cumprod[t].sqrt().view(b, 1, 1, 1, 1)
+    sigma = (1 - sched.alphas_cumprod[t]).sqrt().view(b, 1, 1, 1, 1)
+    torch.testing.assert_close(model.noisy, a * sample + sigma * noise)
+    torch.testing.assert_close(loss, (a * noise - sigma * sample).pow(2).mean())
 
 
 def test_min_snr_weights_per_sample():

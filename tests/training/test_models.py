@@ -14,7 +14,9 @@ from diffusers.models.attention_processor import AttnProcessor
 
 from training.models import DROPPABLE, Conditions, ModelConfig, build_codec, build_model
 
-SMALL = dict(image_size=32, frames=3, motion_frames=2)  # fast variant of tiny: 4x4 attention
+# a fast variant of tiny (4x4 attention) with both input images, so that the tests below
+# cover the "motion" one, which the tiny default leaves out
+SMALL = dict(image_size=32, frames=3, motion_frames=2, input_images=("reference", "motion"))
 
 
 def make_cond(cfg: ModelConfig, b: int, f: int, m: int, seed: int = 0) -> Conditions:
@@ -400,7 +402,7 @@ def test_input_images_start_with_no_effect(small):
     """The widened first convolution's new weights are zero: the model computes exactly what the
     same weights without input images compute."""
     cfg, model = small
-    assert cfg.input_images == ("reference", "motion")  # the tiny default
+    assert cfg.input_images == ("reference", "motion")  # SMALL's
     plain = build_model(dataclasses.replace(cfg, input_images=())).eval()
     state = model.state_dict()
     state["denoiser.conv_in.weight"] = state["denoiser.conv_in.weight"][:, :cfg.latent_channels]

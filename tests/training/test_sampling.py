@@ -5,6 +5,7 @@ features once per window, branches batched) against one call per branch on the t
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -62,6 +63,35 @@ def test_guidance_composes_the_predictions_with_the_branches_it_needs(g_ref, g_a
     t = manual.timesteps[0]
     expected = manual.step(torch.full((2, 3, 4, 4), v), t, start.flatten(0, 1)).prev_sample
     torch.testing.assert_close(out, expected.reshape(SHAPE))
+
+
+class ConstantX0(nn.Module):
+    """Predicts the v whose x0 is `x0` everywhere, for a model config of `residual_scale`."""
+
+    def __init__(self, x0: float, residual_scale: float) -> None:
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(1))
+        self.cfg = SimpleNamespace(residual_scale=residual_scale)
+        self.x0, self.alphas = x0, make_scheduler(DiffusionConfig()).alphas_cumprod
+
+    def forward(self, latents, timesteps, cond):
+        # x0 = sqrt(a) x - sqrt(1 - a) v  =>  v = (sqrt(a) x - x0) / sqrt(1 - a)
+        a = self.alphas[timesteps].view(-1, 1, 1, 1, 1)
+        return (a.sqrt() * latents - self.x0) / (1 - a).sqrt()
+
+
+@pytest.mark.parametrize("scale, expected", [(0.0, lambda ref: torch.full_like(ref, 0.6)),
+                                             (3.0, lambda ref: ref + 0.2)])
+def test_a_residual_model_adds_its_denoised_sample_to_the_reference(scale, expected):
+    """A model whose every prediction is x0 = 0.6: without residual_scale the frames are 0.6;
+    with residual_scale 3 the sample is 3 x (frames - reference), so the frames are the
+    reference + 0.2, in every frame of the window."""
+    reference = torch.randn(1, 3, 4, 4, generator=torch.Generator().manual_seed(2))
+    cond = Conditions(reference_latent=reference)
+    out = denoise_window(ConstantX0(0.6, scale), make_scheduler(DiffusionConfig(), "ddim"), cond,
+                         SHAPE, steps=4, generator=torch.Generator().manual_seed(0))
+    for frame in out[0]:
+        torch.testing.assert_close(frame, expected(reference)[0])
 
 
 @pytest.fixture(scope="module")

@@ -252,14 +252,18 @@ def test_spec_errors_name_what_is_valid():
 
 
 def test_a_checkpoint_from_before_input_images_rebuilds_its_model():
-    """Checkpoints written before `[model] input_images` and `audio_time_embedding` existed had
-    neither; today's tiny preset has both, whose weights those checkpoints lack."""
+    """Checkpoints written before `[model] input_images`, `audio_time_embedding` and
+    `residual_scale` existed had none of them (they denoised the frames themselves); today's
+    tiny preset has all three."""
     resolved = config.build({}).resolved()
-    assert resolved["model"]["input_images"] == ["reference", "motion"]
+    assert resolved["model"]["input_images"] == ["reference"]
     assert resolved["model"]["audio_time_embedding"] is True
-    del resolved["model"]["input_images"], resolved["model"]["audio_time_embedding"]
+    assert resolved["model"]["residual_scale"] == 3.0
+    for name in ("input_images", "audio_time_embedding", "residual_scale"):
+        del resolved["model"][name]
     old = config.from_resolved(resolved).model
     assert old.input_images == () and old.audio_time_embedding is False
+    assert old.residual_scale == 0.0
 
 
 @pytest.mark.ray
