@@ -22,7 +22,7 @@ real clip at the model's size, offset within 1 frame; av_corr offset within 1 fr
 at least the catalog's keep threshold and above the mismatched sentence's; the same person; with
 `--expression-from`, truth confidence against the driving audio at least twice that against the
 expression video's audio. Within 30 minutes on a 2-core machine (LEARN_STEPS at about 2 steps a
-second, the 8 clips generated with guidance in about 7 minutes).
+second, the 8 clips generated with guidance in about 5 minutes).
 """
 
 from __future__ import annotations
