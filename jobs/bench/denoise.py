@@ -51,7 +51,7 @@ def denoising_profile(checkpoint: str, batch_size: int = 4, ddim_steps: int = 25
     from training.diffusion import add_noise, make_scheduler  # heavy: training imports torch
     from training.generate import Generator  # heavy: training imports torch
     from training.datasets import build_datasets, make_loader  # heavy: training imports torch
-    from training.sampling import denoise_window, from_diffused, to_diffused  # heavy: torch
+    from training.sampling import denoise_window, to_diffused  # heavy: training imports torch
     from training.diffusion import batch_conditions, encode_frames  # heavy: training imports torch
 
     generator = Generator(checkpoint, "cpu")
@@ -71,9 +71,8 @@ def denoising_profile(checkpoint: str, batch_size: int = 4, ddim_steps: int = 25
         steps = torch.full((len(frames),), t, dtype=torch.long)
         noisy, target = add_noise(scheduler, sample, noise, steps)
         v = model(noisy, steps, cond)
-        alpha_bar = scheduler.alphas_cumprod[t]
-        x0 = from_diffused(alpha_bar.sqrt() * noisy - (1 - alpha_bar).sqrt() * v, reference, scale)
-        per_t.append({"t": t, "sigma": float((1 - alpha_bar).sqrt()),
+        x0 = predicted_frames(scheduler, t, noisy, v, reference, scale)
+        per_t.append({"t": t, "sigma": float((1 - scheduler.alphas_cumprod[t]).sqrt()),
                       "x0_rmse": float((x0 - frames).pow(2).mean().sqrt()),
                       "v_loss": float((v - target).pow(2).mean())})
     audio = audio_response(model, codec, dataset, scheduler, seed=seed)
@@ -94,6 +93,17 @@ def mouth_brightness(frames: torch.Tensor, mouth: torch.Tensor) -> torch.Tensor:
     area = mouth.sum(dim=(2, 3, 4))
     total = (frames * mouth).mean(dim=2, keepdim=True).sum(dim=(2, 3, 4))
     return torch.where(area > 0, total / area.clamp_min(1), torch.nan)
+
+
+def predicted_frames(scheduler, t: int, noisy: torch.Tensor, v: torch.Tensor,
+                     reference: torch.Tensor, residual_scale: float) -> torch.Tensor:
+    """The frame latents a v prediction at timestep t implies: x0 = sqrt(a) x_t - sqrt(1 - a) v
+    in the denoiser's space, brought back to frames (sampling.from_diffused)."""
+    from training.sampling import from_diffused  # heavy: training imports torch
+
+    alpha_bar = scheduler.alphas_cumprod[t]
+    x0 = alpha_bar.sqrt() * noisy - (1 - alpha_bar).sqrt() * v
+    return from_diffused(x0, reference, residual_scale)
 
 
 def response(effect: torch.Tensor, wanted: torch.Tensor) -> dict:
@@ -139,7 +149,7 @@ def audio_response(model, codec, dataset, scheduler, pairs: int = 8, seed: int =
     from training.config import CONDITIONS  # heavy: training imports torch
     from training.diffusion import add_noise  # heavy: training imports torch
     from training.diffusion import batch_conditions, encode_frames  # heavy: training imports torch
-    from training.sampling import from_diffused, to_diffused  # heavy: training imports torch
+    from training.sampling import to_diffused  # heavy: training imports torch
 
     batch = paired_windows(dataset, pairs)
     b = len(batch["frames"])
@@ -163,9 +173,8 @@ def audio_response(model, codec, dataset, scheduler, pairs: int = 8, seed: int =
     for t in AUDIO_TIMESTEPS:
         steps = torch.full((b,), t, dtype=torch.long)
         noisy, _ = add_noise(scheduler, sample, noise, steps)
-        alpha_bar = scheduler.alphas_cumprod[t]
-        x0 = [from_diffused(alpha_bar.sqrt() * noisy - (1 - alpha_bar).sqrt() * model(noisy, steps, c),
-                            reference, scale) for c in (own, swapped)]
+        x0 = [predicted_frames(scheduler, t, noisy, model(noisy, steps, c), reference, scale)
+              for c in (own, swapped)]
         decoded = [codec.decode(x.flatten(0, 1)).reshape(batch["frames"].shape) for x in x0]
         effect = mouth_brightness(decoded[0], mouth) - mouth_brightness(decoded[1], mouth)
         rows.append({"t": t, **response(effect, wanted)})
