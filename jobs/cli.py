@@ -161,7 +161,7 @@ def add_generate(sub) -> None:
     gen.add_argument("--seed", type=int, help="noise seed (default 0): same seed, same video")
     gen.add_argument("--steps", type=int, help="DDIM steps per window (default 25)")
     gen.add_argument("--guidance-audio", type=float, help="guidance weight of audio, "
-                     "expression and emotion (default 3.5; 1 = no guidance)")
+                     "expression and emotion (default 5; 1 = no guidance)")
     gen.add_argument("--guidance-reference", type=float,
                      help="guidance weight of the reference (default 1: no reference "
                      "guidance, two model calls a step instead of three)")
