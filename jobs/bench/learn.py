@@ -56,7 +56,9 @@ REPO = Path(__file__).resolve().parents[2]
 log = logging.getLogger(__name__)
 
 MODES = ("emotion", "expression_from")  # the generation modes evaluated
-REAL_RATIO = 0.9  # truth confidence goal: this share of the same identity's real clip's
+# truth goal: this much of the same identity's real clip's confidence, each taken as a share of
+# its sentence's perfect confidence (lip_truth: the real clip says another sentence)
+REAL_RATIO = 0.9
 KEEP_CONFIDENCE = LIP_SYNC_RULES["av_corr"]["min_confidence"]  # the catalog's av_corr keep rule
 EXPRESSION_AUDIO_RATIO = 2.0  # --expression-from: driving over the expression video's audio
 LEARN_STEPS = 2100  # training steps: what the bench and its slow test train by default
@@ -237,25 +239,29 @@ def track_landmarks(root: Path, track_id: str) -> np.ndarray:
 def verdict(rows: list[dict], real: list[dict] | None = None) -> dict:
     """The goals, checked per identity and generation mode on two lip-sync measures: the
     renderer's truth (jobs.bench.lip_truth) against the same identity's real clip at the
-    model's size (`real`, real_at_model_size), and the evaluator's bundled av_corr (mouth
-    opening from landmarks) against the catalog's keep threshold; and the identity on dlib.
-    `passed`: per mode, each goal's count of identities that meet it, and its target."""
-    real_truth = {r.get("speaker"): ((r.get("lip_sync_truth") or {}).get("driving") or {}
-                                     ).get("confidence") for r in (real or [])}
+    model's size (`real`, real_at_model_size; compared as shares of each sentence's perfect
+    confidence, as the two clips say different sentences), and the evaluator's bundled av_corr
+    (mouth opening from landmarks) against the catalog's keep threshold; and the identity on
+    dlib. `passed`: per mode, each goal's count of identities that meet it, and its target."""
+    real_truth = {r.get("speaker"): (r.get("lip_sync_truth") or {}).get("driving") or {}
+                  for r in (real or [])}
     out = []
     for row in rows:
         av = {key: (row.get(key) or {}).get("av_corr") or {}
               for key in ("lip_sync", "lip_sync_mismatched")}
         truth = row.get("lip_sync_truth") or {}
-        floor = real_truth.get(row["speaker"])
+        driving, real_driving = truth.get("driving") or {}, real_truth.get(row["speaker"]) or {}
         checks = {
             "speaker": row["speaker"], "mode": row.get("mode", "emotion"),
-            "truth": sync_goals(truth.get("driving") or {}, truth.get("mismatched") or {},
-                                None if floor is None else REAL_RATIO * floor),
+            "truth": sync_goals(driving, truth.get("mismatched") or {}, None),
             "av_corr": sync_goals(av["lip_sync"], av["lip_sync_mismatched"], KEEP_CONFIDENCE),
             "same_person": ((row.get("identity") or {}).get("dlib") or {}).get("same_person"),
         }
-        checks["truth"]["real_confidence"] = floor
+        share, real_share = driving.get("share"), real_driving.get("share")
+        checks["truth"].update(
+            real_confidence=real_driving.get("confidence"), share=share, real_share=real_share,
+            in_real_range=None if share is None or real_share is None
+            else share >= REAL_RATIO * real_share)
         if "lip_sync_truth_expression_audio" in row:
             own = row["lip_sync_truth_expression_audio"].get("confidence")
             conf = checks["truth"]["confidence"]

@@ -11,6 +11,7 @@ from jobs.bench.learn import verdict
 from jobs.bench.lip_truth import box_at_size, clip_truth, mouth_darkness, sync_goals
 from jobs.media.talking_face import (
     SENTENCES, drive_signal, mouth_interior_box, render, speech)
+from pipeline.models.lip_sync.av_sync import correlate_offsets
 from tests.talking_face import face
 
 SIZE = 64  # the tiny model's frames
@@ -76,23 +77,47 @@ def test_an_injected_offset_is_recovered(talking, delay):
     assert result["driving"]["offset_frames"] == delay
 
 
+def test_the_share_of_the_perfect_confidence_removes_each_sentence_s_own_scale():
+    """Rendered clips follow their truth exactly (up to the renderer's blur, noise and head
+    motion), yet their confidences differ with the sentence; as shares of each sentence's
+    perfect confidence they agree."""
+    box = box_at_size(face().landmarks, 160, SIZE)
+    confidence, share = [], []
+    for sentence in SENTENCES:
+        audio = speech(sentence)
+        opening = drive_signal(audio, len(audio) // 640)
+        driving = clip_truth(resized(render(face(), opening, seed=3)), box, audio)["driving"]
+        perfect = correlate_offsets(opening, opening).confidence  # the truth against itself
+        assert driving["perfect_confidence"] == pytest.approx(perfect)
+        assert driving["share"] == pytest.approx(driving["confidence"] / perfect)
+        confidence.append(driving["confidence"])
+        share.append(driving["share"])
+    assert np.ptp(confidence) > 0.1  # 1.00-1.19 over the corpus's sentences
+    assert np.ptp(share) < np.ptp(confidence) / 2
+    assert min(share) > 0.9 and max(share) < 1.05
+
+
 def test_verdict_checks_each_goal_per_identity_and_mode():
     """Truth against 0.9x the same identity's real clip, av_corr against the catalog's keep
     threshold (0.6), the expression video's own sentence at half the driving audio's at most;
     the pass counts per mode and the overall verdict."""
+    def truth(confidence, perfect=1.0):
+        return {"offset_frames": 0, "confidence": confidence, "perfect_confidence": perfect,
+                "share": confidence / perfect}
+
     def row(speaker, mode, truth_conf, av_conf, av_offset=0, same=True, own=None):
         out = {"speaker": speaker, "mode": mode,
                "lip_sync": {"av_corr": {"offset_frames": av_offset, "confidence": av_conf}},
                "lip_sync_mismatched": {"av_corr": {"offset_frames": 3, "confidence": 0.3}},
-               "lip_sync_truth": {"driving": {"offset_frames": 0, "confidence": truth_conf},
+               "lip_sync_truth": {"driving": truth(truth_conf),
                                   "mismatched": {"offset_frames": 5, "confidence": 0.2}},
                "identity": {"dlib": {"same_person": same}}}
         if own is not None:
             out["lip_sync_truth_expression_audio"] = {"offset_frames": 2, "confidence": own}
         return out
 
-    real = [{"speaker": "a", "lip_sync_truth": {"driving": {"confidence": 1.0}}},
-            {"speaker": "b", "lip_sync_truth": {"driving": {"confidence": 0.5}}}]
+    real = [{"speaker": "a", "lip_sync_truth": {"driving": truth(1.0)}},
+            {"speaker": "b", "lip_sync_truth": {"driving": truth(0.5)}}]
     rows = [row("a", "emotion", 0.95, 0.7), row("b", "emotion", 0.44, 0.5, av_offset=2),
             row("a", "expression_from", 0.92, 0.65, own=0.4),
             row("b", "expression_from", 0.6, 0.8, same=False, own=0.35)]
@@ -111,6 +136,12 @@ def test_verdict_checks_each_goal_per_identity_and_mode():
     assert out["passed"]["expression_from"]["follows_driving_audio"] == [1, 2]
     assert out["all_goals_met"] is False
     assert verdict([row("a", "emotion", 0.95, 0.7)], real[:1])["all_goals_met"] is True
+    # a real clip saying a sentence whose perfect confidence is 1.2: 1.14 is 0.95 of it, and
+    # 0.88 on a sentence whose perfect confidence is 1 is 0.88 of that, above 0.9 x 0.95
+    real_c = [{"speaker": "c", "lip_sync_truth": {"driving": truth(1.14, perfect=1.2)}}]
+    checked = verdict([row("c", "emotion", 0.88, 0.7)], real_c)["per_identity"][0]["truth"]
+    assert checked["in_real_range"] and checked["real_confidence"] == 1.14
+    assert checked["confidence"] < 0.9 * checked["real_confidence"]
     assert sync_goals({}, {}, None) == {"offset_frames": None, "offset_within_1": None,
                                         "confidence": None, "mismatched_confidence": None,
                                         "above_mismatched": None, "in_real_range": None}
