@@ -15,7 +15,7 @@ mean the mouth follows this audio's timing.
 
 The confidence (the best shift's correlation minus the median over shifts) has a scale of its
 own per sentence: a mouth that follows the truth exactly scores the truth's confidence against
-itself, 1.02 for bench learn's held-out sentence and 1.05-1.20 for its corpus sentences. Each
+itself, 1.02 for bench learn's held-out sentence and 1.00-1.20 for its corpus sentences. Each
 result carries that `perfect_confidence` and `share` = confidence / perfect_confidence, which
 compares clips that say different sentences (a generated clip and a real clip of the same
 identity).
