@@ -18,7 +18,8 @@
    opening the renderer would draw for the audio), which needs no landmarks at 64 px.
 
 Goals (`verdict`), per identity and mode: truth confidence at least 0.9x the same identity's
-real clip at the model's size, offset within 1 frame; av_corr offset within 1 frame, confidence
+real clip's at the model's size (each as a share of its own sentence's perfect confidence: the
+real clip says a corpus sentence), offset within 1 frame; av_corr offset within 1 frame, confidence
 at least the catalog's keep threshold and above the mismatched sentence's; the same person; with
 `--expression-from`, truth confidence against the driving audio at least twice that against the
 expression video's audio. Within 30 minutes on a 2-core machine (LEARN_STEPS at about 2 steps a
