@@ -52,10 +52,10 @@ def truth_sync(darkness: np.ndarray, audio: np.ndarray, vshift: int = 15) -> dic
     (None for an audio whose opening never changes)."""
     truth = drive_signal(audio, len(darkness))
     found = correlate_offsets(darkness, truth, vshift)
+    confidence = float(found.confidence)
     perfect = float(correlate_offsets(truth, truth, vshift).confidence)
-    return {"offset_frames": int(found.offset_frames), "confidence": float(found.confidence),
-            "perfect_confidence": perfect,
-            "share": float(found.confidence) / perfect if perfect > 1e-6 else None}
+    return {"offset_frames": int(found.offset_frames), "confidence": confidence,
+            "perfect_confidence": perfect, "share": confidence / perfect if perfect > 1e-6 else None}
 
 
 def clip_truth(frames: np.ndarray, box: tuple[int, int, int, int], audio: np.ndarray,
