@@ -25,6 +25,7 @@ from jobs.media.sources import speak
 from jobs.media.talking_corpus import build_talking_corpus, face_of
 from jobs.spec import DEFAULT_STAGES, build
 from pipeline.media import read_audio, read_frames
+from pipeline.run import runner
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ def run_demo(out: str | Path, stages: list[str] | None = None,
         raise RuntimeError(f"demo catalog failed validation: {problems}")
     print(f"catalog valid: {spec.out}  (try: emoforge catalog stats {spec.out})")
     if train_minutes > 0 and train_steps > 0 and set(DEFAULT_STAGES) <= set(spec.stages):
+        runner.stop_ray()  # training runs in this process: Ray's idle workers would share its cores
         summary["generated"] = train_and_generate(out, train_minutes, train_steps)
     return summary
 

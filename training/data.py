@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "all")
 EXPRESSION_MODES = ("clip", "frame")  # DataConfig.expression_mode
+DECODE_CHUNK = 256  # frames decoded at a time when a clip is decoded whole (decoded cache)
 TRACK_COLUMNS = ["track_id", "video_id", "person_id", "crop_path", "crop_size", "frame_count",
                  "audio_features_path", "emotion_backend", "emotion_label"]
 
@@ -104,6 +105,12 @@ class DataConfig:
     # window of it is read (never all at start-up); a file that fails then is logged by name.
     check_media: bool = True
     max_open_readers: int = 16  # decord readers kept open per worker
+    # Decoded crops (at `size`) kept in memory per data process when all of the split's frames
+    # fit in this many MiB: each clip is then decoded whole once, at its first window, instead
+    # of seeking per window (decord's random access costs about 35 ms a window on 2 cores, a
+    # sixth of a tiny-model step; docs/training-data.md). 1024 MiB holds about an hour of
+    # video at 64 px, a minute at 512 px; 0: decode every window from its clip.
+    decoded_cache_mib: int = 1024
     def __post_init__(self) -> None:
         object.__setattr__(self, "emotion_classes", tuple(self.emotion_classes))  # TOML lists
         checks = {"size": self.size >= 8, "frames": self.frames >= 1,
@@ -115,7 +122,8 @@ class DataConfig:
                   "emotion_classes": len(self.emotion_classes) >= 1,
                   "windows_per_second": self.windows_per_second > 0,
                   "val_fraction": 0.0 <= self.val_fraction <= 1.0,
-                  "max_open_readers": self.max_open_readers >= 1}
+                  "max_open_readers": self.max_open_readers >= 1,
+                  "decoded_cache_mib": self.decoded_cache_mib >= 0}
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             listing = ", ".join(f"{b}={getattr(self, b)!r}" for b in bad)
@@ -197,6 +205,19 @@ class WindowDataset(torch.utils.data.Dataset):
         self._frames = FrameReader(self.root, self.config.expression_dim,
                                    self.config.emotion_classes, cache_dir=frame_cache)
         self._build(selection)
+        # track index -> uint8[N, S, S, 3], every frame of its clip; None: decode per window
+        self._decoded: dict[int, np.ndarray] | None = {} if self.decoded_fits() else None
+        self._per_window: set[int] = set()  # tracks whose whole clip failed to decode
+        if self._decoded is not None:
+            log.info("data: %s split: each clip decoded whole once and kept (within "
+                     "decoded_cache_mib=%d)", split, self.config.decoded_cache_mib)
+
+    def decoded_fits(self) -> bool:
+        """Whether every frame of this split, decoded at the model's size, fits in
+        DataConfig.decoded_cache_mib (then each clip is decoded whole, once per process)."""
+        size = self.config.size
+        need = sum(t.length for t in self.tracks) * size * size * 3
+        return 0 < need <= self.config.decoded_cache_mib * 2**20
 
     # ---------------------------------------------------------------- building
     def _exclude(self, track_id: str, reason: str) -> None:
@@ -348,6 +369,8 @@ class WindowDataset(torch.utils.data.Dataset):
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_readers"] = OrderedDict()  # decord readers are per process, opened lazily
+        if state["_decoded"] is not None:  # so is the decoded cache, filled as windows are read
+            state["_decoded"] = {}
         return state
 
     def _local(self, rel: str) -> str:
@@ -375,25 +398,54 @@ class WindowDataset(torch.utils.data.Dataset):
         return reader
 
     def decode(self, track: int, indices: np.ndarray) -> np.ndarray:
-        """uint8[N, S, S, 3] RGB frames `indices` of a track's crop clip, resized to size.
-        MediaReadError naming the clip when it is missing, unreadable or too short."""
+        """uint8[N, S, S, 3] RGB frames `indices` of a track's crop clip, resized to size
+        (from the decoded cache when the split fits it: `decoded_fits`). MediaReadError naming
+        the clip when it is missing, unreadable or too short."""
+        indices = np.asarray(indices, np.int64)
+        frames = None if self._decoded is None else self._decoded.get(track)
+        if frames is None and self._decoded is not None and track not in self._per_window:
+            self._reader(self.tracks[track].crop_rel)  # a missing or unreadable clip raises here
+            try:
+                frames = self._decoded[track] = self._decode_frames(track, None)
+            except MediaReadError as exc:  # a damaged stretch: the windows outside it still read
+                log.warning("data: %s; decoding this clip's windows one by one", exc)
+                self._per_window.add(track)
+        if frames is None:
+            unique, inverse = np.unique(indices, return_inverse=True)
+            return self._decode_frames(track, unique)[inverse.reshape(-1)]
+        if len(indices) and indices.max() >= len(frames):
+            raise self._too_short(track, len(frames), int(indices.max()))
+        return frames[indices]
+
+    def _decode_frames(self, track: int, unique: np.ndarray | None) -> np.ndarray:
+        """uint8[N, S, S, 3]: the sorted, distinct frames `unique` of a track's clip (None:
+        every frame, decoded in order a chunk at a time), resized to size."""
         t = self.tracks[track]
-        unique, inverse = np.unique(np.asarray(indices, np.int64), return_inverse=True)
         reader = self._reader(t.crop_rel)
-        if len(unique) and unique[-1] >= len(reader):
-            raise MediaReadError(f"{t.crop_path}: the face-crop clip has {len(reader)} frames, "
-                                 f"the catalog's frames table {t.length}; frame {unique[-1]} "
-                                 "was asked for")
-        try:
-            raw = reader.get_batch(unique.tolist()).asnumpy()
-        except Exception as exc:  # noqa: BLE001 - decord raises its own and RuntimeErrors
-            raise MediaReadError(f"{t.crop_path}: decoding frames failed ({type(exc).__name__}: "
-                                 f"{exc})") from exc
-        size = self.config.size
-        if raw.shape[1:3] != (size, size):
-            mode = cv2.INTER_AREA if raw.shape[1] > size else cv2.INTER_LINEAR
-            raw = np.stack([cv2.resize(f, (size, size), interpolation=mode) for f in raw])
-        return raw[inverse.reshape(-1)]
+        if unique is None:
+            chunks = [np.arange(s, min(s + DECODE_CHUNK, len(reader)), dtype=np.int64)
+                      for s in range(0, len(reader), DECODE_CHUNK)]
+        elif len(unique) and unique[-1] >= len(reader):
+            raise self._too_short(track, len(reader), int(unique[-1]))
+        else:
+            chunks = [unique]
+        size, out = self.config.size, []
+        for chunk in chunks:
+            try:
+                raw = reader.get_batch(chunk.tolist()).asnumpy()
+            except Exception as exc:  # noqa: BLE001 - decord raises its own and RuntimeErrors
+                raise MediaReadError(f"{t.crop_path}: decoding frames failed "
+                                     f"({type(exc).__name__}: {exc})") from exc
+            if raw.shape[1:3] != (size, size):
+                mode = cv2.INTER_AREA if raw.shape[1] > size else cv2.INTER_LINEAR
+                raw = np.stack([cv2.resize(f, (size, size), interpolation=mode) for f in raw])
+            out.append(raw)
+        return np.concatenate(out) if out else np.zeros((0, size, size, 3), np.uint8)
+
+    def _too_short(self, track: int, frames: int, asked: int) -> MediaReadError:
+        t = self.tracks[track]
+        return MediaReadError(f"{t.crop_path}: the face-crop clip has {frames} frames, the "
+                              f"catalog's frames table {t.length}; frame {asked} was asked for")
 
     def features(self, track: int) -> np.ndarray | None:
         """float16[T, audio_dim] audio features of a track (memory-mapped; T >= its length),

@@ -441,8 +441,74 @@ def test_missing_or_broken_files_are_named_when_read(curated_catalog, curated_in
     assert f"{broken}: audio features unreadable" in caplog.text
     assert ds.decode_failures == {kept[0]: 1, kept[1]: 1}
     assert len(next(iter(ds.loader(0, 1)))["frames"]) == 1
-    Path(ds.tracks[2].crop_path).write_bytes(b"\0" * 100)
-    assert ds[Window(2, 10, 60)]["track_index"] == 3
+    # damaged after the dataset was built, before any of its windows was read (a clip already
+    # decoded into the decoded cache would be served from memory)
+    later = WindowDataset(root, curated_index, CFG, split="all")
+    Path(later.tracks[2].crop_path).write_bytes(b"\0" * 100)
+    assert later[Window(2, 10, 60)]["track_index"] == 3
+
+
+@pytest.mark.ray
+def test_the_decoded_cache_holds_the_frames_each_window_decodes(curated_catalog, curated_index):
+    """With the split within decoded_cache_mib, each clip is decoded whole once and windows are
+    cut from memory: the same pixels as decoding each window's frames from its clip, and as
+    PyAV's decode of the clip resized the same way. Below the split's size, nothing is kept."""
+    from pipeline.media import iter_frames
+
+    cached = WindowDataset(curated_catalog, curated_index, CFG, split="all")
+    per_window = WindowDataset(curated_catalog, curated_index,
+                               DataConfig(**{**CFG.__dict__, "decoded_cache_mib": 0}), split="all")
+    split_bytes = sum(t.length for t in cached.tracks) * CFG.size * CFG.size * 3
+    assert cached.decoded_fits() and not per_window.decoded_fits()
+    assert split_bytes > 2**20
+    tight = DataConfig(**{**CFG.__dict__, "decoded_cache_mib": 1})
+    assert not WindowDataset(curated_catalog, curated_index, tight, split="all").decoded_fits()
+    for track in range(len(cached.tracks)):
+        indices = np.array([30, 12, 13, 14, 15, 12, cached.tracks[track].length - 1])
+        got = cached.decode(track, indices)
+        assert np.array_equal(got, per_window.decode(track, indices))
+        crop = cached.tracks[track].crop_path
+        pyav = np.stack([cv2.resize(f.image, (CFG.size, CFG.size), interpolation=cv2.INTER_AREA)
+                         for f in iter_frames(crop)])
+        errors = np.abs(pyav[indices].astype(np.int16) - got.astype(np.int16)).mean()
+        assert errors < 2.0
+    assert sorted(cached._decoded) == list(range(len(cached.tracks)))
+    assert per_window._decoded is None
+
+
+@pytest.mark.ray
+def test_a_clip_that_fails_part_way_still_gives_its_other_windows(curated_catalog,
+                                                                  curated_index, caplog):
+    """When a clip cannot be decoded whole (its frames from 40 on fail), the decoded cache
+    falls back to that clip's windows one by one: windows before the damage read, a window
+    over it raises MediaReadError naming the clip."""
+    from training.data import MediaReadError
+
+    ds = WindowDataset(curated_catalog, curated_index, CFG, split="all")
+    reference = WindowDataset(curated_catalog, curated_index,
+                              DataConfig(**{**CFG.__dict__, "decoded_cache_mib": 0}), split="all")
+
+    class FailsFrom40:
+        def __init__(self, reader):
+            self.reader = reader
+
+        def __len__(self):
+            return len(self.reader)
+
+        def get_batch(self, indices):
+            if max(indices) >= 40:
+                raise RuntimeError("corrupt slice")
+            return self.reader.get_batch(indices)
+
+    open_reader = ds._reader
+    ds._reader = lambda rel: FailsFrom40(open_reader(rel))
+    with caplog.at_level("WARNING", logger="training.data"):
+        early = ds.decode(0, np.arange(10, 17))
+    assert np.array_equal(early, reference.decode(0, np.arange(10, 17)))
+    assert "decoding this clip's windows one by one" in caplog.text
+    assert 0 not in ds._decoded
+    with pytest.raises(MediaReadError, match=Path(ds.tracks[0].crop_path).name):
+        ds.decode(0, np.arange(38, 45))
 
 
 @pytest.mark.ray
