@@ -3,6 +3,8 @@ itself: a short training on the synthetic talking-face corpus whose mouths follo
 
 from __future__ import annotations
 
+import json
+
 import cv2
 import numpy as np
 import pytest
@@ -161,6 +163,8 @@ def test_bench_learn_generates_lips_that_follow_the_driving_speech(tmp_path):
     from jobs.bench import learn
 
     result = learn.run(out=tmp_path / "bench_learn")
+    # the figures beside the work folder, as `emoforge bench learn --out` writes them
+    (tmp_path / "bench_learn.json").write_text(json.dumps(result, indent=1, default=str))
     assert result["train"]["steps"] == learn.LEARN_STEPS
     assert [o.split("=")[0] for o in result["train"]["overrides"]] == [
         "train.catalog", "train.out", "train.max_minutes", "train.max_steps"]
