@@ -128,7 +128,7 @@ def add_demo(sub) -> None:
     demo.add_argument("--stages", help="comma-separated stages (default: all available)")
     demo.add_argument("--train-steps", type=int,
                       help="train the tiny model this many steps on the demo catalog, then "
-                      "generate and evaluate a clip (default 450: 4-5 minutes on 2 cores)")
+                      "generate and evaluate a clip (default 450: about 3 minutes on 2 cores)")
     demo.add_argument("--train-minutes", type=float,
                       help="a cap on the training time (default 10)")
     demo.add_argument("--no-train", action="store_true", help="curate only")

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 DEMO_SPEAKERS = ("astronaut", "happy", "surprise")  # synthetic talking faces in the corpus
 GENERATE_TEXT = "Nice to meet you. I learned to talk from a few short clips."
 OTHER_TEXT = "The weather was cold and grey all week long."  # for the mismatched lip sync
-TRAIN_STEPS = 450  # the tiny model's training in `make demo`: 4-5 minutes on 2 cores
+TRAIN_STEPS = 450  # the tiny model's training in `make demo`: about 3 minutes on 2 cores
 TRAIN_MINUTES = 10.0  # a cap on the training time besides (the steps come first on 2 cores)
 MIN_FACE_FRACTION = 0.9  # the demo's goals for its generated clip (`demo_goals`)
 

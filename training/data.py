@@ -107,10 +107,11 @@ class DataConfig:
     max_open_readers: int = 16  # decord readers kept open per worker
     # Decoded crops (at `size`) kept in memory per data process when all of the split's frames
     # fit in this many MiB: each clip is then decoded whole once, at its first window, instead
-    # of seeking per window (decord's random access costs about 35 ms a window on 2 cores, a
-    # sixth of a tiny-model step; docs/training-data.md). 1024 MiB holds about an hour of
-    # video at 64 px, a minute at 512 px; 0: decode every window from its clip.
+    # of seeking per window (decord's random access costs 26-35 ms a window on 2 cores: an
+    # eighth to a sixth of a tiny-model step; docs/training-data.md). 1024 MiB holds about an
+    # hour of video at 64 px, a minute at 512 px; 0: decode every window from its clip.
     decoded_cache_mib: int = 1024
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "emotion_classes", tuple(self.emotion_classes))  # TOML lists
         checks = {"size": self.size >= 8, "frames": self.frames >= 1,
