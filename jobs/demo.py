@@ -25,7 +25,6 @@ from jobs.media.sources import speak
 from jobs.media.talking_corpus import build_talking_corpus, face_of
 from jobs.spec import DEFAULT_STAGES, build
 from pipeline.media import read_audio, read_frames
-from pipeline.run import runner
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +55,15 @@ def run_demo(out: str | Path, stages: list[str] | None = None,
     inputs = demo_inputs(out / "inputs")
     spec = build({"job": {"inputs": [str(p) for p in inputs], "out": str(out / "catalog"),
                           "stages": list(stages or DEFAULT_STAGES)}})
-    result, _ = curate(spec)
+    train = train_minutes > 0 and train_steps > 0 and set(DEFAULT_STAGES) <= set(spec.stages)
+    result, _ = curate(spec, release_ray=train)  # training runs next, in this process
     summary = summarize(spec.out, result)
     problems = catalog.validate(spec.out)
     print(format_summary(summary))
     if problems:
         raise RuntimeError(f"demo catalog failed validation: {problems}")
     print(f"catalog valid: {spec.out}  (try: emoforge catalog stats {spec.out})")
-    if train_minutes > 0 and train_steps > 0 and set(DEFAULT_STAGES) <= set(spec.stages):
-        runner.stop_ray()  # training runs in this process: Ray's idle workers would share its cores
+    if train:
         summary["generated"] = train_and_generate(out, train_minutes, train_steps)
     return summary
 

@@ -51,7 +51,6 @@ from jobs.media.talking_corpus import HELD_OUT, IDENTITIES, build_talking_corpus
 from jobs.media.talking_face import SENTENCES
 from jobs.spec import build
 from pipeline.media import iter_frames, read_audio, read_frames, write_video
-from pipeline.run import runner
 from pipeline.run.plan import FingerprintError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -114,16 +113,15 @@ def run(files: list[str] | None = None, minutes: float = LEARN_MINUTES, identiti
 
 def curate(inputs: list[str], root: Path) -> None:
     """Every stage and the persons pass (committed shards are skipped on a re-run; a catalog
-    that an older version of a stage built is curated afresh: it is the bench's own); then the
-    local Ray stops."""
+    that an older version of a stage built is curated afresh: it is the bench's own); a local
+    Ray this started stops (jobs.curate's release_ray)."""
     spec = build({"job": {"inputs": inputs, "out": str(root)}})
     try:
-        curate_spec(spec)
+        curate_spec(spec, release_ray=True)  # training runs next, in this process
     except FingerprintError as err:
         log.warning("%s: curating the bench's catalog afresh", err)
         shutil.rmtree(root)
-        curate_spec(spec)
-    runner.stop_ray()  # training runs in this process: Ray's idle workers would share its cores
+        curate_spec(spec, release_ray=True)
 
 
 def train_tiny(root: Path, run_dir: Path, minutes: float, fresh: bool,

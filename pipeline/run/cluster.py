@@ -20,6 +20,13 @@ def init_ray(config: RunnerConfig) -> None:
         ray.init(num_cpus=config.num_cpus, include_dashboard=False, log_to_driver=False)
 
 
+def ray_connected() -> bool:
+    """Whether this process is connected to a Ray (started here or attached)."""
+    import ray  # heavy: see init_ray
+
+    return ray.is_initialized()
+
+
 def stop_ray() -> None:
     """Disconnect from Ray (and stop the local Ray this process started), e.g. between runs of
     different sizes in one process."""

@@ -24,7 +24,7 @@ from catalog import fs, layout
 from catalog.commits import Lease, clean_orphans, read_commits
 from catalog.manifest import write_manifest
 from catalog.read import read_table
-from pipeline.run.cluster import cluster_cpus, configure_data, init_ray, stop_ray
+from pipeline.run.cluster import cluster_cpus, configure_data, init_ray, ray_connected, stop_ray
 from pipeline.run.config import LicenseError, RunnerConfig, check_commercial
 from pipeline.run.inputs import absolute_uri, hash_inputs
 from pipeline.run.job import JobSpec
@@ -38,7 +38,7 @@ from pipeline.stages.registry import load_stage_class
 
 # the runner's interface in one place: `runner.run(...)`, its config and result, Ray set-up
 __all__ = ["JobSpec", "LicenseError", "RunResult", "RunnerConfig", "StageSummary", "absolute_uri",
-           "init_ray", "run", "run_stages", "stop_ray"]
+           "init_ray", "ray_connected", "run", "run_stages", "stop_ray"]
 
 log = logging.getLogger(__name__)
 

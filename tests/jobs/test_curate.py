@@ -77,3 +77,29 @@ def test_ignored_files_are_counted_in_the_summary(curated, capsys):
     out = capsys.readouterr().out
     assert "ignored inputs (not video or audio): 2 files: (none) 1, .txt 1" in out
     assert "persons:" not in out  # --no-persons
+
+
+def test_release_ray_stops_only_a_ray_the_call_started(curated, tmp_path, monkeypatch):
+    """curate(..., release_ray=True) before training in the same process: a Ray the caller was
+    connected to stays connected (here the tests' session Ray, really); one the call connected
+    to itself is stopped once it is done, and without release_ray it is left running."""
+    import ray
+
+    from jobs.curate import curate
+    from jobs.spec import build
+    from pipeline.run import runner
+
+    _, folder = curated
+    spec = build({"job": {"inputs": [str(folder / "twins.mp4")], "out": str(tmp_path / "cat"),
+                          "stages": ["ingest"]}})
+    assert ray.is_initialized()
+    curate(spec, release_ray=True)
+    assert ray.is_initialized()  # connected before the call: kept
+
+    stops = []
+    monkeypatch.setattr(runner, "ray_connected", lambda: False)  # as if this call started Ray
+    monkeypatch.setattr(runner, "stop_ray", lambda: stops.append(True))
+    curate(spec, release_ray=False)
+    assert stops == []
+    curate(spec, release_ray=True)
+    assert stops == [True]
