@@ -68,8 +68,8 @@ def loader_and_step(files: list[str] | None = None, steps: int = 10, batch_size:
                             "train.validate_every=0", f"train.checkpoint_every={steps}"])
         dataset = build_datasets(spec)["train"]
         # the first epoch fills the decoded cache (each clip decoded whole at its first window)
-        epoch = max(2, min(dataset.num_batches(batch_size) - 1, COLD_BATCHES))
-        loader_cold = loader_throughput(dataset, batch_size, batches=epoch)
+        first_epoch = max(2, min(dataset.num_batches(batch_size) - 1, COLD_BATCHES))
+        loader_cold = loader_throughput(dataset, batch_size, batches=first_epoch)
         loader = loader_throughput(dataset, batch_size, batches=steps, epoch=1)
         # the floor beside it: every window's frames decoded from its clip (no decoded cache)
         per_window = build_datasets(replace(spec, data=replace(spec.data, decoded_cache_mib=0)))
