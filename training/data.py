@@ -403,20 +403,29 @@ class WindowDataset(torch.utils.data.Dataset):
         (from the decoded cache when the split fits it: `decoded_fits`). MediaReadError naming
         the clip when it is missing, unreadable or too short."""
         indices = np.asarray(indices, np.int64)
-        frames = None if self._decoded is None else self._decoded.get(track)
-        if frames is None and self._decoded is not None and track not in self._per_window:
-            self._reader(self.tracks[track].crop_rel)  # a missing or unreadable clip raises here
-            try:
-                frames = self._decoded[track] = self._decode_frames(track, None)
-            except MediaReadError as exc:  # a damaged stretch: the windows outside it still read
-                log.warning("data: %s; decoding this clip's windows one by one", exc)
-                self._per_window.add(track)
+        frames = self._whole_clip(track)
         if frames is None:
             unique, inverse = np.unique(indices, return_inverse=True)
             return self._decode_frames(track, unique)[inverse.reshape(-1)]
         if len(indices) and indices.max() >= len(frames):
             raise self._too_short(track, len(frames), int(indices.max()))
         return frames[indices]
+
+    def _whole_clip(self, track: int) -> np.ndarray | None:
+        """Every frame of a track's clip from the decoded cache, decoded at the first ask; None
+        when the split does not fit the cache or the clip failed to decode whole (a damaged
+        stretch: its windows are then decoded one by one, so those outside it still read)."""
+        if self._decoded is None or track in self._per_window:
+            return None
+        if track not in self._decoded:
+            self._reader(self.tracks[track].crop_rel)  # a missing or unreadable clip raises here
+            try:
+                self._decoded[track] = self._decode_frames(track, None)
+            except MediaReadError as exc:
+                log.warning("data: %s; decoding this clip's windows one by one", exc)
+                self._per_window.add(track)
+                return None
+        return self._decoded[track]
 
     def _decode_frames(self, track: int, unique: np.ndarray | None) -> np.ndarray:
         """uint8[N, S, S, 3]: the sorted, distinct frames `unique` of a track's clip (None:

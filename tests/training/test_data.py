@@ -3,6 +3,7 @@ truth from generated media (tests without `curated_catalog` need neither Ray nor
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from training.data import (
 )
 
 CFG = DataConfig(size=64, frames=4, motion_frames=2, reference_margin_frames=25)
+PER_WINDOW = dataclasses.replace(CFG, decoded_cache_mib=0)  # every window decoded from its clip
 
 
 # ------------------------------------------------------------------ config, windows, batches
@@ -456,12 +458,11 @@ def test_the_decoded_cache_holds_the_frames_each_window_decodes(curated_catalog,
     from pipeline.media import iter_frames
 
     cached = WindowDataset(curated_catalog, curated_index, CFG, split="all")
-    per_window = WindowDataset(curated_catalog, curated_index,
-                               DataConfig(**{**CFG.__dict__, "decoded_cache_mib": 0}), split="all")
+    per_window = WindowDataset(curated_catalog, curated_index, PER_WINDOW, split="all")
     split_bytes = sum(t.length for t in cached.tracks) * CFG.size * CFG.size * 3
     assert cached.decoded_fits() and not per_window.decoded_fits()
     assert split_bytes > 2**20
-    tight = DataConfig(**{**CFG.__dict__, "decoded_cache_mib": 1})
+    tight = dataclasses.replace(CFG, decoded_cache_mib=1)
     assert not WindowDataset(curated_catalog, curated_index, tight, split="all").decoded_fits()
     for track in range(len(cached.tracks)):
         indices = np.array([30, 12, 13, 14, 15, 12, cached.tracks[track].length - 1])
@@ -485,8 +486,7 @@ def test_a_clip_that_fails_part_way_still_gives_its_other_windows(curated_catalo
     from training.data import MediaReadError
 
     ds = WindowDataset(curated_catalog, curated_index, CFG, split="all")
-    reference = WindowDataset(curated_catalog, curated_index,
-                              DataConfig(**{**CFG.__dict__, "decoded_cache_mib": 0}), split="all")
+    reference = WindowDataset(curated_catalog, curated_index, PER_WINDOW, split="all")
 
     class FailsFrom40:
         def __init__(self, reader):
