@@ -297,18 +297,19 @@ class VideoWriter:
     `threads`: encoder threads, None for the encoder's own choice (libx264: about 1.5 per core
     plus lookahead). One thread costs about 0.7x the CPU for the same file (256 px face crops:
     0.88 instead of 1.24 CPU-s per 480 frames, 504 vs 518 kB, the same PSNR): right where each
-    worker holds one core."""
+    worker holds one core. `options`: more encoder options, FFmpeg's names (for example
+    {"x264-params": "mbtree=0"})."""
 
     def __init__(self, path: str, width: int, height: int, fps: Fraction | int | float = CROP_FPS,
                  audio_rate: int | None = None, codec: str = "libx264", crf: int = 18,
-                 threads: int | None = None):
+                 threads: int | None = None, options: dict[str, str] | None = None):
         import av  # heavy: loaded on use
 
         self.container = av.open(str(path), mode="w")
         self.video = self.container.add_stream(codec, rate=Fraction(fps).limit_denominator(100000))
         self.video.width, self.video.height = width, height
         self.video.pix_fmt = "yuv420p"
-        self.video.options = {"crf": str(crf), "preset": "veryfast"}
+        self.video.options = {"crf": str(crf), "preset": "veryfast", **(options or {})}
         if threads is not None:
             self.video.thread_count = threads
         self.audio_rate = audio_rate
@@ -352,12 +353,13 @@ def write_video(
     sample_rate: int = AUDIO_RATE,
     codec: str = "libx264",
     crf: int = 18,
+    options: dict[str, str] | None = None,
 ) -> None:
     """Write uint8[T,H,W,3] RGB frames (H and W even) as H.264 mp4 at constant `fps`,
-    with optional mono float32 audio (AAC)."""
+    with optional mono float32 audio (AAC); `options` as VideoWriter's."""
     height, width = frames[0].shape[:2]
     with VideoWriter(path, width, height, fps, None if audio is None else sample_rate,
-                     codec, crf) as writer:
+                     codec, crf, options=options) as writer:
         for image in frames:
             writer.write(image)
         writer.close(audio)

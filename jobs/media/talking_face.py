@@ -31,6 +31,12 @@ from pipeline.models.registry import package_dir
 
 log = logging.getLogger(__name__)
 
+# libx264's macroblock-tree rate control reads uninitialised memory in its AVX-512 code at some
+# frame widths (192 px among them): the same frames then encode to other bytes on each run, and
+# a corpus built from them curates and trains differently. Without it every clip encodes the same
+# on every run (docs/design.md#reproducibility).
+REPRODUCIBLE_X264 = {"x264-params": "mbtree=0"}
+
 SENTENCES = (
     "The quick brown fox jumps over the lazy dog near the bank of the river.",
     "Please call Stella and ask her to bring these things with her from the store.",
@@ -263,17 +269,19 @@ def write_clip(
     crf: int = 28,
     audio_start_s: float = 0.0,
 ) -> Path:
-    """H.264 + AAC mp4 at 25 fps. `audio_start_s` > 0 starts the audio stream that much later
-    in the container (timestamps), the samples themselves unshifted."""
+    """H.264 + AAC mp4 at 25 fps, the same bytes for the same frames (REPRODUCIBLE_X264).
+    `audio_start_s` > 0 starts the audio stream that much later in the container (timestamps),
+    the samples themselves unshifted."""
     path = Path(path)
     if audio_start_s == 0:
-        write_video(str(path), frames, CROP_FPS, audio, AUDIO_RATE, crf=crf)
+        write_video(str(path), frames, CROP_FPS, audio, AUDIO_RATE, crf=crf,
+                    options=REPRODUCIBLE_X264)
         return path
     with av.open(str(path), mode="w") as container:
         vs = container.add_stream("libx264", rate=Fraction(CROP_FPS))
         vs.width, vs.height = frames.shape[2], frames.shape[1]
         vs.pix_fmt = "yuv420p"
-        vs.options = {"crf": str(crf), "preset": "veryfast"}
+        vs.options = {"crf": str(crf), "preset": "veryfast", **REPRODUCIBLE_X264}
         aus = container.add_stream("aac", rate=AUDIO_RATE)
         aus.layout = "mono"
         start = round(audio_start_s * AUDIO_RATE)

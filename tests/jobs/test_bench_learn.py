@@ -4,6 +4,10 @@ itself: a short training on the synthetic talking-face corpus whose mouths follo
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -17,6 +21,7 @@ from pipeline.models.lip_sync.av_sync import correlate_offsets
 from tests.talking_face import face
 
 SIZE = 64  # the tiny model's frames
+REPO = Path(__file__).resolve().parents[2]
 
 
 def resized(frames: np.ndarray, size: int = SIZE) -> np.ndarray:
@@ -147,6 +152,27 @@ def test_verdict_checks_each_goal_per_identity_and_mode():
     assert sync_goals({}, {}, None) == {"offset_frames": None, "offset_within_1": None,
                                         "confidence": None, "mismatched_confidence": None,
                                         "above_mismatched": None, "in_real_range": None}
+
+
+def test_a_corpus_clip_encodes_to_the_same_bytes_whatever_the_heap_held(tmp_path):
+    """The bench's corpus is the same on every run (and so its catalog and training): a clip
+    written in fresh processes whose new heap memory glibc fills with different bytes
+    (MALLOC_PERTURB_) comes out byte for byte the same. libx264's macroblock tree read such
+    memory at the corpus's 192 px on AVX-512 machines and each run encoded it differently."""
+    code = ("import sys; from pathlib import Path; "
+            "from jobs.media.talking_corpus import face_of, write_talking_clip; "
+            "from jobs.media.talking_face import SENTENCES; "
+            "write_talking_clip(Path(sys.argv[1]), face_of('anger', 192), SENTENCES[3], seed=5)")
+    written = []
+    for fill in ("", "33", "200"):
+        path = tmp_path / f"clip_{fill or 'plain'}.mp4"
+        env = {**os.environ, "MALLOC_PERTURB_": fill}
+        done = subprocess.run([sys.executable, "-c", code, str(path)], cwd=REPO, env=env,
+                              capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr[-2000:]
+        written.append(path.read_bytes())
+    assert len(written[0]) > 10_000
+    assert written[1] == written[0] and written[2] == written[0]
 
 
 @pytest.mark.slow
