@@ -79,6 +79,7 @@ OPTIONS = (
     Option("--tracks", "tracks", ("train",), "the dataset index's memory on a synthetic catalog "
            "of this many 10 s tracks (instead of the step against the loader)", int),
     Option("--max-steps", "max_steps", ("learn",), "training steps (default 2300)", int),
+    Option("--seed", "seed", ("learn",), "training seed (default: the config's, 0)", int),
     Option("--identities", "identities", ("learn",), "identities in the corpus (default 4)", int),
     Option("--sentences", "sentences", ("learn",), "sentences per identity (default 4)", int),
     Option("--workdir", "out", ("learn", "scale"), "folder for the catalogs and runs", str),

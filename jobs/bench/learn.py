@@ -5,8 +5,8 @@
    head motion, blur and compression; one sentence is never spoken in it.
 2. Curated with the real pipeline (every stage, the persons pass).
 3. The tiny config trained on it for LEARN_STEPS steps (a time cap besides): jobs/train_tiny.toml
-   as shipped, with only the catalog, the output folder and the step and time budget set here
-   (the JSON lists them). A step budget, not minutes, so machines of other speeds train the same
+   as shipped, with only the catalog, the output folder and the step and time budget set here,
+   and the training seed when `--seed` is given (the JSON lists them). A step budget, not minutes, so machines of other speeds train the same
    model; the lips sharpen with steps (docs/benchmarks.md#learn).
 4. Each identity generated speaking the held-out sentence from its photo, in both generation
    modes: `--emotion` (the audio and a clip-level expression from the checkpoint's statistics)
@@ -68,7 +68,8 @@ LEARN_MINUTES = 60.0  # a cap on the training time besides (the steps come first
 
 def run(files: list[str] | None = None, minutes: float = LEARN_MINUTES, identities: int = 4,
         sentences: int = 4, out: str | Path = "out/bench_learn", steps: int = 10,
-        fresh_training: bool = True, max_steps: int | None = LEARN_STEPS) -> dict:
+        fresh_training: bool = True, max_steps: int | None = LEARN_STEPS,
+        seed: int | None = None) -> dict:
     from jobs.bench.denoise import denoising_profile  # heavy: imports torch
     from training.generate import Request  # heavy: training imports torch
 
@@ -85,7 +86,7 @@ def run(files: list[str] | None = None, minutes: float = LEARN_MINUTES, identiti
     curate([str(c.path) for c in clips], root)
     curate_s = time.monotonic() - t0
     t0 = time.monotonic()
-    summary = train_tiny(root, out / "train", minutes, fresh_training, max_steps)
+    summary = train_tiny(root, out / "train", minutes, fresh_training, max_steps, seed)
     train_s = time.monotonic() - t0
     denoising = denoising_profile(summary["checkpoint"])
     t0 = time.monotonic()
@@ -125,17 +126,26 @@ def curate(inputs: list[str], root: Path) -> None:
 
 
 def train_tiny(root: Path, run_dir: Path, minutes: float, fresh: bool,
-               max_steps: int | None = None) -> dict:
+               max_steps: int | None = None, seed: int | None = None) -> dict:
     """jobs/train_tiny.toml as shipped on the bench's catalog for `minutes` (and at most
     `max_steps` steps); the summary's "overrides" lists everything set here."""
     from training import config, launcher  # heavy: training imports torch
 
     if fresh and run_dir.exists():
         shutil.rmtree(run_dir)
-    overrides = [f"train.catalog={json.dumps(str(root))}", f"train.out={json.dumps(str(run_dir))}",
-                 f"train.max_minutes={minutes}", f"train.max_steps={max_steps or 1_000_000}"]
+    overrides = training_overrides(root, run_dir, minutes, max_steps, seed)
     summary = launcher.run(config.load(REPO / "jobs" / "train_tiny.toml", overrides))
     return {**summary, "overrides": overrides}
+
+
+def training_overrides(root: Path, run_dir: Path, minutes: float, max_steps: int | None,
+                       seed: int | None = None) -> list[str]:
+    """The only settings the bench sets on jobs/train_tiny.toml: its catalog, output folder,
+    time and step budget, and the training seed when one is asked for (the goals lie within the
+    spread between seeds, docs/benchmarks.md#learn)."""
+    overrides = [f"train.catalog={json.dumps(str(root))}", f"train.out={json.dumps(str(run_dir))}",
+                 f"train.max_minutes={minutes}", f"train.max_steps={max_steps or 1_000_000}"]
+    return overrides + ([f"train.seed={seed}"] if seed is not None else [])
 
 
 def generate_and_evaluate(checkpoint: str, names: tuple[str, ...], clips: list, folder: Path,

@@ -13,12 +13,13 @@ import cv2
 import numpy as np
 import pytest
 
-from jobs.bench.learn import verdict
+from jobs.bench.learn import training_overrides, verdict
 from jobs.bench.lip_truth import box_at_size, clip_truth, mouth_darkness, sync_goals
 from jobs.media.talking_face import (
     SENTENCES, drive_signal, mouth_interior_box, render, speech)
 from pipeline.models.lip_sync.av_sync import correlate_offsets
 from tests.talking_face import face
+from training import config
 
 SIZE = 64  # the tiny model's frames
 REPO = Path(__file__).resolve().parents[2]
@@ -173,6 +174,21 @@ def test_a_corpus_clip_encodes_to_the_same_bytes_whatever_the_heap_held(tmp_path
         written.append(path.read_bytes())
     assert len(written[0]) > 10_000
     assert written[1] == written[0] and written[2] == written[0]
+
+
+def test_the_bench_sets_only_its_catalog_budget_and_an_asked_for_seed(tmp_path):
+    """The shipped config as jobs/train_tiny.toml has it, but for the bench's own settings:
+    the seed stays the config's unless one is asked for."""
+    shipped = config.load(REPO / "jobs" / "train_tiny.toml")
+    default = config.load(REPO / "jobs" / "train_tiny.toml",
+                          training_overrides(tmp_path / "cat", tmp_path / "run", 30.0, 2300))
+    seeded = config.load(REPO / "jobs" / "train_tiny.toml",
+                         training_overrides(tmp_path / "cat", tmp_path / "run", 30.0, 2300, seed=3))
+    assert default.train.seed == shipped.train.seed == 0 and seeded.train.seed == 3
+    assert default.train.catalog == str(tmp_path / "cat") and default.train.max_steps == 2300
+    assert default.train.max_minutes == 30.0 and default.train.out == str(tmp_path / "run")
+    assert default.optim == shipped.optim and default.dropout == shipped.dropout
+    assert seeded.model == shipped.model and seeded.data == shipped.data
 
 
 @pytest.mark.slow
