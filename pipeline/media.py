@@ -290,6 +290,16 @@ def audio_span(audio: np.ndarray, sample_rate: int, start_s: float = 0.0,
     return segment
 
 
+# libx264 options under which the same frames encode to the same bytes in every process.
+# Its macroblock-tree rate control (on by default) reads uninitialised memory in its AVX-512
+# code at some frame widths (the 192 px talking faces, noisy 64 px clips; 256 and 512 px
+# encoded the same), so the bytes, and the decoded pixels within the encoder's error, depend on
+# what the heap held. Turning it off costs about 1.1-1.25x the file size at the same crf (a
+# little more PSNR). For small clips whose figures are compared between runs: generated video,
+# synthetic test corpora. docs/design.md#reproducibility.
+REPRODUCIBLE_X264 = {"x264-params": "mbtree=0"}
+
+
 class VideoWriter:
     """An H.264 mp4 fed one uint8[H,W,3] RGB frame at a time (H and W even) at constant `fps`;
     with `audio_rate`, mono float32 audio (AAC) is encoded when it is closed. Use as a context

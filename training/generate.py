@@ -214,7 +214,7 @@ class Generator:
         """Generate a prepared request into its mp4 (written to a temporary name, then renamed)."""
         from tqdm import tqdm
 
-        from pipeline.media import VideoWriter
+        from pipeline.media import REPRODUCIBLE_X264, VideoWriter
         from training.models import Conditions
         from training.sampling import denoise_window, to_uint8
 
@@ -247,7 +247,8 @@ class Generator:
         bar = tqdm(total=n, desc="generate", unit="frame", disable=not progress,
                    dynamic_ncols=True, mininterval=1.0)
         try:
-            with VideoWriter(str(tmp), size, size, CROP_FPS, AUDIO_RATE) as writer:
+            with VideoWriter(str(tmp), size, size, CROP_FPS, AUDIO_RATE,
+                             options=REPRODUCIBLE_X264) as writer:  # same seed, same file
                 for k in range(windows):
                     index = np.arange(k * f, (k + 1) * f)
                     rows = np.minimum(index, n - 1)  # the last window repeats the last frame

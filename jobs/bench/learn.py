@@ -50,7 +50,7 @@ from catalog.select import LIP_SYNC_RULES
 from jobs.media.talking_corpus import HELD_OUT, IDENTITIES, build_talking_corpus, face_of
 from jobs.media.talking_face import SENTENCES
 from jobs.spec import build
-from pipeline.media import iter_frames, read_audio, read_frames, write_video
+from pipeline.media import REPRODUCIBLE_X264, iter_frames, read_audio, read_frames, write_video
 from pipeline.run.plan import FingerprintError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -230,7 +230,7 @@ def real_at_model_size(root: Path, checkpoint: str, names: tuple[str, ...],
                            for f in iter_frames(crop)])
         audio = read_audio(crop)
         video = folder / f"real_{i}.mp4"
-        write_video(str(video), list(frames), audio=audio)
+        write_video(str(video), list(frames), audio=audio, options=REPRODUCIBLE_X264)
         row = evaluator.evaluate_clip(video)
         sync = (row.get("lip_sync") or {}).get("av_corr") or {}
         box = box_at_size(track_landmarks(root, track["track_id"]), track["crop_size"], size)

@@ -25,17 +25,12 @@ from PIL import Image
 
 from catalog.contract import AUDIO_RATE, CROP_FPS, SAMPLES_PER_FRAME
 from jobs.media.sources import media_file, speak
-from pipeline.media import encode_audio, iter_frames, read_audio, read_frames, write_video
+from pipeline.media import (
+    REPRODUCIBLE_X264, encode_audio, iter_frames, read_audio, read_frames, write_video)
 from pipeline.models.geometry import mouth_open
 from pipeline.models.registry import package_dir
 
 log = logging.getLogger(__name__)
-
-# libx264's macroblock-tree rate control reads uninitialised memory in its AVX-512 code at some
-# frame widths (192 px among them): the same frames then encode to other bytes on each run, and
-# a corpus built from them curates and trains differently. Without it every clip encodes the same
-# on every run (docs/design.md#reproducibility).
-REPRODUCIBLE_X264 = {"x264-params": "mbtree=0"}
 
 SENTENCES = (
     "The quick brown fox jumps over the lazy dog near the bank of the river.",

@@ -1,12 +1,19 @@
 """pipeline.media.read_frames: a small clip's frames as one array, or a clear error; VideoWriter
-with one encoder thread (the faces stage's crop clips)."""
+with one encoder thread (the faces stage's crop clips), and with the options under which the same
+frames encode to the same bytes in every process."""
 
+import os
+import subprocess
+import sys
 import wave
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipeline.media import MediaError, VideoWriter, read_frames, write_video
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_read_frames_gives_every_frame_in_order(tmp_path):
@@ -46,3 +53,37 @@ def test_a_one_thread_writer_keeps_moving_frames_in_order(tmp_path):
     assert read.shape == (30, 64, 96, 3)
     columns = [int(np.argmax(f[20:40].mean(axis=(0, 2)) > 150)) for f in read]
     assert columns == [2 * k for k in range(30)]
+
+
+# writes 110 noisy 64 px frames (a generated clip's kind of content) with REPRODUCIBLE_X264
+ENCODE_NOISY_CLIP = """
+import sys
+import cv2
+import numpy as np
+from pipeline.media import REPRODUCIBLE_X264, write_video
+rng = np.random.default_rng(0)
+base = rng.integers(0, 256, (8, 8, 3)).astype(float)
+frames = []
+for t in range(110):
+    image = cv2.resize(base + 30 * np.sin(t / 5 + np.arange(3)), (64, 64),
+                       interpolation=cv2.INTER_CUBIC) + rng.normal(0, 12, (64, 64, 3))
+    frames.append(np.clip(image, 0, 255).astype(np.uint8))
+for path in sys.argv[1:]:
+    write_video(path, frames, 25, options=REPRODUCIBLE_X264)
+"""
+
+
+def test_reproducible_options_encode_the_same_bytes_whatever_the_heap_held(tmp_path):
+    """Two writes in each of three fresh processes whose new heap memory glibc fills with
+    different bytes (MALLOC_PERTURB_): six identical files. libx264's macroblock tree read
+    such memory on AVX-512 machines, and this clip came out differently from run to run."""
+    written = []
+    for fill in ("", "33", "200"):
+        paths = [tmp_path / f"noisy_{fill or 'plain'}_{k}.mp4" for k in range(2)]
+        done = subprocess.run([sys.executable, "-c", ENCODE_NOISY_CLIP, *map(str, paths)],
+                              cwd=REPO, env={**os.environ, "MALLOC_PERTURB_": fill},
+                              capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr[-2000:]
+        written += [p.read_bytes() for p in paths]
+    assert len(written[0]) > 10_000
+    assert all(w == written[0] for w in written[1:])

@@ -83,6 +83,7 @@ def test_video_length_rate_audio_and_seed(inputs):
     assert abs(audio_s - seconds) < 0.002  # the input audio, as long as it was
     assert seconds <= expected / 25 < seconds + 1 / 25
     assert np.array_equal(a, b)  # same seed, same video
+    assert outs[0].read_bytes() == outs[1].read_bytes()  # the same file, byte for byte
     assert np.abs(a.astype(int) - c.astype(int)).mean() > 1.0  # another seed, another video
 
 
