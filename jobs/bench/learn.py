@@ -6,8 +6,9 @@
 2. Curated with the real pipeline (every stage, the persons pass).
 3. The tiny config trained on it for LEARN_STEPS steps (a time cap besides): jobs/train_tiny.toml
    as shipped, with only the catalog, the output folder and the step and time budget set here,
-   and the training seed when `--seed` is given (the JSON lists them). A step budget, not minutes, so machines of other speeds train the same
-   model; the lips sharpen with steps (docs/benchmarks.md#learn).
+   and the training seed when `--seed` is given (the JSON lists them). A step budget, not
+   minutes, so machines of other speeds train the same model; the lips sharpen with steps
+   (docs/benchmarks.md#learn).
 4. Each identity generated speaking the held-out sentence from its photo, in both generation
    modes: `--emotion` (the audio and a clip-level expression from the checkpoint's statistics)
    and `--expression-from` another clip of the same person saying another sentence. Evaluated

@@ -195,7 +195,7 @@ def test_the_bench_sets_only_its_catalog_budget_and_an_asked_for_seed(tmp_path):
 @pytest.mark.timeout(3600)  # the suite's default is 900 s a test
 def test_bench_learn_generates_lips_that_follow_the_driving_speech(tmp_path):
     """bench learn end to end with its defaults (corpus, curation, jobs/train_tiny.toml as
-    shipped trained learn.LEARN_STEPS steps, generation in both modes, evaluation: 28 to 31
+    shipped trained learn.LEARN_STEPS steps, generation in both modes, evaluation: 23 to 27
     minutes on 2 cores). The renderer's truth says whether each identity's generated mouth
     follows the held-out sentence: within a frame, better than it follows another sentence, and
     most of the way to a real clip of the same identity at the model's size, and the face stays
