@@ -32,7 +32,7 @@ NARROW = {"block_out_channels": [8, 16, 32, 64], "norm_num_groups": 4}
 
 
 def make_spec(thresholds, root, out, select=None, model=None, optim=None, dropout=None,
-              **train_values):
+              data=None, **train_values):
     values = {"catalog": str(root), "out": str(out), "model": "tiny", "stage": 0, "batch_size": 2,
               "max_steps": 2, "validate_every": 0, "checkpoint_every": 1000, "log_every": 1,
               **train_values}
@@ -40,7 +40,7 @@ def make_spec(thresholds, root, out, select=None, model=None, optim=None, dropou
     return config.build({"train": values, "select": select_values,
                          "model": {**NARROW, **(model or {})},
                          "optim": {"warmup_steps": 1, "lr": 1e-3, **(optim or {})},
-                         "dropout": dropout or {}})
+                         "dropout": dropout or {}, "data": data or {}})
 
 
 def final_weights(out) -> dict[str, torch.Tensor]:
@@ -81,11 +81,15 @@ def test_each_condition_is_wired_in(curated_catalog, tmp_path, tiny_spec, condit
     away then raises the loss. Each sample gets its own emotion label so that emotion, like the
     others, tells the samples apart; the expression vectors are standardized over the batch
     (blendshape scores are small and close on these synthetic faces, so 120 steps of a freshly
-    initialised projection would hardly tell them apart)."""
+    initialised projection would hardly tell them apart). The expression is the per-frame one:
+    the fixture's persons mostly have one track, their own neutral, whose clip expression (the
+    default mode's, relative to that neutral) is zero, so the windows would carry the same
+    vector."""
     from training.models import build_model
 
     only = {c: 0.0 if c == condition else 1.0 for c in config.CONDITIONS}
-    spec = tiny_spec(curated_catalog, tmp_path, dropout=only)
+    data = {"expression_mode": "frame"} if condition == "expression" else None
+    spec = tiny_spec(curated_catalog, tmp_path, dropout=only, data=data)
     batch = next(iter(build_datasets(spec)["train"].loader(0, batch_size=4)))
     batch.update(emotion=torch.arange(4), intensity=torch.ones(4))
     e = batch["expression"]
