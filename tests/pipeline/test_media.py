@@ -2,18 +2,13 @@
 with one encoder thread (the faces stage's crop clips), and with the options under which the same
 frames encode to the same bytes in every process."""
 
-import os
-import subprocess
-import sys
 import wave
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipeline.media import MediaError, VideoWriter, read_frames, write_video
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.media import written_under_heap_fills
 
 
 def test_read_frames_gives_every_frame_in_order(tmp_path):
@@ -77,13 +72,6 @@ def test_reproducible_options_encode_the_same_bytes_whatever_the_heap_held(tmp_p
     """Two writes in each of three fresh processes whose new heap memory glibc fills with
     different bytes (MALLOC_PERTURB_): six identical files. libx264's macroblock tree read
     such memory on AVX-512 machines, and this clip came out differently from run to run."""
-    written = []
-    for fill in ("", "33", "200"):
-        paths = [tmp_path / f"noisy_{fill or 'plain'}_{k}.mp4" for k in range(2)]
-        done = subprocess.run([sys.executable, "-c", ENCODE_NOISY_CLIP, *map(str, paths)],
-                              cwd=REPO, env={**os.environ, "MALLOC_PERTURB_": fill},
-                              capture_output=True, text=True, check=False)
-        assert done.returncode == 0, done.stderr[-2000:]
-        written += [p.read_bytes() for p in paths]
-    assert len(written[0]) > 10_000
+    written = written_under_heap_fills(ENCODE_NOISY_CLIP, tmp_path, files_per_process=2)
+    assert len(written) == 6 and len(written[0]) > 10_000
     assert all(w == written[0] for w in written[1:])
