@@ -10,11 +10,14 @@ import cv2
 import numpy as np
 import pytest
 
-from jobs.bench.learn import training_overrides, verdict
-from jobs.bench.lip_truth import box_at_size, clip_truth, mouth_darkness, sync_goals
+from jobs.bench.learn import expression_video, training_overrides, verdict
+from jobs.bench.lip_truth import (
+    box_at_size, clip_truth, mouth_darkness, separation, sync_goals)
+from jobs.media.talking_corpus import TalkingClip
 from jobs.media.talking_face import (
     SENTENCES, drive_signal, mouth_interior_box, render, speech)
 from pipeline.models.lip_sync.av_sync import correlate_offsets
+from pipeline.media import write_video
 from tests.media import written_under_heap_fills
 from tests.talking_face import face
 from training import config
@@ -81,6 +84,38 @@ def test_an_injected_offset_is_recovered(talking, delay):
     shifted = render(face(), np.roll(opening, delay), seed=3)
     result = clip_truth(resized(shifted), box, audio)
     assert result["driving"]["offset_frames"] == delay
+
+
+def test_separation_is_the_ratio_a_mouth_that_follows_the_audio_reaches(talking):
+    """A rendered clip's mouth follows its audio exactly (up to the renderer's blur, noise and
+    head motion): its confidence against its own audio over that against another sentence is
+    the separation of the two audios."""
+    video, audio, other, box, _ = talking
+    rendered = clip_truth(video, box, audio, other)
+    ratio = rendered["driving"]["confidence"] / rendered["mismatched"]["confidence"]
+    assert separation(audio, other, len(video)) == pytest.approx(ratio, rel=0.15)
+    assert separation(audio, audio, len(video)) == pytest.approx(1.0)
+
+
+def test_the_expression_video_is_the_identity_s_clip_that_sentence_separates_best(tmp_path):
+    """Of an identity's clips, --expression-from takes the one against whose sentence a mouth
+    rendered for the driving audio scores the highest ratio; never the driving sentence itself,
+    never another identity's clip."""
+    driving = speech(SENTENCES[1])
+    frames = len(driving) // 640
+    box = box_at_size(face().landmarks, 160, SIZE)
+    mouth = resized(render(face(), drive_signal(driving, frames), seed=3))
+    clips, ratio = [], {}
+    for identity, k in (("a", 1), ("a", 0), ("a", 3), ("a", 4), ("b", 2)):
+        audio = speech(SENTENCES[k])
+        path = tmp_path / f"{identity}_s{k}.mp4"
+        write_video(str(path), np.zeros((len(audio) // 640, 16, 16, 3), np.uint8), audio=audio)
+        clips.append(TalkingClip(path, identity, k))
+        if identity == "a":
+            truth = clip_truth(mouth, box, driving, audio)
+            ratio[k] = truth["driving"]["confidence"] / truth["mismatched"]["confidence"]
+    chosen = expression_video(clips, "a", driving)
+    assert chosen.identity == "a" and chosen.sentence == max(ratio, key=ratio.get) != 1
 
 
 def test_the_share_of_the_perfect_confidence_removes_each_sentence_s_own_scale():
