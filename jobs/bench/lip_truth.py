@@ -22,7 +22,9 @@ identity).
 
 Two sentences' openings are never wholly unrelated: the best shift of one against the other
 still correlates. `separation` is how many times better a mouth that follows one sentence
-exactly matches it than the other: the most that any mouth's ratio between the two can reach.
+exactly matches it than the other: how far apart a measure of the two can tell them (a
+generated mouth, following the one less closely and the other by chance, can score above or
+below it).
 """
 
 from __future__ import annotations
