@@ -223,11 +223,11 @@ def test_bench_learn_generates_lips_that_follow_the_driving_speech(tmp_path):
     """bench learn end to end with its defaults (corpus, curation, jobs/train_tiny.toml as
     shipped trained learn.LEARN_STEPS steps, generation in both modes, evaluation: 23 to 27
     minutes on 2 cores). The renderer's truth says whether each identity's generated mouth
-    follows the held-out sentence: within a frame, better than it follows another sentence, and
-    most of the way to a real clip of the same identity at the model's size, and the face stays
-    the photo's person; with an expression video of another sentence, the lips still follow the
-    driving audio. See docs/benchmarks.md,
-    `learn`, for the figures these bounds leave a margin under."""
+    follows the held-out sentence. At the bench's goals: within a frame and better than another
+    sentence for every identity, and with an expression video of another sentence, at least
+    twice as closely as that video's own sentence. Below the goals, as the training seed moves
+    them across (docs/benchmarks.md, `learn`: 0.86-0.997x over three seeds): most of the way to
+    a real clip of the same identity at the model's size, and the face the photo's person."""
     from jobs.bench import learn
 
     result = learn.run(out=tmp_path / "bench_learn")
@@ -236,15 +236,17 @@ def test_bench_learn_generates_lips_that_follow_the_driving_speech(tmp_path):
     assert result["train"]["steps"] == learn.LEARN_STEPS
     assert [o.split("=")[0] for o in result["train"]["overrides"]] == [
         "train.catalog", "train.out", "train.max_minutes", "train.max_steps"]
+    passed = result["verdict"]["passed"]
     for mode in learn.MODES:
         per = [p for p in result["verdict"]["per_identity"] if p["mode"] == mode]
         assert len(per) == 4
-        in_sync = [p["speaker"] for p in per
-                   if p["truth"]["offset_within_1"] and p["truth"]["above_mismatched"]]
-        assert len(in_sync) >= 3, per
+        assert passed[mode]["truth_offset_within_1"] == [4, 4], per
+        assert all(p["truth"]["above_mismatched"] for p in per), per
+        if mode == "expression_from":
+            assert passed[mode]["follows_driving_audio"] == [4, 4], per
+        shares = [p["truth"]["share"] / p["truth"]["real_share"] for p in per]
+        assert min(shares) > 0.8, per
         margin = np.mean([p["truth"]["confidence"] - p["truth"]["mismatched_confidence"]
                           for p in per])
         assert margin > 0.2, per
-        ratio = np.mean([p["truth"]["confidence"] / p["truth"]["real_confidence"] for p in per])
-        assert ratio > 0.75, per
         assert sum(bool(p["same_person"]) for p in per) >= 3, per
