@@ -13,11 +13,12 @@
    modes: `--emotion` (the audio and a clip-level expression from the checkpoint's statistics)
    and `--expression-from` another clip of the same person saying another sentence (of its
    clips, the one whose sentence stands furthest from the held-out one: `expression_video`).
-   Evaluated with the pipeline's backends: lip-sync offset and confidence against the driving audio and
-   against a mismatched sentence (with `--expression-from`, also against the expression video's
-   own sentence), identity similarity to the photo. Lip sync is also measured against the
-   renderer's own truth (jobs.bench.lip_truth: the mouth interior's darkness against the
-   opening the renderer would draw for the audio), which needs no landmarks at 64 px.
+   Evaluated with the pipeline's backends: lip-sync offset and confidence against the driving
+   audio and against a mismatched sentence (with `--expression-from`, also against the
+   expression video's own sentence), identity similarity to the photo. Lip sync is also
+   measured against the renderer's own truth (jobs.bench.lip_truth: the mouth interior's
+   darkness against the opening the renderer would draw for the audio), which needs no
+   landmarks at 64 px.
 
 Goals (`verdict`), per identity and mode: truth confidence at least 0.9x the same identity's
 real clip's at the model's size (each as a share of its own sentence's perfect confidence: the
@@ -206,8 +207,8 @@ def generate_and_evaluate(checkpoint: str, names: tuple[str, ...], clips: list, 
 def expression_video(clips: list, name: str, driving: np.ndarray):
     """The clip of identity `name` that `--expression-from` takes: the one whose sentence stands
     furthest from the driving audio's (lip_truth.separation). A mouth that followed the driving
-    audio exactly would score 2.2x against the corpus's first sentence and 3.2-5.0x against the
-    others: the follows-driving goal (EXPRESSION_AUDIO_RATIO) tells the two audios apart only
+    audio exactly would score 2.2-2.5x against three of the corpus's sentences and 3.2-5.0x
+    against the others: the follows-driving goal (EXPRESSION_AUDIO_RATIO) tells the two audios apart only
     where their sentences do."""
     frames = len(driving) // SAMPLES_PER_FRAME
     own = [c for c in sorted(clips, key=lambda c: c.sentence) if c.identity == name]

@@ -97,7 +97,7 @@ def test_separation_is_the_ratio_a_mouth_that_follows_the_audio_reaches(talking)
     assert separation(audio, audio, len(video)) == pytest.approx(1.0)
 
 
-def test_the_expression_video_is_the_identity_s_clip_that_sentence_separates_best(tmp_path):
+def test_the_expression_video_is_the_identity_s_clip_whose_sentence_separates_best(tmp_path):
     """Of an identity's clips, --expression-from takes the one against whose sentence a mouth
     rendered for the driving audio scores the highest ratio; never the driving sentence itself,
     never another identity's clip."""
