@@ -208,8 +208,8 @@ def expression_video(clips: list, name: str, driving: np.ndarray):
     """The clip of identity `name` that `--expression-from` takes: the one whose sentence stands
     furthest from the driving audio's (lip_truth.separation). A mouth that followed the driving
     audio exactly would score 2.2-2.5x against three of the corpus's sentences and 3.2-5.0x
-    against the others: the follows-driving goal (EXPRESSION_AUDIO_RATIO) tells the two audios apart only
-    where their sentences do."""
+    against the others: the follows-driving goal (EXPRESSION_AUDIO_RATIO) tells the two audios
+    apart only where their sentences do."""
     frames = len(driving) // SAMPLES_PER_FRAME
     own = [c for c in sorted(clips, key=lambda c: c.sentence) if c.identity == name]
     return max(own, key=lambda c: separation(driving, read_audio(str(c.path)), frames))
